@@ -1,0 +1,345 @@
+//! Annotations and labels -> system attribute paths and PEP 508 requirements (SPEC §2).
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use pep508_rs::{Requirement, VersionOrUrl};
+
+use super::{ANN_PYTHON, ANN_PYTHON_VERSION, ANN_SYSTEM, LABEL_PYTHON_PREFIX, LABEL_SYSTEM_PREFIX};
+
+/// Where a dependency was declared, for error messages: `annotation "nixuv.io/system-deps"` or
+/// `label "python.nixuv.io/numpy"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Annotation(&'static str),
+    Label(String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Annotation(k) => write!(f, "annotation {k:?}"),
+            Source::Label(k) => write!(f, "label {k:?}"),
+        }
+    }
+}
+
+/// A bad declaration: names where it came from and the offending item.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}: {item:?}: {reason}")]
+pub struct DepError {
+    pub origin: Source,
+    pub item: String,
+    pub reason: String,
+}
+
+fn dep_err(source: &Source, item: &str, reason: impl Into<String>) -> DepError {
+    DepError { origin: source.clone(), item: item.to_string(), reason: reason.into() }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemDep {
+    /// The nixpkgs attribute path, e.g. `python312Packages.numpy`.
+    pub attr: String,
+    pub source: Source,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PythonDep {
+    /// The normalised package name (PEP 503), e.g. `typing-extensions`.
+    pub name: String,
+    /// The normalised requirement, e.g. `requests[socks]>=2 ; python_full_version >= '3.9'`.
+    pub requirement: String,
+    pub source: Source,
+}
+
+/// Everything a Pod declared, merged from both forms in order, duplicates removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Declared {
+    pub system: Vec<SystemDep>,
+    pub python: Vec<PythonDep>,
+    /// From `nixuv.io/python`, if set.
+    pub python_version: Option<String>,
+}
+
+impl Declared {
+    pub fn is_empty(&self) -> bool {
+        self.system.is_empty() && self.python.is_empty()
+    }
+    pub fn count(&self) -> usize {
+        self.system.len() + self.python.len()
+    }
+}
+
+/// `^[A-Za-z_][A-Za-z0-9_'-]*(\.[A-Za-z_][A-Za-z0-9_'-]*)*$`, written out by hand because it is a
+/// few lines and runs per dep on the admission hot path.
+pub fn valid_attr_path(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|seg| {
+            let mut chars = seg.chars();
+            matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '\'' | '-'))
+        })
+}
+
+/// `3`, `3.12` or `3.12.4`: the forms `uv python install` takes for a CPython version.
+pub fn valid_python_version(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    (1..=3).contains(&parts.len())
+        && parts[0] == "3"
+        && parts.iter().all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Splits a system dep list on commas, newlines and whitespace.
+fn split_system(list: &str) -> impl Iterator<Item = &str> {
+    list.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty())
+}
+
+/// Splits a Python dep list on commas and newlines, except that a comma followed by a version
+/// operator continues the current requirement (`pandas>=2,<3`), and separators inside extras
+/// brackets or quoted marker strings do not split. PEP 508 has no notion of a list, so no parser
+/// crate offers this; it is a small scanner.
+pub fn split_python(list: &str) -> Vec<&str> {
+    let bytes = list.as_bytes();
+    let mut items = Vec::new();
+    let (mut start, mut depth, mut quote) = (0usize, 0i32, None::<u8>);
+    fn push<'a>(list: &'a str, from: usize, to: usize, items: &mut Vec<&'a str>) {
+        let item = list[from..to].trim();
+        if !item.is_empty() {
+            items.push(item);
+        }
+    }
+    for (i, &b) in bytes.iter().enumerate() {
+        match (quote, b) {
+            (Some(q), _) if b == q => quote = None,
+            (Some(_), b'\n') => {
+                // An unterminated quote ends at the line; the parser will report it.
+                quote = None;
+                push(list, start, i, &mut items);
+                start = i + 1;
+            }
+            (Some(_), _) => {}
+            (None, b'"' | b'\'') => quote = Some(b),
+            (None, b'[' | b'(') => depth += 1,
+            (None, b']' | b')') => depth -= 1,
+            (None, b'\n') => {
+                depth = 0;
+                push(list, start, i, &mut items);
+                start = i + 1;
+            }
+            (None, b',') if depth <= 0 => {
+                let next = list[i + 1..].trim_start_matches([' ', '\t', '\r']).bytes().next();
+                if !matches!(next, Some(b'<' | b'>' | b'=' | b'!' | b'~')) {
+                    push(list, start, i, &mut items);
+                    start = i + 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    push(list, start, list.len(), &mut items);
+    items
+}
+
+/// Parses and normalises one PEP 508 requirement; rejects URLs, paths and pip options.
+pub fn parse_requirement(item: &str, source: &Source) -> Result<PythonDep, DepError> {
+    if item.starts_with('-') {
+        return Err(dep_err(source, item, "pip options are not allowed; declare a requirement such as \"numpy==1.26.4\""));
+    }
+    if item.chars().any(|c| c.is_control()) {
+        return Err(dep_err(source, item, "control characters are not allowed"));
+    }
+    if item.starts_with(['.', '/', '~']) || item.contains("://") {
+        return Err(dep_err(source, item, "URLs and local paths are not allowed; use a package name and version"));
+    }
+    let req: Requirement = Requirement::from_str(item)
+        .map_err(|e| dep_err(source, item, format!("not a PEP 508 requirement: {}", e.message)))?;
+    if let Some(VersionOrUrl::Url(_)) = req.version_or_url {
+        return Err(dep_err(source, item, "URL requirements are not allowed; use a package name and version"));
+    }
+    Ok(PythonDep { name: req.name.to_string(), requirement: req.to_string(), source: source.clone() })
+}
+
+fn parse_system(item: &str, source: &Source) -> Result<SystemDep, DepError> {
+    if !valid_attr_path(item) {
+        return Err(dep_err(source, item, "not a nixpkgs attribute path (letters, digits, _ ' - separated by dots)"));
+    }
+    Ok(SystemDep { attr: item.to_string(), source: source.clone() })
+}
+
+/// Reads the declarations of SPEC §2 from a Pod's annotations and labels. Annotations come first,
+/// then labels in key order.
+pub fn declared(
+    labels: Option<&BTreeMap<String, String>>,
+    annotations: Option<&BTreeMap<String, String>>,
+) -> Result<Declared, DepError> {
+    let mut out = Declared::default();
+    let push_system = |d: SystemDep, out: &mut Declared| {
+        if !out.system.iter().any(|s| s.attr == d.attr) {
+            out.system.push(d);
+        }
+    };
+    let push_python = |d: PythonDep, out: &mut Declared| {
+        if !out.python.iter().any(|p| p.requirement == d.requirement) {
+            out.python.push(d);
+        }
+    };
+    if let Some(ann) = annotations {
+        if let Some(list) = ann.get(ANN_SYSTEM) {
+            let src = Source::Annotation(ANN_SYSTEM);
+            for item in split_system(list) {
+                push_system(parse_system(item, &src)?, &mut out);
+            }
+        }
+        if let Some(list) = ann.get(ANN_PYTHON) {
+            let src = Source::Annotation(ANN_PYTHON);
+            for item in split_python(list) {
+                push_python(parse_requirement(item, &src)?, &mut out);
+            }
+        }
+        if let Some(v) = ann.get(ANN_PYTHON_VERSION) {
+            let v = v.trim();
+            if !valid_python_version(v) {
+                return Err(dep_err(&Source::Annotation(ANN_PYTHON_VERSION), v, "not a Python 3 version such as \"3.12\""));
+            }
+            out.python_version = Some(v.to_string());
+        }
+    }
+    if let Some(labels) = labels {
+        for (key, value) in labels {
+            if let Some(attr) = key.strip_prefix(LABEL_SYSTEM_PREFIX) {
+                let src = Source::Label(key.clone());
+                match value.as_str() {
+                    "" | "true" => push_system(parse_system(attr, &src)?, &mut out),
+                    "false" => {}
+                    other => return Err(dep_err(&src, other, "value must be empty, \"true\" or \"false\"")),
+                }
+            } else if let Some(name) = key.strip_prefix(LABEL_PYTHON_PREFIX) {
+                let src = Source::Label(key.clone());
+                let item = if value.is_empty() { name.to_string() } else { format!("{name}=={value}") };
+                push_python(parse_requirement(&item, &src)?, &mut out);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn python_list_splitting() {
+        let cases: &[(&str, &str, &[&str])] = &[
+            ("simple", "numpy, pandas", &["numpy", "pandas"]),
+            ("specifier continues", "numpy==1.26.4, pandas>=2,<3, requests[socks]", &["numpy==1.26.4", "pandas>=2,<3", "requests[socks]"]),
+            ("space before operator", "pandas>=2, <3,scipy", &["pandas>=2, <3", "scipy"]),
+            ("extras with commas", "requests[socks,security]>=2", &["requests[socks,security]>=2"]),
+            ("newlines", "numpy\npandas\n\n", &["numpy", "pandas"]),
+            ("quoted marker comma", "a; platform_system in 'Linux,Darwin', b", &["a; platform_system in 'Linux,Darwin'", "b"]),
+            ("not-equal continues", "a>1,!=1.5,b", &["a>1,!=1.5", "b"]),
+            ("compatible continues", "a~=1.0,<2", &["a~=1.0,<2"]),
+            ("empty", " , ,\n", &[]),
+        ];
+        for (name, input, want) in cases {
+            assert_eq!(split_python(input), *want, "case {name}");
+        }
+    }
+
+    #[test]
+    fn attr_paths() {
+        for ok in ["gcc", "python312Packages.numpy", "_x", "ffmpeg-headless", "a'b", "xorg.libX11"] {
+            assert!(valid_attr_path(ok), "{ok}");
+        }
+        for bad in ["", ".", "a.", ".a", "1gcc", "a..b", "a b", "a/b", "$(rm)", "a;b", "-rf", "a.1b", "ünï"] {
+            assert!(!valid_attr_path(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn requirements_normalised_or_rejected() {
+        let src = Source::Annotation(ANN_PYTHON);
+        let ok: &[(&str, &str, &str)] = &[
+            ("NumPy==1.26.4", "numpy", "numpy==1.26.4"),
+            ("pandas>=2,<3", "pandas", "pandas>=2,<3"),
+            ("Requests[SOCKS]", "requests", "requests[socks]"),
+            ("typing_extensions", "typing-extensions", "typing-extensions"),
+        ];
+        for (input, name, _) in ok {
+            let d = parse_requirement(input, &src).unwrap();
+            assert_eq!(d.name, *name, "{input}");
+        }
+        let marker = parse_requirement("requests[socks]; python_version > \"3.8\"", &src).unwrap();
+        assert!(marker.requirement.starts_with("requests[socks]"), "{}", marker.requirement);
+        assert!(marker.requirement.contains("python_full_version") || marker.requirement.contains("python_version"), "{}", marker.requirement);
+        for bad in [
+            "foo @ https://example.com/foo.whl",
+            "https://example.com/foo.whl",
+            "./local/pkg",
+            "/abs/path",
+            "-e git+https://x",
+            "--index-url=https://evil",
+            "foo==",
+            "foo bar",
+            "foo\u{0}",
+            "foo; os.system('x')",
+        ] {
+            let e = parse_requirement(bad, &src).expect_err(bad);
+            assert_eq!(e.item, bad);
+            assert!(e.to_string().contains("nixuv.io/python-deps"), "{e}");
+        }
+    }
+
+    #[test]
+    fn both_forms_merged_in_order_without_duplicates() {
+        let ann = map(&[
+            (ANN_SYSTEM, "gcc, gnumake\npython312Packages.numpy gcc"),
+            (ANN_PYTHON, "numpy==1.26.4, pandas>=2,<3"),
+            (ANN_PYTHON_VERSION, "3.11"),
+        ]);
+        let labels = map(&[
+            ("nixuv.io/inject", "true"),
+            ("system.nixuv.io/ffmpeg-headless", ""),
+            ("system.nixuv.io/gcc", "true"),
+            ("system.nixuv.io/curl", "false"),
+            ("python.nixuv.io/numpy", "1.26.4"),
+            ("python.nixuv.io/rich", ""),
+        ]);
+        let d = declared(Some(&labels), Some(&ann)).unwrap();
+        let sys: Vec<_> = d.system.iter().map(|s| s.attr.as_str()).collect();
+        assert_eq!(sys, ["gcc", "gnumake", "python312Packages.numpy", "ffmpeg-headless"]);
+        let py: Vec<_> = d.python.iter().map(|p| p.requirement.as_str()).collect();
+        assert_eq!(py, ["numpy==1.26.4", "pandas>=2,<3", "rich"]);
+        assert_eq!(d.python_version.as_deref(), Some("3.11"));
+        assert_eq!(d.python[2].source, Source::Label("python.nixuv.io/rich".into()));
+    }
+
+    #[test]
+    fn errors_name_the_label_or_annotation() {
+        let cases: &[(&[(&str, &str)], &[(&str, &str)], &str, &str)] = &[
+            (&[("system.nixuv.io/gcc", "yes")], &[], "label \"system.nixuv.io/gcc\"", "yes"),
+            (&[("python.nixuv.io/numpy", "latest!")], &[], "label \"python.nixuv.io/numpy\"", "numpy==latest!"),
+            (&[], &[(ANN_SYSTEM, "gcc $(reboot)")], "annotation \"nixuv.io/system-deps\"", "$(reboot)"),
+            (&[], &[(ANN_PYTHON_VERSION, "2.7")], "annotation \"nixuv.io/python\"", "2.7"),
+        ];
+        for (labels, ann, source, item) in cases {
+            let e = declared(Some(&map(labels)), Some(&map(ann))).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains(source) && msg.contains(&format!("{item:?}")), "{msg}");
+        }
+    }
+
+    #[test]
+    fn python_versions() {
+        for ok in ["3", "3.12", "3.12.4", "3.9"] {
+            assert!(valid_python_version(ok), "{ok}");
+        }
+        for bad in ["", "2.7", "3.", "3.x", "3.12.4.1", "three", "3.1234", " 3.12"] {
+            assert!(!valid_python_version(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The pure core: an admission request in, a decision out. No I/O, no async, no HTTP types; the
+//! webhook (`/mutate`), the preview endpoint and the `nixuv preview` CLI all call [`decide`] or
+//! [`decide_pod`], so they cannot disagree.
+
+pub mod deps;
+pub mod optin;
+pub mod patch;
+pub mod plan;
+pub mod pod;
+pub mod policy;
+
+use json_patch::Patch;
+
+use crate::config::Config;
+use crate::review::AdmissionRequest;
+use plan::{EnvPlan, NIX_MOUNT, UV_ROOT};
+use pod::PodView;
+
+pub const LABEL_INJECT: &str = "nixuv.io/inject";
+pub const ANN_SYSTEM: &str = "nixuv.io/system-deps";
+pub const ANN_PYTHON: &str = "nixuv.io/python-deps";
+pub const ANN_PYTHON_VERSION: &str = "nixuv.io/python";
+pub const ANN_CONTAINERS: &str = "nixuv.io/containers";
+pub const ANN_STATUS: &str = "nixuv.io/status";
+pub const ANN_ENV: &str = "nixuv.io/env";
+pub const STATUS_INJECTED: &str = "injected";
+pub const LABEL_SYSTEM_PREFIX: &str = "system.nixuv.io/";
+pub const LABEL_PYTHON_PREFIX: &str = "python.nixuv.io/";
+pub const INIT_CONTAINER: &str = "nixuv-init";
+pub const VOL_NIX: &str = "nixuv-nix";
+pub const VOL_UV: &str = "nixuv-uv";
+pub const VOL_TMP: &str = "nixuv-tmp";
+
+/// What happened, for logs and the `decision` metric label (a closed, low-cardinality set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not a Pod CREATE: not nixuv's business.
+    Skipped,
+    /// No `nixuv.io/inject: "true"` label.
+    NotOptedIn,
+    /// The namespace is excluded by config.
+    Excluded,
+    /// Opted in without declaring any dependency.
+    NoDeps,
+    Injected,
+    /// Already carries nixuv's output for the same env: nothing (more) to add.
+    AlreadyInjected,
+    Denied,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Skipped => "skipped",
+            Outcome::NotOptedIn => "not_opted_in",
+            Outcome::Excluded => "excluded",
+            Outcome::NoDeps => "no_deps",
+            Outcome::Injected => "injected",
+            Outcome::AlreadyInjected => "already_injected",
+            Outcome::Denied => "denied",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub allowed: bool,
+    /// HTTP-style status for denials: 400 (bad input, conflicts) or 403 (policy).
+    pub code: u16,
+    pub message: Option<String>,
+    pub warnings: Vec<String>,
+    pub patch: Option<Patch>,
+    pub outcome: Outcome,
+    pub env_id: Option<String>,
+}
+
+impl Decision {
+    pub fn allow() -> Self {
+        Self::allow_as(Outcome::Skipped)
+    }
+    pub fn allow_as(outcome: Outcome) -> Self {
+        Decision { allowed: true, code: 200, message: None, warnings: Vec::new(), patch: None, outcome, env_id: None }
+    }
+    pub fn deny(code: u16, message: impl Into<String>) -> Self {
+        Decision { allowed: false, code, message: Some(message.into()), warnings: Vec::new(), patch: None, outcome: Outcome::Denied, env_id: None }
+    }
+}
+
+/// The webhook's decision for one admission request.
+pub fn decide(req: &AdmissionRequest<'_>, cfg: &Config) -> Decision {
+    if !optin::is_pod_create(req) {
+        return Decision::allow();
+    }
+    let Some(object) = req.object else { return Decision::allow() };
+    decide_pod(object.get(), req.namespace.as_deref(), cfg)
+}
+
+/// The decision for a Pod given as JSON text, in `namespace` (the request's; a Pod made by a
+/// controller often has none in its metadata).
+pub fn decide_pod(pod_json: &str, namespace: Option<&str>, cfg: &Config) -> Decision {
+    let pod: PodView = match serde_json::from_str(pod_json) {
+        Ok(p) => p,
+        Err(e) => return Decision::deny(400, format!("request.object is not a valid Pod: {e}")),
+    };
+    decide_view(&pod, namespace, cfg)
+}
+
+pub fn decide_view(pod: &PodView, namespace: Option<&str>, cfg: &Config) -> Decision {
+    if !optin::opted_in(pod) {
+        return Decision::allow_as(Outcome::NotOptedIn);
+    }
+    let ns = namespace.filter(|n| !n.is_empty()).or_else(|| pod.metadata.as_ref()?.namespace.as_deref()).unwrap_or("");
+    if cfg.excluded_namespaces.iter().any(|n| n == ns) {
+        return Decision::allow_as(Outcome::Excluded);
+    }
+    let declared = match deps::declared(pod.labels(), pod.annotations()) {
+        Ok(d) => d,
+        Err(e) => return Decision::deny(400, e.to_string()),
+    };
+    if declared.is_empty() {
+        let mut d = Decision::allow_as(Outcome::NoDeps);
+        d.warnings.push(format!(
+            "nixuv: Pod is labelled {LABEL_INJECT}=true but declares no dependencies ({ANN_SYSTEM}, {ANN_PYTHON}, {LABEL_SYSTEM_PREFIX}*, {LABEL_PYTHON_PREFIX}*); nothing injected"
+        ));
+        return d;
+    }
+    if let Err(e) = policy::check(&declared, cfg) {
+        return Decision::deny(403, e.to_string());
+    }
+    let plan = EnvPlan::new(&declared, cfg);
+    let targets = match optin::targets(pod, cfg) {
+        Ok(t) => t,
+        Err(msg) => return Decision::deny(400, msg),
+    };
+    let already = pod.annotation(ANN_STATUS) == Some(STATUS_INJECTED);
+    if already {
+        if let Some(env) = pod.annotation(ANN_ENV) {
+            if env != plan.id {
+                return Decision::deny(
+                    400,
+                    format!("annotation {ANN_ENV:?}: the Pod was injected for env {env:?} but its dependencies now give env {:?}; create the Pod from a manifest without nixuv's annotations, volumes and init container", plan.id),
+                );
+            }
+        }
+    } else if let Err(msg) = conflicts(pod) {
+        return Decision::deny(400, msg);
+    }
+    let containers = pod.containers();
+    let mut todo = Vec::with_capacity(targets.len());
+    for idx in targets {
+        let c = &containers[idx];
+        match c.env_var("NIXUV_ENV") {
+            Some((_, e)) if already && e.value.as_deref() == Some(plan.id.as_str()) => continue,
+            Some(_) => return Decision::deny(400, format!("spec.containers[{:?}].env: NIXUV_ENV is already set; it is reserved for nixuv", c.name)),
+            None => {}
+        }
+        if let Err(msg) = container_conflicts(c, &plan) {
+            return Decision::deny(400, msg);
+        }
+        todo.push(idx);
+    }
+    let missing = if already { patch::Missing::of(pod) } else { patch::Missing::all() };
+    let patch = patch::build(pod, &plan, &todo, &missing, cfg);
+    let mut d = Decision::allow_as(if patch.0.is_empty() { Outcome::AlreadyInjected } else { Outcome::Injected });
+    d.env_id = Some(plan.id);
+    d.patch = (!patch.0.is_empty()).then_some(patch);
+    d
+}
+
+/// Names nixuv adds that a Pod not injected by nixuv must not already use.
+fn conflicts(pod: &PodView) -> Result<(), String> {
+    for v in pod.volumes() {
+        if [VOL_NIX, VOL_UV, VOL_TMP].contains(&v.name.as_str()) {
+            return Err(format!("spec.volumes: a volume named {:?} already exists; nixuv adds its own and would conflict", v.name));
+        }
+    }
+    let named = |field: &str, mut names: Vec<&str>| -> Result<(), String> {
+        match names.iter_mut().find(|n| **n == INIT_CONTAINER) {
+            Some(n) => Err(format!("spec.{field}: a container named {n:?} already exists; nixuv adds its own and would conflict")),
+            None => Ok(()),
+        }
+    };
+    named("initContainers", pod.init_containers().iter().map(|c| c.name.as_str()).collect())?;
+    named("containers", pod.containers().iter().map(|c| c.name.as_str()).collect())?;
+    named("ephemeralContainers", pod.ephemeral_containers().iter().map(|c| c.name.as_str()).collect())?;
+    Ok(())
+}
+
+fn overlaps(a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim_end_matches('/'), b.trim_end_matches('/'));
+    let under = |x: &str, y: &str| x == y || x.strip_prefix(y).is_some_and(|r| r.starts_with('/')) || y.is_empty();
+    under(a, b) || under(b, a)
+}
+
+/// A target container must not already mount over the stores or set the variables nixuv owns.
+fn container_conflicts(c: &pod::ContainerView, plan: &EnvPlan) -> Result<(), String> {
+    for m in c.volume_mounts.as_deref().unwrap_or(&[]) {
+        for ours in [NIX_MOUNT, UV_ROOT] {
+            if overlaps(&m.mount_path, ours) {
+                return Err(format!(
+                    "spec.containers[{:?}].volumeMounts: {:?} (volume {:?}) overlaps nixuv's mount at {ours:?}",
+                    c.name, m.mount_path, m.name
+                ));
+            }
+        }
+        if [VOL_NIX, VOL_UV, VOL_TMP].contains(&m.name.as_str()) {
+            return Err(format!("spec.containers[{:?}].volumeMounts: volume {:?} is reserved for nixuv", c.name, m.name));
+        }
+    }
+    if let Some((_, e)) = c.env_var("PATH") {
+        if e.value_from.is_some() {
+            return Err(format!(
+                "spec.containers[{:?}].env: PATH is set with valueFrom, so nixuv cannot put the env's directories in front of it; set PATH as a value or leave it unset",
+                c.name
+            ));
+        }
+    }
+    if plan.has_python() && c.env_var("VIRTUAL_ENV").is_some() {
+        return Err(format!("spec.containers[{:?}].env: VIRTUAL_ENV is already set; nixuv sets it to the env's venv", c.name));
+    }
+    Ok(())
+}

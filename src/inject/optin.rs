@@ -1,0 +1,62 @@
+//! Which requests and Pods nixuv acts on, and which containers receive the env (SPEC §1, §2).
+
+use super::pod::PodView;
+use super::{ANN_CONTAINERS, LABEL_INJECT};
+use crate::config::Config;
+use crate::review::AdmissionRequest;
+
+/// Only CREATE of core/v1 `pods` (not a subresource such as `pods/ephemeralcontainers`).
+pub fn is_pod_create(req: &AdmissionRequest<'_>) -> bool {
+    req.operation == "CREATE"
+        && req.kind.group.is_empty()
+        && req.kind.version == "v1"
+        && req.kind.kind == "Pod"
+        && req.resource.group.is_empty()
+        && req.resource.version == "v1"
+        && req.resource.resource == "pods"
+        && req.sub_resource.as_deref().unwrap_or("").is_empty()
+}
+
+/// The label value must be exactly `"true"`.
+pub fn opted_in(pod: &PodView) -> bool {
+    pod.label(LABEL_INJECT) == Some("true")
+}
+
+/// Indices of the containers that receive the env: those named in `nixuv.io/containers`, else
+/// every container except the known sidecars of the config.
+pub fn targets(pod: &PodView, cfg: &Config) -> Result<Vec<usize>, String> {
+    let containers = pod.containers();
+    if containers.is_empty() {
+        return Err("spec.containers: the Pod has no containers".into());
+    }
+    let names = || containers.iter().map(|c| format!("{:?}", c.name)).collect::<Vec<_>>().join(", ");
+    match pod.annotation(ANN_CONTAINERS) {
+        Some(list) => {
+            let mut out = Vec::new();
+            for want in list.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty()) {
+                let idx = containers.iter().position(|c| c.name == want).ok_or_else(|| {
+                    format!("annotation {ANN_CONTAINERS:?}: {want:?} is not a container of this Pod (containers: {})", names())
+                })?;
+                if !out.contains(&idx) {
+                    out.push(idx);
+                }
+            }
+            if out.is_empty() {
+                return Err(format!("annotation {ANN_CONTAINERS:?}: names no container"));
+            }
+            out.sort_unstable();
+            Ok(out)
+        }
+        None => {
+            let out: Vec<usize> =
+                (0..containers.len()).filter(|&i| !cfg.file.sidecars.contains(&containers[i].name)).collect();
+            if out.is_empty() {
+                return Err(format!(
+                    "spec.containers: every container ({}) is a known sidecar; name the targets in annotation {ANN_CONTAINERS:?}",
+                    names()
+                ));
+            }
+            Ok(out)
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! nixuv: a Kubernetes mutating admission webhook that gives Pods nixpkgs and Python dependencies
+//! through an injected init container and shared stores.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod envspec;
+pub mod inject;
+pub mod review;
