@@ -6,3 +6,6 @@ pub mod config;
 pub mod envspec;
 pub mod inject;
 pub mod review;
+pub mod certs;
+pub mod cli;
+pub mod server;

@@ -1,1 +1,64 @@
-fn main(){}
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use nixuv::cli::{Cli, Command, LogFormat};
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NIXUV_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Text => builder.with_target(false).init(),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(a) => {
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = a.worker_threads {
+                rt.worker_threads(n.max(1));
+            }
+            let rt = rt.enable_all().build()?;
+            let opts = nixuv::server::ServeOptions {
+                addr: a.addr,
+                tls_cert: a.tls_cert,
+                tls_key: a.tls_key,
+                config_path: a.config,
+                metrics_addr: a.metrics_addr,
+                body_limit: a.body_limit,
+                reload_interval: a.reload_interval,
+                header_read_timeout: a.header_read_timeout,
+                request_timeout: a.request_timeout,
+                handshake_timeout: a.handshake_timeout,
+                max_connections: a.max_connections.max(1),
+                shutdown_delay: a.shutdown_delay,
+                drain_timeout: a.drain_timeout,
+            };
+            rt.block_on(nixuv::server::serve(opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Certs(a) => {
+            let g = nixuv::certs::generate(&a.dns_names, &a.ips, a.valid_days)?;
+            nixuv::certs::write(&a.out_dir, &g)?;
+            eprintln!("wrote {0}/ca.crt, {0}/tls.crt, {0}/tls.key; caBundle:", a.out_dir.display());
+            println!("{}", g.ca_bundle());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "nixuv failed");
+            eprintln!("nixuv: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

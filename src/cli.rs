@@ -1,0 +1,98 @@
+//! Command-line interface (clap derive). Flags fixed by the product contract keep their names;
+//! every flag has an environment twin for container use.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "nixuv", version, about = "Kubernetes admission webhook that gives Pods nixpkgs and Python dependencies")]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "NIXUV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the webhook over HTTPS (HTTP/1.1 and HTTP/2).
+    Serve(ServeArgs),
+    /// Write a CA and an ECDSA P-256 serving certificate; print the base64 caBundle.
+    Certs(CertsArgs),
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (examples: 500ms, 10s, 2m)"))
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0: pick a free port; the chosen one is logged as `listening`).
+    #[arg(long, env = "NIXUV_ADDR", default_value = "0.0.0.0:8443")]
+    pub addr: SocketAddr,
+    /// PEM certificate chain, re-read when it changes.
+    #[arg(long, env = "NIXUV_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// PEM private key, re-read when it changes.
+    #[arg(long, env = "NIXUV_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// YAML config file (defaults for every key if absent); re-read when it changes.
+    #[arg(long, env = "NIXUV_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Serve /metrics (plain HTTP, with /healthz and /readyz) on this address instead of the main one.
+    #[arg(long, env = "NIXUV_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Largest accepted request body, in bytes (the API server itself caps at 3 MiB).
+    #[arg(long, env = "NIXUV_BODY_LIMIT", default_value_t = 4 * 1024 * 1024)]
+    pub body_limit: usize,
+    /// How often the certificate and config files are checked for changes.
+    #[arg(long, env = "NIXUV_RELOAD_INTERVAL", value_parser = duration, default_value = "10s")]
+    pub reload_interval: Duration,
+    /// Time allowed for a client to send request headers (HTTP/1.1).
+    #[arg(long, value_parser = duration, default_value = "5s")]
+    pub header_read_timeout: Duration,
+    /// Time allowed to receive a request body.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    pub request_timeout: Duration,
+    /// Time allowed for a TLS handshake.
+    #[arg(long, value_parser = duration, default_value = "5s")]
+    pub handshake_timeout: Duration,
+    /// Open connections at most; more are closed at once.
+    #[arg(long, env = "NIXUV_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// After SIGTERM, keep accepting for this long with /readyz failing (endpoint propagation).
+    #[arg(long, env = "NIXUV_SHUTDOWN_DELAY", value_parser = duration, default_value = "0s")]
+    pub shutdown_delay: Duration,
+    /// After closing the listener, wait at most this long for in-flight requests.
+    #[arg(long, value_parser = duration, default_value = "25s")]
+    pub drain_timeout: Duration,
+    /// Tokio worker threads (default: the number of CPUs).
+    #[arg(long, env = "NIXUV_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Directory for ca.crt, tls.crt and tls.key (created if missing).
+    #[arg(long)]
+    pub out_dir: PathBuf,
+    /// DNS names of the serving certificate (e.g. nixuv.nixuv-system.svc).
+    #[arg(long = "dns-name", required = true, num_args = 1..)]
+    pub dns_names: Vec<String>,
+    /// IP addresses of the serving certificate.
+    #[arg(long = "ip", num_args = 1..)]
+    pub ips: Vec<IpAddr>,
+    /// Validity of the serving certificate in days (the CA: five times as long).
+    #[arg(long, default_value_t = 365)]
+    pub valid_days: i64,
+}

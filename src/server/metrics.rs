@@ -1,0 +1,86 @@
+//! Prometheus metrics (prometheus-client), with low-cardinality labels only.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Endpoint {
+    mutate,
+    preview,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: Endpoint,
+    /// One of [`crate::inject::Outcome::as_str`], or `invalid` for unreadable bodies.
+    pub decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: Endpoint,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: u16,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: Family<EndpointLabels, Histogram>,
+    pub tls_reloads: Family<ResultLabels, Counter>,
+    pub config_reloads: Family<ResultLabels, Counter>,
+    pub http_errors: Family<CodeLabels, Counter>,
+    pub connections: Gauge,
+    pub rejected_connections: Counter,
+    pub tls_handshake_failures: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("nixuv");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("admission_requests", "Admission and preview requests by decision", requests.clone());
+        let duration = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1])
+        });
+        registry.register("admission_duration_seconds", "Time from a complete request body to a response", duration.clone());
+        let tls_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register("tls_reloads", "Serving certificate reloads by result", tls_reloads.clone());
+        let config_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register("config_reloads", "Configuration reloads by result", config_reloads.clone());
+        let http_errors = Family::<CodeLabels, Counter>::default();
+        registry.register("http_errors", "Requests answered with an HTTP error status", http_errors.clone());
+        let connections = Gauge::default();
+        registry.register("connections_open", "Open client connections", connections.clone());
+        let rejected_connections = Counter::default();
+        registry.register("connections_rejected", "Connections closed at once because the connection limit was reached", rejected_connections.clone());
+        let tls_handshake_failures = Counter::default();
+        registry.register("tls_handshake_failures", "TLS handshakes that failed or timed out", tls_handshake_failures.clone());
+        Self { registry, requests, duration, tls_reloads, config_reloads, http_errors, connections, rejected_connections, tls_handshake_failures }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,369 @@
+//! `nixuv serve`: axum on tokio with rustls (HTTP/1.1 and HTTP/2 by ALPN). Handlers only read the
+//! body, call the pure core and map the result to HTTP; connection handling (limits, timeouts,
+//! graceful drain) is the accept loop's.
+
+pub mod metrics;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Config;
+use crate::inject::{self, Outcome};
+use crate::review;
+use metrics::{CodeLabels, Endpoint, EndpointLabels, Metrics, RequestLabels, ResultLabels};
+
+/// Everything `nixuv serve` needs, from flags.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub addr: SocketAddr,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub config_path: Option<PathBuf>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub body_limit: usize,
+    pub reload_interval: Duration,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub max_connections: usize,
+    pub shutdown_delay: Duration,
+    pub drain_timeout: Duration,
+}
+
+pub struct AppState {
+    pub config: ArcSwap<Config>,
+    pub metrics: Arc<Metrics>,
+    pub ready: AtomicBool,
+    pub body_limit: usize,
+    pub request_timeout: Duration,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    code: u16,
+}
+
+pub fn json_error(state: &AppState, code: StatusCode, message: &str) -> Response {
+    state.metrics.http_errors.get_or_create(&CodeLabels { code: code.as_u16() }).inc();
+    let body = serde_json::to_vec(&ErrorBody { error: message, code: code.as_u16() }).expect("serialises");
+    (code, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
+/// Reads the whole body within the size limit and the request timeout; the error is the response.
+pub async fn read_body(state: &AppState, body: Body) -> Result<Bytes, Response> {
+    let limited = http_body_util::Limited::new(body, state.body_limit);
+    let collected = tokio::time::timeout(state.request_timeout, http_body_util::BodyExt::collect(limited)).await;
+    match collected {
+        Err(_) => Err(json_error(state, StatusCode::REQUEST_TIMEOUT, "timed out reading the request body")),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(json_error(
+            state,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body exceeds the limit of {} bytes", state.body_limit),
+        )),
+        Ok(Err(e)) => Err(json_error(state, StatusCode::BAD_REQUEST, &format!("reading the request body: {e}"))),
+    }
+}
+
+fn too_large_by_header(state: &AppState, req: &Request) -> Option<Response> {
+    let len = req.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse::<u64>().ok()?;
+    (len > state.body_limit as u64).then(|| {
+        json_error(state, StatusCode::PAYLOAD_TOO_LARGE, &format!("request body exceeds the limit of {} bytes", state.body_limit))
+    })
+}
+
+async fn mutate(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    if let Some(resp) = too_large_by_header(&state, &req) {
+        return resp;
+    }
+    let bytes = match read_body(&state, req.into_body()).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let start = Instant::now();
+    let review = match review::decode(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            state.metrics.requests.get_or_create(&RequestLabels { endpoint: Endpoint::mutate, decision: "invalid" }).inc();
+            return json_error(&state, StatusCode::BAD_REQUEST, &e.to_string());
+        }
+    };
+    let config = state.config.load();
+    let decision = inject::decide(&review.request, &config);
+    let out = review::respond(review.api_version, &review.request.uid, &decision);
+    let body = serde_json::to_vec(&out).expect("a review always serialises");
+    let elapsed = start.elapsed();
+    state.metrics.requests.get_or_create(&RequestLabels { endpoint: Endpoint::mutate, decision: decision.outcome.as_str() }).inc();
+    state.metrics.duration.get_or_create(&EndpointLabels { endpoint: Endpoint::mutate }).observe(elapsed.as_secs_f64());
+    let req = &review.request;
+    match decision.outcome {
+        Outcome::Injected | Outcome::Denied | Outcome::AlreadyInjected => tracing::info!(
+            uid = %req.uid,
+            namespace = req.namespace.as_deref().unwrap_or(""),
+            name = req.name.as_deref().unwrap_or(""),
+            decision = decision.outcome.as_str(),
+            env = decision.env_id.as_deref().unwrap_or(""),
+            message = decision.message.as_deref().unwrap_or(""),
+            dry_run = req.dry_run.unwrap_or(false),
+            elapsed_us = elapsed.as_micros() as u64,
+            "admission"
+        ),
+        _ => tracing::debug!(uid = %req.uid, decision = decision.outcome.as_str(), "admission"),
+    }
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    }
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"))],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn not_found(State(state): State<Arc<AppState>>) -> Response {
+    json_error(&state, StatusCode::NOT_FOUND, "no such endpoint: use POST /mutate, POST /preview, GET /healthz, /readyz, /metrics")
+}
+
+pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
+    let mut r = Router::new()
+        .route("/mutate", post(mutate))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
+    if with_metrics {
+        r = r.route("/metrics", get(metrics_text));
+    }
+    r.fallback(not_found).with_state(state)
+}
+
+fn admin_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+fn http_builder(opts: &ServeOptions) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1().timer(TokioTimer::new()).header_read_timeout(opts.header_read_timeout).keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    b
+}
+
+/// Polls the config file; a changed file that fails validation keeps the old config.
+fn spawn_config_reloader(state: Arc<AppState>, path: PathBuf, interval: Duration) {
+    tokio::spawn(async move {
+        let mut last = std::fs::read(&path).ok();
+        let mut tick = tokio::time::interval(interval);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Ok(bytes) = tokio::fs::read(&path).await else { continue };
+            if last.as_deref() == Some(bytes.as_slice()) {
+                continue;
+            }
+            last = Some(bytes.clone());
+            match Config::from_yaml(&String::from_utf8_lossy(&bytes)) {
+                Ok(cfg) => {
+                    state.config.store(Arc::new(cfg));
+                    state.metrics.config_reloads.get_or_create(&ResultLabels { result: "success" }).inc();
+                    tracing::info!(path = %path.display(), "config reloaded");
+                }
+                Err(e) => {
+                    state.metrics.config_reloads.get_or_create(&ResultLabels { result: "error" }).inc();
+                    tracing::error!(path = %path.display(), error = %e, "config reload failed; keeping the current config");
+                }
+            }
+        }
+    });
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "shutting down"),
+    }
+}
+
+async fn serve_plain(listener: TcpListener, app: Router, shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut rx = shutdown;
+    let res = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = rx.wait_for(|v| *v).await;
+        })
+        .await;
+    if let Err(e) = res {
+        tracing::error!(error = %e, "metrics listener failed");
+    }
+}
+
+/// Serves one accepted connection: TLS handshake within a timeout, then HTTP/1.1 or HTTP/2.
+struct ConnSpawner {
+    acceptor: TlsAcceptor,
+    builder: auto::Builder<TokioExecutor>,
+    app: Router,
+    metrics: Arc<Metrics>,
+    handshake_timeout: Duration,
+}
+
+impl ConnSpawner {
+    fn spawn(
+        &self,
+        tcp: tokio::net::TcpStream,
+        peer: SocketAddr,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) {
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, builder, app) = (self.acceptor.clone(), self.builder.clone(), self.app.clone());
+        let (metrics, handshake_timeout) = (Arc::clone(&self.metrics), self.handshake_timeout);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    metrics.tls_handshake_failures.inc();
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    metrics.tls_handshake_failures.inc();
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            metrics.connections.inc();
+            let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(app)).into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            metrics.connections.dec();
+        });
+    }
+}
+
+/// Runs the server until SIGTERM/SIGINT, then drains in-flight requests and returns.
+pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let config = Config::load(opts.config_path.as_deref())?;
+    let certs = tls::CertStore::load(&opts.tls_cert, &opts.tls_key)?;
+    let metrics = Arc::new(Metrics::new());
+    let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(Arc::clone(&certs))?));
+    certs.spawn_reloader(opts.reload_interval, Arc::clone(&metrics));
+
+    let state = Arc::new(AppState {
+        config: ArcSwap::from_pointee(config),
+        metrics: Arc::clone(&metrics),
+        ready: AtomicBool::new(false),
+        body_limit: opts.body_limit,
+        request_timeout: opts.request_timeout,
+    });
+    if let Some(path) = &opts.config_path {
+        spawn_config_reloader(Arc::clone(&state), path.clone(), opts.reload_interval);
+    }
+    let listener = TcpListener::bind(opts.addr).await.with_context(|| format!("binding --addr {}", opts.addr))?;
+    let local = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut admin_task = None;
+    if let Some(maddr) = opts.metrics_addr {
+        let ml = TcpListener::bind(maddr).await.with_context(|| format!("binding --metrics-addr {maddr}"))?;
+        tracing::info!(addr = %ml.local_addr()?, "metrics listening (plain HTTP)");
+        admin_task = Some(tokio::spawn(serve_plain(ml, admin_router(Arc::clone(&state)), stop_rx.clone())));
+    }
+    let app = router(Arc::clone(&state), opts.metrics_addr.is_none());
+    let builder = http_builder(&opts);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let limit = Arc::new(tokio::sync::Semaphore::new(opts.max_connections));
+    state.ready.store(true, Ordering::Relaxed);
+    tracing::info!(addr = %local, "listening");
+
+    let conns = ConnSpawner { acceptor, builder, app, metrics: Arc::clone(&metrics), handshake_timeout: opts.handshake_timeout };
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    // After the signal: readiness fails at once, and the listener keeps accepting for the shutdown
+    // delay (while endpoints are updated), then closes.
+    let mut closing: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut signal, if closing.is_none() => {
+                state.ready.store(false, Ordering::Relaxed);
+                if opts.shutdown_delay.is_zero() {
+                    break;
+                }
+                tracing::info!(delay = ?opts.shutdown_delay, "readiness failed; closing the listener after the delay");
+                closing = Some(Box::pin(tokio::time::sleep(opts.shutdown_delay)));
+                continue;
+            }
+            _ = async { closing.as_mut().expect("guarded").await }, if closing.is_some() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off briefly rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+            metrics.rejected_connections.inc();
+            drop(tcp);
+            continue;
+        };
+        conns.spawn(tcp, peer, permit, graceful.watcher());
+    }
+
+    // Drain: stop accepting, let in-flight requests finish; idle keep-alive connections are
+    // closed (HTTP/1.1) or sent GOAWAY (HTTP/2).
+    state.ready.store(false, Ordering::Relaxed);
+    drop(listener);
+    let open = graceful.count();
+    tracing::info!(connections = open, "draining");
+    match tokio::time::timeout(opts.drain_timeout, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("drained; exiting"),
+        Err(_) => tracing::warn!(timeout = ?opts.drain_timeout, "drain timed out; exiting with connections open"),
+    }
+    let _ = stop_tx.send(true);
+    if let Some(t) = admin_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+    }
+    Ok(())
+}
