@@ -1,0 +1,5 @@
+//! Integration tests: the real `nixuv` binary, spoken to over TLS.
+mod common;
+mod lifecycle;
+mod properties;
+mod webhook;

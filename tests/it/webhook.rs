@@ -1,0 +1,262 @@
+//! /mutate through a real TLS client, HTTP/1.1 and HTTP/2, on real AdmissionReview bodies.
+
+use serde_json::{json, Value};
+
+use crate::common::{self, as_pod, env_of, post_json, response_patch, with_object, Server};
+
+const POSITIVE: &[&str] = &["bare-pod", "existing-volumes-env-init", "istio-sidecar", "argo-pod", "slash-annotation", "v1beta1"];
+
+/// Sends the review, checks the response envelope, applies the patch, checks the result is a Pod
+/// and that reinvocation on it yields no patch. Returns (patched object, response).
+async fn mutate_roundtrip(client: &reqwest::Client, url: &str, name: &str) -> (Value, Value) {
+    let review = common::fixture(&format!("reviews/{name}.json"));
+    let (status, resp) = post_json(client, url, &review).await;
+    assert_eq!(status, 200, "{name}: {resp}");
+    assert_eq!(resp["apiVersion"], review["apiVersion"], "{name}: apiVersion echoed");
+    assert_eq!(resp["kind"], "AdmissionReview");
+    assert_eq!(resp["response"]["uid"], review["request"]["uid"], "{name}: uid echoed");
+    assert_eq!(resp["response"]["allowed"], true, "{name}: {resp}");
+    let patch = response_patch(&resp).unwrap_or_else(|| panic!("{name}: no patch in {resp}"));
+    for op in &patch.0 {
+        assert!(matches!(op, json_patch::PatchOperation::Add(_)), "{name}: only add ops, got {op:?}");
+    }
+    let object = &review["request"]["object"];
+    let patched = common::apply(object, &patch);
+    let pod = as_pod(&patched);
+    // Reinvocation: the webhook on its own output changes nothing.
+    let (status, again) = post_json(client, url, &with_object(&review, patched.clone())).await;
+    assert_eq!(status, 200);
+    assert_eq!(again["response"]["allowed"], true, "{name}: reinvocation: {again}");
+    assert!(again["response"].get("patch").is_none(), "{name}: reinvocation patched again: {again}");
+    // The init container passes PodSecurity restricted.
+    let init = &pod.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0];
+    assert_eq!(init.name, "nixuv-init", "{name}: nixuv-init first");
+    let violations = common::pss::restricted_violations(&pod, init);
+    assert!(violations.is_empty(), "{name}: restricted violations: {violations:?}");
+    (patched, resp)
+}
+
+fn container<'a>(pod: &'a k8s_openapi::api::core::v1::Pod, name: &str) -> &'a k8s_openapi::api::core::v1::Container {
+    pod.spec.as_ref().unwrap().containers.iter().find(|c| c.name == name).unwrap()
+}
+
+async fn check_all_fixtures(client: &reqwest::Client, url: &str) {
+    for name in POSITIVE {
+        let (patched, resp) = mutate_roundtrip(client, url, name).await;
+        let pod = as_pod(&patched);
+        let env_id = patched["metadata"]["annotations"]["nixuv.io/env"].as_str().unwrap().to_string();
+        assert_eq!(env_id.len(), 16);
+        assert_eq!(patched["metadata"]["annotations"]["nixuv.io/status"], "injected");
+        let spec = pod.spec.as_ref().unwrap();
+        let vol_names: Vec<_> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+        assert!(vol_names.ends_with(&["nixuv-nix", "nixuv-uv", "nixuv-tmp"]), "{name}: {vol_names:?}");
+        let init_names: Vec<_> = spec.init_containers.iter().flatten().map(|c| c.name.as_str()).collect();
+        match *name {
+            "bare-pod" => {
+                assert_eq!(init_names, ["nixuv-init"]);
+                let app = container(&pod, "app");
+                let path = env_of(app, "PATH").unwrap();
+                assert_eq!(
+                    path,
+                    format!("/nixuv/uv/envs/{env_id}/bin:/nix/var/nixuv/profiles/{env_id}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+                );
+                assert_eq!(env_of(app, "VIRTUAL_ENV").unwrap(), format!("/nixuv/uv/envs/{env_id}"));
+                assert_eq!(env_of(app, "NIXUV_ENV").unwrap(), env_id);
+                let mounts: Vec<_> = app.volume_mounts.iter().flatten().map(|m| (m.name.as_str(), m.mount_path.as_str(), m.read_only)).collect();
+                assert_eq!(mounts, [("nixuv-nix", "/nix", Some(true)), ("nixuv-uv", "/nixuv/uv", Some(true))]);
+            }
+            "existing-volumes-env-init" => {
+                assert_eq!(init_names, ["nixuv-init", "fetch"], "existing init containers keep their order");
+                assert_eq!(vol_names[..2], ["data", "kube-api-access-x7k2p"]);
+                let app = container(&pod, "app");
+                let names: Vec<_> = app.env.iter().flatten().map(|e| e.name.as_str()).collect();
+                assert_eq!(names, ["MODE", "PATH", "POD_IP", "VIRTUAL_ENV", "NIXUV_ENV"]);
+                assert_eq!(
+                    env_of(app, "PATH").unwrap(),
+                    format!("/nixuv/uv/envs/{env_id}/bin:/nix/var/nixuv/profiles/{env_id}/bin:/opt/app/bin:/usr/local/bin:/usr/bin:/bin"),
+                    "a PATH set by the container is prepended to"
+                );
+                let mounts: Vec<_> = app.volume_mounts.iter().flatten().map(|m| m.name.as_str()).collect();
+                assert_eq!(mounts, ["kube-api-access-x7k2p", "data", "nixuv-nix", "nixuv-uv"]);
+                let deps = env_of(&spec.init_containers.as_ref().unwrap()[0], "NIXUV_PYTHON_DEPS").unwrap();
+                assert_eq!(deps, "pandas>=2,<3\nrequests[socks]");
+            }
+            "istio-sidecar" => {
+                assert_eq!(init_names, ["nixuv-init", "istio-init"]);
+                assert!(env_of(container(&pod, "web"), "NIXUV_ENV").is_some());
+                assert!(env_of(container(&pod, "istio-proxy"), "NIXUV_ENV").is_none(), "sidecar untouched");
+                assert_eq!(container(&pod, "istio-proxy").volume_mounts.as_ref().unwrap().len(), 1);
+            }
+            "argo-pod" => {
+                assert!(env_of(container(&pod, "main"), "NIXUV_ENV").is_some());
+                assert!(env_of(container(&pod, "wait"), "NIXUV_ENV").is_none(), "Argo's wait sidecar untouched");
+            }
+            "slash-annotation" => {
+                let ann = &patched["metadata"]["annotations"];
+                assert_eq!(ann["example.com/a~b"], "tilde");
+                assert_eq!(ann["kubectl.kubernetes.io/last-applied-configuration"], "{\"apiVersion\":\"v1\"}\n");
+                let app = container(&pod, "app");
+                assert!(env_of(app, "VIRTUAL_ENV").is_none(), "no Python deps, no VIRTUAL_ENV");
+                assert_eq!(env_of(app, "PATH").unwrap(), format!("/nix/var/nixuv/profiles/{env_id}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"));
+            }
+            "v1beta1" => assert_eq!(resp["apiVersion"], "admission.k8s.io/v1beta1"),
+            _ => unreachable!(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn fixtures_over_http1_and_http2() {
+    let server = Server::start();
+    let url = server.url("/mutate");
+    let resp = server.h1().get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_11);
+    let resp = server.h2().get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    check_all_fixtures(&server.h1(), &url).await;
+    check_all_fixtures(&server.h2(), &url).await;
+}
+
+#[tokio::test]
+async fn same_deps_same_env_id_across_servers() {
+    // Two replicas (two processes) give the same env id for the same Pod.
+    let (a, b) = (Server::start(), Server::start());
+    let review = common::fixture("reviews/bare-pod.json");
+    let (_, ra) = post_json(&a.h1(), &a.url("/mutate"), &review).await;
+    let (_, rb) = post_json(&b.h2(), &b.url("/mutate"), &review).await;
+    assert_eq!(ra["response"]["patch"], rb["response"]["patch"]);
+}
+
+#[tokio::test]
+async fn not_for_nixuv_is_allowed_without_patch() {
+    let server = Server::start();
+    for name in ["not-opted-in", "update", "excluded-namespace", "deployment-kind"] {
+        let review = common::fixture(&format!("reviews/{name}.json"));
+        let (status, resp) = post_json(&server.h2(), &server.url("/mutate"), &review).await;
+        assert_eq!(status, 200, "{name}");
+        assert_eq!(resp["response"]["allowed"], true, "{name}: {resp}");
+        assert!(resp["response"].get("patch").is_none(), "{name}: {resp}");
+    }
+}
+
+#[tokio::test]
+async fn denials_name_the_source_and_item() {
+    let server = Server::builder().config("policy: {system: {deny: ['gcc*']}}\nmaxDeps: 3\n").start();
+    let client = server.h1();
+    let bare = common::fixture("reviews/bare-pod.json");
+    let mut policy = bare.clone();
+    policy["request"]["object"]["metadata"]["annotations"] = json!({"nixuv.io/system-deps": "gcc13"});
+    let mut too_many = bare.clone();
+    too_many["request"]["object"]["metadata"]["annotations"] = json!({"nixuv.io/python-deps": "a, b, c"});
+    let mut bad_label = bare.clone();
+    bad_label["request"]["object"]["metadata"]["labels"]["python.nixuv.io/numpy"] = json!("1..2");
+    let mut unknown_target = bare.clone();
+    unknown_target["request"]["object"]["metadata"]["annotations"] = json!({"nixuv.io/containers": "main"});
+    let cases: Vec<(&str, Value, u16, &[&str])> = vec![
+        ("bad python dep", common::fixture("reviews/deny-bad-python.json"), 400, &["nixuv.io/python-deps", "evil @ https://example.com/evil.whl"]),
+        ("name conflict", common::fixture("reviews/deny-conflict.json"), 400, &["spec.volumes", "nixuv-uv"]),
+        ("policy", policy, 403, &["nixuv.io/system-deps", "gcc13", "policy.system.deny"]),
+        ("maxDeps", too_many, 403, &["maxDeps (3)", "5 dependencies"]),
+        ("bad label", bad_label, 400, &["python.nixuv.io/numpy", "numpy==1..2"]),
+        ("unknown target", unknown_target, 400, &["nixuv.io/containers", "\"main\""]),
+    ];
+    for (name, review, code, needles) in cases {
+        let (status, resp) = post_json(&client, &server.url("/mutate"), &review).await;
+        assert_eq!(status, 200, "{name}: a denial is a well-formed answer");
+        let r = &resp["response"];
+        assert_eq!(r["allowed"], false, "{name}: {resp}");
+        assert_eq!(r["uid"], review["request"]["uid"]);
+        assert_eq!(r["status"]["code"], code, "{name}: {resp}");
+        let msg = r["status"]["message"].as_str().unwrap();
+        for n in needles {
+            assert!(msg.contains(n), "{name}: message {msg:?} lacks {n:?}");
+        }
+        assert!(r.get("patch").is_none());
+    }
+}
+
+#[tokio::test]
+async fn bad_bodies_get_json_errors() {
+    let server = Server::builder().arg("--body-limit").arg("65536").start();
+    let client = server.h2();
+    let url = server.url("/mutate");
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("not json", b"hello".to_vec(), 400, "not JSON"),
+        ("a pod, not a review", serde_json::to_vec(&common::fixture("reviews/bare-pod.json")["request"]["object"]).unwrap(), 400, "not an AdmissionReview"),
+        ("no request", br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(), 400, "no request"),
+        ("no uid", br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"operation":"CREATE"}}"#.to_vec(), 400, "no uid"),
+        ("over the limit", vec![b' '; 70_000], 413, "exceeds the limit"),
+    ];
+    for (name, body, code, needle) in cases {
+        let resp = client.post(&url).header("content-type", "application/json").body(body).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), code, "{name}");
+        assert_eq!(resp.headers()["content-type"], "application/json", "{name}");
+        let v: Value = resp.json().await.unwrap();
+        assert!(v["error"].as_str().unwrap().contains(needle), "{name}: {v}");
+        assert_eq!(v["code"], code);
+    }
+    // A chunked body over the limit (no Content-Length) is cut off too.
+    let chunks = futures_chunks(80_000);
+    let resp = client.post(&url).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+    let resp = client.get(server.url("/nope")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+}
+
+fn futures_chunks(total: usize) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut sent = 0;
+        while sent < total {
+            if tx.send(Ok(vec![b' '; 8192])).await.is_err() {
+                break;
+            }
+            sent += 8192;
+        }
+    });
+    tokio_stream_from(rx)
+}
+
+fn tokio_stream_from(mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[tokio::test]
+async fn default_limit_accepts_the_apiservers_3mib_and_rejects_5mib() {
+    let server = Server::start();
+    let client = server.h1();
+    let mut review = common::fixture("reviews/bare-pod.json");
+    review["request"]["object"]["metadata"]["annotations"] = json!({"big": "x".repeat(3 * 1024 * 1024 - 4096)});
+    let (status, resp) = post_json(&client, &server.url("/mutate"), &review).await;
+    assert_eq!(status, 200);
+    assert!(response_patch(&resp).is_some());
+    // Over HTTP/2 the early 413 reaches the client; over HTTP/1.1 the server answers 413 and closes
+    // the connection without reading the rest (checked in bad_bodies_get_json_errors with a body
+    // the client finishes sending before it reads).
+    review["request"]["object"]["metadata"]["annotations"] = json!({"big": "x".repeat(5 * 1024 * 1024)});
+    let resp = server.h2().post(server.url("/mutate")).json(&review).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+}
+
+#[tokio::test]
+async fn metrics_on_their_own_address() {
+    let server = Server::builder().separate_metrics().start();
+    let review = common::fixture("reviews/bare-pod.json");
+    post_json(&server.h1(), &server.url("/mutate"), &review).await;
+    post_json(&server.h1(), &server.url("/mutate"), &common::fixture("reviews/deny-conflict.json")).await;
+    let _ = server.h1().post(server.url("/mutate")).body("junk").send().await.unwrap();
+    // /metrics is not on the main address when --metrics-addr is given.
+    assert_eq!(server.h1().get(server.url("/metrics")).send().await.unwrap().status().as_u16(), 404);
+    let m = server.metrics_addr.unwrap();
+    let text = reqwest::get(format!("http://{m}/metrics")).await.unwrap().text().await.unwrap();
+    for needle in [
+        "nixuv_admission_requests_total{endpoint=\"mutate\",decision=\"injected\"} 1",
+        "nixuv_admission_requests_total{endpoint=\"mutate\",decision=\"denied\"} 1",
+        "nixuv_admission_requests_total{endpoint=\"mutate\",decision=\"invalid\"} 1",
+        "nixuv_admission_duration_seconds_count{endpoint=\"mutate\"} 2",
+        "nixuv_http_errors_total{code=\"400\"} 1",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    assert_eq!(reqwest::get(format!("http://{m}/readyz")).await.unwrap().status().as_u16(), 200);
+}
