@@ -5,12 +5,8 @@
 //! that `nixuv-init` is inserted at index 0 of `initContainers` (the others keep their order), and
 //! an existing PATH value is replaced by the same value with the env's directories in front.
 
-use std::collections::BTreeMap;
-
 use json_patch::{AddOperation, Patch, PatchOperation};
 use jsonptr::{PointerBuf, Token};
-use k8s_openapi::api::core::v1 as core;
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::{json, Value};
 
 use super::plan::{EnvPlan, INIT_NIX_DIR, NIX_MOUNT, UV_ROOT, WORK_DIR};
@@ -54,50 +50,44 @@ pub fn volumes(cfg: &Config) -> [(&'static str, Value); 3] {
     ]
 }
 
-fn quantities(map: &BTreeMap<String, String>) -> BTreeMap<String, Quantity> {
-    map.iter().map(|(k, v)| (k.clone(), Quantity(v.clone()))).collect()
-}
-
 /// The `nixuv-init` container: `nixuv materialize` with the plan in its env, no shell, and a
-/// securityContext that passes the PodSecurity `restricted` profile.
-pub fn init_container(plan: &EnvPlan, cfg: &Config) -> core::Container {
-    let mut env: Vec<core::EnvVar> = EnvSpec::for_plan(plan)
-        .to_env()
-        .into_iter()
-        .map(|(name, value)| core::EnvVar { name: name.into(), value: Some(value), ..Default::default() })
-        .collect();
-    for (name, value) in [("HOME", WORK_DIR), ("TMPDIR", WORK_DIR)] {
-        env.push(core::EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() });
-    }
-    env.extend(cfg.file.init_env.iter().map(|e| core::EnvVar { name: e.name.clone(), value: Some(e.value.clone()), ..Default::default() }));
-    let mount = |name: &str, path: &str| core::VolumeMount { name: name.into(), mount_path: path.into(), ..Default::default() };
+/// securityContext that passes the PodSecurity `restricted` profile. Built as JSON directly (it
+/// is on the admission hot path); tests read it back as a typed k8s-openapi Container.
+pub fn init_container(plan: &EnvPlan, cfg: &Config) -> Value {
+    let spec_env = EnvSpec::for_plan(plan).to_env();
+    let mut env = Vec::with_capacity(spec_env.len() + 2 + cfg.file.init_env.len());
+    env.extend(spec_env.into_iter().map(|(name, value)| json!({ "name": name, "value": value })));
+    env.push(json!({ "name": "HOME", "value": WORK_DIR }));
+    env.push(json!({ "name": "TMPDIR", "value": WORK_DIR }));
+    env.extend(cfg.file.init_env.iter().map(|e| json!({ "name": e.name, "value": e.value })));
     let uid = cfg.file.init_run_as_user;
-    core::Container {
-        name: INIT_CONTAINER.into(),
-        image: Some(cfg.file.init_image.clone()),
-        image_pull_policy: cfg.file.init_image_pull_policy.clone(),
-        command: Some(vec!["nixuv".into(), "materialize".into()]),
-        env: Some(env),
-        resources: Some(core::ResourceRequirements {
-            requests: Some(quantities(&cfg.file.init_resources.requests)),
-            limits: Some(quantities(&cfg.file.init_resources.limits)),
-            ..Default::default()
-        }),
-        security_context: Some(core::SecurityContext {
-            allow_privilege_escalation: Some(false),
-            privileged: Some(false),
-            capabilities: Some(core::Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            run_as_user: Some(uid),
-            run_as_group: Some(uid),
-            seccomp_profile: Some(core::SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
-            ..Default::default()
-        }),
-        volume_mounts: Some(vec![mount(VOL_TMP, WORK_DIR), mount(VOL_NIX, INIT_NIX_DIR), mount(VOL_UV, UV_ROOT)]),
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        ..Default::default()
+    let mut c = json!({
+        "name": INIT_CONTAINER,
+        "image": cfg.file.init_image,
+        "command": ["nixuv", "materialize"],
+        "env": env,
+        "resources": { "requests": cfg.file.init_resources.requests, "limits": cfg.file.init_resources.limits },
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "privileged": false,
+            "capabilities": { "drop": ["ALL"] },
+            "readOnlyRootFilesystem": true,
+            "runAsNonRoot": true,
+            "runAsUser": uid,
+            "runAsGroup": uid,
+            "seccompProfile": { "type": "RuntimeDefault" }
+        },
+        "volumeMounts": [
+            { "name": VOL_TMP, "mountPath": WORK_DIR },
+            { "name": VOL_NIX, "mountPath": INIT_NIX_DIR },
+            { "name": VOL_UV, "mountPath": UV_ROOT }
+        ],
+        "terminationMessagePolicy": "FallbackToLogsOnError"
+    });
+    if let Some(policy) = &cfg.file.init_image_pull_policy {
+        c["imagePullPolicy"] = json!(policy);
     }
+    c
 }
 
 fn target_mounts() -> [Value; 2] {
@@ -198,7 +188,7 @@ pub fn build(pod: &PodView, plan: &EnvPlan, targets: &[usize], missing: &Missing
         }
     }
     if missing.init_container {
-        let init = serde_json::to_value(init_container(plan, cfg)).expect("a Container always serialises");
+        let init = init_container(plan, cfg);
         if spec.and_then(|s| s.init_containers.as_ref()).is_none() {
             ops.add([t("spec"), t("initContainers")], json!([init]));
         } else {
