@@ -12,10 +12,10 @@ use nixuv::{inject, review};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-
 /// A review whose Pod serialises to about `target` bytes, with `containers` containers.
 pub fn review_body(target: usize, containers: usize) -> Vec<u8> {
-    let env: Vec<Value> = (0..8).map(|i| json!({"name": format!("SETTING_{i}"), "value": format!("value-{i}")})).collect();
+    let env: Vec<Value> =
+        (0..8).map(|i| json!({"name": format!("SETTING_{i}"), "value": format!("value-{i}")})).collect();
     let mk = |n: usize| {
         json!({
             "name": if n == 0 { "main".to_string() } else { format!("worker-{n}") },
@@ -87,7 +87,6 @@ fn bench(c: &mut Criterion) {
     }
     g.finish();
 }
-
 
 criterion_group!(benches, bench);
 criterion_main!(benches);

@@ -42,7 +42,9 @@ impl Generated {
 pub fn generate(dns_names: &[String], ips: &[IpAddr], valid_days: i64) -> Result<Generated, CertsError> {
     for n in dns_names {
         let ok = !n.is_empty()
-            && n.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'*'));
+            && n.split('.').all(|l| {
+                !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'*')
+            });
         if !ok {
             return Err(CertsError::BadName(n.clone()));
         }
@@ -52,7 +54,8 @@ pub fn generate(dns_names: &[String], ips: &[IpAddr], valid_days: i64) -> Result
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.distinguished_name.push(DnType::CommonName, "nixuv webhook CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     ca_params.not_before = now - Duration::hours(1);
     ca_params.not_after = now + Duration::days(valid_days.max(1) * 5);
     let ca_cert = ca_params.self_signed(&ca_key)?;
@@ -75,7 +78,11 @@ pub fn generate(dns_names: &[String], ips: &[IpAddr], valid_days: i64) -> Result
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("file"), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
     f.write_all(contents)?;
     f.sync_all()?;
@@ -87,7 +94,9 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<
 pub fn write(dir: &Path, g: &Generated) -> Result<(), CertsError> {
     let io = |path: PathBuf| move |source| CertsError::Io { path, source };
     std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
-    for (name, contents, mode) in [("ca.crt", &g.ca_pem, 0o644), ("tls.crt", &g.cert_pem, 0o644), ("tls.key", &g.key_pem, 0o600)] {
+    for (name, contents, mode) in
+        [("ca.crt", &g.ca_pem, 0o644), ("tls.crt", &g.cert_pem, 0o644), ("tls.key", &g.key_pem, 0o600)]
+    {
         let path = dir.join(name);
         write_atomic(&path, contents.as_bytes(), mode).map_err(io(path.clone()))?;
     }

@@ -8,7 +8,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "nixuv", version, about = "Kubernetes admission webhook that gives Pods nixpkgs and Python dependencies")]
+#[command(
+    name = "nixuv",
+    version,
+    about = "Kubernetes admission webhook that gives Pods nixpkgs and Python dependencies"
+)]
 pub struct Cli {
     /// Log format.
     #[arg(long, global = true, env = "NIXUV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -50,11 +50,7 @@ pub struct StorageFile {
 
 impl Default for StorageFile {
     fn default() -> Self {
-        Self {
-            mode: StorageMode::Pvc,
-            nix_claim: "nixuv-nix-store".into(),
-            uv_claim: "nixuv-uv-cache".into(),
-        }
+        Self { mode: StorageMode::Pvc, nix_claim: "nixuv-nix-store".into(), uv_claim: "nixuv-uv-cache".into() }
     }
 }
 
@@ -245,12 +241,19 @@ impl Config {
             return Err(invalid("nixpkgs", format!("{:?} is not a flake reference", file.nixpkgs)));
         }
         if !crate::inject::deps::valid_python_version(&file.default_python) {
-            return Err(invalid("defaultPython", format!("{:?} is not a Python version like 3.12", file.default_python)));
+            return Err(invalid(
+                "defaultPython",
+                format!("{:?} is not a Python version like 3.12", file.default_python),
+            ));
         }
         if file.default_path.is_empty() || file.default_path.split(':').any(|p| !p.starts_with('/')) {
-            return Err(invalid("defaultPath", format!("{:?} must be a colon-separated list of absolute directories", file.default_path)));
+            return Err(invalid(
+                "defaultPath",
+                format!("{:?} must be a colon-separated list of absolute directories", file.default_path),
+            ));
         }
-        for (key, claim) in [("storage.nixClaim", &file.storage.nix_claim), ("storage.uvClaim", &file.storage.uv_claim)] {
+        for (key, claim) in [("storage.nixClaim", &file.storage.nix_claim), ("storage.uvClaim", &file.storage.uv_claim)]
+        {
             if !is_dns1123_subdomain(claim) {
                 return Err(invalid(key, format!("{claim:?} is not a valid PersistentVolumeClaim name")));
             }
@@ -269,10 +272,17 @@ impl Config {
             return Err(invalid("maxDeps", "must be at least 1"));
         }
         for (i, e) in file.init_env.iter().enumerate() {
-            if e.name.is_empty() || !e.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || e.name.starts_with(|c: char| c.is_ascii_digit()) {
-                return Err(invalid(format!("initEnv[{i}].name"), format!("{:?} is not an environment variable name", e.name)));
+            if e.name.is_empty()
+                || !e.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                || e.name.starts_with(|c: char| c.is_ascii_digit())
+            {
+                return Err(invalid(
+                    format!("initEnv[{i}].name"),
+                    format!("{:?} is not an environment variable name", e.name),
+                ));
             }
-            if e.name.starts_with(RESERVED_INIT_ENV_PREFIX) || crate::envspec::FIXED_TOOL_ENV.contains(&e.name.as_str()) {
+            if e.name.starts_with(RESERVED_INIT_ENV_PREFIX) || crate::envspec::FIXED_TOOL_ENV.contains(&e.name.as_str())
+            {
                 return Err(invalid(format!("initEnv[{i}].name"), format!("{:?} is set by nixuv itself", e.name)));
             }
         }
@@ -280,8 +290,18 @@ impl Config {
             for res in ["cpu", "memory"] {
                 match map.get(res) {
                     Some(v) if is_quantity(v) => {}
-                    Some(v) => return Err(invalid(format!("initResources.{section}.{res}"), format!("{v:?} is not a quantity"))),
-                    None => return Err(invalid(format!("initResources.{section}.{res}"), "must be set (ResourceQuota rejects containers without requests and limits)")),
+                    Some(v) => {
+                        return Err(invalid(
+                            format!("initResources.{section}.{res}"),
+                            format!("{v:?} is not a quantity"),
+                        ))
+                    }
+                    None => {
+                        return Err(invalid(
+                            format!("initResources.{section}.{res}"),
+                            "must be set (ResourceQuota rejects containers without requests and limits)",
+                        ))
+                    }
                 }
             }
         }
@@ -289,7 +309,11 @@ impl Config {
         let python_policy = GlobPolicy::compile("policy.python", &file.policy.python)?;
 
         let mut excluded_namespaces = file.exclude_namespaces.clone();
-        let own = file.namespace.clone().or_else(|| std::env::var("POD_NAMESPACE").ok()).unwrap_or_else(|| "nixuv-system".into());
+        let own = file
+            .namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "nixuv-system".into());
         if !excluded_namespaces.contains(&own) {
             excluded_namespaces.push(own);
         }
@@ -393,7 +417,10 @@ initResources: {requests: {cpu: 50m, memory: 64Mi}, limits: {cpu: "1", memory: 1
             ("initEnv: [{name: NIXUV_ENV, value: x}]", "initEnv[0].name"),
             ("initEnv: [{name: 'A B', value: x}]", "initEnv[0].name"),
             ("initResources: {requests: {cpu: 1}, limits: {cpu: 1, memory: 1Gi}}", "initResources.requests.memory"),
-            ("initResources: {requests: {cpu: lots, memory: 1Gi}, limits: {cpu: 1, memory: 1Gi}}", "initResources.requests.cpu"),
+            (
+                "initResources: {requests: {cpu: lots, memory: 1Gi}, limits: {cpu: 1, memory: 1Gi}}",
+                "initResources.requests.cpu",
+            ),
             ("excludeNamespaces: [Kube_System]", "excludeNamespaces[0]"),
             ("initImagePullPolicy: Sometimes", "initImagePullPolicy"),
         ];

@@ -60,12 +60,18 @@ impl EnvSpec {
     /// or a path: the init container's env can be edited by anyone who can create Pods.
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, EnvSpecError> {
         let req = |name: &'static str| get(name).ok_or(EnvSpecError::Missing(name));
-        let bad = |name: &'static str, value: &str, reason: &'static str| EnvSpecError::Invalid { name, value: value.to_string(), reason };
+        let bad = |name: &'static str, value: &str, reason: &'static str| EnvSpecError::Invalid {
+            name,
+            value: value.to_string(),
+            reason,
+        };
         let id = req(ENV_ID)?;
         if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(bad(ENV_ID, &id, "is not a 16-hex-char env id"));
         }
-        let lines = |s: String| -> Vec<String> { s.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect() };
+        let lines = |s: String| -> Vec<String> {
+            s.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
+        };
         let system = lines(get(ENV_SYSTEM_DEPS).unwrap_or_default());
         if let Some(s) = system.iter().find(|s| !valid_attr_path(s)) {
             return Err(bad(ENV_SYSTEM_DEPS, s, "is not a nixpkgs attribute path"));
@@ -73,14 +79,18 @@ impl EnvSpec {
         let python = lines(get(ENV_PYTHON_DEPS).unwrap_or_default());
         for p in &python {
             let src = crate::inject::deps::Source::Annotation(crate::inject::ANN_PYTHON);
-            crate::inject::deps::parse_requirement(p, &src).map_err(|_| bad(ENV_PYTHON_DEPS, p, "is not an allowed PEP 508 requirement"))?;
+            crate::inject::deps::parse_requirement(p, &src)
+                .map_err(|_| bad(ENV_PYTHON_DEPS, p, "is not an allowed PEP 508 requirement"))?;
         }
         let python_version = req(ENV_PYTHON)?;
         if !valid_python_version(&python_version) {
             return Err(bad(ENV_PYTHON, &python_version, "is not a Python version"));
         }
         let nixpkgs = req(ENV_NIXPKGS)?;
-        if nixpkgs.is_empty() || nixpkgs.starts_with('-') || nixpkgs.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if nixpkgs.is_empty()
+            || nixpkgs.starts_with('-')
+            || nixpkgs.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(bad(ENV_NIXPKGS, &nixpkgs, "is not a flake reference"));
         }
         let index_url = get(ENV_INDEX_URL).unwrap_or_default();

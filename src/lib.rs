@@ -2,10 +2,10 @@
 //! through an injected init container and shared stores.
 #![forbid(unsafe_code)]
 
+pub mod certs;
+pub mod cli;
 pub mod config;
 pub mod envspec;
 pub mod inject;
 pub mod review;
-pub mod certs;
-pub mod cli;
 pub mod server;

@@ -186,10 +186,17 @@ mod tests {
         let cases: [(&str, fn(&ReviewError) -> bool); 6] = [
             ("not json", |e| matches!(e, ReviewError::NotJson(_))),
             (r#"{"kind":"Pod","apiVersion":"v1"}"#, |e| matches!(e, ReviewError::WrongKind(_))),
-            (r#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v2"}"#, |e| matches!(e, ReviewError::WrongVersion(_))),
+            (r#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v2"}"#, |e| {
+                matches!(e, ReviewError::WrongVersion(_))
+            }),
             (r#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1"}"#, |e| *e == ReviewError::NoRequest),
-            (r#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"operation":"CREATE"}}"#, |e| *e == ReviewError::NoUid),
-            (r#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid":7}}"#, |e| matches!(e, ReviewError::NotJson(_))),
+            (
+                r#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"operation":"CREATE"}}"#,
+                |e| *e == ReviewError::NoUid,
+            ),
+            (r#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid":7}}"#, |e| {
+                matches!(e, ReviewError::NotJson(_))
+            }),
         ];
         for (body, check) in cases {
             let err = decode(body.as_bytes()).expect_err(body);

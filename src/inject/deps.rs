@@ -144,7 +144,11 @@ pub fn split_python(list: &str) -> Vec<&str> {
 /// Parses and normalises one PEP 508 requirement; rejects URLs, paths and pip options.
 pub fn parse_requirement(item: &str, source: &Source) -> Result<PythonDep, DepError> {
     if item.starts_with('-') {
-        return Err(dep_err(source, item, "pip options are not allowed; declare a requirement such as \"numpy==1.26.4\""));
+        return Err(dep_err(
+            source,
+            item,
+            "pip options are not allowed; declare a requirement such as \"numpy==1.26.4\"",
+        ));
     }
     if item.chars().any(|c| c.is_control()) {
         return Err(dep_err(source, item, "control characters are not allowed"));
@@ -200,7 +204,11 @@ pub fn declared(
         if let Some(v) = ann.get(ANN_PYTHON_VERSION) {
             let v = v.trim();
             if !valid_python_version(v) {
-                return Err(dep_err(&Source::Annotation(ANN_PYTHON_VERSION), v, "not a Python 3 version such as \"3.12\""));
+                return Err(dep_err(
+                    &Source::Annotation(ANN_PYTHON_VERSION),
+                    v,
+                    "not a Python 3 version such as \"3.12\"",
+                ));
             }
             out.python_version = Some(v.to_string());
         }
@@ -236,11 +244,19 @@ mod tests {
     fn python_list_splitting() {
         let cases: &[(&str, &str, &[&str])] = &[
             ("simple", "numpy, pandas", &["numpy", "pandas"]),
-            ("specifier continues", "numpy==1.26.4, pandas>=2,<3, requests[socks]", &["numpy==1.26.4", "pandas>=2,<3", "requests[socks]"]),
+            (
+                "specifier continues",
+                "numpy==1.26.4, pandas>=2,<3, requests[socks]",
+                &["numpy==1.26.4", "pandas>=2,<3", "requests[socks]"],
+            ),
             ("space before operator", "pandas>=2, <3,scipy", &["pandas>=2, <3", "scipy"]),
             ("extras with commas", "requests[socks,security]>=2", &["requests[socks,security]>=2"]),
             ("newlines", "numpy\npandas\n\n", &["numpy", "pandas"]),
-            ("quoted marker comma", "a; platform_system in 'Linux,Darwin', b", &["a; platform_system in 'Linux,Darwin'", "b"]),
+            (
+                "quoted marker comma",
+                "a; platform_system in 'Linux,Darwin', b",
+                &["a; platform_system in 'Linux,Darwin'", "b"],
+            ),
             ("not-equal continues", "a>1,!=1.5,b", &["a>1,!=1.5", "b"]),
             ("compatible continues", "a~=1.0,<2", &["a~=1.0,<2"]),
             ("empty", " , ,\n", &[]),
@@ -275,7 +291,11 @@ mod tests {
         }
         let marker = parse_requirement("requests[socks]; python_version > \"3.8\"", &src).unwrap();
         assert!(marker.requirement.starts_with("requests[socks]"), "{}", marker.requirement);
-        assert!(marker.requirement.contains("python_full_version") || marker.requirement.contains("python_version"), "{}", marker.requirement);
+        assert!(
+            marker.requirement.contains("python_full_version") || marker.requirement.contains("python_version"),
+            "{}",
+            marker.requirement
+        );
         for bad in [
             "foo @ https://example.com/foo.whl",
             "https://example.com/foo.whl",

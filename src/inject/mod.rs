@@ -82,7 +82,15 @@ impl Decision {
         Decision { allowed: true, code: 200, message: None, warnings: Vec::new(), patch: None, outcome, env_id: None }
     }
     pub fn deny(code: u16, message: impl Into<String>) -> Self {
-        Decision { allowed: false, code, message: Some(message.into()), warnings: Vec::new(), patch: None, outcome: Outcome::Denied, env_id: None }
+        Decision {
+            allowed: false,
+            code,
+            message: Some(message.into()),
+            warnings: Vec::new(),
+            patch: None,
+            outcome: Outcome::Denied,
+            env_id: None,
+        }
     }
 }
 
@@ -151,7 +159,12 @@ pub fn decide_view(pod: &PodView, namespace: Option<&str>, cfg: &Config) -> Deci
         let c = &containers[idx];
         match c.env_var("NIXUV_ENV") {
             Some((_, e)) if already && e.value.as_deref() == Some(plan.id.as_str()) => continue,
-            Some(_) => return Decision::deny(400, format!("spec.containers[{:?}].env: NIXUV_ENV is already set; it is reserved for nixuv", c.name)),
+            Some(_) => {
+                return Decision::deny(
+                    400,
+                    format!("spec.containers[{:?}].env: NIXUV_ENV is already set; it is reserved for nixuv", c.name),
+                )
+            }
             None => {}
         }
         if let Err(msg) = container_conflicts(c, &plan) {
@@ -171,12 +184,17 @@ pub fn decide_view(pod: &PodView, namespace: Option<&str>, cfg: &Config) -> Deci
 fn conflicts(pod: &PodView) -> Result<(), String> {
     for v in pod.volumes() {
         if [VOL_NIX, VOL_UV, VOL_TMP].contains(&v.name.as_str()) {
-            return Err(format!("spec.volumes: a volume named {:?} already exists; nixuv adds its own and would conflict", v.name));
+            return Err(format!(
+                "spec.volumes: a volume named {:?} already exists; nixuv adds its own and would conflict",
+                v.name
+            ));
         }
     }
     let named = |field: &str, mut names: Vec<&str>| -> Result<(), String> {
         match names.iter_mut().find(|n| **n == INIT_CONTAINER) {
-            Some(n) => Err(format!("spec.{field}: a container named {n:?} already exists; nixuv adds its own and would conflict")),
+            Some(n) => Err(format!(
+                "spec.{field}: a container named {n:?} already exists; nixuv adds its own and would conflict"
+            )),
             None => Ok(()),
         }
     };
@@ -204,7 +222,10 @@ fn container_conflicts(c: &pod::ContainerView, plan: &EnvPlan) -> Result<(), Str
             }
         }
         if [VOL_NIX, VOL_UV, VOL_TMP].contains(&m.name.as_str()) {
-            return Err(format!("spec.containers[{:?}].volumeMounts: volume {:?} is reserved for nixuv", c.name, m.name));
+            return Err(format!(
+                "spec.containers[{:?}].volumeMounts: volume {:?} is reserved for nixuv",
+                c.name, m.name
+            ));
         }
     }
     if let Some((_, e)) = c.env_var("PATH") {
@@ -216,7 +237,10 @@ fn container_conflicts(c: &pod::ContainerView, plan: &EnvPlan) -> Result<(), Str
         }
     }
     if plan.has_python() && c.env_var("VIRTUAL_ENV").is_some() {
-        return Err(format!("spec.containers[{:?}].env: VIRTUAL_ENV is already set; nixuv sets it to the env's venv", c.name));
+        return Err(format!(
+            "spec.containers[{:?}].env: VIRTUAL_ENV is already set; nixuv sets it to the env's venv",
+            c.name
+        ));
     }
     Ok(())
 }

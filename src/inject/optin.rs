@@ -35,7 +35,10 @@ pub fn targets(pod: &PodView, cfg: &Config) -> Result<Vec<usize>, String> {
             let mut out = Vec::new();
             for want in list.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty()) {
                 let idx = containers.iter().position(|c| c.name == want).ok_or_else(|| {
-                    format!("annotation {ANN_CONTAINERS:?}: {want:?} is not a container of this Pod (containers: {})", names())
+                    format!(
+                        "annotation {ANN_CONTAINERS:?}: {want:?} is not a container of this Pod (containers: {})",
+                        names()
+                    )
                 })?;
                 if !out.contains(&idx) {
                     out.push(idx);

@@ -163,8 +163,12 @@ pub fn build(pod: &PodView, plan: &EnvPlan, targets: &[usize], missing: &Missing
     if missing.annotations {
         let values = [(ANN_STATUS, STATUS_INJECTED), (ANN_ENV, plan.id.as_str())];
         match (&pod.metadata, pod.annotations()) {
-            (None, _) => ops.add([t("metadata")], json!({ "annotations": { ANN_STATUS: STATUS_INJECTED, ANN_ENV: plan.id } })),
-            (Some(_), None) => ops.add([t("metadata"), t("annotations")], json!({ ANN_STATUS: STATUS_INJECTED, ANN_ENV: plan.id })),
+            (None, _) => {
+                ops.add([t("metadata")], json!({ "annotations": { ANN_STATUS: STATUS_INJECTED, ANN_ENV: plan.id } }))
+            }
+            (Some(_), None) => {
+                ops.add([t("metadata"), t("annotations")], json!({ ANN_STATUS: STATUS_INJECTED, ANN_ENV: plan.id }))
+            }
             (Some(_), Some(_)) => {
                 for (k, v) in values {
                     ops.add([t("metadata"), t("annotations"), t(k)], json!(v));
@@ -172,11 +176,8 @@ pub fn build(pod: &PodView, plan: &EnvPlan, targets: &[usize], missing: &Missing
             }
         }
     }
-    let vols: Vec<Value> = volumes(cfg)
-        .into_iter()
-        .zip(missing.volumes)
-        .filter_map(|((_, v), miss)| miss.then_some(v))
-        .collect();
+    let vols: Vec<Value> =
+        volumes(cfg).into_iter().zip(missing.volumes).filter_map(|((_, v), miss)| miss.then_some(v)).collect();
     let spec = pod.spec.as_ref();
     if !vols.is_empty() {
         if spec.and_then(|s| s.volumes.as_ref()).is_none() {

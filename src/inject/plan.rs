@@ -177,6 +177,9 @@ mod tests {
     fn path_prefix_venv_first() {
         let p = plan("gcc", "numpy", None);
         assert_eq!(p.path_prefix(), format!("/nixuv/uv/envs/{0}/bin:/nix/var/nixuv/profiles/{0}/bin", p.id));
-        assert_eq!(plan("gcc", "", None).path_prefix(), format!("/nix/var/nixuv/profiles/{}/bin", plan("gcc", "", None).id));
+        assert_eq!(
+            plan("gcc", "", None).path_prefix(),
+            format!("/nix/var/nixuv/profiles/{}/bin", plan("gcc", "", None).id)
+        );
     }
 }

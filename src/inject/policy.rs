@@ -19,14 +19,17 @@ pub fn check(declared: &Declared, cfg: &Config) -> Result<(), PolicyError> {
         return Err(PolicyError::TooMany { count: declared.count(), max });
     }
     let system = declared.system.iter().map(|d| (&cfg.system_policy, "system", d.attr.as_str(), &d.attr, &d.source));
-    let python = declared.python.iter().map(|d| (&cfg.python_policy, "python", d.name.as_str(), &d.requirement, &d.source));
+    let python =
+        declared.python.iter().map(|d| (&cfg.python_policy, "python", d.name.as_str(), &d.requirement, &d.source));
     for (policy, ecosystem, name, item, source) in system.chain(python) {
         match policy.check(name) {
             Verdict::Allowed => {}
             Verdict::Denied(glob) => {
                 return Err(PolicyError::Denied { origin: source.to_string(), item: item.clone(), ecosystem, glob })
             }
-            Verdict::NotAllowed => return Err(PolicyError::NotAllowed { origin: source.to_string(), item: item.clone(), ecosystem }),
+            Verdict::NotAllowed => {
+                return Err(PolicyError::NotAllowed { origin: source.to_string(), item: item.clone(), ecosystem })
+            }
         }
     }
     Ok(())
@@ -57,7 +60,12 @@ mod tests {
             ("deny wins over allow", "gcc", "", Some("\"gcc\" is denied by policy.system.deny \"gcc\"")),
             ("not in allow", "curl", "", Some("\"curl\" is not in policy.system.allow")),
             ("python deny uses the normalised name", "", "Evil_Pkg==1", Some("policy.python.deny \"evil-*\"")),
-            ("max deps", "ffmpeg, ffmpeg-full, ffmpeg_7", "a, b", Some("declares 5 dependencies, more than maxDeps (4)")),
+            (
+                "max deps",
+                "ffmpeg, ffmpeg-full, ffmpeg_7",
+                "a, b",
+                Some("declares 5 dependencies, more than maxDeps (4)"),
+            ),
         ];
         for (name, sys, py, want) in cases {
             let d = declared(None, Some(&ann(sys, py))).unwrap();

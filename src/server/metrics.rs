@@ -62,7 +62,11 @@ impl Metrics {
         let duration = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1])
         });
-        registry.register("admission_duration_seconds", "Time from a complete request body to a response", duration.clone());
+        registry.register(
+            "admission_duration_seconds",
+            "Time from a complete request body to a response",
+            duration.clone(),
+        );
         let tls_reloads = Family::<ResultLabels, Counter>::default();
         registry.register("tls_reloads", "Serving certificate reloads by result", tls_reloads.clone());
         let config_reloads = Family::<ResultLabels, Counter>::default();
@@ -72,10 +76,28 @@ impl Metrics {
         let connections = Gauge::default();
         registry.register("connections_open", "Open client connections", connections.clone());
         let rejected_connections = Counter::default();
-        registry.register("connections_rejected", "Connections closed at once because the connection limit was reached", rejected_connections.clone());
+        registry.register(
+            "connections_rejected",
+            "Connections closed at once because the connection limit was reached",
+            rejected_connections.clone(),
+        );
         let tls_handshake_failures = Counter::default();
-        registry.register("tls_handshake_failures", "TLS handshakes that failed or timed out", tls_handshake_failures.clone());
-        Self { registry, requests, duration, tls_reloads, config_reloads, http_errors, connections, rejected_connections, tls_handshake_failures }
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            tls_handshake_failures.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            duration,
+            tls_reloads,
+            config_reloads,
+            http_errors,
+            connections,
+            rejected_connections,
+            tls_handshake_failures,
+        }
     }
 
     pub fn encode(&self) -> String {

@@ -87,7 +87,11 @@ pub async fn read_body(state: &AppState, body: Body) -> Result<Bytes, Response> 
 fn too_large_by_header(state: &AppState, req: &Request) -> Option<Response> {
     let len = req.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse::<u64>().ok()?;
     (len > state.body_limit as u64).then(|| {
-        json_error(state, StatusCode::PAYLOAD_TOO_LARGE, &format!("request body exceeds the limit of {} bytes", state.body_limit))
+        json_error(
+            state,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body exceeds the limit of {} bytes", state.body_limit),
+        )
     })
 }
 
@@ -103,7 +107,11 @@ async fn mutate(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let review = match review::decode(&bytes) {
         Ok(r) => r,
         Err(e) => {
-            state.metrics.requests.get_or_create(&RequestLabels { endpoint: Endpoint::mutate, decision: "invalid" }).inc();
+            state
+                .metrics
+                .requests
+                .get_or_create(&RequestLabels { endpoint: Endpoint::mutate, decision: "invalid" })
+                .inc();
             return json_error(&state, StatusCode::BAD_REQUEST, &e.to_string());
         }
     };
@@ -112,7 +120,11 @@ async fn mutate(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let out = review::respond(review.api_version, &review.request.uid, &decision);
     let body = serde_json::to_vec(&out).expect("a review always serialises");
     let elapsed = start.elapsed();
-    state.metrics.requests.get_or_create(&RequestLabels { endpoint: Endpoint::mutate, decision: decision.outcome.as_str() }).inc();
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels { endpoint: Endpoint::mutate, decision: decision.outcome.as_str() })
+        .inc();
     state.metrics.duration.get_or_create(&EndpointLabels { endpoint: Endpoint::mutate }).observe(elapsed.as_secs_f64());
     let req = &review.request;
     match decision.outcome {
@@ -146,21 +158,26 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
         state.metrics.encode(),
     )
         .into_response()
 }
 
 async fn not_found(State(state): State<Arc<AppState>>) -> Response {
-    json_error(&state, StatusCode::NOT_FOUND, "no such endpoint: use POST /mutate, POST /preview, GET /healthz, /readyz, /metrics")
+    json_error(
+        &state,
+        StatusCode::NOT_FOUND,
+        "no such endpoint: use POST /mutate, POST /preview, GET /healthz, /readyz, /metrics",
+    )
 }
 
 pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
-    let mut r = Router::new()
-        .route("/mutate", post(mutate))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz));
+    let mut r =
+        Router::new().route("/mutate", post(mutate)).route("/healthz", get(healthz)).route("/readyz", get(readyz));
     if with_metrics {
         r = r.route("/metrics", get(metrics_text));
     }
@@ -215,7 +232,8 @@ fn spawn_config_reloader(state: Arc<AppState>, path: PathBuf, interval: Duration
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
     tokio::select! {
         _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
         _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "shutting down"),
@@ -314,7 +332,13 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(addr = %local, "listening");
 
-    let conns = ConnSpawner { acceptor, builder, app, metrics: Arc::clone(&metrics), handshake_timeout: opts.handshake_timeout };
+    let conns = ConnSpawner {
+        acceptor,
+        builder,
+        app,
+        metrics: Arc::clone(&metrics),
+        handshake_timeout: opts.handshake_timeout,
+    };
     let signal = shutdown_signal();
     tokio::pin!(signal);
     // After the signal: readiness fails at once, and the listener keeps accepting for the shutdown

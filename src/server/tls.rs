@@ -49,13 +49,21 @@ fn parse_pair(cert: &Path, key: &Path, cert_pem: &[u8], key_pem: &[u8]) -> Resul
         .collect::<Result<_, _>>()
         .map_err(|e| TlsError::NoCert { path: cert.to_path_buf(), detail: e.to_string() })?;
     if chain.is_empty() {
-        return Err(TlsError::NoCert { path: cert.to_path_buf(), detail: "the file holds no CERTIFICATE block".into() });
+        return Err(TlsError::NoCert {
+            path: cert.to_path_buf(),
+            detail: "the file holds no CERTIFICATE block".into(),
+        });
     }
-    let der = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::BadKey { path: key.to_path_buf(), detail: e.to_string() })?;
+    let der = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| TlsError::BadKey { path: key.to_path_buf(), detail: e.to_string() })?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&der)
         .map_err(|e| TlsError::BadKey { path: key.to_path_buf(), detail: e.to_string() })?;
     let ck = CertifiedKey::new(chain, signing);
-    ck.keys_match().map_err(|e| TlsError::Mismatch { cert: cert.to_path_buf(), key: key.to_path_buf(), detail: e.to_string() })?;
+    ck.keys_match().map_err(|e| TlsError::Mismatch {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        detail: e.to_string(),
+    })?;
     Ok(ck)
 }
 

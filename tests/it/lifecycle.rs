@@ -16,7 +16,11 @@ use crate::common::{self, post_json, Server};
 fn bad_config_fails_at_startup_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     common::make_certs(dir.path());
-    for (yaml, key) in [("storage:\n  mode: nfs\n", "nfs"), ("maxDepz: 3\n", "maxDepz"), ("initResources: {requests: {cpu: 1}, limits: {cpu: 1, memory: 1Gi}}", "initResources.requests.memory")] {
+    for (yaml, key) in [
+        ("storage:\n  mode: nfs\n", "nfs"),
+        ("maxDepz: 3\n", "maxDepz"),
+        ("initResources: {requests: {cpu: 1}, limits: {cpu: 1, memory: 1Gi}}", "initResources.requests.memory"),
+    ] {
         let cfg = dir.path().join("config.yaml");
         std::fs::write(&cfg, yaml).unwrap();
         let out = Command::new(common::bin())
@@ -51,7 +55,14 @@ fn certs_files_and_modes() {
     let out = Command::new(common::bin())
         .args(["certs", "--out-dir"])
         .arg(dir.path().join("sub"))
-        .args(["--dns-name", "nixuv.nixuv-system.svc", "--dns-name", "nixuv.nixuv-system.svc.cluster.local", "--ip", "10.0.0.1"])
+        .args([
+            "--dns-name",
+            "nixuv.nixuv-system.svc",
+            "--dns-name",
+            "nixuv.nixuv-system.svc.cluster.local",
+            "--ip",
+            "10.0.0.1",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -63,7 +74,8 @@ fn certs_files_and_modes() {
     assert_eq!(mode, 0o600);
     let key = std::fs::read_to_string(dir.path().join("sub/tls.key")).unwrap();
     assert!(key.contains("BEGIN PRIVATE KEY"));
-    let bad = Command::new(common::bin()).args(["certs", "--out-dir", "/tmp/x", "--dns-name", "bad name"]).output().unwrap();
+    let bad =
+        Command::new(common::bin()).args(["certs", "--out-dir", "/tmp/x", "--dns-name", "bad name"]).output().unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("bad name"));
 }
@@ -101,7 +113,8 @@ async fn certificate_rotation_by_symlink_swap_without_failed_requests() {
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let mut workers = Vec::new();
     for w in 0..4 {
-        let (server, stop, ok, failed, review, both) = (server.clone(), stop.clone(), ok.clone(), failed.clone(), review.clone(), both.clone());
+        let (server, stop, ok, failed, review, both) =
+            (server.clone(), stop.clone(), ok.clone(), failed.clone(), review.clone(), both.clone());
         workers.push(tokio::spawn(async move {
             // Half the workers reuse a connection, half open a new one per request.
             let pooled = server.h1();
@@ -147,7 +160,8 @@ async fn certificate_rotation_by_symlink_swap_without_failed_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_config_reload_keeps_the_old_config() {
-    let mut server = Server::builder().config("policy: {python: {deny: ['numpy']}}\n").arg("--reload-interval").arg("100ms").start();
+    let mut server =
+        Server::builder().config("policy: {python: {deny: ['numpy']}}\n").arg("--reload-interval").arg("100ms").start();
     let cfg = server.dir.path().join("config.yaml");
     let review = common::fixture("reviews/bare-pod.json");
     let client = server.h1();
@@ -195,7 +209,10 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let body = serde_json::to_vec(&common::fixture("reviews/bare-pod.json")).unwrap();
     // An in-flight request: headers and half the body sent before SIGTERM.
     let mut conn = raw_tls(&server).await;
-    let head = format!("POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
     conn.write_all(head.as_bytes()).await.unwrap();
     conn.write_all(&body[..body.len() / 2]).await.unwrap();
     conn.flush().await.unwrap();
@@ -215,7 +232,10 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     conn.write_all(&body[body.len() / 2..]).await.unwrap();
     conn.flush().await.unwrap();
     let mut resp = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut resp)).await.expect("server closed the connection").ok();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut resp))
+        .await
+        .expect("server closed the connection")
+        .ok();
     let text = String::from_utf8_lossy(&resp);
     assert!(text.starts_with("HTTP/1.1 200"), "in-flight request failed: {text}");
     assert!(text.contains("\"allowed\":true"));

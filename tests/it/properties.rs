@@ -11,7 +11,8 @@ use nixuv::inject::{decide_pod, Outcome};
 use crate::common::{self, pss};
 
 const SYSTEM: &[&str] = &["gcc", "gnumake", "ffmpeg-headless", "python312Packages.numpy", "xorg.libX11", "jq"];
-const PYTHON: &[&str] = &["numpy==1.26.4", "pandas>=2,<3", "requests[socks]", "rich", "typing_extensions>=4; python_version >= '3.8'"];
+const PYTHON: &[&str] =
+    &["numpy==1.26.4", "pandas>=2,<3", "requests[socks]", "rich", "typing_extensions>=4; python_version >= '3.8'"];
 const NAMES: &[&str] = &["app", "main", "web", "worker", "istio-proxy", "wait", "linkerd-proxy"];
 
 fn env_entries() -> impl Strategy<Value = Option<Vec<Value>>> {
@@ -34,16 +35,19 @@ fn env_entries() -> impl Strategy<Value = Option<Vec<Value>>> {
 }
 
 fn container(name: String) -> impl Strategy<Value = Value> {
-    (env_entries(), proptest::option::of(proptest::collection::vec("[a-z]{1,8}", 0..3))).prop_map(move |(env, mounts)| {
-        let mut c = json!({"name": name, "image": "python:3.12-slim"});
-        if let Some(env) = env {
-            c["env"] = Value::Array(env);
-        }
-        if let Some(m) = mounts {
-            c["volumeMounts"] = Value::Array(m.iter().map(|n| json!({"name": n, "mountPath": format!("/data/{n}")})).collect());
-        }
-        c
-    })
+    (env_entries(), proptest::option::of(proptest::collection::vec("[a-z]{1,8}", 0..3))).prop_map(
+        move |(env, mounts)| {
+            let mut c = json!({"name": name, "image": "python:3.12-slim"});
+            if let Some(env) = env {
+                c["env"] = Value::Array(env);
+            }
+            if let Some(m) = mounts {
+                c["volumeMounts"] =
+                    Value::Array(m.iter().map(|n| json!({"name": n, "mountPath": format!("/data/{n}")})).collect());
+            }
+            c
+        },
+    )
 }
 
 fn pod() -> impl Strategy<Value = Value> {
@@ -62,7 +66,8 @@ fn pod() -> impl Strategy<Value = Value> {
         .prop_map(|(containers, sys, py, as_labels, annotations, volumes, inits)| {
             let mut labels = Map::new();
             labels.insert("nixuv.io/inject".into(), json!("true"));
-            let mut ann: Map<String, Value> = annotations.unwrap_or_default().into_iter().map(|(k, v)| (k, json!(v))).collect();
+            let mut ann: Map<String, Value> =
+                annotations.unwrap_or_default().into_iter().map(|(k, v)| (k, json!(v))).collect();
             if as_labels {
                 for s in &sys {
                     labels.insert(format!("system.nixuv.io/{s}"), json!(""));
@@ -82,7 +87,8 @@ fn pod() -> impl Strategy<Value = Value> {
                 spec["volumes"] = Value::Array(v.iter().map(|n| json!({"name": n, "emptyDir": {}})).collect());
             }
             if let Some(i) = inits {
-                spec["initContainers"] = Value::Array(i.iter().map(|n| json!({"name": format!("init-{n}"), "image": "busybox"})).collect());
+                spec["initContainers"] =
+                    Value::Array(i.iter().map(|n| json!({"name": format!("init-{n}"), "image": "busybox"})).collect());
             }
             json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec})
         })

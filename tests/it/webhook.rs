@@ -4,7 +4,8 @@ use serde_json::{json, Value};
 
 use crate::common::{self, as_pod, env_of, post_json, response_patch, with_object, Server};
 
-const POSITIVE: &[&str] = &["bare-pod", "existing-volumes-env-init", "istio-sidecar", "argo-pod", "slash-annotation", "v1beta1"];
+const POSITIVE: &[&str] =
+    &["bare-pod", "existing-volumes-env-init", "istio-sidecar", "argo-pod", "slash-annotation", "v1beta1"];
 
 /// Sends the review, checks the response envelope, applies the patch, checks the result is a Pod
 /// and that reinvocation on it yields no patch. Returns (patched object, response).
@@ -62,7 +63,12 @@ async fn check_all_fixtures(client: &reqwest::Client, url: &str) {
                 );
                 assert_eq!(env_of(app, "VIRTUAL_ENV").unwrap(), format!("/nixuv/uv/envs/{env_id}"));
                 assert_eq!(env_of(app, "NIXUV_ENV").unwrap(), env_id);
-                let mounts: Vec<_> = app.volume_mounts.iter().flatten().map(|m| (m.name.as_str(), m.mount_path.as_str(), m.read_only)).collect();
+                let mounts: Vec<_> = app
+                    .volume_mounts
+                    .iter()
+                    .flatten()
+                    .map(|m| (m.name.as_str(), m.mount_path.as_str(), m.read_only))
+                    .collect();
                 assert_eq!(mounts, [("nixuv-nix", "/nix", Some(true)), ("nixuv-uv", "/nixuv/uv", Some(true))]);
             }
             "existing-volumes-env-init" => {
@@ -153,7 +159,12 @@ async fn denials_name_the_source_and_item() {
     let mut unknown_target = bare.clone();
     unknown_target["request"]["object"]["metadata"]["annotations"] = json!({"nixuv.io/containers": "main"});
     let cases: Vec<(&str, Value, u16, &[&str])> = vec![
-        ("bad python dep", common::fixture("reviews/deny-bad-python.json"), 400, &["nixuv.io/python-deps", "evil @ https://example.com/evil.whl"]),
+        (
+            "bad python dep",
+            common::fixture("reviews/deny-bad-python.json"),
+            400,
+            &["nixuv.io/python-deps", "evil @ https://example.com/evil.whl"],
+        ),
         ("name conflict", common::fixture("reviews/deny-conflict.json"), 400, &["spec.volumes", "nixuv-uv"]),
         ("policy", policy, 403, &["nixuv.io/system-deps", "gcc13", "policy.system.deny"]),
         ("maxDeps", too_many, 403, &["maxDeps (3)", "5 dependencies"]),
@@ -182,9 +193,20 @@ async fn bad_bodies_get_json_errors() {
     let url = server.url("/mutate");
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
         ("not json", b"hello".to_vec(), 400, "not JSON"),
-        ("a pod, not a review", serde_json::to_vec(&common::fixture("reviews/bare-pod.json")["request"]["object"]).unwrap(), 400, "not an AdmissionReview"),
+        (
+            "a pod, not a review",
+            serde_json::to_vec(&common::fixture("reviews/bare-pod.json")["request"]["object"]).unwrap(),
+            400,
+            "not an AdmissionReview",
+        ),
         ("no request", br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(), 400, "no request"),
-        ("no uid", br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"operation":"CREATE"}}"#.to_vec(), 400, "no uid"),
+        (
+            "no uid",
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"operation":"CREATE"}}"#
+                .to_vec(),
+            400,
+            "no uid",
+        ),
         ("over the limit", vec![b' '; 70_000], 413, "exceeds the limit"),
     ];
     for (name, body, code, needle) in cases {
@@ -217,7 +239,9 @@ fn futures_chunks(total: usize) -> impl futures_core::Stream<Item = Result<Vec<u
     tokio_stream_from(rx)
 }
 
-fn tokio_stream_from(mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 

@@ -102,7 +102,10 @@ impl ServerBuilder {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
                     if let Some(addr) = v["addr"].as_str() {
-                        let _ = tx.send((v["message"].as_str().unwrap_or("").to_string(), addr.parse::<SocketAddr>().unwrap()));
+                        let _ = tx.send((
+                            v["message"].as_str().unwrap_or("").to_string(),
+                            addr.parse::<SocketAddr>().unwrap(),
+                        ));
                     }
                 }
                 sink.lock().unwrap().push(line);
@@ -199,7 +202,9 @@ pub fn response_patch(review: &Value) -> Option<json_patch::Patch> {
 /// Applies `patch` to `doc` with the json-patch implementation; panics naming the failing op.
 pub fn apply(doc: &Value, patch: &json_patch::Patch) -> Value {
     let mut out = doc.clone();
-    json_patch::patch(&mut out, &patch.0).unwrap_or_else(|e| panic!("patch does not apply: {e}\npatch: {}", serde_json::to_string_pretty(patch).unwrap()));
+    json_patch::patch(&mut out, &patch.0).unwrap_or_else(|e| {
+        panic!("patch does not apply: {e}\npatch: {}", serde_json::to_string_pretty(patch).unwrap())
+    });
     out
 }
 

@@ -1,0 +1,38 @@
+# nixuv: the two commands that matter on a fresh machine are `make run` and `make test`.
+CARGO ?= cargo
+ADDR ?= 127.0.0.1:8443
+BIN := target/debug/nixuv
+
+.PHONY: run test tools build certs lint unit clean bench
+
+build:
+	$(CARGO) build
+
+## Dev certificates for localhost in certs/ (kept if present).
+certs/tls.crt: | build
+	$(BIN) certs --out-dir certs --dns-name localhost --ip 127.0.0.1 >/dev/null
+
+certs: certs/tls.crt
+
+## Run the webhook on https://$(ADDR) with the default config.
+run: build certs
+	$(BIN) serve --addr $(ADDR) --tls-cert certs/tls.crt --tls-key certs/tls.key
+
+## Install the test tools (idempotent), then lint and run every test.
+test: tools lint
+	$(CARGO) test --all-targets
+
+tools:
+	./scripts/install-tools.sh
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	shellcheck scripts/*.sh .ci/run
+
+bench:
+	$(CARGO) bench --bench core
+
+clean:
+	$(CARGO) clean
+	rm -f certs/*.crt certs/*.key
