@@ -33,6 +33,25 @@ pub enum Command {
     Serve(ServeArgs),
     /// Write a CA and an ECDSA P-256 serving certificate; print the base64 caBundle.
     Certs(CertsArgs),
+    /// Show what nixuv would do to the Pods of a manifest, offline. Exit 0: all allowed;
+    /// 1: some object denied; 2: unreadable input or bad flags.
+    Preview(PreviewArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PreviewArgs {
+    /// Manifest to read (YAML or JSON, several documents or a List); `-` for stdin.
+    #[arg(short = 'f', long = "filename")]
+    pub file: String,
+    /// YAML config file, as for `nixuv serve`.
+    #[arg(long, env = "NIXUV_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Namespace the Pods are created in (default: each object's own, else `default`).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Output: the mutated objects (default: the input's format), or the JSON patches.
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<crate::preview::output::Output>,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

@@ -7,5 +7,6 @@ pub mod cli;
 pub mod config;
 pub mod envspec;
 pub mod inject;
+pub mod preview;
 pub mod review;
 pub mod server;

@@ -46,6 +46,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(nixuv::server::serve(opts))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Preview(a) => Ok(preview(a)),
         Command::Certs(a) => {
             let g = nixuv::certs::generate(&a.dns_names, &a.ips, a.valid_days)?;
             nixuv::certs::write(&a.out_dir, &g)?;
@@ -53,6 +54,59 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", g.ca_bundle());
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `nixuv preview`: exit 0 when everything is allowed, 1 when an object is denied, 2 when the
+/// input or the flags are unusable.
+fn preview(a: nixuv::cli::PreviewArgs) -> ExitCode {
+    use nixuv::preview::{self, output::Output};
+    use std::io::Read;
+    let fail = |msg: String| {
+        eprintln!("nixuv preview: {msg}");
+        ExitCode::from(2)
+    };
+    let cfg = match nixuv::config::Config::load(a.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return fail(e.to_string()),
+    };
+    let mut text = String::new();
+    let read = if a.file == "-" {
+        std::io::stdin().read_to_string(&mut text).map(|_| ())
+    } else {
+        std::fs::read_to_string(&a.file).map(|t| text = t)
+    };
+    if let Err(e) = read {
+        return fail(format!("reading {}: {e}", a.file));
+    }
+    let (format, docs, previews) = match preview::preview_text(&text, a.namespace.as_deref(), &cfg) {
+        Ok(r) => r,
+        Err(e) => return fail(format!("{}: {e}", a.file)),
+    };
+    let output = a.output.unwrap_or(match format {
+        preview::Format::Yaml => Output::Yaml,
+        preview::Format::Json => Output::Json,
+    });
+    let rendered = match output {
+        Output::Yaml => preview::output::yaml(&docs, &previews),
+        Output::Json => preview::output::json(&docs, &previews),
+        Output::Patch => preview::output::patches(&previews),
+    };
+    print!("{rendered}");
+    let mut denied = false;
+    for p in &previews {
+        for w in &p.warnings {
+            eprintln!("nixuv preview: {}: warning: {w}", p.label());
+        }
+        if let Some(msg) = p.denial() {
+            denied = true;
+            eprintln!("nixuv preview: {}: {msg}", p.label());
+        }
+    }
+    if denied {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

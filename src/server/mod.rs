@@ -176,8 +176,11 @@ async fn not_found(State(state): State<Arc<AppState>>) -> Response {
 }
 
 pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
-    let mut r =
-        Router::new().route("/mutate", post(mutate)).route("/healthz", get(healthz)).route("/readyz", get(readyz));
+    let mut r = Router::new()
+        .route("/mutate", post(mutate))
+        .route("/preview", post(crate::preview::http::preview))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
     if with_metrics {
         r = r.route("/metrics", get(metrics_text));
     }

@@ -1,5 +1,6 @@
 //! Integration tests: the real `nixuv` binary, spoken to over TLS.
 mod common;
 mod lifecycle;
+mod preview;
 mod properties;
 mod webhook;

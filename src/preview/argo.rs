@@ -1,0 +1,139 @@
+//! Argo Workflows: each template that makes a Pod (container, script, containerSet) is previewed
+//! as the Pod Argo builds from it: labels and annotations from `spec.podMetadata` merged with the
+//! template's `metadata` (the template wins), the app container named `main` (containerSet: its
+//! own names), Argo's `wait` sidecar beside it (a sidecar in nixuv's default config, so not a
+//! target), and the template's `sidecars`.
+
+use serde_json::{json, Map, Value};
+
+use super::{decide_pod_value, ObjectPreview, TemplateReport};
+use crate::config::Config;
+use crate::inject::deps;
+use crate::inject::pod::PodView;
+use crate::inject::{
+    ANN_CONTAINERS, ANN_PYTHON, ANN_PYTHON_VERSION, ANN_SYSTEM, LABEL_INJECT, LABEL_PYTHON_PREFIX, LABEL_SYSTEM_PREFIX,
+};
+
+fn is_nixuv_key(k: &str) -> bool {
+    [LABEL_INJECT, ANN_SYSTEM, ANN_PYTHON, ANN_PYTHON_VERSION, ANN_CONTAINERS].contains(&k)
+        || k.starts_with(LABEL_SYSTEM_PREFIX)
+        || k.starts_with(LABEL_PYTHON_PREFIX)
+}
+
+fn merged(a: Option<&Value>, b: Option<&Value>) -> Map<String, Value> {
+    let mut out = a.and_then(Value::as_object).cloned().unwrap_or_default();
+    if let Some(b) = b.and_then(Value::as_object) {
+        out.extend(b.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    out
+}
+
+/// The Pod Argo would build for `tpl`, or `None` for templates that make no Pod (steps, dag,
+/// suspend, resource, http, plugin).
+fn pod_for(spec: &Value, tpl: &Value, wf_name: &str) -> Option<Value> {
+    let mut containers = Vec::new();
+    if let Some(c) = tpl.get("container") {
+        let mut c = c.clone();
+        c["name"] = json!("main");
+        containers.push(c);
+    } else if let Some(s) = tpl.get("script") {
+        let mut c = s.clone();
+        c.as_object_mut()?.remove("source");
+        c["name"] = json!("main");
+        containers.push(c);
+    } else if let Some(set) = tpl.get("containerSet") {
+        containers.extend(set.get("containers")?.as_array()?.iter().cloned());
+    } else {
+        return None;
+    }
+    containers.push(json!({ "name": "wait", "image": "quay.io/argoproj/argoexec" }));
+    containers.extend(tpl.get("sidecars").and_then(Value::as_array).into_iter().flatten().cloned());
+    let pod_meta = spec.get("podMetadata");
+    let meta = tpl.get("metadata");
+    let mut labels = merged(pod_meta.and_then(|m| m.get("labels")), meta.and_then(|m| m.get("labels")));
+    labels.insert("workflows.argoproj.io/workflow".into(), json!(wf_name));
+    let annotations = merged(pod_meta.and_then(|m| m.get("annotations")), meta.and_then(|m| m.get("annotations")));
+    let mut volumes: Vec<Value> = spec.get("volumes").and_then(Value::as_array).cloned().unwrap_or_default();
+    volumes.extend(tpl.get("volumes").and_then(Value::as_array).into_iter().flatten().cloned());
+    Some(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "labels": labels, "annotations": annotations },
+        "spec": {
+            "containers": containers,
+            "initContainers": tpl.get("initContainers").cloned().unwrap_or_else(|| json!([])),
+            "volumes": volumes,
+        }
+    }))
+}
+
+pub fn preview(out: &mut ObjectPreview, obj: &Value, namespace: &str, cfg: &Config) -> Result<(), (String, String)> {
+    let (spec_field, spec) = if out.kind == "CronWorkflow" {
+        ("spec.workflowSpec", obj.get("spec").and_then(|s| s.get("workflowSpec")))
+    } else {
+        ("spec", obj.get("spec"))
+    };
+    let spec = spec.ok_or_else(|| (spec_field.to_string(), format!("a {} needs {spec_field}", out.kind)))?;
+    let templates = spec
+        .get("templates")
+        .and_then(Value::as_array)
+        .ok_or_else(|| (format!("{spec_field}.templates"), "missing or not a list".to_string()))?;
+    // Lint: Argo does not copy the Workflow's own labels and annotations to its Pods.
+    for section in ["labels", "annotations"] {
+        let keys = obj.get("metadata").and_then(|m| m.get(section)).and_then(Value::as_object);
+        for key in keys.into_iter().flat_map(|m| m.keys()).filter(|k| is_nixuv_key(k)) {
+            out.warnings.push(format!(
+                "metadata.{section}[{key:?}] is on the {} itself, which Argo does not copy to its Pods; put it under {spec_field}.podMetadata.{section} or a template's metadata.{section}",
+                out.kind
+            ));
+        }
+    }
+    let wf_name = out.name.clone();
+    for (i, tpl) in templates.iter().enumerate() {
+        let name = tpl.get("name").and_then(Value::as_str).map(String::from).unwrap_or_else(|| format!("#{i}"));
+        let Some(pod) = pod_for(spec, tpl, &wf_name) else { continue };
+        let d = decide_pod_value(&pod, namespace, cfg);
+        let view: Option<PodView> = serde::Deserialize::deserialize(&pod).ok();
+        let declared = view.as_ref().and_then(|v| deps::declared(v.labels(), v.annotations()).ok()).unwrap_or_default();
+        let targets: Vec<String> = d
+            .patch
+            .as_ref()
+            .map(|p| {
+                let mut names = Vec::new();
+                for op in &p.0 {
+                    let path = op.path().to_string();
+                    if let Some(rest) = path.strip_prefix("/spec/containers/") {
+                        if let Some(idx) = rest.split('/').next().and_then(|s| s.parse::<usize>().ok()) {
+                            let n = pod["spec"]["containers"][idx]["name"].as_str().unwrap_or("").to_string();
+                            if !names.contains(&n) {
+                                names.push(n);
+                            }
+                        }
+                    }
+                }
+                names
+            })
+            .unwrap_or_default();
+        let summary = match (&d.patch, d.allowed) {
+            (_, false) => "denied".to_string(),
+            (Some(p), true) => format!(
+                "{} patch operations: volumes nixuv-nix, nixuv-uv, nixuv-tmp; init container nixuv-init; env and mounts in {}",
+                p.0.len(),
+                targets.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(", ")
+            ),
+            (None, true) => format!("not injected ({})", d.outcome.as_str()),
+        };
+        out.warnings.extend(d.warnings.iter().map(|w| format!("template {name:?}: {w}")));
+        out.templates.push(TemplateReport {
+            template: name,
+            allowed: d.allowed,
+            message: d.message.clone(),
+            env_id: d.env_id.clone(),
+            system_deps: declared.system.iter().map(|s| s.attr.clone()).collect(),
+            python_deps: declared.python.iter().map(|p| p.requirement.clone()).collect(),
+            targets,
+            summary,
+        });
+    }
+    Ok(())
+}

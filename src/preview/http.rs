@@ -1,0 +1,57 @@
+//! `POST /preview`: the same inputs and outputs as `nixuv preview`, no side effects.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use crate::server::metrics::{Endpoint, EndpointLabels, RequestLabels};
+use crate::server::{json_error, read_body, AppState};
+
+#[derive(Debug, Deserialize)]
+pub struct PreviewQuery {
+    pub namespace: Option<String>,
+}
+
+pub async fn preview(State(state): State<Arc<AppState>>, Query(q): Query<PreviewQuery>, req: Request) -> Response {
+    let wants_yaml =
+        req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("yaml"));
+    let bytes = match read_body(&state, req.into_body()).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let start = std::time::Instant::now();
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return json_error(&state, StatusCode::BAD_REQUEST, "body is not UTF-8");
+    };
+    let config = state.config.load();
+    let (_, docs, previews) = match super::preview_text(text, q.namespace.as_deref(), &config) {
+        Ok(r) => r,
+        Err(e) => {
+            state
+                .metrics
+                .requests
+                .get_or_create(&RequestLabels { endpoint: Endpoint::preview, decision: "invalid" })
+                .inc();
+            return json_error(&state, StatusCode::BAD_REQUEST, &e.to_string());
+        }
+    };
+    for p in &previews {
+        let decision = super::outcome(p).as_str();
+        state.metrics.requests.get_or_create(&RequestLabels { endpoint: Endpoint::preview, decision }).inc();
+    }
+    state
+        .metrics
+        .duration
+        .get_or_create(&EndpointLabels { endpoint: Endpoint::preview })
+        .observe(start.elapsed().as_secs_f64());
+    if wants_yaml {
+        let body = super::output::yaml(&docs, &previews);
+        return ([(header::CONTENT_TYPE, HeaderValue::from_static("application/yaml"))], body).into_response();
+    }
+    let results = super::output::results(&previews);
+    let body = if results.len() == 1 { serde_json::to_vec(&results[0]) } else { serde_json::to_vec(&results) };
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body.expect("serialises")).into_response()
+}

@@ -1,0 +1,335 @@
+//! Dry-run preview: any manifest (YAML or JSON, multi-document, `List`) -> the Pods it makes ->
+//! [`crate::inject::decide_view`], the same decision function as the webhook. No I/O here: the
+//! CLI and `POST /preview` read and write.
+
+pub mod argo;
+pub mod http;
+pub mod output;
+
+use json_patch::{AddOperation, Patch, PatchOperation};
+use jsonptr::PointerBuf;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::inject::pod::PodView;
+use crate::inject::{self, Decision, Outcome};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Yaml,
+    Json,
+}
+
+/// A document that cannot be previewed: names the document (1-based), the field and the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("document {document}{}: {field}: {message}", item.map(|i| format!(" items[{i}]")).unwrap_or_default())]
+pub struct PreviewError {
+    pub document: usize,
+    pub item: Option<usize>,
+    pub field: String,
+    pub message: String,
+}
+
+fn err(document: usize, item: Option<usize>, field: &str, message: impl Into<String>) -> PreviewError {
+    PreviewError { document, item, field: field.into(), message: message.into() }
+}
+
+/// One parsed input document, 1-based.
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub index: usize,
+    pub value: Value,
+}
+
+/// `{` or `[` first: JSON (one or more values); anything else: YAML (one or more documents).
+pub fn detect(text: &str) -> Format {
+    match text.trim_start().chars().next() {
+        Some('{') | Some('[') => Format::Json,
+        _ => Format::Yaml,
+    }
+}
+
+pub fn parse(text: &str, format: Format) -> Result<Vec<Document>, PreviewError> {
+    let mut docs = Vec::new();
+    match format {
+        Format::Json => {
+            for (i, v) in serde_json::Deserializer::from_str(text).into_iter::<Value>().enumerate() {
+                let value = v.map_err(|e| err(i + 1, None, "(body)", format!("invalid JSON: {e}")))?;
+                docs.push(Document { index: i + 1, value });
+            }
+        }
+        Format::Yaml => {
+            for (i, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+                let v = Value::deserialize(de).map_err(|e| err(i + 1, None, "(body)", format!("invalid YAML: {e}")))?;
+                if !v.is_null() {
+                    docs.push(Document { index: i + 1, value: v });
+                }
+            }
+        }
+    }
+    Ok(docs)
+}
+
+/// A per-template report for Argo kinds.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateReport {
+    pub template: String,
+    pub allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env_id: Option<String>,
+    pub system_deps: Vec<String>,
+    pub python_deps: Vec<String>,
+    pub targets: Vec<String>,
+    pub summary: String,
+}
+
+/// The preview of one object.
+#[derive(Debug, Clone)]
+pub struct ObjectPreview {
+    pub document: usize,
+    pub item: Option<usize>,
+    pub kind: String,
+    pub name: String,
+    /// `None` when the object makes no Pod nixuv knows (passed through).
+    pub decision: Option<Decision>,
+    /// The patch against this object (paths under the pod template for workloads).
+    pub patch: Option<Patch>,
+    /// The object with the patch applied (unchanged when there is none).
+    pub object: Value,
+    pub warnings: Vec<String>,
+    pub templates: Vec<TemplateReport>,
+}
+
+impl ObjectPreview {
+    pub fn allowed(&self) -> bool {
+        self.decision.as_ref().is_none_or(|d| d.allowed) && self.templates.iter().all(|t| t.allowed)
+    }
+    pub fn denial(&self) -> Option<String> {
+        if let Some(d) = self.decision.as_ref().filter(|d| !d.allowed) {
+            return Some(format!("denied ({}): {}", d.code, d.message.as_deref().unwrap_or("")));
+        }
+        let t: Vec<String> = self
+            .templates
+            .iter()
+            .filter(|t| !t.allowed)
+            .map(|t| format!("template {:?} denied: {}", t.template, t.message.as_deref().unwrap_or("")))
+            .collect();
+        (!t.is_empty()).then(|| t.join("; "))
+    }
+    pub fn label(&self) -> String {
+        let at = match self.item {
+            Some(i) => format!("document {} items[{i}]", self.document),
+            None => format!("document {}", self.document),
+        };
+        format!("{at} ({} {})", self.kind, self.name)
+    }
+}
+
+/// Where the pod template sits in a workload, by kind.
+fn template_path(api_version: &str, kind: &str) -> Option<&'static [&'static str]> {
+    let group = api_version.split_once('/').map(|(g, _)| g).unwrap_or("");
+    match (group, kind) {
+        ("apps", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet")
+        | ("batch", "Job")
+        | ("", "ReplicationController") => Some(&["spec", "template"]),
+        ("batch", "CronJob") => Some(&["spec", "jobTemplate", "spec", "template"]),
+        _ => None,
+    }
+}
+
+fn get<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |v, k| v.get(*k))
+}
+
+fn prefixed(patch: Patch, prefix: &[&str]) -> Patch {
+    Patch(
+        patch
+            .0
+            .into_iter()
+            .map(|op| match op {
+                PatchOperation::Add(a) => {
+                    let mut path = PointerBuf::from_tokens(prefix.iter().copied());
+                    path.append(&a.path);
+                    PatchOperation::Add(AddOperation { path, value: a.value })
+                }
+                other => other,
+            })
+            .collect(),
+    )
+}
+
+fn namespace_of<'a>(obj: &'a Value, flag: Option<&'a str>) -> &'a str {
+    flag.filter(|n| !n.is_empty())
+        .or_else(|| obj.get("metadata")?.get("namespace")?.as_str().filter(|n| !n.is_empty()))
+        .unwrap_or("default")
+}
+
+/// The webhook's decision for a Pod given as a JSON value.
+pub fn decide_pod_value(pod: &Value, namespace: &str, cfg: &Config) -> Decision {
+    match PodView::deserialize(pod) {
+        Ok(view) => inject::decide_view(&view, Some(namespace), cfg),
+        Err(e) => Decision::deny(400, format!("request.object is not a valid Pod: {e}")),
+    }
+}
+
+fn apply(obj: &Value, patch: &Patch) -> Result<Value, String> {
+    let mut out = obj.clone();
+    json_patch::patch(&mut out, &patch.0).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Previews one object (not a List).
+pub fn preview_object(
+    obj: &Value,
+    document: usize,
+    item: Option<usize>,
+    namespace: Option<&str>,
+    cfg: &Config,
+) -> Result<ObjectPreview, PreviewError> {
+    let field_str = |f: &str| obj.get(f).and_then(Value::as_str);
+    let Some(kind) = field_str("kind").filter(|k| !k.is_empty()) else {
+        return Err(err(document, item, "kind", "missing: every document needs apiVersion and kind"));
+    };
+    let Some(api_version) = field_str("apiVersion").filter(|k| !k.is_empty()) else {
+        return Err(err(document, item, "apiVersion", "missing: every document needs apiVersion and kind"));
+    };
+    let name = get(obj, &["metadata", "name"])
+        .and_then(Value::as_str)
+        .or_else(|| get(obj, &["metadata", "generateName"]).and_then(Value::as_str))
+        .unwrap_or("")
+        .to_string();
+    let mut out = ObjectPreview {
+        document,
+        item,
+        kind: kind.to_string(),
+        name,
+        decision: None,
+        patch: None,
+        object: obj.clone(),
+        warnings: Vec::new(),
+        templates: Vec::new(),
+    };
+    let finish = |mut out: ObjectPreview,
+                  base: &Value,
+                  decision: Decision,
+                  prefix: &[&str]|
+     -> Result<ObjectPreview, PreviewError> {
+        out.object = base.clone();
+        if let Some(p) = decision.patch.clone() {
+            let p = prefixed(p, prefix);
+            out.object = apply(base, &p)
+                .map_err(|e| err(document, item, "(patch)", format!("the patch does not apply: {e}")))?;
+            out.patch = Some(p);
+        }
+        out.warnings.extend(decision.warnings.iter().cloned());
+        out.decision = Some(decision);
+        Ok(out)
+    };
+    match (api_version, kind) {
+        ("v1", "Pod") => {
+            let d = decide_pod_value(obj, namespace_of(obj, namespace), cfg);
+            finish(out, obj, d, &[])
+        }
+        (av, "AdmissionReview") if av.starts_with("admission.k8s.io/") => {
+            let text = serde_json::to_string(obj).expect("a Value serialises");
+            let review =
+                crate::review::decode(text.as_bytes()).map_err(|e| err(document, item, "request", e.to_string()))?;
+            let d = inject::decide(&review.request, cfg);
+            let object = get(obj, &["request", "object"]).cloned().unwrap_or(Value::Null);
+            finish(out, &object, d, &[])
+        }
+        (av, k) if template_path(av, k).is_some() => {
+            let path = template_path(av, k).expect("checked");
+            let field = path.join(".");
+            let template =
+                get(obj, path).ok_or_else(|| err(document, item, &field, format!("a {k} needs a pod template")))?;
+            if !template.is_object() || template.get("spec").is_none() {
+                return Err(err(
+                    document,
+                    item,
+                    &format!("{field}.spec"),
+                    format!("a {k}'s pod template needs a spec"),
+                ));
+            }
+            let pod = serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": template.get("metadata").cloned().unwrap_or_else(|| serde_json::json!({})),
+                "spec": template["spec"],
+            });
+            let d = decide_pod_value(&pod, namespace_of(obj, namespace), cfg);
+            let decision = if template.get("metadata").is_none() && d.patch.is_some() {
+                // Unreachable in practice: opting in needs a label in the template metadata.
+                Decision::deny(400, format!("{field}.metadata: missing"))
+            } else {
+                d
+            };
+            finish(out, obj, decision, path)
+        }
+        ("argoproj.io/v1alpha1", "Workflow" | "WorkflowTemplate" | "ClusterWorkflowTemplate" | "CronWorkflow") => {
+            argo::preview(&mut out, obj, namespace_of(obj, namespace), cfg)
+                .map_err(|(field, message)| err(document, item, &field, message))?;
+            Ok(out)
+        }
+        _ => {
+            out.warnings.push(format!("{kind} ({api_version}) makes no Pod nixuv knows; passed through unchanged"));
+            Ok(out)
+        }
+    }
+}
+
+/// Previews every object of every document; `List`s are previewed item by item.
+pub fn preview_documents(
+    docs: &[Document],
+    namespace: Option<&str>,
+    cfg: &Config,
+) -> Result<Vec<ObjectPreview>, PreviewError> {
+    let mut out = Vec::new();
+    for d in docs {
+        if !d.value.is_object() {
+            return Err(err(d.index, None, "(document)", "is not an object"));
+        }
+        if d.value.get("kind").and_then(Value::as_str) == Some("List") {
+            let items = d
+                .value
+                .get("items")
+                .and_then(Value::as_array)
+                .ok_or_else(|| err(d.index, None, "items", "a List needs an items array"))?;
+            for (i, item) in items.iter().enumerate() {
+                out.push(preview_object(item, d.index, Some(i), namespace, cfg)?);
+            }
+        } else {
+            out.push(preview_object(&d.value, d.index, None, namespace, cfg)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads `text` (format detected) and previews it.
+pub fn preview_text(
+    text: &str,
+    namespace: Option<&str>,
+    cfg: &Config,
+) -> Result<(Format, Vec<Document>, Vec<ObjectPreview>), PreviewError> {
+    let format = detect(text);
+    let docs = parse(text, format)?;
+    if docs.is_empty() {
+        return Err(err(1, None, "(body)", "no documents in the input"));
+    }
+    let previews = preview_documents(&docs, namespace, cfg)?;
+    Ok((format, docs, previews))
+}
+
+/// The outcome label for metrics.
+pub fn outcome(p: &ObjectPreview) -> Outcome {
+    match &p.decision {
+        Some(d) => d.outcome,
+        None if p.templates.iter().any(|t| !t.allowed) => Outcome::Denied,
+        None if !p.templates.is_empty() => Outcome::Injected,
+        None => Outcome::Skipped,
+    }
+}

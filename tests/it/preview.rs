@@ -1,0 +1,305 @@
+//! `nixuv preview` (the binary) and `POST /preview` (the running server): golden outputs for every
+//! accepted kind, agreement with `/mutate`, patch/object consistency, bad input.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::common::{self, post_json, response_patch, Server};
+
+/// (input file, exit code of the preview).
+const INPUTS: &[(&str, i32)] = &[
+    ("pod.yaml", 0),
+    ("pod.json", 0),
+    ("deployment.yaml", 0),
+    ("workloads.yaml", 0),
+    ("workflow.yaml", 0),
+    ("cronworkflow.yaml", 1),
+    ("list.yaml", 0),
+    ("review.json", 0),
+    ("denied.yaml", 1),
+];
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn preview(args: &[&str], stdin: Option<&str>) -> Run {
+    let mut child = Command::new(common::bin())
+        .arg("preview")
+        .args(args)
+        .current_dir(common::fixture_path("preview"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+fn golden_path(name: &str) -> PathBuf {
+    common::fixture_path("preview/golden").join(name)
+}
+
+/// Compares with the checked-in golden file; `NIXUV_BLESS=1` rewrites it instead.
+fn golden(name: &str, actual: &str) {
+    let path = golden_path(name);
+    if std::env::var_os("NIXUV_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with NIXUV_BLESS=1 to create)", path.display()));
+    assert_eq!(actual, want, "output differs from {}", path.display());
+}
+
+fn yaml_docs(text: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+#[test]
+fn golden_outputs_for_every_kind() {
+    for (input, code) in INPUTS {
+        for out in ["yaml", "json", "patch"] {
+            let r = preview(&["-f", input, "-o", out], None);
+            assert_eq!(r.code, *code, "{input} -o {out}: {}", r.stderr);
+            golden(&format!("{input}.{out}"), &r.stdout);
+        }
+        // Default output: the input's format.
+        let r = preview(&["-f", input], None);
+        let default = if input.ends_with(".json") { "json" } else { "yaml" };
+        assert_eq!(
+            r.stdout,
+            std::fs::read_to_string(golden_path(&format!("{input}.{default}"))).unwrap_or_default(),
+            "{input}"
+        );
+        golden(&format!("{input}.stderr"), &r.stderr);
+    }
+}
+
+#[test]
+fn stdin_and_determinism() {
+    let text = std::fs::read_to_string(common::fixture_path("preview/workloads.yaml")).unwrap();
+    let a = preview(&["-f", "-"], Some(&text));
+    let b = preview(&["-f", "workloads.yaml"], None);
+    assert_eq!(a.code, 0, "{}", a.stderr);
+    assert_eq!(a.stdout, b.stdout);
+    assert_eq!(a.stdout, preview(&["-f", "-"], Some(&text)).stdout, "deterministic");
+}
+
+#[test]
+fn applying_the_patch_output_gives_the_object_output() {
+    for (input, _) in INPUTS {
+        let text = std::fs::read_to_string(common::fixture_path(&format!("preview/{input}"))).unwrap();
+        let docs = yaml_docs(&text); // YAML reads JSON too
+        let patches: Value = serde_json::from_str(&preview(&["-f", input, "-o", "patch"], None).stdout).unwrap();
+        let objects = yaml_docs(&preview(&["-f", input, "-o", "yaml"], None).stdout);
+        assert_eq!(docs.len(), objects.len(), "{input}");
+        // One object: a bare patch; several: entries naming document and item.
+        let entries: Vec<(usize, Option<usize>, Value)> = if docs.len() == 1 && docs[0]["kind"] != "List" {
+            vec![(1, None, patches)]
+        } else {
+            patches
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    (
+                        e["document"].as_u64().unwrap() as usize,
+                        e["item"].as_u64().map(|i| i as usize),
+                        e["patch"].clone(),
+                    )
+                })
+                .collect()
+        };
+        let mut expected = docs.clone();
+        for (doc, item, patch) in entries {
+            let patch: json_patch::Patch = serde_json::from_value(patch).unwrap();
+            let target = match item {
+                Some(i) => &mut expected[doc - 1]["items"][i],
+                None => &mut expected[doc - 1],
+            };
+            if target["kind"] == "AdmissionReview" {
+                *target = target["request"]["object"].clone();
+            }
+            json_patch::patch(target, &patch.0).unwrap_or_else(|e| panic!("{input}: {e}"));
+        }
+        assert_eq!(expected, objects, "{input}");
+    }
+}
+
+/// The Pod a workload's controller would create from its template.
+fn pod_from_template(obj: &Value) -> Option<(Value, &'static str)> {
+    let (tpl, prefix) = match obj["kind"].as_str()? {
+        "Pod" => return Some((obj.clone(), "")),
+        "CronJob" => (&obj["spec"]["jobTemplate"]["spec"]["template"], "/spec/jobTemplate/spec/template"),
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => {
+            (&obj["spec"]["template"], "/spec/template")
+        }
+        _ => return None,
+    };
+    Some((json!({"apiVersion": "v1", "kind": "Pod", "metadata": tpl["metadata"], "spec": tpl["spec"]}), prefix))
+}
+
+#[tokio::test]
+async fn preview_cli_endpoint_and_mutate_agree() {
+    let server = Server::start();
+    let client = server.h2();
+    let base_review = common::fixture("reviews/bare-pod.json");
+    let mut compared = 0;
+    for (input, _) in INPUTS {
+        let text = std::fs::read_to_string(common::fixture_path(&format!("preview/{input}"))).unwrap();
+        let cli = preview(&["-f", input, "-o", "patch", "-n", "team-a"], None);
+        let cli_patches: Value = serde_json::from_str(&cli.stdout).unwrap();
+        // The endpoint, same input.
+        let ctype = if input.ends_with(".json") { "application/json" } else { "application/yaml" };
+        let resp = client
+            .post(server.url("/preview?namespace=team-a"))
+            .header("content-type", ctype)
+            .body(text.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{input}");
+        let results: Value = resp.json().await.unwrap();
+        let results = if results.is_array() { results.as_array().unwrap().clone() } else { vec![results] };
+        let cli_list: Vec<Value> = if results.len() == 1 {
+            vec![cli_patches.clone()]
+        } else {
+            cli_patches.as_array().unwrap().iter().map(|e| e["patch"].clone()).collect()
+        };
+        assert_eq!(results.len(), cli_list.len(), "{input}");
+        for (r, cli_patch) in results.iter().zip(&cli_list) {
+            let endpoint_patch = if r["patch"].is_null() { json!([]) } else { r["patch"].clone() };
+            assert_eq!(&endpoint_patch, cli_patch, "{input}: /preview and the CLI differ");
+            // /mutate on the Pod the object makes.
+            let Some((_, prefix)) = pod_from_template(&r["object"]) else { continue };
+            // /mutate sees the Pod as the controller sends it: built from the input, unpatched.
+            let mut review = base_review.clone();
+            review["request"]["object"] = unpatched_pod(&yaml_docs(&text), r);
+            let (status, m) = post_json(&client, &server.url("/mutate"), &review).await;
+            assert_eq!(status, 200);
+            assert_eq!(m["response"]["allowed"], r["allowed"], "{input}");
+            let mutate_patch = response_patch(&m).map(|p| serde_json::to_value(p).unwrap()).unwrap_or(json!([]));
+            let stripped: Vec<Value> = cli_patch
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|op| {
+                    let mut op = op.clone();
+                    op["path"] = json!(op["path"].as_str().unwrap().strip_prefix(prefix).unwrap());
+                    op
+                })
+                .collect();
+            assert_eq!(mutate_patch, Value::Array(stripped), "{input}: /mutate and preview differ");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 10, "only {compared} objects compared");
+}
+
+/// Finds the input object whose preview is `r` (by kind and name) and returns its Pod.
+fn unpatched_pod(docs: &[Value], r: &Value) -> Value {
+    let objects: Vec<&Value> = docs
+        .iter()
+        .flat_map(
+            |d| if d["kind"] == "List" { d["items"].as_array().unwrap().iter().collect::<Vec<_>>() } else { vec![d] },
+        )
+        .collect();
+    let name = |v: &Value| v["metadata"]["name"].clone();
+    let found = objects
+        .iter()
+        .find(|o| o["kind"] == r["object"]["kind"] && name(o) == name(&r["object"]))
+        .or_else(|| objects.iter().find(|o| o["kind"] == "AdmissionReview"))
+        .unwrap();
+    if found["kind"] == "AdmissionReview" {
+        return found["request"]["object"].clone();
+    }
+    pod_from_template(found).unwrap().0
+}
+
+#[test]
+fn bad_input_is_named_and_exits_2() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("invalid yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: [\n", &["document 1", "invalid YAML"]),
+        ("second document invalid", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\nkind: : :\n", &["document 2"]),
+        ("no kind", "apiVersion: v1\nmetadata: {name: a}\n", &["document 1", "kind", "missing"]),
+        ("no apiVersion", "kind: Pod\nmetadata: {name: a}\n", &["document 1", "apiVersion"]),
+        ("workload without template", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {replicas: 1}\n", &["document 1", "spec.template", "Deployment"]),
+        ("cronjob without template", "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: c}\nspec: {schedule: x}\n", &["spec.jobTemplate.spec.template"]),
+        ("list item without kind", "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Pod, metadata: {name: a}, spec: {containers: []}}\n- {metadata: {name: b}}\n", &["document 1 items[1]", "kind"]),
+        ("invalid json", "{\"apiVersion\": \"v1\",", &["document 1", "invalid JSON"]),
+        ("scalar document", "just text\n", &["document 1", "not an object"]),
+        ("empty", "", &["no documents"]),
+        ("workflow without templates", "apiVersion: argoproj.io/v1alpha1\nkind: Workflow\nmetadata: {name: w}\nspec: {entrypoint: x}\n", &["spec.templates"]),
+    ];
+    for (name, input, needles) in cases {
+        let r = preview(&["-f", "-"], Some(input));
+        assert_eq!(r.code, 2, "{name}: {}", r.stderr);
+        assert!(r.stdout.is_empty(), "{name}: nothing on stdout");
+        for n in *needles {
+            assert!(r.stderr.contains(n), "{name}: stderr {:?} lacks {n:?}", r.stderr);
+        }
+    }
+    let r = preview(&["-f", "no-such-file.yaml"], None);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("no-such-file.yaml"));
+    let r = preview(&["-f", "pod.yaml", "-o", "xml"], None);
+    assert_eq!(r.code, 2, "bad flag");
+    let r = preview(&["-f", "pod.yaml", "--config", "/nonexistent/config.yaml"], None);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("/nonexistent/config.yaml"));
+}
+
+#[tokio::test]
+async fn preview_endpoint_yaml_errors_and_limits() {
+    let server = Server::builder().arg("--body-limit").arg("65536").start();
+    let client = server.h1();
+    let text = std::fs::read_to_string(common::fixture_path("preview/deployment.yaml")).unwrap();
+    let resp = client
+        .post(server.url("/preview"))
+        .header("content-type", "application/yaml")
+        .header("accept", "application/yaml")
+        .body(text)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/yaml");
+    assert_eq!(resp.text().await.unwrap(), std::fs::read_to_string(golden_path("deployment.yaml.yaml")).unwrap());
+    for (body, needle) in [
+        ("kind: : :", "invalid YAML"),
+        ("apiVersion: batch/v1\nkind: Job\nmetadata: {name: j}\nspec: {}\n", "spec.template"),
+    ] {
+        let resp = client.post(server.url("/preview")).body(body).send().await.unwrap();
+        assert_eq!(resp.status(), 400);
+        let v: Value = resp.json().await.unwrap();
+        assert!(v["error"].as_str().unwrap().contains(needle), "{v}");
+    }
+    let resp = client.post(server.url("/preview")).body(vec![b'#'; 70_000]).send().await.unwrap();
+    assert_eq!(resp.status(), 413);
+    // A denial is a 200 with allowed: false and the webhook's message.
+    let denied = std::fs::read_to_string(common::fixture_path("preview/denied.yaml")).unwrap();
+    let v: Value = client.post(server.url("/preview")).body(denied).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["allowed"], false);
+    assert!(v["message"].as_str().unwrap().contains("pip options are not allowed"));
+}
