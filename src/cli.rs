@@ -36,6 +36,33 @@ pub enum Command {
     /// Show what nixuv would do to the Pods of a manifest, offline. Exit 0: all allowed;
     /// 1: some object denied; 2: unreadable input or bad flags.
     Preview(PreviewArgs),
+    /// The init container: realise the env described by the NIXUV_* environment variables in the
+    /// shared stores (nix-portable for system deps, uv for Python deps).
+    Materialize,
+    /// Remove envs not used for --max-age from the shared stores, then prune nix and uv.
+    Gc(GcArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// The uv volume (as mounted in app containers).
+    #[arg(long, env = "NIXUV_UV_ROOT", default_value = "/nixuv/uv")]
+    pub uv_root: PathBuf,
+    /// The nix volume, mounted at $NP_LOCATION/.nix-portable/nix.
+    #[arg(long, env = "NIXUV_NIX_DIR", default_value = "/nixuv/work/.nix-portable/nix")]
+    pub nix_dir: PathBuf,
+    /// Remove envs whose last materialize is older than this.
+    #[arg(long, value_parser = duration, default_value = "14d")]
+    pub max_age: Duration,
+    /// Lease lifetime (as for materialize): envs with a live build lease are never removed.
+    #[arg(long, env = "NIXUV_LEASE_TTL", value_parser = duration, default_value = "60s")]
+    pub lease_ttl: Duration,
+    /// Only report what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Skip `nix store gc` and `uv cache prune`.
+    #[arg(long)]
+    pub no_prune: bool,
 }
 
 #[derive(Debug, Args)]

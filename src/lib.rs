@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod envspec;
 pub mod inject;
+pub mod materialize;
 pub mod preview;
 pub mod review;
 pub mod server;

@@ -47,6 +47,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Preview(a) => Ok(preview(a)),
+        Command::Materialize => {
+            let start = std::time::Instant::now();
+            match nixuv::materialize::run_from_env() {
+                Ok(outcome) => {
+                    tracing::info!(outcome = ?outcome, elapsed_ms = start.elapsed().as_millis() as u64, "materialize done");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "materialize failed");
+                    eprintln!("nixuv materialize: {e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Gc(a) => {
+            let layout = nixuv::materialize::layout::Layout::new(&a.uv_root, &a.nix_dir);
+            let opts = nixuv::materialize::gc::GcOptions {
+                max_age: a.max_age,
+                lease_ttl: a.lease_ttl,
+                dry_run: a.dry_run,
+                prune_stores: !a.no_prune,
+            };
+            let r = nixuv::materialize::gc::gc(&layout, &opts)?;
+            tracing::info!(
+                removed = ?r.removed,
+                kept = r.kept.len(),
+                busy = ?r.skipped_busy,
+                orphans_removed = r.orphans_removed,
+                dry_run = a.dry_run,
+                "gc done"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Certs(a) => {
             let g = nixuv::certs::generate(&a.dns_names, &a.ips, a.valid_days)?;
             nixuv::certs::write(&a.out_dir, &g)?;

@@ -101,7 +101,7 @@ impl EnvPlan {
     }
     /// The nix profile for this env as target containers see it.
     pub fn profile_dir(&self) -> String {
-        format!("{NIX_MOUNT}/var/nixuv/profiles/{}", self.id)
+        format!("{NIX_MOUNT}/var/nix/profiles/nixuv/{}", self.id)
     }
 
     /// The directories put in front of PATH, venv first so its `python` wins.
@@ -176,10 +176,10 @@ mod tests {
     #[test]
     fn path_prefix_venv_first() {
         let p = plan("gcc", "numpy", None);
-        assert_eq!(p.path_prefix(), format!("/nixuv/uv/envs/{0}/bin:/nix/var/nixuv/profiles/{0}/bin", p.id));
+        assert_eq!(p.path_prefix(), format!("/nixuv/uv/envs/{0}/bin:/nix/var/nix/profiles/nixuv/{0}/bin", p.id));
         assert_eq!(
             plan("gcc", "", None).path_prefix(),
-            format!("/nix/var/nixuv/profiles/{}/bin", plan("gcc", "", None).id)
+            format!("/nix/var/nix/profiles/nixuv/{}/bin", plan("gcc", "", None).id)
         );
     }
 }

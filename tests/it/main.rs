@@ -1,6 +1,7 @@
 //! Integration tests: the real `nixuv` binary, spoken to over TLS.
 mod common;
 mod lifecycle;
+mod materialize;
 mod preview;
 mod properties;
 mod webhook;

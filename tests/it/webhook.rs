@@ -59,7 +59,7 @@ async fn check_all_fixtures(client: &reqwest::Client, url: &str) {
                 let path = env_of(app, "PATH").unwrap();
                 assert_eq!(
                     path,
-                    format!("/nixuv/uv/envs/{env_id}/bin:/nix/var/nixuv/profiles/{env_id}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+                    format!("/nixuv/uv/envs/{env_id}/bin:/nix/var/nix/profiles/nixuv/{env_id}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
                 );
                 assert_eq!(env_of(app, "VIRTUAL_ENV").unwrap(), format!("/nixuv/uv/envs/{env_id}"));
                 assert_eq!(env_of(app, "NIXUV_ENV").unwrap(), env_id);
@@ -79,7 +79,7 @@ async fn check_all_fixtures(client: &reqwest::Client, url: &str) {
                 assert_eq!(names, ["MODE", "PATH", "POD_IP", "VIRTUAL_ENV", "NIXUV_ENV"]);
                 assert_eq!(
                     env_of(app, "PATH").unwrap(),
-                    format!("/nixuv/uv/envs/{env_id}/bin:/nix/var/nixuv/profiles/{env_id}/bin:/opt/app/bin:/usr/local/bin:/usr/bin:/bin"),
+                    format!("/nixuv/uv/envs/{env_id}/bin:/nix/var/nix/profiles/nixuv/{env_id}/bin:/opt/app/bin:/usr/local/bin:/usr/bin:/bin"),
                     "a PATH set by the container is prepended to"
                 );
                 let mounts: Vec<_> = app.volume_mounts.iter().flatten().map(|m| m.name.as_str()).collect();
@@ -103,7 +103,7 @@ async fn check_all_fixtures(client: &reqwest::Client, url: &str) {
                 assert_eq!(ann["kubectl.kubernetes.io/last-applied-configuration"], "{\"apiVersion\":\"v1\"}\n");
                 let app = container(&pod, "app");
                 assert!(env_of(app, "VIRTUAL_ENV").is_none(), "no Python deps, no VIRTUAL_ENV");
-                assert_eq!(env_of(app, "PATH").unwrap(), format!("/nix/var/nixuv/profiles/{env_id}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"));
+                assert_eq!(env_of(app, "PATH").unwrap(), format!("/nix/var/nix/profiles/nixuv/{env_id}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"));
             }
             "v1beta1" => assert_eq!(resp["apiVersion"], "admission.k8s.io/v1beta1"),
             _ => unreachable!(),

@@ -1,0 +1,410 @@
+//! `nixuv materialize` end to end, offline, on real tools: the webhook's output for a Pod gives the
+//! init container's exact command, env and mounts; that runs in a private mount namespace with the
+//! store volumes where the patch mounts them (real `nix` through a nix-portable stand-in, real `uv`
+//! installing wheels built here); then the app container's view (its mounts, PATH, VIRTUAL_ENV)
+//! runs the installed binaries and imports the installed module. Needs root for mount namespaces
+//! (CI runs as root).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common;
+
+fn support(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support").join(name)
+}
+
+fn host_python_version() -> String {
+    let out =
+        Command::new("python3").args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"]).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A flake with tiny derivations built from /bin tools, and wheels, both made here, offline.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub python: String,
+}
+
+const FLAKE: &str = r##"{
+  outputs = { self }:
+    let
+      system = "SYSTEM";
+      mk = name: text: derivation {
+        inherit name system;
+        builder = "/bin/sh";
+        args = [ "-c" "/bin/mkdir -p $out/bin && /bin/cp ${builtins.toFile name text} $out/bin/${name} && /bin/chmod +x $out/bin/${name}" ];
+      };
+    in {
+      legacyPackages.${system} = {
+        hello-nixuv = mk "hello-nixuv" "#!/bin/sh\necho hello from nixuv\n";
+        tools = { greet = mk "greet" "#!/bin/sh\necho greetings\n"; };
+      };
+    };
+}
+"##;
+
+impl Fixture {
+    pub fn new() -> Self {
+        let ok = Command::new("unshare").args(["--mount", "true"]).status().map(|s| s.success()).unwrap_or(false);
+        assert!(ok, "these tests need `unshare --mount` (root): CI runs as root");
+        let dir = tempfile::tempdir().unwrap();
+        let flake = dir.path().join("flake");
+        std::fs::create_dir_all(&flake).unwrap();
+        let system = format!("{}-linux", std::env::consts::ARCH);
+        std::fs::write(flake.join("flake.nix"), FLAKE.replace("SYSTEM", &system)).unwrap();
+        let wheels = dir.path().join("wheels");
+        let st = Command::new("python3").arg(support("make_wheels.py")).arg(&wheels).status().unwrap();
+        assert!(st.success());
+        let config = dir.path().join("config.yaml");
+        let yaml = format!(
+            "nixpkgs: path:{flake}\nstorage: {{mode: pvc}}\ninitEnv:\n\
+             - {{name: UV_OFFLINE, value: '1'}}\n- {{name: UV_NO_INDEX, value: '1'}}\n- {{name: UV_FIND_LINKS, value: {wheels}}}\n\
+             - {{name: UV_PYTHON_DOWNLOADS, value: never}}\n- {{name: UV_PYTHON_PREFERENCE, value: only-system}}\n\
+             - {{name: NIX_CONFIG, value: \"substituters =\\nbuild-users-group =\"}}\n",
+            flake = flake.display(),
+            wheels = wheels.display()
+        );
+        std::fs::write(&config, yaml).unwrap();
+        Fixture { dir, config, python: host_python_version() }
+    }
+
+    pub fn pod(&self, system: &str, python: &str) -> Value {
+        let mut ann = serde_json::Map::new();
+        if !system.is_empty() {
+            ann.insert("nixuv.io/system-deps".into(), json!(system));
+        }
+        if !python.is_empty() {
+            ann.insert("nixuv.io/python-deps".into(), json!(python));
+            ann.insert("nixuv.io/python".into(), json!(self.python));
+        }
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "job", "labels": {"nixuv.io/inject": "true"}, "annotations": ann},
+               "spec": {"containers": [{"name": "app", "image": "debian:bookworm-slim"}]}})
+    }
+
+    /// The mutated Pod, from the real binary.
+    pub fn mutate(&self, pod: &Value) -> Value {
+        let path = self.dir.path().join(format!("pod-{}.json", common_nonce()));
+        std::fs::write(&path, serde_json::to_vec(pod).unwrap()).unwrap();
+        let out = Command::new(common::bin())
+            .args(["preview", "-o", "json", "--config"])
+            .arg(&self.config)
+            .arg("-f")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+fn common_nonce() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
+
+/// The shared volumes of a namespace (the two PVCs).
+pub struct Volumes {
+    pub dir: tempfile::TempDir,
+}
+
+impl Volumes {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for v in ["nixuv-nix", "nixuv-uv"] {
+            std::fs::create_dir_all(dir.path().join(v)).unwrap();
+        }
+        Volumes { dir }
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn env_map(container: &Value) -> BTreeMap<String, String> {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_string(), e["value"].as_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+/// `in-pod` with the container's volumeMounts, each volume a directory; emptyDirs are fresh.
+fn in_pod(container: &Value, vols: &Volumes, scratch: &Path) -> Command {
+    let mut cmd = Command::new(support("in-pod"));
+    let mut mounts: Vec<(&str, &str, bool)> = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap(), m["mountPath"].as_str().unwrap(), m["readOnly"] == true))
+        .collect();
+    mounts.sort_by_key(|(_, p, _)| p.len());
+    for (name, path, ro) in mounts {
+        let src = if name == "nixuv-tmp" {
+            std::fs::create_dir_all(scratch).unwrap();
+            scratch.to_path_buf()
+        } else {
+            vols.path(name)
+        };
+        cmd.arg("--mount").arg(format!("{}:{path}{}", src.display(), if ro { ":ro" } else { "" }));
+    }
+    cmd
+}
+
+/// Starts the init container of `pod` (its exact command and env), with the image's tools.
+pub fn start_init(pod: &Value, vols: &Volumes, extra: &[(&str, &str)]) -> Child {
+    let init = &pod["spec"]["initContainers"][0];
+    assert_eq!(init["name"], "nixuv-init");
+    let scratch = vols.dir.path().join(format!("tmp-{}", common_nonce()));
+    let mut cmd = in_pod(init, vols, &scratch);
+    cmd.arg("--");
+    for a in init["command"].as_array().unwrap() {
+        cmd.arg(a.as_str().unwrap());
+    }
+    let bin_dir = Path::new(common::bin()).parent().unwrap();
+    cmd.env_clear()
+        .envs(env_map(init))
+        // What the init image provides: nixuv, nix-portable and uv on PATH.
+        .env("PATH", format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()))
+        .env("NIXUV_NIX_PORTABLE", support("nix-portable"))
+        .env("NIXUV_UV", support("uv"))
+        .env("NIXUV_TEST_TOOL_LOG", vols.path("tools.log"))
+        .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd.spawn().unwrap()
+}
+
+pub fn run_init(pod: &Value, vols: &Volumes, extra: &[(&str, &str)]) -> Output {
+    start_init(pod, vols, extra).wait_with_output().unwrap()
+}
+
+/// Runs `script` with /bin/sh as the app container sees things: its mounts, PATH, VIRTUAL_ENV.
+pub fn run_app(pod: &Value, vols: &Volumes, script: &str, hide_python: bool) -> Output {
+    let app = &pod["spec"]["containers"][0];
+    let mut cmd = in_pod(app, vols, Path::new("/nonexistent"));
+    if hide_python {
+        cmd.arg("--hide-python");
+    }
+    cmd.args(["--", "/bin/sh", "-c", script]).env_clear().envs(env_map(app));
+    cmd.output().unwrap()
+}
+
+fn tool_calls(vols: &Volumes) -> Vec<String> {
+    std::fs::read_to_string(vols.path("tools.log")).unwrap_or_default().lines().map(String::from).collect()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn end_to_end_then_warm() {
+    let fx = Fixture::new();
+    let vols = Volumes::new();
+    let pod = fx.mutate(&fx.pod("hello-nixuv tools.greet", "nixuvdemo==1.0"));
+    let out = run_init(&pod, &vols, &[]);
+    assert!(out.status.success(), "materialize failed:\n{}", text(&out));
+    let log = text(&out);
+    for step in
+        ["system deps: profile ready", "python: venv ready", "python deps: installed", "env built and published"]
+    {
+        assert!(log.contains(step), "no {step:?} progress line in\n{log}");
+    }
+    let app = run_app(&pod, &vols, "hello-nixuv && greet && nixuvdemo && python -c 'import nixuvdemo, sys; print(nixuvdemo.VALUE, sys.prefix)' && echo $VIRTUAL_ENV", false);
+    let got = text(&app);
+    assert!(app.status.success(), "{got}");
+    let env_id = pod["metadata"]["annotations"]["nixuv.io/env"].as_str().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&app.stdout),
+        format!("hello from nixuv\ngreetings\nnixuvdemo 42\n42 /nixuv/uv/envs/{env_id}\n/nixuv/uv/envs/{env_id}\n")
+    );
+    // The app container mounts the stores read-only.
+    let ro = run_app(&pod, &vols, "touch /nixuv/uv/x 2>/dev/null || echo read-only", false);
+    assert_eq!(String::from_utf8_lossy(&ro.stdout), "read-only\n");
+    // Warm: a second Pod with the same deps invokes no tool.
+    let calls = tool_calls(&vols);
+    assert_eq!(calls.iter().filter(|c| c.contains("profile install")).count(), 1, "{calls:?}");
+    let start = Instant::now();
+    let warm = run_init(&pod, &vols, &[]);
+    let elapsed = start.elapsed();
+    assert!(warm.status.success(), "{}", text(&warm));
+    assert!(text(&warm).contains("env ready (already built)"), "{}", text(&warm));
+    assert_eq!(tool_calls(&vols), calls, "a warm run invoked a tool");
+    eprintln!("warm materialize (whole process, in a fresh mount namespace): {elapsed:?}");
+}
+
+#[test]
+fn python_only_and_system_only_envs() {
+    let fx = Fixture::new();
+    let vols = Volumes::new();
+    let py = fx.mutate(&fx.pod("", "nixuvdemo"));
+    let out = run_init(&py, &vols, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!tool_calls(&vols).iter().any(|c| c.starts_with("nix ")), "no nix call without system deps");
+    let app = run_app(&py, &vols, "nixuvdemo", false);
+    assert_eq!(String::from_utf8_lossy(&app.stdout), "nixuvdemo 42\n", "{}", text(&app));
+    let sys = fx.mutate(&fx.pod("hello-nixuv", ""));
+    let out = run_init(&sys, &vols, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let app = run_app(&sys, &vols, "hello-nixuv; test -z \"$VIRTUAL_ENV\" && echo no-venv", false);
+    assert_eq!(String::from_utf8_lossy(&app.stdout), "hello from nixuv\nno-venv\n", "{}", text(&app));
+}
+
+#[test]
+fn six_concurrent_pods_build_once() {
+    let fx = Fixture::new();
+    let vols = Volumes::new();
+    let pod = fx.mutate(&fx.pod("hello-nixuv", "nixuvdemo==1.0"));
+    let children: Vec<Child> = (0..6).map(|_| start_init(&pod, &vols, &[])).collect();
+    let outs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    for o in &outs {
+        assert!(o.status.success(), "{}", text(o));
+    }
+    let calls = tool_calls(&vols);
+    assert_eq!(calls.iter().filter(|c| c.contains("profile install")).count(), 1, "{calls:?}");
+    assert_eq!(calls.iter().filter(|c| c.starts_with("uv venv")).count(), 1, "{calls:?}");
+    assert_eq!(calls.iter().filter(|c| c.starts_with("uv pip install")).count(), 1, "{calls:?}");
+    let built = outs.iter().filter(|o| text(o).contains("env built and published")).count();
+    assert_eq!(built, 1);
+    let app = run_app(&pod, &vols, "hello-nixuv && nixuvdemo", false);
+    assert_eq!(String::from_utf8_lossy(&app.stdout), "hello from nixuv\nnixuvdemo 42\n", "{}", text(&app));
+}
+
+#[test]
+fn killed_mid_build_is_redone_by_the_next_pod() {
+    let fx = Fixture::new();
+    let vols = Volumes::new();
+    let pod = fx.mutate(&fx.pod("", "nixuvdemo==1.0"));
+    let env_id = pod["metadata"]["annotations"]["nixuv.io/env"].as_str().unwrap().to_string();
+    // The first Pod's uv hangs; it is SIGKILLed (node loss) while building.
+    let mut child = start_init(
+        &pod,
+        &vols,
+        &[("NIXUV_TEST_SLOW", "60"), ("NIXUV_TEST_SLOW_ON", "pip install"), ("NIXUV_LEASE_TTL", "1s")],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !tool_calls(&vols).iter().any(|c| c.starts_with("uv pip install")) {
+        assert!(Instant::now() < deadline, "build never reached uv pip install: {:?}", tool_calls(&vols));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let st = Command::new("kill").args(["-s", "KILL", "--", &format!("-{}", child.id())]).status().unwrap();
+    assert!(st.success());
+    let _ = child.wait();
+    let uv = vols.path("nixuv-uv");
+    assert!(!uv.join(format!(".nixuv/envs/{env_id}.json")).exists(), "no marker for a half-built env");
+    assert!(uv.join(format!("envs/{env_id}")).symlink_metadata().is_err(), "nothing published");
+    assert!(uv.join(format!(".nixuv/locks/{env_id}.lease")).exists(), "the dead holder's lease is left behind");
+    // The next Pod sees the lease go stale, takes over, and builds a complete env.
+    let out = run_init(&pod, &vols, &[("NIXUV_LEASE_TTL", "1s")]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("took over a stale lease"), "{}", text(&out));
+    let app = run_app(&pod, &vols, "nixuvdemo", false);
+    assert_eq!(String::from_utf8_lossy(&app.stdout), "nixuvdemo 42\n", "{}", text(&app));
+}
+
+#[test]
+fn failures_name_the_item_and_the_tools_error() {
+    let fx = Fixture::new();
+    let vols = Volumes::new();
+    let cases: &[(&str, &str, Option<&str>, &[&str])] = &[
+        ("missing package version", "", Some("nixuvdemo==9.9"), &["python dep \"nixuvdemo==9.9\"", "uv:", "nixuvdemo"]),
+        ("missing package", "", Some("nosuchpkg"), &["python dep \"nosuchpkg\"", "uv:"]),
+        (
+            "missing attribute",
+            "hello-nixuv nosuchattr",
+            None,
+            &["system dep \"nosuchattr\"", "nix-portable:", "does not provide attribute"],
+        ),
+    ];
+    for (name, system, python, needles) in cases {
+        let pod = fx.mutate(&fx.pod(system, python.unwrap_or("")));
+        let out = run_init(&pod, &vols, &[]);
+        assert_eq!(out.status.code(), Some(1), "{name}: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or("");
+        for n in *needles {
+            assert!(last.contains(n), "{name}: last stderr line {last:?} lacks {n:?}");
+        }
+    }
+    // A Python version there is no interpreter for.
+    let mut p = fx.pod("", "nixuvdemo");
+    p["metadata"]["annotations"]["nixuv.io/python"] = json!("3.99");
+    let out = run_init(&fx.mutate(&p), &vols, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("python \"3.99\": uv:"), "{}", text(&out));
+    // A tool that is not there.
+    let pod = fx.mutate(&fx.pod("", "nixuvdemo"));
+    let out = run_init(&pod, &vols, &[("NIXUV_UV", "/nonexistent/uv")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("set NIXUV_UV to its path"), "{}", text(&out));
+    // A mislabelled env (NIXUV_ENV edited by hand) is refused, so a shared env cannot be poisoned.
+    let out = run_init(&pod, &vols, &[("NIXUV_PYTHON_DEPS", "nixuvdep")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not match the dependencies"), "{}", text(&out));
+}
+
+#[test]
+fn gc_removes_an_old_env_and_keeps_a_fresh_one() {
+    let fx = Fixture::new();
+    let vols = Volumes::new();
+    let old = fx.mutate(&fx.pod("tools.greet", "nixuvdep"));
+    let fresh = fx.mutate(&fx.pod("hello-nixuv", "nixuvdemo"));
+    for p in [&old, &fresh] {
+        let out = run_init(p, &vols, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let id = |p: &Value| p["metadata"]["annotations"]["nixuv.io/env"].as_str().unwrap().to_string();
+    let (old_id, fresh_id) = (id(&old), id(&fresh));
+    let uv = vols.path("nixuv-uv");
+    let month_ago = std::time::SystemTime::now() - Duration::from_secs(30 * 86400);
+    std::fs::File::options()
+        .write(true)
+        .open(uv.join(format!(".nixuv/envs/{old_id}.used")))
+        .unwrap()
+        .set_modified(month_ago)
+        .unwrap();
+    let old_venv = std::fs::read_link(uv.join(format!("envs/{old_id}"))).unwrap();
+    // gc runs like the CronJob: nix volume at $NP_LOCATION/.nix-portable/nix, uv volume at its path.
+    let scratch = vols.dir.path().join("gc-tmp");
+    let gc_container = json!({"volumeMounts": [
+        {"name": "nixuv-tmp", "mountPath": "/nixuv/work"},
+        {"name": "nixuv-nix", "mountPath": "/nixuv/work/.nix-portable/nix"},
+        {"name": "nixuv-uv", "mountPath": "/nixuv/uv"}]});
+    let out = in_pod(&gc_container, &vols, &scratch)
+        .args(["--", common::bin(), "gc", "--max-age", "7d"])
+        .env("NIXUV_NIX_PORTABLE", support("nix-portable"))
+        .env("NIXUV_UV", support("uv"))
+        .env("NIXUV_TEST_TOOL_LOG", vols.path("tools.log"))
+        .env("NIX_CONFIG", "substituters =\nbuild-users-group =")
+        .env("HOME", "/nixuv/work")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("removed unused env"), "{}", text(&out));
+    assert!(!uv.join(format!(".nixuv/envs/{old_id}.json")).exists());
+    assert!(!uv.join("envs").join(&old_venv).exists(), "old venv removed");
+    assert!(!vols.path("nixuv-nix").join(format!("var/nix/profiles/nixuv/{old_id}")).exists());
+    let calls = tool_calls(&vols);
+    assert!(calls.iter().any(|c| c.contains("store gc")), "{calls:?}");
+    assert!(calls.iter().any(|c| c == "uv cache prune"), "{calls:?}");
+    // The fresh env survives, nix's GC included (its profile is a root), and still works.
+    assert!(uv.join(format!(".nixuv/envs/{fresh_id}.json")).exists());
+    let app = run_app(&fresh, &vols, "hello-nixuv && nixuvdemo", false);
+    assert_eq!(String::from_utf8_lossy(&app.stdout), "hello from nixuv\nnixuvdemo 42\n", "{}", text(&app));
+    let warm = run_init(&fresh, &vols, &[]);
+    assert!(text(&warm).contains("already built"), "{}", text(&warm));
+    // The old env's store paths are gone: greet is not in the store any more.
+    let greet = std::fs::read_dir(vols.path("nixuv-nix").join("store"))
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().ends_with("-greet"));
+    assert!(!greet, "nix store gc freed the old env's paths");
+}
