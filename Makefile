@@ -3,7 +3,7 @@ CARGO ?= cargo
 ADDR ?= 127.0.0.1:8443
 BIN := target/debug/nixuv
 
-.PHONY: run test tools build certs lint unit clean bench
+.PHONY: run test tools build certs lint unit clean bench image
 
 build:
 	$(CARGO) build
@@ -36,3 +36,15 @@ bench:
 clean:
 	$(CARGO) clean
 	rm -f certs/*.crt certs/*.key
+
+## Container images (needs a container builder: docker or podman).
+IMAGE_REPO ?= ghcr.io/nixuv
+VERSION ?= 0.1.0
+include deploy/images/versions.env
+BUILDER ?= $(shell command -v docker || command -v podman)
+image:
+	@test -n "$(BUILDER)" || { echo "make image: no docker or podman here"; exit 1; }
+	$(BUILDER) build -f deploy/images/Dockerfile.webhook --build-arg RUST_IMAGE=$(RUST_IMAGE) -t $(IMAGE_REPO)/nixuv:$(VERSION) .
+	$(BUILDER) build -f deploy/images/Dockerfile.init --build-arg RUST_IMAGE=$(RUST_IMAGE) --build-arg UV_VERSION=$(UV_VERSION) \
+	  --build-arg NIX_PORTABLE_VERSION=$(NIX_PORTABLE_VERSION) --build-arg NIX_PORTABLE_SHA256=$(NIX_PORTABLE_SHA256) \
+	  -t $(IMAGE_REPO)/nixuv-init:$(VERSION) .
