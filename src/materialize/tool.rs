@@ -96,13 +96,10 @@ impl Tool {
         if status.success() {
             return Ok(stdout);
         }
-        // The tool's own error: lines starting with "error" first, else the tail.
-        let errors: Vec<&String> = tail.iter().filter(|l| l.to_lowercase().contains("error")).collect();
-        let message = if errors.is_empty() {
-            tail.join(" | ")
-        } else {
-            errors.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" | ")
-        };
+        // The tool's own error: from its first line that says "error" (uv and nix explain on the
+        // lines after it), else the tail; at most 12 lines.
+        let from = tail.iter().position(|l| l.to_lowercase().contains("error")).unwrap_or(0);
+        let message = tail[from..].iter().take(12).map(String::as_str).collect::<Vec<_>>().join(" | ");
         Err(ToolError::Failed {
             tool: self.name,
             message: if message.is_empty() { format!("exited with {status}") } else { message },

@@ -315,7 +315,12 @@ fn failures_name_the_item_and_the_tools_error() {
     let fx = Fixture::new();
     let vols = Volumes::new();
     let cases: &[(&str, &str, Option<&str>, &[&str])] = &[
-        ("missing package version", "", Some("nixuvdemo==9.9"), &["python dep \"nixuvdemo==9.9\"", "uv:", "nixuvdemo"]),
+        (
+            "missing package version",
+            "",
+            Some("nixuvdemo==9.9"),
+            &["python dep \"nixuvdemo==9.9\"", "uv: error: No solution found", "there is no version of nixuvdemo==9.9"],
+        ),
         ("missing package", "", Some("nosuchpkg"), &["python dep \"nosuchpkg\"", "uv:"]),
         (
             "missing attribute",
