@@ -30,7 +30,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the webhook over HTTPS (HTTP/1.1 and HTTP/2).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write a CA and an ECDSA P-256 serving certificate; print the base64 caBundle.
     Certs(CertsArgs),
     /// Show what nixuv would do to the Pods of a manifest, offline. Exit 0: all allowed;
@@ -126,6 +126,16 @@ pub struct ServeArgs {
     /// After closing the listener, wait at most this long for in-flight requests.
     #[arg(long, value_parser = duration, default_value = "25s")]
     pub drain_timeout: Duration,
+    /// Check through the Kubernetes API (in-cluster config or KUBECONFIG) that the configured
+    /// PersistentVolumeClaims exist in a Pod's namespace; fall back to emptyDir with a warning if not.
+    #[arg(long, env = "NIXUV_CHECK_CLAIMS")]
+    pub check_claims: bool,
+    /// Keep the caBundle of this MutatingWebhookConfiguration equal to --ca-bundle-file.
+    #[arg(long, env = "NIXUV_MANAGE_CA_BUNDLE", value_name = "NAME", requires = "ca_bundle_file")]
+    pub manage_ca_bundle: Option<String>,
+    /// PEM CA certificate(s) for --manage-ca-bundle (e.g. the ca.crt of the serving Secret).
+    #[arg(long, env = "NIXUV_CA_BUNDLE_FILE")]
+    pub ca_bundle_file: Option<PathBuf>,
     /// Tokio worker threads (default: the number of CPUs).
     #[arg(long, env = "NIXUV_WORKER_THREADS")]
     pub worker_threads: Option<usize>,

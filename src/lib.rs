@@ -2,7 +2,9 @@
 //! through an injected init container and shared stores.
 #![forbid(unsafe_code)]
 
+pub mod cabundle;
 pub mod certs;
+pub mod claims;
 pub mod cli;
 pub mod config;
 pub mod envspec;

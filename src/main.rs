@@ -42,6 +42,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_connections: a.max_connections.max(1),
                 shutdown_delay: a.shutdown_delay,
                 drain_timeout: a.drain_timeout,
+                check_claims: a.check_claims,
+                manage_ca_bundle: a.manage_ca_bundle,
+                ca_bundle_file: a.ca_bundle_file,
             };
             rt.block_on(nixuv::server::serve(opts))?;
             Ok(ExitCode::SUCCESS)
@@ -112,10 +115,11 @@ fn preview(a: nixuv::cli::PreviewArgs) -> ExitCode {
     if let Err(e) = read {
         return fail(format!("reading {}: {e}", a.file));
     }
-    let (format, docs, previews) = match preview::preview_text(&text, a.namespace.as_deref(), &cfg) {
-        Ok(r) => r,
-        Err(e) => return fail(format!("{}: {e}", a.file)),
-    };
+    let (format, docs, previews) =
+        match preview::preview_text(&text, a.namespace.as_deref(), &cfg, &nixuv::claims::AssumePresent) {
+            Ok(r) => r,
+            Err(e) => return fail(format!("{}: {e}", a.file)),
+        };
     let output = a.output.unwrap_or(match format {
         preview::Format::Yaml => Output::Yaml,
         preview::Format::Json => Output::Json,

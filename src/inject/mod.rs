@@ -11,7 +11,8 @@ pub mod policy;
 
 use json_patch::Patch;
 
-use crate::config::Config;
+use crate::claims::{AssumePresent, ClaimState, Claims};
+use crate::config::{Config, StorageMode};
 use crate::review::AdmissionRequest;
 use plan::{EnvPlan, NIX_MOUNT, UV_ROOT};
 use pod::PodView;
@@ -95,25 +96,54 @@ impl Decision {
 }
 
 /// The webhook's decision for one admission request.
-pub fn decide(req: &AdmissionRequest<'_>, cfg: &Config) -> Decision {
+pub fn decide(req: &AdmissionRequest<'_>, cfg: &Config, claims: &dyn Claims) -> Decision {
     if !optin::is_pod_create(req) {
         return Decision::allow();
     }
     let Some(object) = req.object else { return Decision::allow() };
-    decide_pod(object.get(), req.namespace.as_deref(), cfg)
+    decide_pod_with(object.get(), req.namespace.as_deref(), cfg, claims)
 }
 
 /// The decision for a Pod given as JSON text, in `namespace` (the request's; a Pod made by a
 /// controller often has none in its metadata).
 pub fn decide_pod(pod_json: &str, namespace: Option<&str>, cfg: &Config) -> Decision {
+    decide_pod_with(pod_json, namespace, cfg, &AssumePresent)
+}
+
+/// [`decide_pod`], with the claims' existence from `claims`.
+pub fn decide_pod_with(pod_json: &str, namespace: Option<&str>, cfg: &Config, claims: &dyn Claims) -> Decision {
     let pod: PodView = match serde_json::from_str(pod_json) {
         Ok(p) => p,
         Err(e) => return Decision::deny(400, format!("request.object is not a valid Pod: {e}")),
     };
-    decide_view(&pod, namespace, cfg)
+    decide_view(&pod, namespace, cfg, claims)
 }
 
-pub fn decide_view(pod: &PodView, namespace: Option<&str>, cfg: &Config) -> Decision {
+/// PVC or emptyDir for the two store volumes (`[nix, uv]`), with warnings for the fallbacks.
+fn storage(ns: &str, cfg: &Config, claims: &dyn Claims, warnings: &mut Vec<String>) -> [bool; 2] {
+    if cfg.file.storage.mode == StorageMode::EmptyDir {
+        return [false, false];
+    }
+    let mut use_pvc = [true, true];
+    let pairs = [(VOL_NIX, &cfg.file.storage.nix_claim), (VOL_UV, &cfg.file.storage.uv_claim)];
+    for (i, (vol, claim)) in pairs.into_iter().enumerate() {
+        match claims.state(ns, claim) {
+            ClaimState::Present => {}
+            ClaimState::Missing => {
+                use_pvc[i] = false;
+                warnings.push(format!(
+                    "nixuv: PersistentVolumeClaim {claim:?} not found in namespace {ns:?}; volume {vol:?} is an emptyDir, so this Pod builds its env alone"
+                ));
+            }
+            ClaimState::Unknown => warnings.push(format!(
+                "nixuv: could not check PersistentVolumeClaim {claim:?} (the API has not answered yet); using it as configured"
+            )),
+        }
+    }
+    use_pvc
+}
+
+pub fn decide_view(pod: &PodView, namespace: Option<&str>, cfg: &Config, claims: &dyn Claims) -> Decision {
     if !optin::opted_in(pod) {
         return Decision::allow_as(Outcome::NotOptedIn);
     }
@@ -173,8 +203,12 @@ pub fn decide_view(pod: &PodView, namespace: Option<&str>, cfg: &Config) -> Deci
         todo.push(idx);
     }
     let missing = if already { patch::Missing::of(pod) } else { patch::Missing::all() };
-    let patch = patch::build(pod, &plan, &todo, &missing, cfg);
+    let mut warnings = Vec::new();
+    let use_pvc =
+        if missing.volumes[..2].iter().any(|m| *m) { storage(ns, cfg, claims, &mut warnings) } else { [true, true] };
+    let patch = patch::build(pod, &plan, &todo, &missing, use_pvc, cfg);
     let mut d = Decision::allow_as(if patch.0.is_empty() { Outcome::AlreadyInjected } else { Outcome::Injected });
+    d.warnings = warnings;
     d.env_id = Some(plan.id);
     d.patch = (!patch.0.is_empty()).then_some(patch);
     d

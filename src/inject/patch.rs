@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::plan::{EnvPlan, INIT_NIX_DIR, NIX_MOUNT, UV_ROOT, WORK_DIR};
 use super::pod::{ContainerView, PodView};
 use super::{ANN_ENV, ANN_STATUS, INIT_CONTAINER, STATUS_INJECTED, VOL_NIX, VOL_TMP, VOL_UV};
-use crate::config::{Config, StorageMode};
+use crate::config::Config;
 use crate::envspec::EnvSpec;
 
 #[derive(Default)]
@@ -32,20 +32,20 @@ fn i(n: usize) -> Token<'static> {
     Token::from(n)
 }
 
-/// The Pod's volumes for the stores: PVCs or emptyDirs by config, plus the init container's
-/// scratch emptyDir.
-pub fn volumes(cfg: &Config) -> [(&'static str, Value); 3] {
-    let store = |claim: &str| match cfg.file.storage.mode {
-        StorageMode::Pvc => json!({ "persistentVolumeClaim": { "claimName": claim } }),
-        StorageMode::EmptyDir => json!({ "emptyDir": {} }),
+/// The Pod's volumes for the stores: the claims where `use_pvc` says so (`[nix, uv]`), emptyDirs
+/// otherwise, plus the init container's scratch emptyDir.
+pub fn volumes(cfg: &Config, use_pvc: [bool; 2]) -> [(&'static str, Value); 3] {
+    let store = |claim: &str, pvc: bool| match pvc {
+        true => json!({ "persistentVolumeClaim": { "claimName": claim } }),
+        false => json!({ "emptyDir": {} }),
     };
     let with_name = |name: &'static str, mut v: Value| {
         v["name"] = json!(name);
         (name, v)
     };
     [
-        with_name(VOL_NIX, store(&cfg.file.storage.nix_claim)),
-        with_name(VOL_UV, store(&cfg.file.storage.uv_claim)),
+        with_name(VOL_NIX, store(&cfg.file.storage.nix_claim, use_pvc[0])),
+        with_name(VOL_UV, store(&cfg.file.storage.uv_claim, use_pvc[1])),
         with_name(VOL_TMP, json!({ "emptyDir": {} })),
     ]
 }
@@ -158,7 +158,14 @@ impl Missing {
 }
 
 /// The patch for `pod`: what `missing` says, plus env and mounts for each target container index.
-pub fn build(pod: &PodView, plan: &EnvPlan, targets: &[usize], missing: &Missing, cfg: &Config) -> Patch {
+pub fn build(
+    pod: &PodView,
+    plan: &EnvPlan,
+    targets: &[usize],
+    missing: &Missing,
+    use_pvc: [bool; 2],
+    cfg: &Config,
+) -> Patch {
     let mut ops = Ops::default();
     if missing.annotations {
         let values = [(ANN_STATUS, STATUS_INJECTED), (ANN_ENV, plan.id.as_str())];
@@ -177,7 +184,7 @@ pub fn build(pod: &PodView, plan: &EnvPlan, targets: &[usize], missing: &Missing
         }
     }
     let vols: Vec<Value> =
-        volumes(cfg).into_iter().zip(missing.volumes).filter_map(|((_, v), miss)| miss.then_some(v)).collect();
+        volumes(cfg, use_pvc).into_iter().zip(missing.volumes).filter_map(|((_, v), miss)| miss.then_some(v)).collect();
     let spec = pod.spec.as_ref();
     if !vols.is_empty() {
         if spec.and_then(|s| s.volumes.as_ref()).is_none() {

@@ -67,7 +67,13 @@ fn pod_for(spec: &Value, tpl: &Value, wf_name: &str) -> Option<Value> {
     }))
 }
 
-pub fn preview(out: &mut ObjectPreview, obj: &Value, namespace: &str, cfg: &Config) -> Result<(), (String, String)> {
+pub fn preview(
+    out: &mut ObjectPreview,
+    obj: &Value,
+    namespace: &str,
+    cfg: &Config,
+    claims: &dyn crate::claims::Claims,
+) -> Result<(), (String, String)> {
     let (spec_field, spec) = if out.kind == "CronWorkflow" {
         ("spec.workflowSpec", obj.get("spec").and_then(|s| s.get("workflowSpec")))
     } else {
@@ -92,7 +98,7 @@ pub fn preview(out: &mut ObjectPreview, obj: &Value, namespace: &str, cfg: &Conf
     for (i, tpl) in templates.iter().enumerate() {
         let name = tpl.get("name").and_then(Value::as_str).map(String::from).unwrap_or_else(|| format!("#{i}"));
         let Some(pod) = pod_for(spec, tpl, &wf_name) else { continue };
-        let d = decide_pod_value(&pod, namespace, cfg);
+        let d = decide_pod_value(&pod, namespace, cfg, claims);
         let view: Option<PodView> = serde::Deserialize::deserialize(&pod).ok();
         let declared = view.as_ref().and_then(|v| deps::declared(v.labels(), v.annotations()).ok()).unwrap_or_default();
         let targets: Vec<String> = d

@@ -27,7 +27,7 @@ pub async fn preview(State(state): State<Arc<AppState>>, Query(q): Query<Preview
         return json_error(&state, StatusCode::BAD_REQUEST, "body is not UTF-8");
     };
     let config = state.config.load();
-    let (_, docs, previews) = match super::preview_text(text, q.namespace.as_deref(), &config) {
+    let (_, docs, previews) = match super::preview_text(text, q.namespace.as_deref(), &config, state.claims.as_ref()) {
         Ok(r) => r,
         Err(e) => {
             state

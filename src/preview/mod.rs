@@ -11,6 +11,7 @@ use jsonptr::PointerBuf;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::claims::Claims;
 use crate::config::Config;
 use crate::inject::pod::PodView;
 use crate::inject::{self, Decision, Outcome};
@@ -169,9 +170,9 @@ fn namespace_of<'a>(obj: &'a Value, flag: Option<&'a str>) -> &'a str {
 }
 
 /// The webhook's decision for a Pod given as a JSON value.
-pub fn decide_pod_value(pod: &Value, namespace: &str, cfg: &Config) -> Decision {
+pub fn decide_pod_value(pod: &Value, namespace: &str, cfg: &Config, claims: &dyn Claims) -> Decision {
     match PodView::deserialize(pod) {
-        Ok(view) => inject::decide_view(&view, Some(namespace), cfg),
+        Ok(view) => inject::decide_view(&view, Some(namespace), cfg, claims),
         Err(e) => Decision::deny(400, format!("request.object is not a valid Pod: {e}")),
     }
 }
@@ -189,6 +190,7 @@ pub fn preview_object(
     item: Option<usize>,
     namespace: Option<&str>,
     cfg: &Config,
+    claims: &dyn Claims,
 ) -> Result<ObjectPreview, PreviewError> {
     let field_str = |f: &str| obj.get(f).and_then(Value::as_str);
     let Some(kind) = field_str("kind").filter(|k| !k.is_empty()) else {
@@ -231,14 +233,14 @@ pub fn preview_object(
     };
     match (api_version, kind) {
         ("v1", "Pod") => {
-            let d = decide_pod_value(obj, namespace_of(obj, namespace), cfg);
+            let d = decide_pod_value(obj, namespace_of(obj, namespace), cfg, claims);
             finish(out, obj, d, &[])
         }
         (av, "AdmissionReview") if av.starts_with("admission.k8s.io/") => {
             let text = serde_json::to_string(obj).expect("a Value serialises");
             let review =
                 crate::review::decode(text.as_bytes()).map_err(|e| err(document, item, "request", e.to_string()))?;
-            let d = inject::decide(&review.request, cfg);
+            let d = inject::decide(&review.request, cfg, claims);
             let object = get(obj, &["request", "object"]).cloned().unwrap_or(Value::Null);
             finish(out, &object, d, &[])
         }
@@ -261,7 +263,7 @@ pub fn preview_object(
                 "metadata": template.get("metadata").cloned().unwrap_or_else(|| serde_json::json!({})),
                 "spec": template["spec"],
             });
-            let d = decide_pod_value(&pod, namespace_of(obj, namespace), cfg);
+            let d = decide_pod_value(&pod, namespace_of(obj, namespace), cfg, claims);
             let decision = if template.get("metadata").is_none() && d.patch.is_some() {
                 // Unreachable in practice: opting in needs a label in the template metadata.
                 Decision::deny(400, format!("{field}.metadata: missing"))
@@ -271,7 +273,7 @@ pub fn preview_object(
             finish(out, obj, decision, path)
         }
         ("argoproj.io/v1alpha1", "Workflow" | "WorkflowTemplate" | "ClusterWorkflowTemplate" | "CronWorkflow") => {
-            argo::preview(&mut out, obj, namespace_of(obj, namespace), cfg)
+            argo::preview(&mut out, obj, namespace_of(obj, namespace), cfg, claims)
                 .map_err(|(field, message)| err(document, item, &field, message))?;
             Ok(out)
         }
@@ -287,6 +289,7 @@ pub fn preview_documents(
     docs: &[Document],
     namespace: Option<&str>,
     cfg: &Config,
+    claims: &dyn Claims,
 ) -> Result<Vec<ObjectPreview>, PreviewError> {
     let mut out = Vec::new();
     for d in docs {
@@ -300,10 +303,10 @@ pub fn preview_documents(
                 .and_then(Value::as_array)
                 .ok_or_else(|| err(d.index, None, "items", "a List needs an items array"))?;
             for (i, item) in items.iter().enumerate() {
-                out.push(preview_object(item, d.index, Some(i), namespace, cfg)?);
+                out.push(preview_object(item, d.index, Some(i), namespace, cfg, claims)?);
             }
         } else {
-            out.push(preview_object(&d.value, d.index, None, namespace, cfg)?);
+            out.push(preview_object(&d.value, d.index, None, namespace, cfg, claims)?);
         }
     }
     Ok(out)
@@ -314,13 +317,14 @@ pub fn preview_text(
     text: &str,
     namespace: Option<&str>,
     cfg: &Config,
+    claims: &dyn Claims,
 ) -> Result<(Format, Vec<Document>, Vec<ObjectPreview>), PreviewError> {
     let format = detect(text);
     let docs = parse(text, format)?;
     if docs.is_empty() {
         return Err(err(1, None, "(body)", "no documents in the input"));
     }
-    let previews = preview_documents(&docs, namespace, cfg)?;
+    let previews = preview_documents(&docs, namespace, cfg, claims)?;
     Ok((format, docs, previews))
 }
 

@@ -42,6 +42,7 @@ pub struct Metrics {
     pub duration: Family<EndpointLabels, Histogram>,
     pub tls_reloads: Family<ResultLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
+    pub ca_bundle_syncs: Family<ResultLabels, Counter>,
     pub http_errors: Family<CodeLabels, Counter>,
     pub connections: Gauge,
     pub rejected_connections: Counter,
@@ -71,6 +72,12 @@ impl Metrics {
         registry.register("tls_reloads", "Serving certificate reloads by result", tls_reloads.clone());
         let config_reloads = Family::<ResultLabels, Counter>::default();
         registry.register("config_reloads", "Configuration reloads by result", config_reloads.clone());
+        let ca_bundle_syncs = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "ca_bundle_syncs",
+            "caBundle updates of the webhook configuration by result",
+            ca_bundle_syncs.clone(),
+        );
         let http_errors = Family::<CodeLabels, Counter>::default();
         registry.register("http_errors", "Requests answered with an HTTP error status", http_errors.clone());
         let connections = Gauge::default();
@@ -93,6 +100,7 @@ impl Metrics {
             duration,
             tls_reloads,
             config_reloads,
+            ca_bundle_syncs,
             http_errors,
             connections,
             rejected_connections,

@@ -46,10 +46,17 @@ pub struct ServeOptions {
     pub max_connections: usize,
     pub shutdown_delay: Duration,
     pub drain_timeout: Duration,
+    /// Check that the configured PVCs exist (a watch cache through the Kubernetes API).
+    pub check_claims: bool,
+    /// Keep this MutatingWebhookConfiguration's caBundle equal to `ca_bundle_file`.
+    pub manage_ca_bundle: Option<String>,
+    pub ca_bundle_file: Option<PathBuf>,
 }
 
 pub struct AppState {
     pub config: ArcSwap<Config>,
+    /// Whether the configured claims exist, per namespace (a watch cache, or "assume present").
+    pub claims: Arc<dyn crate::claims::Claims>,
     pub metrics: Arc<Metrics>,
     pub ready: AtomicBool,
     pub body_limit: usize,
@@ -116,7 +123,7 @@ async fn mutate(State(state): State<Arc<AppState>>, req: Request) -> Response {
         }
     };
     let config = state.config.load();
-    let decision = inject::decide(&review.request, &config);
+    let decision = inject::decide(&review.request, &config, state.claims.as_ref());
     let out = review::respond(review.api_version, &review.request.uid, &decision);
     let body = serde_json::to_vec(&out).expect("a review always serialises");
     let elapsed = start.elapsed();
@@ -309,8 +316,26 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(Arc::clone(&certs))?));
     certs.spawn_reloader(opts.reload_interval, Arc::clone(&metrics));
 
+    let kube_client = if opts.check_claims || opts.manage_ca_bundle.is_some() {
+        Some(
+            kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?,
+        )
+    } else {
+        None
+    };
+    let claims: Arc<dyn crate::claims::Claims> = match (&kube_client, opts.check_claims) {
+        (Some(c), true) => crate::claims::ClaimCache::start(c.clone()),
+        _ => Arc::new(crate::claims::AssumePresent),
+    };
+    if let (Some(c), Some(name)) = (&kube_client, &opts.manage_ca_bundle) {
+        let file = opts.ca_bundle_file.clone().context("--manage-ca-bundle needs --ca-bundle-file")?;
+        crate::cabundle::spawn(c.clone(), name.clone(), file, opts.reload_interval, Arc::clone(&metrics));
+    }
     let state = Arc::new(AppState {
         config: ArcSwap::from_pointee(config),
+        claims,
         metrics: Arc::clone(&metrics),
         ready: AtomicBool::new(false),
         body_limit: opts.body_limit,

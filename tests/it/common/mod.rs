@@ -49,6 +49,7 @@ pub struct Server {
 
 pub struct ServerBuilder {
     args: Vec<String>,
+    env: Vec<(String, String)>,
     config: Option<String>,
     metrics: bool,
     cert_dir: Option<PathBuf>,
@@ -57,6 +58,10 @@ pub struct ServerBuilder {
 impl ServerBuilder {
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.to_string());
+        self
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_string(), v.to_string()));
         self
     }
     pub fn config(mut self, yaml: &str) -> Self {
@@ -92,7 +97,11 @@ impl ServerBuilder {
         if self.metrics {
             cmd.args(["--metrics-addr", "127.0.0.1:0"]);
         }
-        cmd.args(&self.args).env("NIXUV_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.args(&self.args)
+            .envs(self.env.iter().cloned())
+            .env("NIXUV_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let logs = Arc::new(Mutex::new(Vec::new()));
@@ -130,7 +139,7 @@ impl ServerBuilder {
 
 impl Server {
     pub fn builder() -> ServerBuilder {
-        ServerBuilder { args: Vec::new(), config: None, metrics: false, cert_dir: None }
+        ServerBuilder { args: Vec::new(), env: Vec::new(), config: None, metrics: false, cert_dir: None }
     }
     pub fn start() -> Server {
         Self::builder().start()
