@@ -1,5 +1,6 @@
 //! Integration tests: the real `nixuv` binary, spoken to over TLS.
 mod common;
+mod deploy;
 mod kubeapi;
 mod lifecycle;
 mod materialize;
