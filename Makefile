@@ -30,8 +30,9 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 	shellcheck scripts/*.sh .ci/run
 
-bench:
-	$(CARGO) bench --bench core
+## Benchmarks: criterion, h2load against the bare-TLS ceiling, latency, RSS, materialize.
+bench: tools
+	./scripts/bench.sh
 
 clean:
 	$(CARGO) clean
