@@ -142,7 +142,13 @@ pub fn split_python(list: &str) -> Vec<&str> {
 }
 
 /// Parses and normalises one PEP 508 requirement; rejects URLs, paths and pip options.
+/// Longest accepted dependency item: real ones are far shorter, and each ends up in the Pod.
+pub const MAX_ITEM_LEN: usize = 256;
+
 pub fn parse_requirement(item: &str, source: &Source) -> Result<PythonDep, DepError> {
+    if item.len() > MAX_ITEM_LEN {
+        return Err(dep_err(source, &truncate(item), format!("longer than {MAX_ITEM_LEN} characters")));
+    }
     if item.starts_with('-') {
         return Err(dep_err(
             source,
@@ -164,7 +170,18 @@ pub fn parse_requirement(item: &str, source: &Source) -> Result<PythonDep, DepEr
     Ok(PythonDep { name: req.name.to_string(), requirement: req.to_string(), source: source.clone() })
 }
 
+/// The first 64 characters of a long item, for messages.
+fn truncate(item: &str) -> String {
+    match item.char_indices().nth(64) {
+        Some((i, _)) => format!("{}...", &item[..i]),
+        None => item.to_string(),
+    }
+}
+
 fn parse_system(item: &str, source: &Source) -> Result<SystemDep, DepError> {
+    if item.len() > MAX_ITEM_LEN {
+        return Err(dep_err(source, &truncate(item), format!("longer than {MAX_ITEM_LEN} characters")));
+    }
     if !valid_attr_path(item) {
         return Err(dep_err(source, item, "not a nixpkgs attribute path (letters, digits, _ ' - separated by dots)"));
     }

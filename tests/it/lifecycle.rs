@@ -185,7 +185,7 @@ async fn broken_config_reload_keeps_the_old_config() {
 }
 
 /// Opens a raw TLS connection (HTTP/1.1) trusting the server's CA.
-async fn raw_tls(server: &Server) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+pub async fn raw_tls(server: &Server) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     use rustls_pki_types::pem::PemObject;
     for c in rustls_pki_types::CertificateDer::pem_slice_iter(&server.ca) {

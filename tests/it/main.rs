@@ -1,6 +1,8 @@
 //! Integration tests: the real `nixuv` binary, spoken to over TLS.
 mod common;
 mod deploy;
+mod fuzz;
+mod hostile;
 mod kubeapi;
 mod lifecycle;
 mod materialize;

@@ -1,0 +1,171 @@
+//! Fuzzing with proptest (cargo-fuzz needs a nightly toolchain, which these machines do not
+//! have): random and structure-aware inputs for AdmissionReview decoding + the whole core, the
+//! dependency parsers, and the preview reader, seeded from the test fixtures. Properties: no
+//! panic; a decision for every decodable review; a patch that applies to the object; previews
+//! that parse or fail with an error naming a document. `make fuzz` runs many more cases
+//! (FUZZ_CASES); crashes found become named regression cases in `regressions()`.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+use nixuv::claims::AssumePresent;
+use nixuv::config::Config;
+use nixuv::inject::deps;
+use nixuv::{inject, preview, review};
+
+fn cases() -> u32 {
+    std::env::var("FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300)
+}
+
+fn seeds() -> Vec<Value> {
+    let dir = crate::common::fixture_path("reviews");
+    let mut v: Vec<Value> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| serde_json::from_str(&std::fs::read_to_string(e.unwrap().path()).unwrap()).unwrap())
+        .collect();
+    v.sort_by_key(|x| x.to_string());
+    v
+}
+
+/// Any JSON value, a few levels deep.
+fn any_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        ".{0,40}".prop_map(Value::String),
+        prop::sample::select(vec!["true", "CREATE", "Pod", "v1", "pods", "nixuv.io/inject", "PATH", "nixuv-init", "/nix"]).prop_map(|s| json!(s)),
+    ];
+    leaf.prop_recursive(4, 64, 8, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map("[a-zA-Z./~-]{1,12}", inner, 0..6).prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Replaces the value at a random path of `v` (walking `steps`) by `new`.
+fn mutate(v: &mut Value, steps: &[usize], new: Value) {
+    match steps.split_first() {
+        Some((s, rest)) => match v {
+            Value::Object(m) if !m.is_empty() => {
+                let k = m.keys().nth(s % m.len()).unwrap().clone();
+                mutate(m.get_mut(&k).unwrap(), rest, new)
+            }
+            Value::Array(a) if !a.is_empty() => {
+                let n = a.len();
+                mutate(&mut a[s % n], rest, new)
+            }
+            other => *other = new,
+        },
+        None => *v = new,
+    }
+}
+
+fn check_review_bytes(bytes: &[u8], cfg: &Config) {
+    if let Ok(r) = review::decode(bytes) {
+        let d = inject::decide(&r.request, cfg, &AssumePresent);
+        let out = review::respond(r.api_version, &r.request.uid, &d);
+        assert_eq!(out.response.uid, r.request.uid);
+        if let (Some(p), Some(obj)) = (&d.patch, r.request.object) {
+            let mut doc: Value = serde_json::from_str(obj.get()).unwrap();
+            json_patch::patch(&mut doc, &p.0).unwrap_or_else(|e| panic!("patch does not apply: {e}"));
+            // The result is a fixed point.
+            let again = inject::decide_pod(&serde_json::to_string(&doc).unwrap(), r.request.namespace.as_deref(), cfg);
+            assert!(again.patch.is_none(), "reinvocation patched again");
+        }
+        if !d.allowed {
+            assert!(matches!(d.code, 400 | 403), "{}", d.code);
+            assert!(!d.message.unwrap_or_default().is_empty());
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn review_core_random_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        check_review_bytes(&bytes, &Config::default());
+    }
+
+    #[test]
+    fn review_core_mutated_fixtures(seed in 0usize..64, steps in prop::collection::vec(any::<usize>(), 0..8), new in any_json()) {
+        let seeds = seeds();
+        let mut v = seeds[seed % seeds.len()].clone();
+        mutate(&mut v, &steps, new);
+        check_review_bytes(&serde_json::to_vec(&v).unwrap(), &Config::default());
+    }
+
+    #[test]
+    fn review_core_truncated_fixtures(seed in 0usize..64, cut in any::<usize>()) {
+        let seeds = seeds();
+        let bytes = serde_json::to_vec(&seeds[seed % seeds.len()]).unwrap();
+        check_review_bytes(&bytes[..cut % (bytes.len() + 1)], &Config::default());
+    }
+
+    #[test]
+    fn dependency_parsers(list in ".{0,200}", key in "[a-zA-Z0-9./_-]{0,40}", value in ".{0,40}", version in ".{0,8}") {
+        let _ = deps::split_python(&list);
+        for item in deps::split_python(&list) {
+            if let Ok(d) = deps::parse_requirement(item, &deps::Source::Annotation("nixuv.io/python-deps")) {
+                // What passes validation is safe to hand to uv: no option, URL, path or control char.
+                prop_assert!(!d.requirement.starts_with('-'));
+                prop_assert!(!d.requirement.contains("://"));
+                prop_assert!(!d.requirement.chars().any(|c| c.is_control()));
+            }
+        }
+        let ann = BTreeMap::from([
+            ("nixuv.io/system-deps".to_string(), list.clone()),
+            ("nixuv.io/python-deps".to_string(), list.clone()),
+            ("nixuv.io/python".to_string(), version),
+        ]);
+        let labels = BTreeMap::from([(format!("system.nixuv.io/{key}"), value.clone()), (format!("python.nixuv.io/{key}"), value)]);
+        if let Ok(d) = deps::declared(Some(&labels), Some(&ann)) {
+            for s in &d.system {
+                prop_assert!(deps::valid_attr_path(&s.attr));
+            }
+        }
+    }
+
+    #[test]
+    fn preview_reader_random_text(text in ".{0,300}") {
+        let _ = preview::preview_text(&text, None, &Config::default(), &AssumePresent);
+    }
+
+    #[test]
+    fn preview_reader_mutated_manifests(which in 0usize..16, steps in prop::collection::vec(any::<usize>(), 0..8), new in any_json()) {
+        let dir = crate::common::fixture_path("preview");
+        let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_file()).collect();
+        files.sort();
+        let text = std::fs::read_to_string(&files[which % files.len()]).unwrap();
+        let mut docs: Vec<Value> = match preview::parse(&text, preview::detect(&text)) {
+            Ok(d) => d.into_iter().map(|d| d.value).collect(),
+            Err(_) => return Ok(()),
+        };
+        let n = docs.len();
+        mutate(&mut docs[which % n], &steps, new);
+        let yaml: String = docs.iter().map(|d| serde_yaml_ng::to_string(d).unwrap()).collect::<Vec<_>>().join("---\n");
+        match preview::preview_text(&yaml, Some("team-a"), &Config::default(), &AssumePresent) {
+            Ok((_, docs, previews)) => {
+                let _ = preview::output::yaml(&docs, &previews);
+                let _ = preview::output::patches(&previews);
+            }
+            Err(e) => prop_assert!(e.to_string().starts_with("document "), "{e}"),
+        }
+    }
+}
+
+/// Inputs that once broke something, kept as regression cases.
+#[test]
+fn regressions() {
+    let cfg = Config::default();
+    // A review whose object is a JSON string rather than an object.
+    let mut r = seeds()[0].clone();
+    r["request"]["object"] = json!("a pod");
+    check_review_bytes(&serde_json::to_vec(&r).unwrap(), &cfg);
+    // Unterminated quote in a marker.
+    let _ = deps::split_python("a; python_version > '3");
+}

@@ -1,0 +1,221 @@
+//! Hostile input and faults against the running server (loopback only, bounded in count and
+//! time): every case gets a clear 4xx or a denial, never a crash or a 5xx for a well-formed review,
+//! and the server stays healthy with bounded memory.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+
+use crate::common::{self, Server};
+
+fn review_with(f: impl FnOnce(&mut Value)) -> Value {
+    let mut r = common::fixture("reviews/bare-pod.json");
+    f(&mut r);
+    r
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines().find(|l| l.starts_with("VmRSS")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// (name, body, expected HTTP status, for 200: expected `allowed`, and a needle in the message).
+fn cases() -> Vec<(String, Vec<u8>, u16, Option<bool>, &'static str)> {
+    let mut v: Vec<(String, Vec<u8>, u16, Option<bool>, &'static str)> = Vec::new();
+    let mut add = |name: &str, body: Vec<u8>, status: u16, allowed: Option<bool>, needle: &'static str| v.push((name.to_string(), body, status, allowed, needle));
+    let j = |v: &Value| serde_json::to_vec(v).unwrap();
+    // Structure.
+    add("deeply nested array", format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes(), 400, None, "not JSON");
+    let nested_obj = format!(
+        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u","operation":"CREATE","kind":{{"group":"","version":"v1","kind":"Pod"}},"resource":{{"group":"","version":"v1","resource":"pods"}},"object":{}{}}}}}"#,
+        "{\"a\":".repeat(50_000),
+        "1".to_string() + &"}".repeat(50_000)
+    );
+    // The object is skipped as raw JSON and never opted in: allowed, unchanged, no crash.
+    add("deeply nested object", nested_obj.into_bytes(), 200, Some(true), "");
+    add("invalid UTF-8", b"{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\xff\xfe\"}".to_vec(), 400, None, "not JSON");
+    add("missing request", j(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"})), 400, None, "no request");
+    add("missing uid", j(&review_with(|r| { r["request"].as_object_mut().unwrap().remove("uid"); })), 400, None, "no uid");
+    add("uid not a string", j(&review_with(|r| r["request"]["uid"] = json!(12))), 400, None, "not JSON");
+    add("request not an object", j(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": [1]})), 400, None, "not JSON");
+    add("duplicate keys", br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","kind":"AdmissionReview","request":{"uid":"u"}}"#.to_vec(), 400, None, "duplicate field");
+    add("empty body", Vec::new(), 400, None, "not JSON");
+    // Wrong types in every field nixuv reads: a denial naming the object.
+    let wrong: &[(&str, fn(&mut Value))] = &[
+        ("labels an array", |r| r["request"]["object"]["metadata"]["labels"] = json!(["a"])),
+        ("label value a number", |r| r["request"]["object"]["metadata"]["labels"]["nixuv.io/inject"] = json!(1)),
+        ("annotations a string", |r| r["request"]["object"]["metadata"]["annotations"] = json!("x")),
+        ("metadata a number", |r| r["request"]["object"]["metadata"] = json!(5)),
+        ("spec a string", |r| r["request"]["object"]["spec"] = json!("x")),
+        ("containers an object", |r| r["request"]["object"]["spec"]["containers"] = json!({"name": "a"})),
+        ("container name a number", |r| r["request"]["object"]["spec"]["containers"][0]["name"] = json!(7)),
+        ("env a string", |r| r["request"]["object"]["spec"]["containers"][0]["env"] = json!("PATH=/x")),
+        ("env value an object", |r| r["request"]["object"]["spec"]["containers"][0]["env"] = json!([{"name": "PATH", "value": {}}])),
+        ("volumeMounts wrong", |r| r["request"]["object"]["spec"]["containers"][0]["volumeMounts"] = json!([{"name": 1}])),
+        ("volumes wrong", |r| r["request"]["object"]["spec"]["volumes"] = json!([{"name": ["x"]}])),
+        ("initContainers wrong", |r| r["request"]["object"]["spec"]["initContainers"] = json!(true)),
+    ];
+    for (name, f) in wrong {
+        add(name, j(&review_with(|r| f(r))), 200, Some(false), "not a valid Pod");
+    }
+    // Dependency injection attempts: denied, naming the item.
+    let ann = |k: &str, v: &str| j(&review_with(|r| r["request"]["object"]["metadata"]["annotations"] = json!({k: v})));
+    add("shell metacharacters in a system dep", ann("nixuv.io/system-deps", "gcc;rm -rf /"), 200, Some(false), "not a nixpkgs attribute path");
+    add("command substitution", ann("nixuv.io/system-deps", "$(curl evil)"), 200, Some(false), "$(curl");
+    add("backticks in a python dep", ann("nixuv.io/python-deps", "`reboot`"), 200, Some(false), "not a PEP 508 requirement");
+    add("newline injection", ann("nixuv.io/python-deps", "numpy\n--index-url https://evil"), 200, Some(false), "pip options are not allowed");
+    add("NUL in a python dep", ann("nixuv.io/python-deps", "numpy\u{0}==1"), 200, Some(false), "control characters");
+    add("NUL in a system dep", ann("nixuv.io/system-deps", "gcc\u{0}"), 200, Some(false), "not a nixpkgs attribute path");
+    add("path traversal, system", ann("nixuv.io/system-deps", "../../etc/passwd"), 200, Some(false), "not a nixpkgs attribute path");
+    add("path traversal, python", ann("nixuv.io/python-deps", "../../../etc"), 200, Some(false), "local paths");
+    add("file URL", ann("nixuv.io/python-deps", "x @ file:///etc/passwd"), 200, Some(false), "URL");
+    add("path traversal, python version", ann("nixuv.io/python", "../3.12"), 200, Some(false), "not a Python 3 version");
+    add("shell in containers annotation", ann("nixuv.io/containers", "app;id"), 200, Some(false), "is not a container of this Pod");
+    add("flake injection", ann("nixuv.io/system-deps", "nixpkgs#evil"), 200, Some(false), "not a nixpkgs attribute path");
+    // Size.
+    // The bare Pod declares 2 deps in labels; 62 more make maxDeps (64) exactly.
+    let many: String = (0..62).map(|i| format!("p{i}")).collect::<Vec<_>>().join(",");
+    add("at maxDeps", ann("nixuv.io/python-deps", &many), 200, Some(true), "");
+    let over: String = (0..63).map(|i| format!("p{i}")).collect::<Vec<_>>().join(",");
+    add("one over maxDeps", ann("nixuv.io/python-deps", &over), 200, Some(false), "declares 65 dependencies, more than maxDeps (64)");
+    add("a 2 MB dep", ann("nixuv.io/python-deps", &"a".repeat(2_000_000)), 200, Some(false), "longer than 256 characters");
+    add("a 2 MB system dep", ann("nixuv.io/system-deps", &"a".repeat(2_000_000)), 200, Some(false), "longer than 256 characters");
+    add("a huge label value", j(&review_with(|r| r["request"]["object"]["metadata"]["labels"]["x"] = json!("y".repeat(3_000_000)))), 200, Some(true), "");
+    let containers: Vec<Value> = (0..5000).map(|i| json!({"name": format!("c{i}"), "image": "x", "env": [{"name": "A", "value": "b"}]})).collect();
+    add("5000 containers", j(&review_with(|r| r["request"]["object"]["spec"]["containers"] = json!(containers))), 200, Some(true), "");
+    let arr: Vec<Value> = (0..200_000).map(|_| json!({})).collect();
+    add("a 200k-element array nixuv skips", j(&review_with(|r| r["request"]["object"]["spec"]["tolerations"] = json!(arr))), 200, Some(true), "");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_bodies_get_a_4xx_or_a_denial() {
+    let server = Server::start();
+    let client = server.h1();
+    let rss_before = rss_kib(server.child.id());
+    let mut tried = 0;
+    for (name, body, status, allowed, needle) in cases() {
+        let resp = client.post(server.url("/mutate")).header("content-type", "application/json").body(body).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{name}");
+        let v: Value = resp.json().await.unwrap_or_else(|e| panic!("{name}: not JSON: {e}"));
+        match allowed {
+            None => assert!(v["error"].as_str().unwrap().contains(needle), "{name}: {v}"),
+            Some(a) => {
+                assert_eq!(v["response"]["allowed"], a, "{name}: {}", v["response"]);
+                if !a {
+                    assert_eq!(v["response"]["status"]["code"].as_u64().map(|c| c / 100), Some(4), "{name}");
+                    let msg = v["response"]["status"]["message"].as_str().unwrap();
+                    assert!(msg.contains(needle), "{name}: {msg:?} lacks {needle:?}");
+                    assert!(msg.len() < 4096 || needle.is_empty(), "{name}: message bounded");
+                }
+            }
+        }
+        tried += 1;
+        assert_eq!(server.h1().get(server.url("/healthz")).send().await.unwrap().status(), 200, "alive after {name}");
+    }
+    let rss_after = rss_kib(server.child.id());
+    eprintln!("hostile: {tried} cases; RSS {rss_before} KiB -> {rss_after} KiB");
+    assert!(rss_after < 256 * 1024, "memory bounded: {rss_after} KiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_and_slow_clients_do_not_starve_good_requests() {
+    let server = Server::builder().arg("--handshake-timeout").arg("2s").arg("--header-read-timeout").arg("2s").arg("--request-timeout").arg("2s").start();
+    // 300 connections that never start TLS, and 100 that complete TLS but dribble headers.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    let mut slow = Vec::new();
+    for _ in 0..100 {
+        let mut c = crate::lifecycle::raw_tls(&server).await;
+        c.write_all(b"POST /mutate HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+        slow.push(c);
+    }
+    // Good requests still go through, promptly.
+    let review = common::fixture("reviews/bare-pod.json");
+    let client = server.fresh_client(&server.ca);
+    for _ in 0..20 {
+        let t = Instant::now();
+        let r = client.post(server.url("/mutate")).json(&review).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(t.elapsed() < Duration::from_secs(1), "a good request waited {:?}", t.elapsed());
+    }
+    // The stalled connections are closed by the timeouts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let m = server.h1().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let failures: u64 = m.lines().find(|l| l.starts_with("nixuv_tls_handshake_failures_total")).unwrap().split_whitespace().last().unwrap().parse().unwrap();
+    assert!(failures >= 300, "handshake timeouts counted: {failures}");
+    let open: i64 = m.lines().find(|l| l.starts_with("nixuv_connections_open")).unwrap().split_whitespace().last().unwrap().parse().unwrap();
+    assert!(open <= 5, "slow clients were closed by the header timeout: {open} open");
+    drop(idle);
+    drop(slow);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_rejects_the_excess_and_recovers() {
+    let server = Server::builder().arg("--max-connections").arg("20").arg("--handshake-timeout").arg("1s").start();
+    let mut hold = Vec::new();
+    for _ in 0..40 {
+        hold.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let m = reqwest::Client::new();
+    let _ = m;
+    drop(hold);
+    // After the handshake timeout frees the slots, service resumes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(r) = server.fresh_client(&server.ca).get(server.url("/healthz")).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = server.h1().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let rejected: u64 = text.lines().find(|l| l.starts_with("nixuv_connections_rejected_total")).unwrap().split_whitespace().last().unwrap().parse().unwrap();
+    assert!(rejected >= 20, "{rejected}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_fails_no_request() {
+    let mut server = Server::builder().arg("--shutdown-delay").arg("1500ms").start();
+    let review = common::fixture("reviews/bare-pod.json");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let url = server.url("/mutate");
+    let mut workers = Vec::new();
+    for w in 0..6 {
+        let client = if w % 2 == 0 { server.h1() } else { server.h2() };
+        let (stop, ok, failed, review, url) = (stop.clone(), ok.clone(), failed.clone(), review.clone(), url.clone());
+        workers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) && n < 20_000 {
+                n += 1;
+                match client.post(&url).json(&review).send().await {
+                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.signal("TERM");
+    // Clients keep sending during the shutdown delay (as before endpoints update), then stop.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let status = server.wait(Duration::from_secs(30));
+    assert!(status.success());
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("drain under load: {ok} succeeded, {failed} failed");
+    assert!(ok > 100, "{ok}");
+    assert_eq!(failed, 0);
+}
