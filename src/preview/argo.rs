@@ -28,23 +28,24 @@ fn merged(a: Option<&Value>, b: Option<&Value>) -> Map<String, Value> {
     out
 }
 
-/// The Pod Argo would build for `tpl`, or `None` for templates that make no Pod (steps, dag,
-/// suspend, resource, http, plugin).
-fn pod_for(spec: &Value, tpl: &Value, wf_name: &str) -> Option<Value> {
+/// The Pod Argo would build for `tpl`: `Ok(None)` for templates that make no Pod (steps, dag,
+/// suspend, resource, http, plugin), `Err(field)` when the template's container is not an object.
+fn pod_for(spec: &Value, tpl: &Value, wf_name: &str) -> Result<Option<Value>, &'static str> {
     let mut containers = Vec::new();
     if let Some(c) = tpl.get("container") {
-        let mut c = c.clone();
-        c["name"] = json!("main");
-        containers.push(c);
+        let mut c = c.as_object().ok_or("container")?.clone();
+        c.insert("name".into(), json!("main"));
+        containers.push(Value::Object(c));
     } else if let Some(s) = tpl.get("script") {
-        let mut c = s.clone();
-        c.as_object_mut()?.remove("source");
-        c["name"] = json!("main");
-        containers.push(c);
+        let mut c = s.as_object().ok_or("script")?.clone();
+        c.remove("source");
+        c.insert("name".into(), json!("main"));
+        containers.push(Value::Object(c));
     } else if let Some(set) = tpl.get("containerSet") {
-        containers.extend(set.get("containers")?.as_array()?.iter().cloned());
+        let list = set.get("containers").and_then(Value::as_array).ok_or("containerSet.containers")?;
+        containers.extend(list.iter().cloned());
     } else {
-        return None;
+        return Ok(None);
     }
     containers.push(json!({ "name": "wait", "image": "quay.io/argoproj/argoexec" }));
     containers.extend(tpl.get("sidecars").and_then(Value::as_array).into_iter().flatten().cloned());
@@ -55,7 +56,7 @@ fn pod_for(spec: &Value, tpl: &Value, wf_name: &str) -> Option<Value> {
     let annotations = merged(pod_meta.and_then(|m| m.get("annotations")), meta.and_then(|m| m.get("annotations")));
     let mut volumes: Vec<Value> = spec.get("volumes").and_then(Value::as_array).cloned().unwrap_or_default();
     volumes.extend(tpl.get("volumes").and_then(Value::as_array).into_iter().flatten().cloned());
-    Some(json!({
+    Ok(Some(json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": { "labels": labels, "annotations": annotations },
@@ -64,7 +65,7 @@ fn pod_for(spec: &Value, tpl: &Value, wf_name: &str) -> Option<Value> {
             "initContainers": tpl.get("initContainers").cloned().unwrap_or_else(|| json!([])),
             "volumes": volumes,
         }
-    }))
+    })))
 }
 
 pub fn preview(
@@ -97,7 +98,11 @@ pub fn preview(
     let wf_name = out.name.clone();
     for (i, tpl) in templates.iter().enumerate() {
         let name = tpl.get("name").and_then(Value::as_str).map(String::from).unwrap_or_else(|| format!("#{i}"));
-        let Some(pod) = pod_for(spec, tpl, &wf_name) else { continue };
+        let pod = match pod_for(spec, tpl, &wf_name) {
+            Ok(Some(pod)) => pod,
+            Ok(None) => continue,
+            Err(field) => return Err((format!("{spec_field}.templates[{i}].{field}"), "must be an object".into())),
+        };
         let d = decide_pod_value(&pod, namespace, cfg, claims);
         let view: Option<PodView> = serde::Deserialize::deserialize(&pod).ok();
         let declared = view.as_ref().and_then(|v| deps::declared(v.labels(), v.annotations()).ok()).unwrap_or_default();

@@ -36,12 +36,24 @@ fn any_json() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|n| json!(n)),
         ".{0,40}".prop_map(Value::String),
-        prop::sample::select(vec!["true", "CREATE", "Pod", "v1", "pods", "nixuv.io/inject", "PATH", "nixuv-init", "/nix"]).prop_map(|s| json!(s)),
+        prop::sample::select(vec![
+            "true",
+            "CREATE",
+            "Pod",
+            "v1",
+            "pods",
+            "nixuv.io/inject",
+            "PATH",
+            "nixuv-init",
+            "/nix"
+        ])
+        .prop_map(|s| json!(s)),
     ];
     leaf.prop_recursive(4, 64, 8, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::btree_map("[a-zA-Z./~-]{1,12}", inner, 0..6).prop_map(|m| Value::Object(m.into_iter().collect())),
+            prop::collection::btree_map("[a-zA-Z./~-]{1,12}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }
@@ -166,6 +178,11 @@ fn regressions() {
     let mut r = seeds()[0].clone();
     r["request"]["object"] = json!("a pod");
     check_review_bytes(&serde_json::to_vec(&r).unwrap(), &cfg);
+    // An Argo template whose container is an array (found by preview_reader_mutated_manifests:
+    // indexing it by "name" panicked).
+    let wf = "apiVersion: argoproj.io/v1alpha1\nkind: Workflow\nmetadata: {name: w}\nspec:\n  templates:\n  - {name: t, container: []}\n";
+    let err = preview::preview_text(wf, None, &cfg, &AssumePresent).unwrap_err();
+    assert_eq!(err.to_string(), "document 1: spec.templates[0].container: must be an object");
     // Unterminated quote in a marker.
     let _ = deps::split_python("a; python_version > '3");
 }

