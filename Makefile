@@ -3,7 +3,7 @@ CARGO ?= cargo
 ADDR ?= 127.0.0.1:8443
 BIN := target/debug/nixuv
 
-.PHONY: run test tools build certs lint unit clean bench image
+.PHONY: run test tools build certs lint unit clean bench image fuzz deny
 
 build:
 	$(CARGO) build
@@ -19,7 +19,7 @@ run: build certs
 	$(BIN) serve --addr $(ADDR) --tls-cert certs/tls.crt --tls-key certs/tls.key
 
 ## Install the test tools (idempotent), then lint and run every test.
-test: tools lint
+test: tools lint deny
 	$(CARGO) test --all-targets
 
 tools:
@@ -29,6 +29,16 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	shellcheck scripts/*.sh .ci/run
+
+## Fuzzing (proptest; cargo-fuzz needs nightly): many more cases than the test suite runs.
+FUZZ_CASES ?= 20000
+fuzz:
+	FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release --test it fuzz:: -- --test-threads 2
+
+## Licenses, bans and sources of every dependency (offline).
+deny:
+	command -v cargo-deny >/dev/null 2>&1 || $(CARGO) install --locked cargo-deny
+	$(CARGO) deny --offline check licenses bans sources
 
 ## Benchmarks: criterion, h2load against the bare-TLS ceiling, latency, RSS, materialize.
 bench: tools
