@@ -139,8 +139,7 @@ pub fn gc(layout: &Layout, opts: &GcOptions) -> Result<GcReport, MaterializeErro
 fn prune(layout: &Layout, opts: &GcOptions) -> Result<(), MaterializeError> {
     if layout.nix_dir.join("store").is_dir() {
         if let Some(np_location) = layout.np_location() {
-            let _store =
-                Lease::acquire(&layout.store_lease(), opts.lease_ttl, Duration::from_secs(3600), || false, |_| {})?;
+            let _store = Lease::hold(&layout.store_lease(), opts.lease_ttl, Duration::from_secs(3600), |_| {})?;
             let np = Tool::from_env("nix-portable", "NIXUV_NIX_PORTABLE", "nix-portable");
             let args: Vec<OsString> = ["nix", "--extra-experimental-features", "nix-command", "store", "gc"]
                 .iter()
@@ -151,8 +150,7 @@ fn prune(layout: &Layout, opts: &GcOptions) -> Result<(), MaterializeError> {
         }
     }
     if layout.uv_cache().is_dir() {
-        let _cache =
-            Lease::acquire(&layout.uv_cache_lease(), opts.lease_ttl, Duration::from_secs(3600), || false, |_| {})?;
+        let _cache = Lease::hold(&layout.uv_cache_lease(), opts.lease_ttl, Duration::from_secs(3600), |_| {})?;
         let uv = Tool::from_env("uv", "NIXUV_UV", "uv");
         let args: Vec<OsString> = vec!["cache".into(), "prune".into()];
         uv.run(&args, &[("UV_CACHE_DIR", layout.uv_cache().into())], &[], None)

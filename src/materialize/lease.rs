@@ -132,6 +132,17 @@ impl Lease {
         }
     }
 
+    /// Takes the lease, waiting up to `max_wait` while a live holder has it (no early exit).
+    pub fn hold(
+        path: &Path,
+        ttl: Duration,
+        max_wait: Duration,
+        on_wait: impl FnMut(&str),
+    ) -> Result<Lease, LeaseError> {
+        Ok(Self::acquire(path, ttl, max_wait, || false, on_wait)?
+            .expect("acquire only returns None when done() is true"))
+    }
+
     fn start(path: &Path, token: String, ttl: Duration) -> Lease {
         let stop = Arc::new(AtomicBool::new(false));
         let (p, t, s) = (path.to_path_buf(), token.clone(), Arc::clone(&stop));

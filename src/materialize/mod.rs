@@ -166,16 +166,9 @@ fn build_system(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<(), M
     let np = Tool::from_env("nix-portable", "NIXUV_NIX_PORTABLE", "nix-portable");
     let np_location = layout.np_location().ok_or_else(|| MaterializeError::NixDir(layout.nix_dir.clone()))?;
     let id = &spec.plan.id;
-    let _store = Lease::acquire(
-        &layout.store_lease(),
-        opts.lease_ttl,
-        opts.wait_timeout,
-        || false,
-        |note| {
-            tracing::info!(env = %id, "nix store: {note}");
-        },
-    )?
-    .expect("never done early");
+    let _store = Lease::hold(&layout.store_lease(), opts.lease_ttl, opts.wait_timeout, |note| {
+        tracing::info!(env = %id, "nix store: {note}");
+    })?;
     let profiles = layout.profiles();
     fs::create_dir_all(&profiles).map_err(io(&profiles))?;
     // A build that died half-way may have left generation links; start the profile afresh.
@@ -223,16 +216,9 @@ fn build_python(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<Strin
         env.push(("UV_PYTHON_PREFERENCE", "only-managed".into()));
     }
     let remove = ["VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT", "PYTHONHOME", "PYTHONPATH"];
-    let _cache = Lease::acquire(
-        &layout.uv_cache_lease(),
-        opts.lease_ttl,
-        opts.wait_timeout,
-        || false,
-        |note| {
-            tracing::info!(env = %id, "uv cache: {note}");
-        },
-    )?
-    .expect("never done early");
+    let _cache = Lease::hold(&layout.uv_cache_lease(), opts.lease_ttl, opts.wait_timeout, |note| {
+        tracing::info!(env = %id, "uv cache: {note}");
+    })?;
     let start = Instant::now();
     let version = &spec.plan.python_version;
     tracing::info!(env = %id, python = %version, "python: creating the venv");

@@ -284,25 +284,9 @@ async fn stalled_handshakes_and_slow_clients_do_not_starve_good_requests() {
     // The stalled connections are closed by the timeouts.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let m = server.h1().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    let failures: u64 = m
-        .lines()
-        .find(|l| l.starts_with("nixuv_tls_handshake_failures_total"))
-        .unwrap()
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let failures = common::metric(&m, "nixuv_tls_handshake_failures_total") as u64;
     assert!(failures >= 300, "handshake timeouts counted: {failures}");
-    let open: i64 = m
-        .lines()
-        .find(|l| l.starts_with("nixuv_connections_open"))
-        .unwrap()
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let open = common::metric(&m, "nixuv_connections_open") as i64;
     assert!(open <= 5, "slow clients were closed by the header timeout: {open} open");
     drop(idle);
     drop(slow);
@@ -316,8 +300,6 @@ async fn connection_limit_rejects_the_excess_and_recovers() {
         hold.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let m = reqwest::Client::new();
-    let _ = m;
     drop(hold);
     // After the handshake timeout frees the slots, service resumes.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -331,15 +313,7 @@ async fn connection_limit_rejects_the_excess_and_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let text = server.h1().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    let rejected: u64 = text
-        .lines()
-        .find(|l| l.starts_with("nixuv_connections_rejected_total"))
-        .unwrap()
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let rejected = common::metric(&text, "nixuv_connections_rejected_total") as u64;
     assert!(rejected >= 20, "{rejected}");
 }
 

@@ -202,6 +202,20 @@ pub fn run_app(pod: &Value, vols: &Volumes, script: &str, hide_python: bool) -> 
     cmd.output().unwrap()
 }
 
+/// Runs the init container and asserts it succeeded.
+fn init_ok(pod: &Value, vols: &Volumes) -> Output {
+    let out = run_init(pod, vols, &[]);
+    assert!(out.status.success(), "materialize failed:\n{}", text(&out));
+    out
+}
+
+/// Runs `script` as the app container and returns its stdout, asserting it succeeded.
+fn app_stdout(pod: &Value, vols: &Volumes, script: &str) -> String {
+    let app = run_app(pod, vols, script, false);
+    assert!(app.status.success(), "{}", text(&app));
+    String::from_utf8_lossy(&app.stdout).into_owned()
+}
+
 fn tool_calls(vols: &Volumes) -> Vec<String> {
     std::fs::read_to_string(vols.path("tools.log")).unwrap_or_default().lines().map(String::from).collect()
 }
@@ -251,16 +265,15 @@ fn python_only_and_system_only_envs() {
     let fx = Fixture::new();
     let vols = Volumes::new();
     let py = fx.mutate(&fx.pod("", "nixuvdemo"));
-    let out = run_init(&py, &vols, &[]);
-    assert!(out.status.success(), "{}", text(&out));
+    init_ok(&py, &vols);
     assert!(!tool_calls(&vols).iter().any(|c| c.starts_with("nix ")), "no nix call without system deps");
-    let app = run_app(&py, &vols, "nixuvdemo", false);
-    assert_eq!(String::from_utf8_lossy(&app.stdout), "nixuvdemo 42\n", "{}", text(&app));
+    assert_eq!(app_stdout(&py, &vols, "nixuvdemo"), "nixuvdemo 42\n");
     let sys = fx.mutate(&fx.pod("hello-nixuv", ""));
-    let out = run_init(&sys, &vols, &[]);
-    assert!(out.status.success(), "{}", text(&out));
-    let app = run_app(&sys, &vols, "hello-nixuv; test -z \"$VIRTUAL_ENV\" && echo no-venv", false);
-    assert_eq!(String::from_utf8_lossy(&app.stdout), "hello from nixuv\nno-venv\n", "{}", text(&app));
+    init_ok(&sys, &vols);
+    assert_eq!(
+        app_stdout(&sys, &vols, "hello-nixuv; test -z \"$VIRTUAL_ENV\" && echo no-venv"),
+        "hello from nixuv\nno-venv\n"
+    );
 }
 
 #[test]
@@ -279,8 +292,7 @@ fn six_concurrent_pods_build_once() {
     assert_eq!(calls.iter().filter(|c| c.starts_with("uv pip install")).count(), 1, "{calls:?}");
     let built = outs.iter().filter(|o| text(o).contains("env built and published")).count();
     assert_eq!(built, 1);
-    let app = run_app(&pod, &vols, "hello-nixuv && nixuvdemo", false);
-    assert_eq!(String::from_utf8_lossy(&app.stdout), "hello from nixuv\nnixuvdemo 42\n", "{}", text(&app));
+    assert_eq!(app_stdout(&pod, &vols, "hello-nixuv && nixuvdemo"), "hello from nixuv\nnixuvdemo 42\n");
 }
 
 #[test]
@@ -311,8 +323,7 @@ fn killed_mid_build_is_redone_by_the_next_pod() {
     let out = run_init(&pod, &vols, &[("NIXUV_LEASE_TTL", "1s")]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("took over a stale lease"), "{}", text(&out));
-    let app = run_app(&pod, &vols, "nixuvdemo", false);
-    assert_eq!(String::from_utf8_lossy(&app.stdout), "nixuvdemo 42\n", "{}", text(&app));
+    assert_eq!(app_stdout(&pod, &vols, "nixuvdemo"), "nixuvdemo 42\n");
 }
 
 #[test]
@@ -407,8 +418,7 @@ fn gc_removes_an_old_env_and_keeps_a_fresh_one() {
     assert!(calls.iter().any(|c| c == "uv cache prune"), "{calls:?}");
     // The fresh env survives, nix's GC included (its profile is a root), and still works.
     assert!(uv.join(format!(".nixuv/envs/{fresh_id}.json")).exists());
-    let app = run_app(&fresh, &vols, "hello-nixuv && nixuvdemo", false);
-    assert_eq!(String::from_utf8_lossy(&app.stdout), "hello from nixuv\nnixuvdemo 42\n", "{}", text(&app));
+    assert_eq!(app_stdout(&fresh, &vols, "hello-nixuv && nixuvdemo"), "hello from nixuv\nnixuvdemo 42\n");
     let warm = run_init(&fresh, &vols, &[]);
     assert!(text(&warm).contains("already built"), "{}", text(&warm));
     // The old env's store paths are gone: greet is not in the store any more.
@@ -444,6 +454,5 @@ fn read_only_store_and_full_disk_fail_clearly_and_publish_nothing() {
     assert!(!uv.join(format!(".nixuv/envs/{env_id}.json")).exists());
     let ok = run_init(&pod, &vols, &[]);
     assert!(ok.status.success(), "{}", text(&ok));
-    let app = run_app(&pod, &vols, "nixuvdemo", false);
-    assert_eq!(String::from_utf8_lossy(&app.stdout), "nixuvdemo 42\n", "{}", text(&app));
+    assert_eq!(app_stdout(&pod, &vols, "nixuvdemo"), "nixuvdemo 42\n");
 }

@@ -231,3 +231,9 @@ pub fn as_pod(v: &Value) -> k8s_openapi::api::core::v1::Pod {
 pub fn env_of<'a>(c: &'a k8s_openapi::api::core::v1::Container, name: &str) -> Option<&'a str> {
     c.env.as_ref()?.iter().find(|e| e.name == name)?.value.as_deref()
 }
+
+/// The value of the first sample of metric `name` in Prometheus text.
+pub fn metric(text: &str, name: &str) -> f64 {
+    let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no metric {name} in\n{text}"));
+    line.split_whitespace().last().unwrap().parse().unwrap()
+}
