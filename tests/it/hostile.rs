@@ -97,7 +97,7 @@ fn cases() -> Vec<(String, Vec<u8>, u16, Option<bool>, &'static str)> {
         ("initContainers wrong", |r| r["request"]["object"]["spec"]["initContainers"] = json!(true)),
     ];
     for (name, f) in wrong {
-        add(name, j(&review_with(|r| f(r))), 200, Some(false), "not a valid Pod");
+        add(name, j(&review_with(f)), 200, Some(false), "not a valid Pod");
     }
     // Dependency injection attempts: denied, naming the item.
     let ann = |k: &str, v: &str| j(&review_with(|r| r["request"]["object"]["metadata"]["annotations"] = json!({k: v})));
