@@ -162,8 +162,17 @@ pub fn parse_requirement(item: &str, source: &Source) -> Result<PythonDep, DepEr
     if item.starts_with(['.', '/', '~']) || item.contains("://") {
         return Err(dep_err(source, item, "URLs and local paths are not allowed; use a package name and version"));
     }
-    let req: Requirement = Requirement::from_str(item)
-        .map_err(|e| dep_err(source, item, format!("not a PEP 508 requirement: {}", e.message)))?;
+    // PEP 508 names start and end with a letter or digit. pep508_rs 0.9.2 panics (an `expect` in
+    // its name parser) on a name ending in `.`, `-` or `_` followed by an operator (`A-!`, found
+    // by fuzzing), so that case is rejected here first, and the parser runs under catch_unwind so
+    // that any other such bug becomes a denial instead of a dropped connection.
+    let name_end = item.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))).unwrap_or(item.len());
+    if item[..name_end].ends_with(['.', '-', '_']) {
+        return Err(dep_err(source, item, "not a PEP 508 requirement: the package name must end with a letter or digit"));
+    }
+    let parsed = std::panic::catch_unwind(|| Requirement::<pep508_rs::VerbatimUrl>::from_str(item))
+        .map_err(|_| dep_err(source, item, "not a PEP 508 requirement: the parser rejected it"))?;
+    let req: Requirement = parsed.map_err(|e| dep_err(source, item, format!("not a PEP 508 requirement: {}", e.message)))?;
     if let Some(VersionOrUrl::Url(_)) = req.version_or_url {
         return Err(dep_err(source, item, "URL requirements are not allowed; use a package name and version"));
     }
@@ -324,6 +333,10 @@ mod tests {
             "foo bar",
             "foo\u{0}",
             "foo; os.system('x')",
+            // Found by fuzzing: made pep508_rs panic.
+            "A-!",
+            "K.==1",
+            "a_<2",
         ] {
             let e = parse_requirement(bad, &src).expect_err(bad);
             assert_eq!(e.item, bad);
