@@ -166,13 +166,19 @@ pub fn parse_requirement(item: &str, source: &Source) -> Result<PythonDep, DepEr
     // its name parser) on a name ending in `.`, `-` or `_` followed by an operator (`A-!`, found
     // by fuzzing), so that case is rejected here first, and the parser runs under catch_unwind so
     // that any other such bug becomes a denial instead of a dropped connection.
-    let name_end = item.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))).unwrap_or(item.len());
+    let name_end =
+        item.find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))).unwrap_or(item.len());
     if item[..name_end].ends_with(['.', '-', '_']) {
-        return Err(dep_err(source, item, "not a PEP 508 requirement: the package name must end with a letter or digit"));
+        return Err(dep_err(
+            source,
+            item,
+            "not a PEP 508 requirement: the package name must end with a letter or digit",
+        ));
     }
     let parsed = std::panic::catch_unwind(|| Requirement::<pep508_rs::VerbatimUrl>::from_str(item))
         .map_err(|_| dep_err(source, item, "not a PEP 508 requirement: the parser rejected it"))?;
-    let req: Requirement = parsed.map_err(|e| dep_err(source, item, format!("not a PEP 508 requirement: {}", e.message)))?;
+    let req: Requirement =
+        parsed.map_err(|e| dep_err(source, item, format!("not a PEP 508 requirement: {}", e.message)))?;
     if let Some(VersionOrUrl::Url(_)) = req.version_or_url {
         return Err(dep_err(source, item, "URL requirements are not allowed; use a package name and version"));
     }

@@ -139,7 +139,13 @@ fn cases() -> Vec<(String, Vec<u8>, u16, Option<bool>, &'static str)> {
         "not a nixpkgs attribute path",
     );
     add("path traversal, python", ann("nixuv.io/python-deps", "../../../etc"), 200, Some(false), "local paths");
-    add("a name that crashed the PEP 508 parser", ann("nixuv.io/python-deps", "A-!"), 200, Some(false), "must end with a letter or digit");
+    add(
+        "a name that crashed the PEP 508 parser",
+        ann("nixuv.io/python-deps", "A-!"),
+        200,
+        Some(false),
+        "must end with a letter or digit",
+    );
     add("file URL", ann("nixuv.io/python-deps", "x @ file:///etc/passwd"), 200, Some(false), "URL");
     add(
         "path traversal, python version",

@@ -297,33 +297,37 @@ fn six_concurrent_pods_build_once() {
 
 #[test]
 fn killed_mid_build_is_redone_by_the_next_pod() {
+    // Killed while each tool runs: nix (system deps), `uv venv`, `uv pip install`.
+    for step in ["profile install", "uv venv", "pip install"] {
+        killed_during(step);
+    }
+}
+
+fn killed_during(step: &str) {
     let fx = Fixture::new();
     let vols = Volumes::new();
-    let pod = fx.mutate(&fx.pod("", "nixuvdemo==1.0"));
+    let pod = fx.mutate(&fx.pod("hello-nixuv", "nixuvdemo==1.0"));
     let env_id = pod["metadata"]["annotations"]["nixuv.io/env"].as_str().unwrap().to_string();
-    // The first Pod's uv hangs; it is SIGKILLed (node loss) while building.
-    let mut child = start_init(
-        &pod,
-        &vols,
-        &[("NIXUV_TEST_SLOW", "60"), ("NIXUV_TEST_SLOW_ON", "pip install"), ("NIXUV_LEASE_TTL", "1s")],
-    );
+    // The first Pod hangs in `step`; it is SIGKILLed (node loss) there.
+    let mut child =
+        start_init(&pod, &vols, &[("NIXUV_TEST_SLOW", "60"), ("NIXUV_TEST_SLOW_ON", step), ("NIXUV_LEASE_TTL", "1s")]);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !tool_calls(&vols).iter().any(|c| c.starts_with("uv pip install")) {
-        assert!(Instant::now() < deadline, "build never reached uv pip install: {:?}", tool_calls(&vols));
+    while !tool_calls(&vols).iter().any(|c| c.contains(step)) {
+        assert!(Instant::now() < deadline, "build never reached {step}: {:?}", tool_calls(&vols));
         std::thread::sleep(Duration::from_millis(20));
     }
     let st = Command::new("kill").args(["-s", "KILL", "--", &format!("-{}", child.id())]).status().unwrap();
     assert!(st.success());
     let _ = child.wait();
     let uv = vols.path("nixuv-uv");
-    assert!(!uv.join(format!(".nixuv/envs/{env_id}.json")).exists(), "no marker for a half-built env");
-    assert!(uv.join(format!("envs/{env_id}")).symlink_metadata().is_err(), "nothing published");
-    assert!(uv.join(format!(".nixuv/locks/{env_id}.lease")).exists(), "the dead holder's lease is left behind");
+    assert!(!uv.join(format!(".nixuv/envs/{env_id}.json")).exists(), "{step}: no marker for a half-built env");
+    assert!(uv.join(format!("envs/{env_id}")).symlink_metadata().is_err(), "{step}: nothing published");
+    assert!(uv.join(format!(".nixuv/locks/{env_id}.lease")).exists(), "{step}: the dead holder's lease is left behind");
     // The next Pod sees the lease go stale, takes over, and builds a complete env.
     let out = run_init(&pod, &vols, &[("NIXUV_LEASE_TTL", "1s")]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("took over a stale lease"), "{}", text(&out));
-    assert_eq!(app_stdout(&pod, &vols, "nixuvdemo"), "nixuvdemo 42\n");
+    assert!(out.status.success(), "{step}: {}", text(&out));
+    assert!(text(&out).contains("took over a stale lease"), "{step}: {}", text(&out));
+    assert_eq!(app_stdout(&pod, &vols, "hello-nixuv && nixuvdemo"), "hello from nixuv\nnixuvdemo 42\n", "{step}");
 }
 
 #[test]
