@@ -8,7 +8,7 @@ command -v nix >/dev/null 2>&1 || need_apt+=(nix-bin)
 command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
 command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
-command -v patchelf >/dev/null 2>&1 || need_apt+=(patchelf)
+command -v patchelf >/dev/null 2>&1 || need_apt+=(patchelf)  # tests/support/make_python_dist.py
 command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
 
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -51,6 +51,17 @@ const FLAKE: &str = r##"{
 
 impl Fixture {
     pub fn new() -> Self {
+        Self::build(false)
+    }
+
+    /// As [`Fixture::new`], but the interpreter is a uv-managed CPython, packed here from the
+    /// machine's own and served to uv from a local downloads list, so that the venv's interpreter
+    /// lives on the uv volume as in a cluster.
+    pub fn with_managed_python() -> Self {
+        Self::build(true)
+    }
+
+    fn build(managed: bool) -> Self {
         let ok = Command::new("unshare").args(["--mount", "true"]).status().map(|s| s.success()).unwrap_or(false);
         assert!(ok, "these tests need `unshare --mount` (root): CI runs as root");
         let dir = tempfile::tempdir().unwrap();
@@ -62,16 +73,31 @@ impl Fixture {
         let st = Command::new("python3").arg(support("make_wheels.py")).arg(&wheels).status().unwrap();
         assert!(st.success());
         let config = dir.path().join("config.yaml");
+        let mut python = host_python_version();
+        let python_env = if managed {
+            let dist = dir.path().join("python-dist");
+            let out = Command::new("python3").arg(support("make_python_dist.py")).arg(&dist).output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            python = String::from_utf8(out.stdout).unwrap().trim().to_string();
+            // Not offline: uv refuses implicit interpreter downloads then, even from file://. The
+            // index is a PEP 503 index on disk, so nothing leaves the machine.
+            format!(
+                "- {{name: UV_PYTHON_DOWNLOADS_JSON_URL, value: 'file://{}/downloads.json'}}\n- {{name: UV_DEFAULT_INDEX, value: 'file://{}/simple'}}\n",
+                dist.display(),
+                wheels.display()
+            )
+        } else {
+            "- {name: UV_OFFLINE, value: '1'}\n- {name: UV_NO_INDEX, value: '1'}\n- {name: UV_PYTHON_DOWNLOADS, value: never}\n- {name: UV_PYTHON_PREFERENCE, value: only-system}\n".to_string()
+        };
         let yaml = format!(
             "nixpkgs: path:{flake}\nstorage: {{mode: pvc}}\ninitEnv:\n\
-             - {{name: UV_OFFLINE, value: '1'}}\n- {{name: UV_NO_INDEX, value: '1'}}\n- {{name: UV_FIND_LINKS, value: {wheels}}}\n\
-             - {{name: UV_PYTHON_DOWNLOADS, value: never}}\n- {{name: UV_PYTHON_PREFERENCE, value: only-system}}\n\
+             - {{name: UV_FIND_LINKS, value: {wheels}}}\n{python_env}\
              - {{name: NIX_CONFIG, value: \"substituters =\\nbuild-users-group =\"}}\n",
             flake = flake.display(),
             wheels = wheels.display()
         );
         std::fs::write(&config, yaml).unwrap();
-        Fixture { dir, config, python: host_python_version() }
+        Fixture { dir, config, python }
     }
 
     pub fn pod(&self, system: &str, python: &str) -> Value {
@@ -459,4 +485,28 @@ fn read_only_store_and_full_disk_fail_clearly_and_publish_nothing() {
     let ok = run_init(&pod, &vols, &[]);
     assert!(ok.status.success(), "{}", text(&ok));
     assert_eq!(app_stdout(&pod, &vols, "nixuvdemo"), "nixuvdemo 42\n");
+}
+
+#[test]
+fn managed_python_on_the_volume_runs_without_the_machines_python() {
+    let fx = Fixture::with_managed_python();
+    let vols = Volumes::new();
+    let pod = fx.mutate(&fx.pod("hello-nixuv", "nixuvdemo==1.0"));
+    init_ok(&pod, &vols);
+    // The interpreter uv installed is on the uv volume, and the venv links to it.
+    let managed = vols.path("nixuv-uv").join("python");
+    assert!(std::fs::read_dir(&managed)
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("cpython-")));
+    // In the app container the machine's interpreters are hidden: everything PATH and
+    // VIRTUAL_ENV name must resolve inside the container's own mounts.
+    let script = "python -c 'import sys, nixuvdemo; print(nixuvdemo.VALUE, sys.base_prefix)' && nixuvdemo && hello-nixuv && ! test -x /root/.pyenv/versions && echo hidden";
+    let app = run_app(&pod, &vols, script, true);
+    let out = String::from_utf8_lossy(&app.stdout).into_owned();
+    assert!(app.status.success(), "{}", text(&app));
+    let mut lines = out.lines();
+    let first = lines.next().unwrap();
+    assert!(first.starts_with("42 /nixuv/uv/python/cpython-"), "the interpreter comes from the uv volume: {first}");
+    assert_eq!(lines.collect::<Vec<_>>(), ["nixuvdemo 42", "hello from nixuv", "hidden"]);
 }

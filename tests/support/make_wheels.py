@@ -1,4 +1,5 @@
-"""Builds two tiny pure-Python wheels offline for the materialize tests.
+"""Builds two tiny pure-Python wheels offline for the materialize tests, and a PEP 503 index of them
+on disk (OUTDIR/simple).
 
 nixuvdemo 1.0 depends on nixuvdep>=0.1 and has a console script `nixuvdemo`. Usage:
 python3 make_wheels.py OUTDIR
@@ -33,10 +34,21 @@ def wheel(outdir, name, version, files, requires=(), scripts=None):
     return path
 
 
+def simple_index(outdir, wheels):
+    """A PEP 503 index on disk, OUTDIR/simple/<name>/index.html with file:// links and sha256."""
+    for name, path in wheels:
+        d = os.path.join(outdir, "simple", name)
+        os.makedirs(d, exist_ok=True)
+        sha = hashlib.sha256(open(path, "rb").read()).hexdigest()
+        href = "file://" + os.path.abspath(path) + "#sha256=" + sha
+        with open(os.path.join(d, "index.html"), "w") as f:
+            f.write(f'<!DOCTYPE html><html><body><a href="{href}">{os.path.basename(path)}</a></body></html>\n')
+
+
 def main(outdir):
     os.makedirs(outdir, exist_ok=True)
-    wheel(outdir, "nixuvdep", "0.1", {"nixuvdep/__init__.py": "BASE = 41\n"})
-    wheel(
+    dep = wheel(outdir, "nixuvdep", "0.1", {"nixuvdep/__init__.py": "BASE = 41\n"})
+    demo = wheel(
         outdir,
         "nixuvdemo",
         "1.0",
@@ -44,6 +56,7 @@ def main(outdir):
         requires=["nixuvdep>=0.1"],
         scripts={"nixuvdemo": "nixuvdemo:main"},
     )
+    simple_index(outdir, [("nixuvdep", dep), ("nixuvdemo", demo)])
 
 
 if __name__ == "__main__":
