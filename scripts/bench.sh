@@ -52,7 +52,8 @@ open(sys.argv[1], "w").write(json.dumps(review))
 PY
 
 port_of() { grep -o '127.0.0.1:[0-9]*' "$1" | head -n1; }
-$nixuv --log-format json serve --addr 127.0.0.1:0 --tls-cert "$work/certs/tls.crt" --tls-key "$work/certs/tls.key" \
+# As deployed (deploy/base/deployment.yaml): mimalloc commits memory on demand.
+MIMALLOC_ARENA_EAGER_COMMIT=0 $nixuv --log-format json serve --addr 127.0.0.1:0 --tls-cert "$work/certs/tls.crt" --tls-key "$work/certs/tls.key" \
   --metrics-addr 127.0.0.1:0 2>"$work/nixuv.log" &
 pids+=($!); nixuv_pid=$!
 $ceiling --serve 127.0.0.1:0 "$work/certs/tls.crt" "$work/certs/tls.key" 2>"$work/ceiling.log" &
