@@ -4,10 +4,10 @@
 use std::ffi::OsString;
 use std::fs;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use super::layout::Layout;
-use super::lease::{self, Lease};
+use super::lease::{self, age, Lease};
 use super::tool::Tool;
 use super::{io, MaterializeError};
 
@@ -26,11 +26,6 @@ pub struct GcReport {
     pub kept: Vec<String>,
     pub skipped_busy: Vec<String>,
     pub orphans_removed: usize,
-}
-
-fn age(path: &Path) -> Option<Duration> {
-    let m = fs::symlink_metadata(path).ok()?.modified().ok()?;
-    Some(SystemTime::now().duration_since(m).unwrap_or_default())
 }
 
 /// Whether the env's last use (the `.used` stamp, else the marker's own time) is over `max_age` ago.

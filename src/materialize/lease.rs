@@ -50,8 +50,9 @@ pub fn nonce() -> String {
     hex::encode(&h.finalize()[..8])
 }
 
-fn age(path: &Path) -> Option<Duration> {
-    let m = fs::metadata(path).ok()?.modified().ok()?;
+/// How long ago `path` (not what it links to) was last modified.
+pub(crate) fn age(path: &Path) -> Option<Duration> {
+    let m = fs::symlink_metadata(path).ok()?.modified().ok()?;
     Some(SystemTime::now().duration_since(m).unwrap_or_default())
 }
 

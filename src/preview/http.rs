@@ -7,7 +7,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use crate::server::metrics::{Endpoint, EndpointLabels, RequestLabels};
+use crate::server::metrics::Endpoint;
 use crate::server::{json_error, read_body, AppState};
 
 #[derive(Debug, Deserialize)]
@@ -30,23 +30,15 @@ pub async fn preview(State(state): State<Arc<AppState>>, Query(q): Query<Preview
     let (_, docs, previews) = match super::preview_text(text, q.namespace.as_deref(), &config, state.claims.as_ref()) {
         Ok(r) => r,
         Err(e) => {
-            state
-                .metrics
-                .requests
-                .get_or_create(&RequestLabels { endpoint: Endpoint::preview, decision: "invalid" })
-                .inc();
+            state.metrics.count(Endpoint::preview, "invalid");
             return json_error(&state, StatusCode::BAD_REQUEST, &e.to_string());
         }
     };
     for p in &previews {
         let decision = super::outcome(p).as_str();
-        state.metrics.requests.get_or_create(&RequestLabels { endpoint: Endpoint::preview, decision }).inc();
+        state.metrics.count(Endpoint::preview, decision);
     }
-    state
-        .metrics
-        .duration
-        .get_or_create(&EndpointLabels { endpoint: Endpoint::preview })
-        .observe(start.elapsed().as_secs_f64());
+    state.metrics.observe(Endpoint::preview, start.elapsed());
     if wants_yaml {
         let body = super::output::yaml(&docs, &previews);
         return ([(header::CONTENT_TYPE, HeaderValue::from_static("application/yaml"))], body).into_response();

@@ -263,14 +263,9 @@ pub fn preview_object(
                 "metadata": template.get("metadata").cloned().unwrap_or_else(|| serde_json::json!({})),
                 "spec": template["spec"],
             });
+            // A template without metadata has no opt-in label, so it is never patched.
             let d = decide_pod_value(&pod, namespace_of(obj, namespace), cfg, claims);
-            let decision = if template.get("metadata").is_none() && d.patch.is_some() {
-                // Unreachable in practice: opting in needs a label in the template metadata.
-                Decision::deny(400, format!("{field}.metadata: missing"))
-            } else {
-                d
-            };
-            finish(out, obj, decision, path)
+            finish(out, obj, d, path)
         }
         ("argoproj.io/v1alpha1", "Workflow" | "WorkflowTemplate" | "ClusterWorkflowTemplate" | "CronWorkflow") => {
             argo::preview(&mut out, obj, namespace_of(obj, namespace), cfg, claims)

@@ -108,6 +108,16 @@ impl Metrics {
         }
     }
 
+    /// Counts one request of `endpoint` with `decision`.
+    pub fn count(&self, endpoint: Endpoint, decision: &'static str) {
+        self.requests.get_or_create(&RequestLabels { endpoint, decision }).inc();
+    }
+
+    /// Records how long `endpoint` took, from a complete body to a response.
+    pub fn observe(&self, endpoint: Endpoint, elapsed: std::time::Duration) {
+        self.duration.get_or_create(&EndpointLabels { endpoint }).observe(elapsed.as_secs_f64());
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(4096);
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");

@@ -28,7 +28,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::Config;
 use crate::inject::{self, Outcome};
 use crate::review;
-use metrics::{CodeLabels, Endpoint, EndpointLabels, Metrics, RequestLabels, ResultLabels};
+use metrics::{CodeLabels, Endpoint, Metrics, ResultLabels};
 
 /// Everything `nixuv serve` needs, from flags.
 #[derive(Debug, Clone)]
@@ -114,11 +114,7 @@ async fn mutate(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let review = match review::decode(&bytes) {
         Ok(r) => r,
         Err(e) => {
-            state
-                .metrics
-                .requests
-                .get_or_create(&RequestLabels { endpoint: Endpoint::mutate, decision: "invalid" })
-                .inc();
+            state.metrics.count(Endpoint::mutate, "invalid");
             return json_error(&state, StatusCode::BAD_REQUEST, &e.to_string());
         }
     };
@@ -127,12 +123,8 @@ async fn mutate(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let out = review::respond(review.api_version, &review.request.uid, &decision);
     let body = serde_json::to_vec(&out).expect("a review always serialises");
     let elapsed = start.elapsed();
-    state
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels { endpoint: Endpoint::mutate, decision: decision.outcome.as_str() })
-        .inc();
-    state.metrics.duration.get_or_create(&EndpointLabels { endpoint: Endpoint::mutate }).observe(elapsed.as_secs_f64());
+    state.metrics.count(Endpoint::mutate, decision.outcome.as_str());
+    state.metrics.observe(Endpoint::mutate, elapsed);
     let req = &review.request;
     match decision.outcome {
         Outcome::Injected | Outcome::Denied | Outcome::AlreadyInjected => tracing::info!(
