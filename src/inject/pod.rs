@@ -3,12 +3,46 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use std::marker::PhantomData;
+
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+/// Accepts only a JSON object for `T`. serde's derived structs also accept an array (fields by
+/// position); a Kubernetes object never is one, and a patch built for an object cannot apply to an
+/// array (found by fuzzing), so the parts the patch writes into must be objects.
+struct Obj<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(V(PhantomData)).map(Obj)
+    }
+}
+
+fn object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    Ok(Option::<Obj<T>>::deserialize(d)?.map(|o| o.0))
+}
+
+fn objects<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Vec<T>>, D::Error> {
+    Ok(Option::<Vec<Obj<T>>>::deserialize(d)?.map(|v| v.into_iter().map(|o| o.0).collect()))
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct PodView {
+    #[serde(deserialize_with = "object")]
     pub metadata: Option<MetaView>,
+    #[serde(deserialize_with = "object")]
     pub spec: Option<SpecView>,
 }
 
@@ -26,7 +60,9 @@ pub struct MetaView {
 #[serde(default, rename_all = "camelCase")]
 pub struct SpecView {
     pub volumes: Option<Vec<Named>>,
+    #[serde(deserialize_with = "objects")]
     pub init_containers: Option<Vec<ContainerView>>,
+    #[serde(deserialize_with = "objects")]
     pub containers: Option<Vec<ContainerView>>,
     pub ephemeral_containers: Option<Vec<Named>>,
 }
@@ -41,7 +77,9 @@ pub struct Named {
 #[serde(default, rename_all = "camelCase")]
 pub struct ContainerView {
     pub name: String,
+    #[serde(deserialize_with = "objects")]
     pub env: Option<Vec<EnvView>>,
+    #[serde(deserialize_with = "objects")]
     pub volume_mounts: Option<Vec<MountView>>,
 }
 
@@ -99,5 +137,28 @@ impl PodView {
 impl ContainerView {
     pub fn env_var(&self, name: &str) -> Option<(usize, &EnvView)> {
         self.env.as_deref()?.iter().enumerate().find(|(_, e)| e.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrays_where_objects_belong_are_rejected() {
+        // Each of these once parsed (serde reads a struct from an array by position) and gave a
+        // patch that could not apply.
+        for bad in [
+            r#"{"metadata": ["p", null, null, {"nixuv.io/inject": "true"}]}"#,
+            r#"{"spec": [null, null, [["app"]]]}"#,
+            r#"{"spec": {"containers": [["app"]]}}"#,
+            r#"{"spec": {"containers": [{"name": "app", "env": [["PATH", "/bin"]]}]}}"#,
+        ] {
+            assert!(serde_json::from_str::<PodView>(bad).is_err(), "{bad}");
+        }
+        let ok: PodView =
+            serde_json::from_str(r#"{"metadata": null, "spec": {"containers": [{"name": "a", "env": null}]}}"#)
+                .unwrap();
+        assert_eq!(ok.containers()[0].name, "a");
     }
 }

@@ -183,6 +183,11 @@ fn regressions() {
     let wf = "apiVersion: argoproj.io/v1alpha1\nkind: Workflow\nmetadata: {name: w}\nspec:\n  templates:\n  - {name: t, container: []}\n";
     let err = preview::preview_text(wf, None, &cfg, &AssumePresent).unwrap_err();
     assert_eq!(err.to_string(), "document 1: spec.templates[0].container: must be an object");
+    // A container given as an array, which serde would read by position: the patch built for it
+    // did not apply (found by review_core_mutated_fixtures).
+    let mut r = seeds().into_iter().find(|v| v["request"]["object"]["metadata"]["name"] == "bare").unwrap();
+    r["request"]["object"]["spec"]["containers"] = json!([["app"]]);
+    check_review_bytes(&serde_json::to_vec(&r).unwrap(), &cfg);
     // Unterminated quote in a marker.
     let _ = deps::split_python("a; python_version > '3");
 }

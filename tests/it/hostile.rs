@@ -95,6 +95,13 @@ fn cases() -> Vec<(String, Vec<u8>, u16, Option<bool>, &'static str)> {
         }),
         ("volumes wrong", |r| r["request"]["object"]["spec"]["volumes"] = json!([{"name": ["x"]}])),
         ("initContainers wrong", |r| r["request"]["object"]["spec"]["initContainers"] = json!(true)),
+        // Arrays where objects belong (found by fuzzing: the patch could not apply).
+        ("a container given as an array", |r| {
+            r["request"]["object"]["spec"]["containers"] = json!([["app", "python:3.12-slim"]])
+        }),
+        ("metadata given as an array", |r| {
+            r["request"]["object"]["metadata"] = json!(["bare", null, "team-a", {"nixuv.io/inject": "true"}])
+        }),
     ];
     for (name, f) in wrong {
         add(name, j(&review_with(f)), 200, Some(false), "not a valid Pod");
