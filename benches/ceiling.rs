@@ -21,8 +21,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const RESPONSE: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"0c9a8d74-9cb7-44dd-b98e-09fd62def2f4","allowed":true}}"#;
 
-async fn constant(_body: Bytes) -> ([(&'static str, &'static str); 1], &'static str) {
-    ([("content-type", "application/json")], RESPONSE)
+async fn constant(body: Bytes, response: Bytes) -> ([(&'static str, &'static str); 1], Bytes) {
+    drop(body);
+    ([("content-type", "application/json")], response)
 }
 
 fn main() {
@@ -33,7 +34,11 @@ fn main() {
     rt.block_on(async {
         let store = nixuv::server::tls::CertStore::load(cert.as_ref(), key.as_ref()).unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(nixuv::server::tls::server_config(store).unwrap()));
-        let app = Router::new().route("/mutate", post(constant));
+        let response = match args.iter().position(|a| a == "--response") {
+            Some(j) => Bytes::from(std::fs::read(&args[j + 1]).unwrap()),
+            None => Bytes::from_static(RESPONSE.as_bytes()),
+        };
+        let app = Router::new().route("/mutate", post(move |body: Bytes| constant(body, response.clone())));
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().timer(TokioTimer::new()).keep_alive(true);
         builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);

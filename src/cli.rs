@@ -117,6 +117,10 @@ pub struct ServeArgs {
     /// Time allowed for a TLS handshake.
     #[arg(long, value_parser = duration, default_value = "5s")]
     pub handshake_timeout: Duration,
+    /// MiB of `/mutate` answers kept for byte-identical Pods (every replica of a workload arrives as
+    /// the same object); 0 turns the cache off.
+    #[arg(long, env = "NIXUV_DECISION_CACHE_MIB", default_value_t = 8)]
+    pub decision_cache_mib: u64,
     /// Open connections at most; more are closed at once.
     #[arg(long, env = "NIXUV_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,

@@ -199,6 +199,9 @@ pub struct Config {
     pub python_policy: GlobPolicy,
     /// The Python package index the init container will use (from `initEnv`), part of the env id.
     pub index_url: String,
+    /// Unique per validated config in this process: caches of decisions key on it, so a reloaded
+    /// config never serves a decision made under the old one.
+    pub generation: u64,
 }
 
 /// The environment variables that nixuv itself sets on the init container.
@@ -321,7 +324,9 @@ impl Config {
             .iter()
             .find_map(|k| file.init_env.iter().find(|e| e.name == *k).map(|e| e.value.clone()))
             .unwrap_or_else(|| "https://pypi.org/simple".into());
-        Ok(Self { file, excluded_namespaces, system_policy, python_policy, index_url })
+        static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Self { file, excluded_namespaces, system_policy, python_policy, index_url, generation })
     }
 }
 

@@ -10,14 +10,28 @@ use nixuv::cli::{Cli, Command, LogFormat};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn init_logging(format: LogFormat) {
+/// Logs go to stderr. `serve` logs one line per injection, so there a dedicated thread writes them
+/// through a buffer flushed whenever its queue is empty (one write per burst, not per line; lines
+/// are never dropped: a full queue makes the request thread wait). The guard flushes at exit.
+fn init_logging(format: LogFormat, buffered: bool) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter = tracing_subscriber::EnvFilter::try_from_env("NIXUV_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let (writer, guard) = if buffered {
+        let (w, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .thread_name("nixuv-log")
+            .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+        (BoxMakeWriter::new(w), Some(guard))
+    } else {
+        (BoxMakeWriter::new(std::io::stderr), None)
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
         LogFormat::Text => builder.with_target(false).init(),
     }
+    guard
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -42,6 +56,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_connections: a.max_connections.max(1),
                 shutdown_delay: a.shutdown_delay,
                 drain_timeout: a.drain_timeout,
+                decision_cache_bytes: a.decision_cache_mib.saturating_mul(1024 * 1024),
                 check_claims: a.check_claims,
                 manage_ca_bundle: a.manage_ca_bundle,
                 ca_bundle_file: a.ca_bundle_file,
@@ -149,7 +164,7 @@ fn preview(a: nixuv::cli::PreviewArgs) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let _flush_at_exit = init_logging(cli.log_format, matches!(cli.command, Command::Serve(_)));
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

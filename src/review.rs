@@ -7,7 +7,6 @@
 //! review is a Pod CREATE worth looking at, and only the fields nixuv reads are decoded then. The
 //! response shape follows `kube_core::admission::AdmissionResponse` field for field.
 
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -145,8 +144,8 @@ fn reason_for(code: u16) -> &'static str {
     }
 }
 
-/// The response review for `decision`, same apiVersion and uid as the request.
-pub fn respond(api_version: &str, uid: &str, decision: &Decision) -> ReviewOut {
+/// The response for `decision` to the request `uid`.
+fn response(uid: &str, decision: &Decision) -> AdmissionResponse {
     let status = (!decision.allowed).then(|| {
         let code = decision.code;
         Status {
@@ -158,22 +157,72 @@ pub fn respond(api_version: &str, uid: &str, decision: &Decision) -> ReviewOut {
     });
     let (patch, patch_type) = match &decision.patch {
         Some(p) if decision.allowed => {
-            let bytes = serde_json::to_vec(p).expect("a JSON patch always serialises");
-            (Some(base64::engine::general_purpose::STANDARD.encode(bytes)), Some("JSONPatch".to_string()))
+            // The patch's JSON goes straight into the base64 encoder: no intermediate buffer.
+            let mut enc = base64::write::EncoderStringWriter::new(&base64::engine::general_purpose::STANDARD);
+            serde_json::to_writer(&mut enc, p).expect("a JSON patch always serialises");
+            (Some(enc.into_inner()), Some("JSONPatch".to_string()))
         }
         _ => (None, None),
     };
+    AdmissionResponse {
+        uid: uid.to_string(),
+        allowed: decision.allowed,
+        status,
+        patch,
+        patch_type,
+        warnings: (!decision.warnings.is_empty()).then(|| decision.warnings.clone()),
+    }
+}
+
+/// The response review for `decision`, same apiVersion and uid as the request.
+pub fn respond(api_version: &str, uid: &str, decision: &Decision) -> ReviewOut {
     ReviewOut {
         api_version: api_version.to_string(),
         kind: "AdmissionReview".into(),
-        response: AdmissionResponse {
-            uid: uid.to_string(),
-            allowed: decision.allowed,
-            status,
-            patch,
-            patch_type,
-            warnings: (!decision.warnings.is_empty()).then(|| decision.warnings.clone()),
-        },
+        response: response(uid, decision),
+    }
+}
+
+/// A response review serialised once, without its uid: what `/mutate` keeps for a decision so that
+/// replicas of one workload (byte-identical Pods, differing only in the request uid) cost a splice
+/// rather than a new patch. [`Prepared::body`] gives exactly the bytes of
+/// `serde_json::to_vec(&respond(api_version, uid, decision))`.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The serialised `response` object after its `"uid":"",`, i.e. from `"allowed"` to its `}`.
+    tail: Box<[u8]>,
+}
+
+/// How a serialised response with an empty uid begins (`uid` is the first field).
+const EMPTY_UID_HEAD: &[u8] = br#"{"uid":"","#;
+
+impl Prepared {
+    pub fn new(decision: &Decision) -> Self {
+        let json = serde_json::to_vec(&response("", decision)).expect("a review always serialises");
+        let tail = json.strip_prefix(EMPTY_UID_HEAD).expect("uid is the response's first field");
+        Prepared { tail: tail.into() }
+    }
+
+    /// Bytes held, for cache accounting.
+    pub fn len(&self) -> usize {
+        self.tail.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tail.is_empty()
+    }
+
+    /// The whole response review for the request `uid` in `api_version`.
+    pub fn body(&self, api_version: &str, uid: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.tail.len() + uid.len() + 96);
+        out.extend_from_slice(br#"{"apiVersion":"#);
+        serde_json::to_writer(&mut out, api_version).expect("a string serialises");
+        out.extend_from_slice(br#","kind":"AdmissionReview","response":{"uid":"#);
+        serde_json::to_writer(&mut out, uid).expect("a string serialises");
+        out.push(b',');
+        out.extend_from_slice(&self.tail);
+        out.push(b'}');
+        out
     }
 }
 
@@ -214,5 +263,30 @@ mod tests {
         assert_eq!(out.api_version, API_V1BETA1);
         assert_eq!(out.response.uid, "u1");
         assert!(out.response.status.is_none() && out.response.patch.is_none());
+    }
+
+    /// The spliced body is byte for byte the serialised review, for every kind of decision and for
+    /// uids that need escaping.
+    #[test]
+    fn prepared_body_equals_respond() {
+        let pod = r#"{"metadata":{"labels":{"nixuv.io/inject":"true"},"annotations":{"nixuv.io/python-deps":"rich"}},"spec":{"containers":[{"name":"a"}]}}"#;
+        let cfg = crate::config::Config::default();
+        let mut warned = Decision::allow();
+        warned.warnings = vec!["w \"1\"".into(), "w2".into()];
+        let decisions = [
+            Decision::allow(),
+            Decision::deny(403, "policy: \"x\" is not allowed"),
+            warned,
+            crate::inject::decide_pod(pod, Some("ns"), &cfg),
+        ];
+        assert!(decisions[3].patch.is_some());
+        for d in &decisions {
+            for api in [API_V1, API_V1BETA1] {
+                for uid in ["u1", "0c9a8d74-9cb7-44dd-b98e-09fd62def2f4", "a\"b\\c\u{1}é"] {
+                    let want = serde_json::to_vec(&respond(api, uid, d)).unwrap();
+                    assert_eq!(Prepared::new(d).body(api, uid), want, "{d:?} {api} {uid}");
+                }
+            }
+        }
     }
 }

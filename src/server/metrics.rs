@@ -44,6 +44,7 @@ pub struct Metrics {
     pub config_reloads: Family<ResultLabels, Counter>,
     pub ca_bundle_syncs: Family<ResultLabels, Counter>,
     pub http_errors: Family<CodeLabels, Counter>,
+    pub decision_cache: Family<ResultLabels, Counter>,
     pub connections: Gauge,
     pub rejected_connections: Counter,
     pub tls_handshake_failures: Counter,
@@ -80,6 +81,12 @@ impl Metrics {
         );
         let http_errors = Family::<CodeLabels, Counter>::default();
         registry.register("http_errors", "Requests answered with an HTTP error status", http_errors.clone());
+        let decision_cache = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "decision_cache_lookups",
+            "/mutate lookups of the decision cache for byte-identical Pods, by result (hit or miss)",
+            decision_cache.clone(),
+        );
         let connections = Gauge::default();
         registry.register("connections_open", "Open client connections", connections.clone());
         let rejected_connections = Counter::default();
@@ -102,6 +109,7 @@ impl Metrics {
             config_reloads,
             ca_bundle_syncs,
             http_errors,
+            decision_cache,
             connections,
             rejected_connections,
             tls_handshake_failures,

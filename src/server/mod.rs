@@ -2,6 +2,7 @@
 //! body, call the pure core and map the result to HTTP; connection handling (limits, timeouts,
 //! graceful drain) is the accept loop's.
 
+pub mod cache;
 pub mod metrics;
 pub mod tls;
 
@@ -25,7 +26,8 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::Config;
+use crate::claims::{ClaimState, Claims};
+use crate::config::{Config, StorageMode};
 use crate::inject::{self, Outcome};
 use crate::review;
 use metrics::{CodeLabels, Endpoint, Metrics, ResultLabels};
@@ -48,6 +50,8 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
     /// Check that the configured PVCs exist (a watch cache through the Kubernetes API).
     pub check_claims: bool,
+    /// Bytes of `/mutate` answers kept for byte-identical Pods (replicas); 0 turns the cache off.
+    pub decision_cache_bytes: u64,
     /// Keep this MutatingWebhookConfiguration's caBundle equal to `ca_bundle_file`.
     pub manage_ca_bundle: Option<String>,
     pub ca_bundle_file: Option<PathBuf>,
@@ -58,6 +62,8 @@ pub struct AppState {
     /// Whether the configured claims exist, per namespace (a watch cache, or "assume present").
     pub claims: Arc<dyn crate::claims::Claims>,
     pub metrics: Arc<Metrics>,
+    /// `/mutate` answers for byte-identical Pods.
+    pub decisions: cache::DecisionCache,
     pub ready: AtomicBool,
     pub body_limit: usize,
     pub request_timeout: Duration,
@@ -118,29 +124,83 @@ async fn mutate(State(state): State<Arc<AppState>>, req: Request) -> Response {
             return json_error(&state, StatusCode::BAD_REQUEST, &e.to_string());
         }
     };
-    let config = state.config.load();
-    let decision = inject::decide(&review.request, &config, state.claims.as_ref());
-    let out = review::respond(review.api_version, &review.request.uid, &decision);
-    let body = serde_json::to_vec(&out).expect("a review always serialises");
-    let elapsed = start.elapsed();
-    state.metrics.count(Endpoint::mutate, decision.outcome.as_str());
-    state.metrics.observe(Endpoint::mutate, elapsed);
     let req = &review.request;
-    match decision.outcome {
+    let answer = answer(&state, req);
+    let body = answer.prepared.body(review.api_version, &req.uid);
+    let elapsed = start.elapsed();
+    state.metrics.count(Endpoint::mutate, answer.outcome.as_str());
+    state.metrics.observe(Endpoint::mutate, elapsed);
+    match answer.outcome {
         Outcome::Injected | Outcome::Denied | Outcome::AlreadyInjected => tracing::info!(
             uid = %req.uid,
             namespace = req.namespace.as_deref().unwrap_or(""),
             name = req.name.as_deref().unwrap_or(""),
-            decision = decision.outcome.as_str(),
-            env = decision.env_id.as_deref().unwrap_or(""),
-            message = decision.message.as_deref().unwrap_or(""),
+            decision = answer.outcome.as_str(),
+            env = answer.env_id.as_deref().unwrap_or(""),
+            message = answer.message.as_deref().unwrap_or(""),
             dry_run = req.dry_run.unwrap_or(false),
             elapsed_us = elapsed.as_micros() as u64,
             "admission"
         ),
-        _ => tracing::debug!(uid = %req.uid, decision = decision.outcome.as_str(), "admission"),
+        _ => tracing::debug!(uid = %req.uid, decision = answer.outcome.as_str(), "admission"),
     }
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
+/// The claims' states as seen once for one request, so that a cached answer is keyed by exactly
+/// the states its decision used.
+struct Snapshot<'a> {
+    inner: &'a dyn Claims,
+    namespace: &'a str,
+    states: [(&'a str, ClaimState); 2],
+}
+
+impl Claims for Snapshot<'_> {
+    fn state(&self, namespace: &str, name: &str) -> ClaimState {
+        match self.states.iter().find(|(claim, _)| namespace == self.namespace && *claim == name) {
+            Some((_, s)) => *s,
+            None => self.inner.state(namespace, name),
+        }
+    }
+}
+
+/// The answer to one review: from the decision cache for a Pod CREATE seen before (same object
+/// bytes, namespace, config and claim states), else decided now (and kept).
+fn answer(state: &AppState, req: &review::AdmissionRequest<'_>) -> Arc<cache::Answer> {
+    let config = state.config.load();
+    let decide = |claims: &dyn Claims| {
+        let d = inject::decide(req, &config, claims);
+        Arc::new(cache::Answer {
+            prepared: review::Prepared::new(&d),
+            outcome: d.outcome,
+            env_id: d.env_id,
+            message: d.message,
+        })
+    };
+    let (Some(object), Some(ns)) = (req.object, req.namespace.as_deref()) else { return decide(&*state.claims) };
+    if !state.decisions.enabled() || ns.is_empty() || !inject::optin::is_pod_create(req) {
+        return decide(&*state.claims);
+    }
+    let storage = &config.file.storage;
+    let states = match storage.mode {
+        StorageMode::EmptyDir => [ClaimState::Present; 2],
+        _ => [state.claims.state(ns, &storage.nix_claim), state.claims.state(ns, &storage.uv_claim)],
+    };
+    let key =
+        cache::KeyRef { generation: config.generation, claims: states, namespace: ns, object: object.get().as_bytes() };
+    if let Some(hit) = state.decisions.get(key) {
+        state.metrics.decision_cache.get_or_create(&ResultLabels { result: "hit" }).inc();
+        return hit;
+    }
+    state.metrics.decision_cache.get_or_create(&ResultLabels { result: "miss" }).inc();
+    let snapshot = Snapshot {
+        inner: &*state.claims,
+        namespace: ns,
+        states: [(&storage.nix_claim, states[0]), (&storage.uv_claim, states[1])],
+    };
+    let answer = decide(&snapshot);
+    state.decisions.insert(key, Arc::clone(&answer));
+    answer
 }
 
 async fn healthz() -> &'static str {
@@ -329,6 +389,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         config: ArcSwap::from_pointee(config),
         claims,
         metrics: Arc::clone(&metrics),
+        decisions: cache::DecisionCache::new(opts.decision_cache_bytes),
         ready: AtomicBool::new(false),
         body_limit: opts.body_limit,
         request_timeout: opts.request_timeout,

@@ -284,3 +284,41 @@ async fn metrics_on_their_own_address() {
     }
     assert_eq!(reqwest::get(format!("http://{m}/readyz")).await.unwrap().status().as_u16(), 200);
 }
+
+/// Replicas of one workload arrive as the same object bytes with their own uids. Each gets its own
+/// uid back and the same answer as a server without the decision cache; the second and later are
+/// cache hits; a Pod that differs by one byte, or the same Pod in another namespace, is decided anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_are_answered_from_the_decision_cache() {
+    let cached = Server::builder().separate_metrics().start();
+    let uncached = Server::builder().arg("--decision-cache-mib").arg("0").separate_metrics().start();
+    let review = common::fixture("reviews/bare-pod.json");
+    let lookups = |s: &Server, result: &'static str| {
+        let url = format!("http://{}/metrics", s.metrics_addr.unwrap());
+        async move {
+            let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+            let name = format!("nixuv_decision_cache_lookups_total{{result=\"{result}\"}}");
+            text.lines().find(|l| l.starts_with(&name)).map_or(0.0, |l| common::metric(l, &name))
+        }
+    };
+    let mut variants = Vec::new();
+    for (i, ns) in ["team-a", "team-a", "team-a", "team-b"].into_iter().enumerate() {
+        let mut r = review.clone();
+        r["request"]["uid"] = json!(format!("replica-{i}-\"quoted\""));
+        r["request"]["namespace"] = json!(ns);
+        variants.push(r);
+    }
+    let mut other = variants[0].clone();
+    other["request"]["object"]["metadata"]["labels"]["extra"] = json!("1");
+    variants.push(other);
+    for r in &variants {
+        let (_, a) = post_json(&cached.h2(), &cached.url("/mutate"), r).await;
+        let (_, b) = post_json(&uncached.h1(), &uncached.url("/mutate"), r).await;
+        assert_eq!(a["response"]["uid"], r["request"]["uid"]);
+        assert_eq!(a, b, "cached and uncached answers differ");
+        assert!(response_patch(&a).is_some());
+    }
+    assert_eq!(lookups(&cached, "hit").await, 2.0, "replicas 2 and 3 in team-a");
+    assert_eq!(lookups(&cached, "miss").await, 3.0, "first replica, team-b, the changed Pod");
+    assert_eq!(lookups(&uncached, "hit").await + lookups(&uncached, "miss").await, 0.0);
+}
