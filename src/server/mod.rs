@@ -108,6 +108,10 @@ fn too_large_by_header(state: &AppState, req: &Request) -> Option<Response> {
     })
 }
 
+/// The target of the per-request admission lines, so that `NIXUV_LOG` can select them on their
+/// own (e.g. `info,nixuv::admission=warn` keeps every other info line).
+pub const ADMISSION_LOG: &str = "nixuv::admission";
+
 async fn mutate(State(state): State<Arc<AppState>>, req: Request) -> Response {
     if let Some(resp) = too_large_by_header(&state, &req) {
         return resp;
@@ -125,24 +129,37 @@ async fn mutate(State(state): State<Arc<AppState>>, req: Request) -> Response {
         }
     };
     let req = &review.request;
-    let answer = answer(&state, req);
+    let (answer, cached) = answer(&state, req);
     let body = answer.prepared.body(review.api_version, &req.uid);
     let elapsed = start.elapsed();
     state.metrics.count(Endpoint::mutate, answer.outcome.as_str());
     state.metrics.observe(Endpoint::mutate, elapsed);
-    match answer.outcome {
-        Outcome::Injected | Outcome::Denied | Outcome::AlreadyInjected => tracing::info!(
-            uid = %req.uid,
-            namespace = req.namespace.as_deref().unwrap_or(""),
-            name = req.name.as_deref().unwrap_or(""),
-            decision = answer.outcome.as_str(),
-            env = answer.env_id.as_deref().unwrap_or(""),
-            message = answer.message.as_deref().unwrap_or(""),
-            dry_run = req.dry_run.unwrap_or(false),
-            elapsed_us = elapsed.as_micros() as u64,
-            "admission"
-        ),
-        _ => tracing::debug!(uid = %req.uid, decision = answer.outcome.as_str(), "admission"),
+    macro_rules! admission_line {
+        ($level:expr) => {
+            tracing::event!(
+                target: ADMISSION_LOG,
+                $level,
+                uid = %req.uid,
+                namespace = req.namespace.as_deref().unwrap_or(""),
+                name = req.name.as_deref().unwrap_or(""),
+                decision = answer.outcome.as_str(),
+                env = answer.env_id.as_deref().unwrap_or(""),
+                message = answer.message.as_deref().unwrap_or(""),
+                dry_run = req.dry_run.unwrap_or(false),
+                cached,
+                elapsed_us = elapsed.as_micros() as u64,
+                "admission"
+            )
+        };
+    }
+    // One info line per decision made; the replicas answered from the cache repeat it word for
+    // word but for the uid, so they are debug lines (counted in the metrics either way). At
+    // saturation a line per request cost ~15 % of the server's CPU (docs/performance.md).
+    let noteworthy = matches!(answer.outcome, Outcome::Injected | Outcome::Denied | Outcome::AlreadyInjected);
+    if noteworthy && !cached {
+        admission_line!(tracing::Level::INFO);
+    } else {
+        admission_line!(tracing::Level::DEBUG);
     }
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
@@ -166,7 +183,8 @@ impl Claims for Snapshot<'_> {
 
 /// The answer to one review: from the decision cache for a Pod CREATE seen before (same object
 /// bytes, namespace, config and claim states), else decided now (and kept).
-fn answer(state: &AppState, req: &review::AdmissionRequest<'_>) -> Arc<cache::Answer> {
+/// The flag says whether the answer came from the cache.
+fn answer(state: &AppState, req: &review::AdmissionRequest<'_>) -> (Arc<cache::Answer>, bool) {
     let config = state.config.load();
     let decide = |claims: &dyn Claims| {
         let d = inject::decide(req, &config, claims);
@@ -177,9 +195,11 @@ fn answer(state: &AppState, req: &review::AdmissionRequest<'_>) -> Arc<cache::An
             message: d.message,
         })
     };
-    let (Some(object), Some(ns)) = (req.object, req.namespace.as_deref()) else { return decide(&*state.claims) };
+    let (Some(object), Some(ns)) = (req.object, req.namespace.as_deref()) else {
+        return (decide(&*state.claims), false);
+    };
     if !state.decisions.enabled() || ns.is_empty() || !inject::optin::is_pod_create(req) {
-        return decide(&*state.claims);
+        return (decide(&*state.claims), false);
     }
     let storage = &config.file.storage;
     let states = match storage.mode {
@@ -190,7 +210,7 @@ fn answer(state: &AppState, req: &review::AdmissionRequest<'_>) -> Arc<cache::An
         cache::KeyRef { generation: config.generation, claims: states, namespace: ns, object: object.get().as_bytes() };
     if let Some(hit) = state.decisions.get(key) {
         state.metrics.decision_cache.get_or_create(&ResultLabels { result: "hit" }).inc();
-        return hit;
+        return (hit, true);
     }
     state.metrics.decision_cache.get_or_create(&ResultLabels { result: "miss" }).inc();
     let snapshot = Snapshot {
@@ -200,7 +220,7 @@ fn answer(state: &AppState, req: &review::AdmissionRequest<'_>) -> Arc<cache::An
     };
     let answer = decide(&snapshot);
     state.decisions.insert(key, Arc::clone(&answer));
-    answer
+    (answer, false)
 }
 
 async fn healthz() -> &'static str {

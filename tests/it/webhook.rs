@@ -321,4 +321,9 @@ async fn replicas_are_answered_from_the_decision_cache() {
     assert_eq!(lookups(&cached, "hit").await, 2.0, "replicas 2 and 3 in team-a");
     assert_eq!(lookups(&cached, "miss").await, 3.0, "first replica, team-b, the changed Pod");
     assert_eq!(lookups(&uncached, "hit").await + lookups(&uncached, "miss").await, 0.0);
+    // Decided answers are logged at info; cached replicas only at debug.
+    let logs = cached.logs().join("\n");
+    for (uid, logged) in [("replica-0-", true), ("replica-1-", false), ("replica-2-", false), ("replica-3-", true)] {
+        assert_eq!(logs.contains(uid), logged, "{uid}: {logs}");
+    }
 }
