@@ -202,6 +202,41 @@ pub struct Config {
     /// Unique per validated config in this process: caches of decisions key on it, so a reloaded
     /// config never serves a decision made under the old one.
     pub generation: u64,
+    /// Per-declaration results under this config (see [`crate::inject::EnvOutcome`]). A `Config`
+    /// is not changed after validation (a reload builds a new one), which is what makes this sound.
+    pub envs: EnvMemo,
+}
+
+/// A bounded memo of [`crate::inject::EnvOutcome`] by declaration, shared by clones of one config.
+#[derive(Clone)]
+pub struct EnvMemo(std::sync::Arc<quick_cache::sync::Cache<Vec<u8>, std::sync::Arc<crate::inject::EnvOutcome>>>);
+
+impl EnvMemo {
+    /// Distinct declarations kept per config (each a few KB: the plan and the init container).
+    const CAPACITY: usize = 512;
+
+    fn new() -> Self {
+        EnvMemo(std::sync::Arc::new(quick_cache::sync::Cache::new(Self::CAPACITY)))
+    }
+
+    pub fn get_or_insert_with(
+        &self,
+        key: &[u8],
+        make: impl FnOnce() -> std::sync::Arc<crate::inject::EnvOutcome>,
+    ) -> std::sync::Arc<crate::inject::EnvOutcome> {
+        if let Some(v) = self.0.get(key) {
+            return v;
+        }
+        let v = make();
+        self.0.insert(key.to_vec(), std::sync::Arc::clone(&v));
+        v
+    }
+}
+
+impl std::fmt::Debug for EnvMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EnvMemo({} entries)", self.0.len())
+    }
 }
 
 /// The environment variables that nixuv itself sets on the init container.
@@ -326,7 +361,15 @@ impl Config {
             .unwrap_or_else(|| "https://pypi.org/simple".into());
         static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(Self { file, excluded_namespaces, system_policy, python_policy, index_url, generation })
+        Ok(Self {
+            file,
+            excluded_namespaces,
+            system_policy,
+            python_policy,
+            index_url,
+            generation,
+            envs: EnvMemo::new(),
+        })
     }
 }
 

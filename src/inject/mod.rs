@@ -9,6 +9,8 @@ pub mod plan;
 pub mod pod;
 pub mod policy;
 
+use std::sync::Arc;
+
 use json_patch::Patch;
 
 use crate::claims::{AssumePresent, ClaimState, Claims};
@@ -151,21 +153,18 @@ pub fn decide_view(pod: &PodView, namespace: Option<&str>, cfg: &Config, claims:
     if cfg.excluded_namespaces.iter().any(|n| n == ns) {
         return Decision::allow_as(Outcome::Excluded);
     }
-    let declared = match deps::declared(pod.labels(), pod.annotations()) {
-        Ok(d) => d,
-        Err(e) => return Decision::deny(400, e.to_string()),
+    let env = cfg.envs.get_or_insert_with(&declaration_key(pod), || Arc::new(env_for(pod, cfg)));
+    let (plan, init) = match &*env {
+        EnvOutcome::Env { plan, init_container } => (plan, init_container),
+        EnvOutcome::Deny(code, msg) => return Decision::deny(*code, msg.clone()),
+        EnvOutcome::NoDeps => {
+            let mut d = Decision::allow_as(Outcome::NoDeps);
+            d.warnings.push(format!(
+                "nixuv: Pod is labelled {LABEL_INJECT}=true but declares no dependencies ({ANN_SYSTEM}, {ANN_PYTHON}, {LABEL_SYSTEM_PREFIX}*, {LABEL_PYTHON_PREFIX}*); nothing injected"
+            ));
+            return d;
+        }
     };
-    if declared.is_empty() {
-        let mut d = Decision::allow_as(Outcome::NoDeps);
-        d.warnings.push(format!(
-            "nixuv: Pod is labelled {LABEL_INJECT}=true but declares no dependencies ({ANN_SYSTEM}, {ANN_PYTHON}, {LABEL_SYSTEM_PREFIX}*, {LABEL_PYTHON_PREFIX}*); nothing injected"
-        ));
-        return d;
-    }
-    if let Err(e) = policy::check(&declared, cfg) {
-        return Decision::deny(403, e.to_string());
-    }
-    let plan = EnvPlan::new(&declared, cfg);
     let targets = match optin::targets(pod, cfg) {
         Ok(t) => t,
         Err(msg) => return Decision::deny(400, msg),
@@ -197,7 +196,7 @@ pub fn decide_view(pod: &PodView, namespace: Option<&str>, cfg: &Config, claims:
             }
             None => {}
         }
-        if let Err(msg) = container_conflicts(c, &plan) {
+        if let Err(msg) = container_conflicts(c, plan) {
             return Decision::deny(400, msg);
         }
         todo.push(idx);
@@ -206,12 +205,64 @@ pub fn decide_view(pod: &PodView, namespace: Option<&str>, cfg: &Config, claims:
     let mut warnings = Vec::new();
     let use_pvc =
         if missing.volumes[..2].iter().any(|m| *m) { storage(ns, cfg, claims, &mut warnings) } else { [true, true] };
-    let patch = patch::build(pod, &plan, &todo, &missing, use_pvc, cfg);
+    let patch = patch::build(pod, plan, init, &todo, &missing, use_pvc, cfg);
     let mut d = Decision::allow_as(if patch.0.is_empty() { Outcome::AlreadyInjected } else { Outcome::Injected });
     d.warnings = warnings;
-    d.env_id = Some(plan.id);
+    d.env_id = Some(plan.id.clone());
     d.patch = (!patch.0.is_empty()).then_some(patch);
     d
+}
+
+/// What a Pod's declarations come to under one config. It depends only on the declarations (see
+/// [`declaration_key`]) and the config, so each config memoises it ([`crate::config::EnvMemo`]):
+/// parsing PEP 508 requirements, the policy, the env id and the init container are then paid once
+/// per distinct declaration rather than once per Pod.
+#[derive(Debug)]
+pub enum EnvOutcome {
+    NoDeps,
+    Deny(u16, String),
+    Env { plan: EnvPlan, init_container: serde_json::Value },
+}
+
+fn env_for(pod: &PodView, cfg: &Config) -> EnvOutcome {
+    let declared = match deps::declared(pod.labels(), pod.annotations()) {
+        Ok(d) => d,
+        Err(e) => return EnvOutcome::Deny(400, e.to_string()),
+    };
+    if declared.is_empty() {
+        return EnvOutcome::NoDeps;
+    }
+    if let Err(e) = policy::check(&declared, cfg) {
+        return EnvOutcome::Deny(403, e.to_string());
+    }
+    let plan = EnvPlan::new(&declared, cfg);
+    let init_container = patch::init_container(&plan, cfg);
+    EnvOutcome::Env { plan, init_container }
+}
+
+/// Everything [`deps::declared`] reads, length-prefixed and tagged so that distinct declarations
+/// never share a key: the three annotations (absent differs from empty) and the dependency labels.
+fn declaration_key(pod: &PodView) -> Vec<u8> {
+    let mut key = Vec::with_capacity(256);
+    let mut put = |tag: u8, s: &str| {
+        key.push(tag);
+        key.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        key.extend_from_slice(s.as_bytes());
+    };
+    if let Some(ann) = pod.annotations() {
+        for (tag, k) in [(1, ANN_SYSTEM), (2, ANN_PYTHON), (3, ANN_PYTHON_VERSION)] {
+            if let Some(v) = ann.get(k) {
+                put(tag, v);
+            }
+        }
+    }
+    for (k, v) in pod.labels().into_iter().flatten() {
+        if k.starts_with(LABEL_SYSTEM_PREFIX) || k.starts_with(LABEL_PYTHON_PREFIX) {
+            put(4, k);
+            put(5, v);
+        }
+    }
+    key
 }
 
 /// Names nixuv adds that a Pod not injected by nixuv must not already use.
@@ -277,4 +328,47 @@ fn container_conflicts(c: &pod::ContainerView, plan: &EnvPlan) -> Result<(), Str
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(ann: &str, labels: &str) -> String {
+        format!(
+            r#"{{"metadata":{{"labels":{{"nixuv.io/inject":"true"{labels}}},"annotations":{{{ann}}}}},"spec":{{"containers":[{{"name":"a"}}]}}}}"#
+        )
+    }
+
+    /// A memoised env gives the same decision as a fresh config, and declarations that differ in any
+    /// way (absent vs empty, annotation vs label) never share an entry.
+    #[test]
+    fn memo_agrees_with_a_fresh_config() {
+        let shared = Config::default();
+        let pods = [
+            pod(r#""nixuv.io/python-deps":"rich""#, ""),
+            pod(r#""nixuv.io/python-deps":"rich","nixuv.io/python":"3.11""#, ""),
+            pod(r#""nixuv.io/python-deps":"""#, ""),
+            pod("", ""),
+            pod("", r#","python.nixuv.io/rich":"""#),
+            pod(r#""nixuv.io/system-deps":"rich""#, ""),
+            pod(r#""nixuv.io/system-deps":"r!ch""#, ""),
+            pod(r#""nixuv.io/python-deps":"rich""#, ""),
+        ];
+        let mut ids = Vec::new();
+        for p in &pods {
+            let memo = decide_pod(p, Some("ns"), &shared);
+            let fresh = decide_pod(p, Some("ns"), &Config::default());
+            assert_eq!(format!("{memo:?}"), format!("{fresh:?}"), "{p}");
+            ids.push(memo.env_id.clone());
+        }
+        assert_eq!(ids[0], ids[7]);
+        assert_ne!(ids[0], ids[1]);
+        assert_eq!(ids[0], ids[4], "label and annotation declare the same env");
+        assert_ne!(ids[0], ids[5]);
+        assert!(ids[2].is_none() && ids[3].is_none() && ids[6].is_none());
+        let k = |p: &str| declaration_key(&serde_json::from_str(p).unwrap());
+        assert_ne!(k(&pods[2]), k(&pods[3]), "empty differs from absent");
+        assert_ne!(k(&pods[0]), k(&pods[4]));
+    }
 }

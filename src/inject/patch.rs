@@ -161,6 +161,7 @@ impl Missing {
 pub fn build(
     pod: &PodView,
     plan: &EnvPlan,
+    init: &Value,
     targets: &[usize],
     missing: &Missing,
     use_pvc: [bool; 2],
@@ -196,11 +197,10 @@ pub fn build(
         }
     }
     if missing.init_container {
-        let init = init_container(plan, cfg);
         if spec.and_then(|s| s.init_containers.as_ref()).is_none() {
             ops.add([t("spec"), t("initContainers")], json!([init]));
         } else {
-            ops.add([t("spec"), t("initContainers"), i(0)], init);
+            ops.add([t("spec"), t("initContainers"), i(0)], init.clone());
         }
     }
     let containers = pod.containers();
