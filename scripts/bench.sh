@@ -3,7 +3,8 @@
 #   - the criterion benchmarks of the core (medians),
 #   - h2load throughput of `nixuv serve` and of the bare-TLS ceiling (benches/ceiling.rs), HTTP/1.1
 #     (keep-alive, as kube-apiserver calls webhooks) and HTTP/2, side by side in one run, medians of
-#     RUNS runs, and their ratio,
+#     RUNS runs, and their ratio; nixuv as deployed (the same Pod again and again, as the replicas of
+#     one workload arrive: decision-cache hits) and with the cache off (every Pod decided),
 #   - latency percentiles at a fixed 1,000 req/s and at saturation (from h2load's per-request log),
 #   - RSS idle and under load (/proc), and requests per CPU-second,
 #   - materialize cold and warm (real uv, offline, a small Python env).
@@ -56,35 +57,42 @@ port_of() { grep -o '127.0.0.1:[0-9]*' "$1" | head -n1; }
 MIMALLOC_ARENA_EAGER_COMMIT=0 $nixuv --log-format json serve --addr 127.0.0.1:0 --tls-cert "$work/certs/tls.crt" --tls-key "$work/certs/tls.key" \
   --metrics-addr 127.0.0.1:0 2>"$work/nixuv.log" &
 pids+=($!); nixuv_pid=$!
+# The same server with the decision cache off: every request is decided from scratch.
+MIMALLOC_ARENA_EAGER_COMMIT=0 $nixuv --log-format json serve --addr 127.0.0.1:0 --tls-cert "$work/certs/tls.crt" --tls-key "$work/certs/tls.key" \
+  --metrics-addr 127.0.0.1:0 --decision-cache-mib 0 2>"$work/nocache.log" &
+pids+=($!)
 $ceiling --serve 127.0.0.1:0 "$work/certs/tls.crt" "$work/certs/tls.key" 2>"$work/ceiling.log" &
 pids+=($!)
-for _ in $(seq 100); do [ -n "$(port_of "$work/nixuv.log")" ] && [ -n "$(port_of "$work/ceiling.log")" ] && break; sleep 0.1; done
-nixuv_addr=$(grep '"listening"' "$work/nixuv.log" | grep -o '127.0.0.1:[0-9]*' | head -n1)
+listening() { grep '"listening"' "$1" | grep -o '127.0.0.1:[0-9]*' | head -n1; }
+for _ in $(seq 100); do [ -n "$(listening "$work/nixuv.log")" ] && [ -n "$(listening "$work/nocache.log")" ] && [ -n "$(port_of "$work/ceiling.log")" ] && break; sleep 0.1; done
+nixuv_addr=$(listening "$work/nixuv.log")
+nocache_addr=$(listening "$work/nocache.log")
 ceiling_addr=$(port_of "$work/ceiling.log")
 
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_idle=$(rss "$nixuv_pid")
 
-# h2load ARGS... -> "req/s" (median of RUNS runs)
-rate() {
-  local out=() r
-  for _ in $(seq "$RUNS"); do
-    r=$(h2load "$@" -d "$work/review.json" -H 'content-type: application/json' 2>/dev/null | awk '/^finished in/ {gsub(",", "", $4); print $4}')
-    out+=("${r:-0}")
-  done
-  printf '%s\n' "${out[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
-}
+# h2load ARGS... -> req/s of one run
+rate() { h2load "$@" -d "$work/review.json" -H 'content-type: application/json' 2>/dev/null | awk '/^finished in/ {gsub(",", "", $4); print $4}'; }
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # failures of the last h2load run in LOG
 failed() { awk '/^requests:/ {print $10 + $12}' "$1"; }
 
+# The servers take turns within each run, so that drift in the machine's speed hits them alike.
 echo "throughput..." >&2
-declare -A tput
+declare -A tput addr=([nixuv]=$nixuv_addr [nocache]=$nocache_addr [ceiling]=$ceiling_addr)
 for proto in h1 h2; do
   flags=(-n "$N" -c "$CONC")
   if [ "$proto" = h1 ]; then flags+=(--h1); else flags+=(-m 10); fi
-  tput[nixuv-$proto]=$(rate "${flags[@]}" "https://$nixuv_addr/mutate")
-  tput[ceiling-$proto]=$(rate "${flags[@]}" "https://$ceiling_addr/mutate")
+  declare -A samples=()
+  for _ in $(seq "$RUNS"); do
+    for s in nixuv nocache ceiling; do
+      r=$(rate "${flags[@]}" "https://${addr[$s]}/mutate")
+      samples[$s]+="${r:-0}"$'\n'
+    done
+  done
+  for s in nixuv nocache ceiling; do tput[$s-$proto]=$(printf '%s' "${samples[$s]}" | median); done
 done
 
 # Latency: per-request durations from --log-file -> p50 p99 p99.9 in ms.
@@ -124,12 +132,11 @@ materialize() {
     UV_PYTHON_DOWNLOADS=never UV_PYTHON_PREFERENCE=only-system NIXUV_LOG=warn "$nixuv" materialize
 }
 ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1; e=$(date +%s%N); echo $(((e - s) / 1000000)); }
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 cold=$(for i in 1 2 3; do ms materialize "$mat/cold-$i"; done | median)
 materialize "$mat/warm" >/dev/null 2>&1
 warm=$(for i in $(seq 20); do ms materialize "$mat/warm"; done | median)
 
-crit() { grep -A1 "^$1" "$work/criterion.txt" | grep -o 'time: *\[[^]]*\]' | awk '{print $4, $5}' | head -n1; }
+crit() { grep -E -A1 "^$1( |$)" "$work/criterion.txt" | grep -o 'time: *\[[^]]*\]' | awk '{print $4, $5}' | head -n1; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}'; }
 
 cat <<TABLE
@@ -139,10 +146,13 @@ nixuv benchmark — $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048
 |---|---|
 | core: parse + decide + patch + encode, small Pod | $(crit "mutate/pod/small") |
 | core: ~5 KB Pod (5 system + 5 Python deps) | $(crit "mutate/pod/5KB") |
+| core: ~5 KB Pod, first of its declaration (memo empty) | $(crit "mutate/pod/5KB-new-declaration") |
 | core: ~100 KB Pod | $(crit "mutate/pod/100KB") |
 | core: 1 / 4 / 16 / 64 containers | $(crit "containers/1") / $(crit "containers/4") / $(crit "containers/16") / $(crit "containers/64") |
 | HTTP/1.1 keep-alive: nixuv / ceiling req/s | ${tput[nixuv-h1]} / ${tput[ceiling-h1]} = $(ratio "${tput[nixuv-h1]}" "${tput[ceiling-h1]}") |
+| HTTP/1.1, decision cache off: nixuv / ceiling req/s | ${tput[nocache-h1]} / ${tput[ceiling-h1]} = $(ratio "${tput[nocache-h1]}" "${tput[ceiling-h1]}") |
 | HTTP/2 (10 streams/conn): nixuv / ceiling req/s | ${tput[nixuv-h2]} / ${tput[ceiling-h2]} = $(ratio "${tput[nixuv-h2]}" "${tput[ceiling-h2]}") |
+| HTTP/2, decision cache off: nixuv / ceiling req/s | ${tput[nocache-h2]} / ${tput[ceiling-h2]} = $(ratio "${tput[nocache-h2]}" "${tput[ceiling-h2]}") |
 | latency at 1,000 req/s (HTTP/1.1): p50 / p99 / p99.9 | $f50 / $f99 / $f999 ms (failed: ${fixed_failed:-?}) |
 | latency at saturation (HTTP/1.1, $CONC conns): p50 / p99 / p99.9 | $s50 / $s99 / $s999 ms (failed: ${sat_failed:-?}) |
 | RSS idle / peak under load | $((rss_idle / 1024)) MiB / $((rss_peak / 1024)) MiB |

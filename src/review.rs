@@ -157,10 +157,13 @@ fn response(uid: &str, decision: &Decision) -> AdmissionResponse {
     });
     let (patch, patch_type) = match &decision.patch {
         Some(p) if decision.allowed => {
-            // The patch's JSON goes straight into the base64 encoder: no intermediate buffer.
-            let mut enc = base64::write::EncoderStringWriter::new(&base64::engine::general_purpose::STANDARD);
-            serde_json::to_writer(&mut enc, p).expect("a JSON patch always serialises");
-            (Some(enc.into_inner()), Some("JSONPatch".to_string()))
+            // Serialised whole, then encoded in one call: streaming serde_json's many small writes
+            // through base64's writer was measured at twice the cost.
+            let bytes = serde_json::to_vec(p).expect("a JSON patch always serialises");
+            (
+                Some(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)),
+                Some("JSONPatch".to_string()),
+            )
         }
         _ => (None, None),
     };
@@ -198,8 +201,25 @@ const EMPTY_UID_HEAD: &[u8] = br#"{"uid":"","#;
 
 impl Prepared {
     pub fn new(decision: &Decision) -> Self {
-        let json = serde_json::to_vec(&response("", decision)).expect("a review always serialises");
-        let tail = json.strip_prefix(EMPTY_UID_HEAD).expect("uid is the response's first field");
+        let mut resp = response("", decision);
+        // The base64 patch is spliced in rather than serialised: serde_json would scan its
+        // kilobytes for characters to escape, and the base64 alphabet has none.
+        let patch = resp.patch.take();
+        let patch_type = resp.patch_type.take();
+        let json = serde_json::to_vec(&resp).expect("a review always serialises");
+        let rest = json.strip_prefix(EMPTY_UID_HEAD).expect("uid is the response's first field");
+        let (Some(patch), Some(patch_type)) = (patch, patch_type) else { return Prepared { tail: rest.into() } };
+        // A patch comes only with `allowed: true` and no status, so the fields run `allowed`,
+        // `patch`, `patchType`, then the rest (`warnings`) in the struct's order.
+        const ALLOWED: &[u8] = br#""allowed":true"#;
+        let after = rest.strip_prefix(ALLOWED).expect("allowed follows uid");
+        let mut tail = Vec::with_capacity(rest.len() + patch.len() + 40);
+        tail.extend_from_slice(ALLOWED);
+        tail.extend_from_slice(br#","patch":""#);
+        tail.extend_from_slice(patch.as_bytes());
+        tail.extend_from_slice(br#"","patchType":"#);
+        serde_json::to_writer(&mut tail, &patch_type).expect("a string serialises");
+        tail.extend_from_slice(after);
         Prepared { tail: tail.into() }
     }
 
@@ -280,7 +300,9 @@ mod tests {
             crate::inject::decide_pod(pod, Some("ns"), &cfg),
         ];
         assert!(decisions[3].patch.is_some());
-        for d in &decisions {
+        let mut patched_and_warned = decisions[3].clone();
+        patched_and_warned.warnings = vec!["nixuv: \"claim\" missing".into()];
+        for d in decisions.iter().chain([&patched_and_warned]) {
             for api in [API_V1, API_V1BETA1] {
                 for uid in ["u1", "0c9a8d74-9cb7-44dd-b98e-09fd62def2f4", "a\"b\\c\u{1}é"] {
                     let want = serde_json::to_vec(&respond(api, uid, d)).unwrap();
