@@ -11,7 +11,7 @@ pub mod policy;
 
 use std::sync::Arc;
 
-use json_patch::Patch;
+use patch::AddPatch;
 
 use crate::claims::{AssumePresent, ClaimState, Claims};
 use crate::config::{Config, StorageMode};
@@ -72,7 +72,7 @@ pub struct Decision {
     pub code: u16,
     pub message: Option<String>,
     pub warnings: Vec<String>,
-    pub patch: Option<Patch>,
+    pub patch: Option<AddPatch>,
     pub outcome: Outcome,
     pub env_id: Option<String>,
 }
@@ -206,10 +206,10 @@ pub fn decide_view(pod: &PodView, namespace: Option<&str>, cfg: &Config, claims:
     let use_pvc =
         if missing.volumes[..2].iter().any(|m| *m) { storage(ns, cfg, claims, &mut warnings) } else { [true, true] };
     let patch = patch::build(pod, plan, init, &todo, &missing, use_pvc, cfg);
-    let mut d = Decision::allow_as(if patch.0.is_empty() { Outcome::AlreadyInjected } else { Outcome::Injected });
+    let mut d = Decision::allow_as(if patch.is_empty() { Outcome::AlreadyInjected } else { Outcome::Injected });
     d.warnings = warnings;
     d.env_id = Some(plan.id.clone());
-    d.patch = (!patch.0.is_empty()).then_some(patch);
+    d.patch = (!patch.is_empty()).then_some(patch);
     d
 }
 
@@ -221,7 +221,7 @@ pub fn decide_view(pod: &PodView, namespace: Option<&str>, cfg: &Config, claims:
 pub enum EnvOutcome {
     NoDeps,
     Deny(u16, String),
-    Env { plan: EnvPlan, init_container: serde_json::Value },
+    Env { plan: EnvPlan, init_container: Arc<serde_json::value::RawValue> },
 }
 
 fn env_for(pod: &PodView, cfg: &Config) -> EnvOutcome {
@@ -236,7 +236,7 @@ fn env_for(pod: &PodView, cfg: &Config) -> EnvOutcome {
         return EnvOutcome::Deny(403, e.to_string());
     }
     let plan = EnvPlan::new(&declared, cfg);
-    let init_container = patch::init_container(&plan, cfg);
+    let init_container = patch::init_container_text(&plan, cfg);
     EnvOutcome::Env { plan, init_container }
 }
 

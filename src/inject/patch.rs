@@ -5,8 +5,11 @@
 //! that `nixuv-init` is inserted at index 0 of `initContainers` (the others keep their order), and
 //! an existing PATH value is replaced by the same value with the env's directories in front.
 
-use json_patch::{AddOperation, Patch, PatchOperation};
+use std::sync::Arc;
+
 use jsonptr::{PointerBuf, Token};
+use serde::ser::{Serialize, SerializeStruct, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::plan::{EnvPlan, INIT_NIX_DIR, NIX_MOUNT, UV_ROOT, WORK_DIR};
@@ -15,12 +18,98 @@ use super::{ANN_ENV, ANN_STATUS, INIT_CONTAINER, STATUS_INJECTED, VOL_NIX, VOL_T
 use crate::config::Config;
 use crate::envspec::EnvSpec;
 
+/// A JSON value kept as its text: shared (the init container, the same for every Pod of an env
+/// and serialised once per env) or owned (the small per-Pod values).
+#[derive(Debug, Clone)]
+enum Text {
+    Shared(Arc<RawValue>),
+    Owned(Box<RawValue>),
+}
+
+impl Text {
+    fn get(&self) -> &RawValue {
+        match self {
+            Text::Shared(r) => r,
+            Text::Owned(r) => r,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct AddOp {
+    path: PointerBuf,
+    value: Text,
+}
+
+/// An RFC 6902 patch of `add` operations with their values as JSON text, so that what is the same
+/// for every Pod of an env is serialised once. [`AddPatch::to_json`] is the wire form;
+/// [`AddPatch::to_patch`] gives a `json_patch::Patch` for applying it.
+#[derive(Debug, Clone, Default)]
+pub struct AddPatch(Vec<AddOp>);
+
+impl AddPatch {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The operations' paths, in order.
+    pub fn paths(&self) -> impl Iterator<Item = &jsonptr::Pointer> {
+        self.0.iter().map(|op| op.path.as_ptr())
+    }
+
+    /// The patch as JSON, exactly as `serde_json` serialises the equivalent `json_patch::Patch`.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.0.iter().map(|op| op.value.get().get().len() + 64).sum::<usize>());
+        out.push(b'[');
+        for (n, op) in self.0.iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(br#"{"op":"add","path":"#);
+            serde_json::to_writer(&mut out, op.path.as_str()).expect("a string serialises");
+            out.extend_from_slice(br#","value":"#);
+            out.extend_from_slice(op.value.get().get().as_bytes());
+            out.push(b'}');
+        }
+        out.push(b']');
+        out
+    }
+
+    pub fn to_patch(&self) -> json_patch::Patch {
+        serde_json::from_slice(&self.to_json()).expect("nixuv's own patch parses")
+    }
+}
+
+impl Serialize for AddOp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("AddOperation", 3)?;
+        st.serialize_field("op", "add")?;
+        st.serialize_field("path", self.path.as_str())?;
+        st.serialize_field("value", self.value.get())?;
+        st.end()
+    }
+}
+
+impl Serialize for AddPatch {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
 #[derive(Default)]
-struct Ops(Vec<PatchOperation>);
+struct Ops(Vec<AddOp>);
 
 impl Ops {
     fn add<'t>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>, value: Value) {
-        self.0.push(PatchOperation::Add(AddOperation { path: PointerBuf::from_tokens(tokens), value }));
+        let text = serde_json::value::to_raw_value(&value).expect("a JSON value serialises");
+        self.push(tokens, Text::Owned(text));
+    }
+    fn push<'t>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>, value: Text) {
+        self.0.push(AddOp { path: PointerBuf::from_tokens(tokens), value });
     }
 }
 
@@ -50,9 +139,15 @@ pub fn volumes(cfg: &Config, use_pvc: [bool; 2]) -> [(&'static str, Value); 3] {
     ]
 }
 
+/// The `nixuv-init` container, serialised: built once per env and config (see
+/// [`super::EnvOutcome`]) and shared by the patches of all its Pods.
+pub fn init_container_text(plan: &EnvPlan, cfg: &Config) -> Arc<RawValue> {
+    Arc::from(serde_json::value::to_raw_value(&init_container(plan, cfg)).expect("a JSON value serialises"))
+}
+
 /// The `nixuv-init` container: `nixuv materialize` with the plan in its env, no shell, and a
-/// securityContext that passes the PodSecurity `restricted` profile. Built as JSON directly (it
-/// is on the admission hot path); tests read it back as a typed k8s-openapi Container.
+/// securityContext that passes the PodSecurity `restricted` profile. Built as JSON directly; tests
+/// read it back as a typed k8s-openapi Container.
 pub fn init_container(plan: &EnvPlan, cfg: &Config) -> Value {
     let spec_env = EnvSpec::for_plan(plan).to_env();
     let mut env = Vec::with_capacity(spec_env.len() + 2 + cfg.file.init_env.len());
@@ -161,12 +256,12 @@ impl Missing {
 pub fn build(
     pod: &PodView,
     plan: &EnvPlan,
-    init: &Value,
+    init: &Arc<RawValue>,
     targets: &[usize],
     missing: &Missing,
     use_pvc: [bool; 2],
     cfg: &Config,
-) -> Patch {
+) -> AddPatch {
     let mut ops = Ops::default();
     if missing.annotations {
         let values = [(ANN_STATUS, STATUS_INJECTED), (ANN_ENV, plan.id.as_str())];
@@ -198,14 +293,41 @@ pub fn build(
     }
     if missing.init_container {
         if spec.and_then(|s| s.init_containers.as_ref()).is_none() {
-            ops.add([t("spec"), t("initContainers")], json!([init]));
+            let list = RawValue::from_string(format!("[{}]", init.get())).expect("an array of a JSON value");
+            ops.push([t("spec"), t("initContainers")], Text::Owned(list));
         } else {
-            ops.add([t("spec"), t("initContainers"), i(0)], init.clone());
+            ops.push([t("spec"), t("initContainers"), i(0)], Text::Shared(Arc::clone(init)));
         }
     }
     let containers = pod.containers();
     for &idx in targets {
         patch_container(&mut ops, idx, &containers[idx], plan, cfg);
     }
-    Patch(ops.0)
+    AddPatch(ops.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use crate::inject::decide_pod;
+
+    /// The hand-written wire form is byte for byte what serde_json gives for the same
+    /// `json_patch::Patch`, and the `Serialize` impl agrees with both (escaped keys included).
+    #[test]
+    fn wire_form_matches_json_patch() {
+        let cfg = Config::default();
+        let mut escaped = false;
+        for pod in [
+            r#"{"metadata":{"labels":{"nixuv.io/inject":"true"},"annotations":{"nixuv.io/python-deps":"rich","a/b":"c"}},"spec":{"containers":[{"name":"a","env":[{"name":"PATH","value":"/bin"}]}]}}"#,
+            r#"{"metadata":{"labels":{"nixuv.io/inject":"true","system.nixuv.io/jq":""}},"spec":{"initContainers":[{"name":"i"}],"volumes":[],"containers":[{"name":"a"},{"name":"b","volumeMounts":[]}]}}"#,
+        ] {
+            let p = decide_pod(pod, Some("ns"), &cfg).patch.expect("a patch");
+            let typed = p.to_patch();
+            assert_eq!(p.to_json(), serde_json::to_vec(&typed).unwrap());
+            assert_eq!(serde_json::to_value(&p).unwrap(), serde_json::to_value(&typed).unwrap());
+            assert_eq!(p.len(), typed.0.len());
+            escaped |= p.paths().any(|ptr| ptr.as_str().contains("~1"));
+        }
+        assert!(escaped, "a key with '/' was escaped");
+    }
 }

@@ -111,8 +111,8 @@ pub fn preview(
             .as_ref()
             .map(|p| {
                 let mut names = Vec::new();
-                for op in &p.0 {
-                    let path = op.path().to_string();
+                for path in p.paths() {
+                    let path = path.to_string();
                     if let Some(rest) = path.strip_prefix("/spec/containers/") {
                         if let Some(idx) = rest.split('/').next().and_then(|s| s.parse::<usize>().ok()) {
                             let n = pod["spec"]["containers"][idx]["name"].as_str().unwrap_or("").to_string();
@@ -129,7 +129,7 @@ pub fn preview(
             (_, false) => "denied".to_string(),
             (Some(p), true) => format!(
                 "{} patch operations: volumes nixuv-nix, nixuv-uv, nixuv-tmp; init container nixuv-init; env and mounts in {}",
-                p.0.len(),
+                p.len(),
                 targets.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(", ")
             ),
             (None, true) => format!("not injected ({})", d.outcome.as_str()),

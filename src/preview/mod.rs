@@ -221,7 +221,7 @@ pub fn preview_object(
                   prefix: &[&str]|
      -> Result<ObjectPreview, PreviewError> {
         out.object = base.clone();
-        if let Some(p) = decision.patch.clone() {
+        if let Some(p) = decision.patch.as_ref().map(|p| p.to_patch()) {
             let p = prefixed(p, prefix);
             out.object = apply(base, &p)
                 .map_err(|e| err(document, item, "(patch)", format!("the patch does not apply: {e}")))?;

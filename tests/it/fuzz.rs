@@ -83,7 +83,7 @@ fn check_review_bytes(bytes: &[u8], cfg: &Config) {
         assert_eq!(out.response.uid, r.request.uid);
         if let (Some(p), Some(obj)) = (&d.patch, r.request.object) {
             let mut doc: Value = serde_json::from_str(obj.get()).unwrap();
-            json_patch::patch(&mut doc, &p.0).unwrap_or_else(|e| panic!("patch does not apply: {e}"));
+            json_patch::patch(&mut doc, &p.to_patch().0).unwrap_or_else(|e| panic!("patch does not apply: {e}"));
             // The result is a fixed point.
             let again = inject::decide_pod(&serde_json::to_string(&doc).unwrap(), r.request.namespace.as_deref(), cfg);
             assert!(again.patch.is_none(), "reinvocation patched again");

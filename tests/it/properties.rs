@@ -111,7 +111,7 @@ proptest! {
         }
         prop_assert!(d.allowed, "denied: {:?}", d.message);
         prop_assert_eq!(d.outcome, Outcome::Injected);
-        let patch = d.patch.expect("a patch");
+        let patch = d.patch.expect("a patch").to_patch();
         let patched = common::apply(&pod, &patch);
         let typed = common::as_pod(&patched);
         // Nothing existing was removed or reordered: every original container and volume is still there in order.
