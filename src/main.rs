@@ -12,7 +12,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Logs go to stderr. `serve` logs one line per injection, so there a dedicated thread writes them
 /// through a buffer flushed whenever its queue is empty (one write per burst, not per line; lines
-/// are never dropped: a full queue makes the request thread wait). The guard flushes at exit.
+/// are never dropped: a full queue makes the request thread wait). The queue holds 8,192 lines: its
+/// slots are allocated up front, and the crate's default of 128,000 cost 4 MiB of idle RSS. The
+/// guard flushes at exit.
 fn init_logging(format: LogFormat, buffered: bool) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter = tracing_subscriber::EnvFilter::try_from_env("NIXUV_LOG")
@@ -21,6 +23,7 @@ fn init_logging(format: LogFormat, buffered: bool) -> Option<tracing_appender::n
         let (w, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
             .lossy(false)
             .thread_name("nixuv-log")
+            .buffered_lines_limit(8192)
             .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
         (BoxMakeWriter::new(w), Some(guard))
     } else {
