@@ -4,8 +4,10 @@
 //! after reading the body, with no parsing and no decision. nixuv / ceiling is then the cost of
 //! nixuv's own work.
 //!
-//! `cargo bench --bench ceiling -- --serve ADDR CERT KEY` serves until killed; without `--serve`
-//! it exits at once (so `cargo bench` and `cargo test --all-targets` pass over it).
+//! `cargo bench --bench ceiling -- --serve ADDR CERT KEY [--response FILE]` serves until killed,
+//! answering with FILE's bytes if given (the bench passes nixuv's own response, to measure what the
+//! size of a real answer costs); without `--serve` it exits at once (so `cargo bench` and
+//! `cargo test --all-targets` pass over it).
 
 use std::sync::Arc;
 

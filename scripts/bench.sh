@@ -68,6 +68,18 @@ for _ in $(seq 100); do [ -n "$(listening "$work/nixuv.log")" ] && [ -n "$(liste
 nixuv_addr=$(listening "$work/nixuv.log")
 nocache_addr=$(listening "$work/nocache.log")
 ceiling_addr=$(port_of "$work/ceiling.log")
+# A second ceiling answering with nixuv's own response bytes for this review (~3.5 KB, the base64
+# patch, instead of ~150 bytes): how much of the gap is the size of a real answer.
+python3 - "https://$nixuv_addr/mutate" "$work/certs/ca.crt" "$work/review.json" "$work/response.json" <<'PY'
+import ssl, sys, urllib.request
+url, ca, body, out = sys.argv[1:]
+req = urllib.request.Request(url, data=open(body, "rb").read(), headers={"content-type": "application/json"})
+open(out, "wb").write(urllib.request.urlopen(req, context=ssl.create_default_context(cafile=ca)).read())
+PY
+$ceiling --serve 127.0.0.1:0 "$work/certs/tls.crt" "$work/certs/tls.key" --response "$work/response.json" 2>"$work/ceiling-bytes.log" &
+pids+=($!)
+for _ in $(seq 100); do [ -n "$(port_of "$work/ceiling-bytes.log")" ] && break; sleep 0.1; done
+bytes_addr=$(port_of "$work/ceiling-bytes.log")
 
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -81,18 +93,18 @@ failed() { awk '/^requests:/ {print $10 + $12}' "$1"; }
 
 # The servers take turns within each run, so that drift in the machine's speed hits them alike.
 echo "throughput..." >&2
-declare -A tput addr=([nixuv]=$nixuv_addr [nocache]=$nocache_addr [ceiling]=$ceiling_addr)
+declare -A tput addr=([nixuv]=$nixuv_addr [nocache]=$nocache_addr [ceiling]=$ceiling_addr [bytes]=$bytes_addr)
 for proto in h1 h2; do
   flags=(-n "$N" -c "$CONC")
   if [ "$proto" = h1 ]; then flags+=(--h1); else flags+=(-m 10); fi
   declare -A samples=()
   for _ in $(seq "$RUNS"); do
-    for s in nixuv nocache ceiling; do
+    for s in nixuv nocache ceiling bytes; do
       r=$(rate "${flags[@]}" "https://${addr[$s]}/mutate")
       samples[$s]+="${r:-0}"$'\n'
     done
   done
-  for s in nixuv nocache ceiling; do tput[$s-$proto]=$(printf '%s' "${samples[$s]}" | median); done
+  for s in nixuv nocache ceiling bytes; do tput[$s-$proto]=$(printf '%s' "${samples[$s]}" | median); done
 done
 
 # Latency: per-request durations from --log-file -> p50 p99 p99.9 in ms.
@@ -153,6 +165,7 @@ nixuv benchmark — $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048
 | HTTP/1.1, decision cache off: nixuv / ceiling req/s | ${tput[nocache-h1]} / ${tput[ceiling-h1]} = $(ratio "${tput[nocache-h1]}" "${tput[ceiling-h1]}") |
 | HTTP/2 (10 streams/conn): nixuv / ceiling req/s | ${tput[nixuv-h2]} / ${tput[ceiling-h2]} = $(ratio "${tput[nixuv-h2]}" "${tput[ceiling-h2]}") |
 | HTTP/2, decision cache off: nixuv / ceiling req/s | ${tput[nocache-h2]} / ${tput[ceiling-h2]} = $(ratio "${tput[nocache-h2]}" "${tput[ceiling-h2]}") |
+| ceiling answering nixuv's response bytes / ceiling, HTTP/1.1 and HTTP/2 | $(ratio "${tput[bytes-h1]}" "${tput[ceiling-h1]}") and $(ratio "${tput[bytes-h2]}" "${tput[ceiling-h2]}") |
 | latency at 1,000 req/s (HTTP/1.1): p50 / p99 / p99.9 | $f50 / $f99 / $f999 ms (failed: ${fixed_failed:-?}) |
 | latency at saturation (HTTP/1.1, $CONC conns): p50 / p99 / p99.9 | $s50 / $s99 / $s999 ms (failed: ${sat_failed:-?}) |
 | RSS idle / peak under load | $((rss_idle / 1024)) MiB / $((rss_peak / 1024)) MiB |
