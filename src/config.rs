@@ -224,12 +224,9 @@ impl EnvMemo {
         key: &[u8],
         make: impl FnOnce() -> std::sync::Arc<crate::inject::EnvOutcome>,
     ) -> std::sync::Arc<crate::inject::EnvOutcome> {
-        if let Some(v) = self.0.get(key) {
-            return v;
-        }
-        let v = make();
-        self.0.insert(key.to_vec(), std::sync::Arc::clone(&v));
-        v
+        // quick_cache's own get-or-insert: concurrent first Pods of a declaration compute it once.
+        let made: Result<_, std::convert::Infallible> = self.0.get_or_insert_with(key, || Ok(make()));
+        made.unwrap_or_else(|never| match never {})
     }
 }
 

@@ -19,18 +19,21 @@ use crate::config::Config;
 use crate::envspec::EnvSpec;
 
 /// A JSON value kept as its text: shared (the init container, the same for every Pod of an env
-/// and serialised once per env) or owned (the small per-Pod values).
+/// and serialised once per env), shared inside a one-element array (the init container when the
+/// Pod has no `initContainers` yet), or owned (the small per-Pod values).
 #[derive(Debug, Clone)]
 enum Text {
     Shared(Arc<RawValue>),
+    SharedInArray(Arc<RawValue>),
     Owned(Box<RawValue>),
 }
 
-impl Text {
-    fn get(&self) -> &RawValue {
+impl Serialize for Text {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            Text::Shared(r) => r,
-            Text::Owned(r) => r,
+            Text::Shared(r) => r.serialize(s),
+            Text::SharedInArray(r) => s.collect_seq(std::iter::once(&**r)),
+            Text::Owned(r) => r.serialize(s),
         }
     }
 }
@@ -41,9 +44,20 @@ struct AddOp {
     value: Text,
 }
 
+impl Serialize for AddOp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("AddOperation", 3)?;
+        st.serialize_field("op", "add")?;
+        st.serialize_field("path", self.path.as_str())?;
+        st.serialize_field("value", &self.value)?;
+        st.end()
+    }
+}
+
 /// An RFC 6902 patch of `add` operations with their values as JSON text, so that what is the same
-/// for every Pod of an env is serialised once. [`AddPatch::to_json`] is the wire form;
-/// [`AddPatch::to_patch`] gives a `json_patch::Patch` for applying it.
+/// for every Pod of an env is serialised once (serde_json writes a `RawValue` as is).
+/// [`AddPatch::to_json`] is the wire form; [`AddPatch::to_patch`] gives a `json_patch::Patch` for
+/// applying it.
 #[derive(Debug, Clone, Default)]
 pub struct AddPatch(Vec<AddOp>);
 
@@ -63,34 +77,11 @@ impl AddPatch {
 
     /// The patch as JSON, exactly as `serde_json` serialises the equivalent `json_patch::Patch`.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + self.0.iter().map(|op| op.value.get().get().len() + 64).sum::<usize>());
-        out.push(b'[');
-        for (n, op) in self.0.iter().enumerate() {
-            if n > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(br#"{"op":"add","path":"#);
-            serde_json::to_writer(&mut out, op.path.as_str()).expect("a string serialises");
-            out.extend_from_slice(br#","value":"#);
-            out.extend_from_slice(op.value.get().get().as_bytes());
-            out.push(b'}');
-        }
-        out.push(b']');
-        out
+        serde_json::to_vec(&self.0).expect("a patch serialises")
     }
 
     pub fn to_patch(&self) -> json_patch::Patch {
         serde_json::from_slice(&self.to_json()).expect("nixuv's own patch parses")
-    }
-}
-
-impl Serialize for AddOp {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("AddOperation", 3)?;
-        st.serialize_field("op", "add")?;
-        st.serialize_field("path", self.path.as_str())?;
-        st.serialize_field("value", self.value.get())?;
-        st.end()
     }
 }
 
@@ -293,8 +284,7 @@ pub fn build(
     }
     if missing.init_container {
         if spec.and_then(|s| s.init_containers.as_ref()).is_none() {
-            let list = RawValue::from_string(format!("[{}]", init.get())).expect("an array of a JSON value");
-            ops.push([t("spec"), t("initContainers")], Text::Owned(list));
+            ops.push([t("spec"), t("initContainers")], Text::SharedInArray(Arc::clone(init)));
         } else {
             ops.push([t("spec"), t("initContainers"), i(0)], Text::Shared(Arc::clone(init)));
         }
