@@ -3,7 +3,7 @@ CARGO ?= cargo
 ADDR ?= 127.0.0.1:8443
 BIN := target/debug/nixuv
 
-.PHONY: run test tools build certs lint unit clean bench image fuzz deny
+.PHONY: run test tools fetch build certs lint unit clean bench image fuzz deny
 
 build:
 	$(CARGO) build
@@ -18,9 +18,14 @@ certs: certs/tls.crt
 run: build certs
 	$(BIN) serve --addr $(ADDR) --tls-cert certs/tls.crt --tls-key certs/tls.key
 
-## Install the test tools (idempotent), then lint and run every test.
-test: tools lint deny
-	$(CARGO) test --all-targets
+## Install the test tools (idempotent), fetch every crate, then lint and run every test.
+test: tools fetch lint deny
+	$(CARGO) test --locked --all-targets
+
+## Every crate of Cargo.lock, for every target platform (not only this host's): `cargo deny
+## --offline` reads the metadata of all of them, and an empty cargo registry must work.
+fetch:
+	$(CARGO) fetch --locked
 
 tools:
 	./scripts/install-tools.sh
@@ -36,7 +41,7 @@ fuzz:
 	FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release --test it fuzz:: -- --test-threads 2
 
 ## Licenses, bans and sources of every dependency (offline).
-deny:
+deny: fetch
 	command -v cargo-deny >/dev/null 2>&1 || $(CARGO) install --locked cargo-deny
 	$(CARGO) deny --offline check licenses bans sources
 
