@@ -199,6 +199,8 @@ pub struct Config {
     pub python_policy: GlobPolicy,
     /// The Python package index the init container will use (from `initEnv`), part of the env id.
     pub index_url: String,
+    /// The `initEnv` variables that reach nix or uv, sorted: part of every env id.
+    pub tool_env: Vec<(String, String)>,
     /// Unique per validated config in this process: caches of decisions key on it, so a reloaded
     /// config never serves a decision made under the old one.
     pub generation: u64,
@@ -316,6 +318,9 @@ impl Config {
                     format!("{:?} is not an environment variable name", e.name),
                 ));
             }
+            if file.init_env[..i].iter().any(|p| p.name == e.name) {
+                return Err(invalid(format!("initEnv[{i}].name"), format!("{:?} is set twice", e.name)));
+            }
             if e.name.starts_with(RESERVED_INIT_ENV_PREFIX) || crate::envspec::FIXED_TOOL_ENV.contains(&e.name.as_str())
             {
                 return Err(invalid(format!("initEnv[{i}].name"), format!("{:?} is set by nixuv itself", e.name)));
@@ -352,10 +357,21 @@ impl Config {
         if !excluded_namespaces.contains(&own) {
             excluded_namespaces.push(own);
         }
-        let index_url = ["UV_DEFAULT_INDEX", "UV_INDEX_URL"]
+        let mut tool_env: Vec<(String, String)> = file
+            .init_env
             .iter()
-            .find_map(|k| file.init_env.iter().find(|e| e.name == *k).map(|e| e.value.clone()))
-            .unwrap_or_else(|| "https://pypi.org/simple".into());
+            .filter(|e| crate::inject::plan::tool_scope(&e.name).is_some())
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect();
+        tool_env.sort();
+        let index_url = crate::inject::plan::effective_index(tool_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        if let Some(i) = ["UV_DEFAULT_INDEX", "UV_INDEX_URL"]
+            .iter()
+            .find_map(|k| file.init_env.iter().position(|e| e.name == *k))
+            .filter(|_| !crate::inject::plan::valid_index_url(&index_url))
+        {
+            return Err(invalid(format!("initEnv[{i}].value"), format!("{index_url:?} is not an http(s) or file URL")));
+        }
         static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Self {
@@ -364,6 +380,7 @@ impl Config {
             system_policy,
             python_policy,
             index_url,
+            tool_env,
             generation,
             envs: EnvMemo::new(),
         })

@@ -3,7 +3,7 @@
 //! both sides, so the contract is checked by the compiler and a round-trip test.
 
 use crate::inject::deps::{valid_attr_path, valid_python_version};
-use crate::inject::plan::{EnvPlan, INIT_NIX_DIR, UV_ROOT};
+use crate::inject::plan::{effective_index, tool_scope, valid_index_url, EnvPlan, INIT_NIX_DIR, UV_ROOT};
 
 pub const ENV_ID: &str = "NIXUV_ENV";
 pub const ENV_SYSTEM_DEPS: &str = "NIXUV_SYSTEM_DEPS";
@@ -13,11 +13,14 @@ pub const ENV_NIXPKGS: &str = "NIXUV_NIXPKGS";
 pub const ENV_INDEX_URL: &str = "NIXUV_INDEX_URL";
 pub const ENV_UV_ROOT: &str = "NIXUV_UV_ROOT";
 pub const ENV_NIX_DIR: &str = "NIXUV_NIX_DIR";
+/// The names of the tool variables (`initEnv`) the env id binds, comma-separated; set only when
+/// there are some. Any other tool variable is stripped from the tools' environment.
+pub const ENV_TOOL_ENV: &str = "NIXUV_TOOL_ENV";
 
 /// Variables that `nixuv materialize` sets for the tools itself, from the store layout; an admin's
 /// `initEnv` may not override them.
 pub const FIXED_TOOL_ENV: &[&str] =
-    &["HOME", "TMPDIR", "UV_CACHE_DIR", "UV_PYTHON_INSTALL_DIR", "UV_LINK_MODE", "NP_LOCATION", "VIRTUAL_ENV"];
+    &["HOME", "TMPDIR", "UV_CACHE_DIR", "UV_PYTHON_INSTALL_DIR", "UV_LINK_MODE", "UV_NO_CONFIG", "NP_LOCATION", "VIRTUAL_ENV"];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EnvSpecError {
@@ -44,7 +47,7 @@ impl EnvSpec {
 
     /// The variables, in a stable order. Lists are newline-separated: no dep can contain one.
     pub fn to_env(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut env = vec![
             (ENV_ID, self.plan.id.clone()),
             (ENV_SYSTEM_DEPS, self.plan.system.join("\n")),
             (ENV_PYTHON_DEPS, self.plan.python.join("\n")),
@@ -53,7 +56,12 @@ impl EnvSpec {
             (ENV_INDEX_URL, self.plan.index_url.clone()),
             (ENV_UV_ROOT, self.uv_root.clone()),
             (ENV_NIX_DIR, self.nix_dir.clone()),
-        ]
+        ];
+        if !self.plan.tool_env.is_empty() {
+            let names: Vec<&str> = self.plan.tool_env.iter().map(|(k, _)| k.as_str()).collect();
+            env.push((ENV_TOOL_ENV, names.join(",")));
+        }
+        env
     }
 
     /// Reads the spec back and re-validates everything that will reach a tool's argument vector
@@ -93,7 +101,20 @@ impl EnvSpec {
         {
             return Err(bad(ENV_NIXPKGS, &nixpkgs, "is not a flake reference"));
         }
+        let mut tool_env: Vec<(String, String)> = Vec::new();
+        for name in get(ENV_TOOL_ENV).unwrap_or_default().split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if tool_scope(name).is_none() || tool_env.iter().any(|(k, _)| k == name) {
+                return Err(bad(ENV_TOOL_ENV, name, "is not a tool variable, or is named twice"));
+            }
+            let value = get(name).ok_or_else(|| bad(ENV_TOOL_ENV, name, "names a variable that is not set"))?;
+            tool_env.push((name.to_string(), value));
+        }
+        tool_env.sort();
         let index_url = get(ENV_INDEX_URL).unwrap_or_default();
+        let effective = effective_index(tool_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        if !valid_index_url(&index_url) || index_url != effective {
+            return Err(bad(ENV_INDEX_URL, &index_url, "is not the index uv will use (UV_DEFAULT_INDEX, else UV_INDEX_URL, else PyPI)"));
+        }
         let abs = |name: &'static str| -> Result<String, EnvSpecError> {
             let v = req(name)?;
             let p = std::path::Path::new(&v);
@@ -104,7 +125,11 @@ impl EnvSpec {
         };
         let uv_root = abs(ENV_UV_ROOT)?;
         let nix_dir = abs(ENV_NIX_DIR)?;
-        Ok(Self { plan: EnvPlan { id, system, python, python_version, nixpkgs, index_url }, uv_root, nix_dir })
+        Ok(Self {
+            plan: EnvPlan { id, system, python, python_version, nixpkgs, index_url, tool_env },
+            uv_root,
+            nix_dir,
+        })
     }
 }
 
@@ -143,6 +168,10 @@ mod tests {
             (ENV_NIXPKGS, "--impure"),
             (ENV_UV_ROOT, "relative/dir"),
             (ENV_NIX_DIR, "/nixuv/../etc"),
+            (ENV_INDEX_URL, "https://pypi.org/simple\npython=six"),
+            (ENV_INDEX_URL, "https://other.example/simple"),
+            (ENV_TOOL_ENV, "PATH"),
+            (ENV_TOOL_ENV, "UV_INDEX"),
         ];
         for (name, value) in cases {
             let mut env = good.clone();
@@ -153,5 +182,30 @@ mod tests {
         let mut env = good.clone();
         env.remove(ENV_ID);
         assert_eq!(EnvSpec::from_env(|k| env.get(k).cloned()), Err(EnvSpecError::Missing(ENV_ID)));
+    }
+
+    #[test]
+    fn tool_variables_travel_and_bind_the_id() {
+        let cfg = Config::from_yaml(
+            "initEnv: [{name: UV_DEFAULT_INDEX, value: 'https://mirror.example/simple'}, {name: NIX_CONFIG, value: \"a = 1\\nb = 2\"}, {name: OTHER, value: x}]",
+        )
+        .unwrap();
+        let ann = BTreeMap::from([("nixuv.io/python-deps".to_string(), "six".to_string())]);
+        let plan = EnvPlan::new(&declared(None, Some(&ann)).unwrap(), &cfg);
+        let mut env: HashMap<&str, String> = EnvSpec::for_plan(&plan).to_env().into_iter().collect();
+        assert_eq!(env[ENV_TOOL_ENV], "NIX_CONFIG,UV_DEFAULT_INDEX");
+        for e in &cfg.file.init_env {
+            env.insert(e.name.as_str(), e.value.clone());
+        }
+        let back = EnvSpec::from_env(|k| env.get(k).cloned()).unwrap();
+        assert_eq!(back.plan, plan);
+        assert_eq!(crate::inject::plan::env_id(&back.plan.canonical()), plan.id);
+        // Another index in the container's env gives another id, which the materialize refuses.
+        env.insert("UV_DEFAULT_INDEX", "https://evil.example/simple".into());
+        let err = EnvSpec::from_env(|k| env.get(k).cloned()).unwrap_err();
+        assert!(err.to_string().contains(ENV_INDEX_URL), "{err}");
+        env.insert(ENV_INDEX_URL, "https://evil.example/simple".into());
+        let tampered = EnvSpec::from_env(|k| env.get(k).cloned()).unwrap();
+        assert_ne!(crate::inject::plan::env_id(&tampered.plan.canonical()), plan.id);
     }
 }

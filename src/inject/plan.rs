@@ -33,6 +33,62 @@ pub struct EnvPlan {
     pub python_version: String,
     pub nixpkgs: String,
     pub index_url: String,
+    /// The variables of the init container's environment that reach nix or uv (the admin's
+    /// `initEnv`), sorted by name: part of the id, so an env built under another index, proxy or
+    /// tool option is another env.
+    pub tool_env: Vec<(String, String)>,
+}
+
+/// Which tool a variable of the init container's environment reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolScope {
+    /// uv: `UV_*`.
+    Python,
+    /// nix-portable and nix: `NP_*`, `NIX_*`.
+    System,
+    /// Both: where they trust certificates and which proxy they use.
+    Both,
+}
+
+/// The variables nixuv binds into the env id (and strips from the tools' environment unless the
+/// webhook declared them): everything that can change what uv or nix fetch.
+pub fn tool_scope(name: &str) -> Option<ToolScope> {
+    if name.starts_with("UV_") {
+        return Some(ToolScope::Python);
+    }
+    if name.starts_with("NP_") || name.starts_with("NIX_") {
+        return Some(ToolScope::System);
+    }
+    const BOTH: &[&str] = &[
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "CURL_CA_BUNDLE",
+        "REQUESTS_CA_BUNDLE",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "NO_PROXY",
+    ];
+    BOTH.iter().any(|b| b.eq_ignore_ascii_case(name)).then_some(ToolScope::Both)
+}
+
+/// An index URL as it may enter the env id and reach uv: `http(s)://` or `file://`, no
+/// whitespace or control characters (the id's canonical form is line-based).
+pub fn valid_index_url(url: &str) -> bool {
+    ["https://", "http://", "file://"].iter().any(|p| url.starts_with(p))
+        && !url.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// uv's own default index, used when `initEnv` names none.
+pub const DEFAULT_INDEX_URL: &str = "https://pypi.org/simple";
+
+/// The index uv uses given the tool variables: `UV_DEFAULT_INDEX`, else `UV_INDEX_URL`, else
+/// uv's default.
+pub fn effective_index<'a>(tool_env: impl IntoIterator<Item = (&'a str, &'a str)> + Clone) -> String {
+    ["UV_DEFAULT_INDEX", "UV_INDEX_URL"]
+        .iter()
+        .find_map(|k| tool_env.clone().into_iter().find(|(n, _)| n == k).map(|(_, v)| v.to_string()))
+        .unwrap_or_else(|| DEFAULT_INDEX_URL.into())
 }
 
 impl EnvPlan {
@@ -44,6 +100,7 @@ impl EnvPlan {
             python_version: declared.python_version.clone().unwrap_or_else(|| cfg.file.default_python.clone()),
             nixpkgs: cfg.file.nixpkgs.clone(),
             index_url: cfg.index_url.clone(),
+            tool_env: cfg.tool_env.clone(),
         };
         plan.id = env_id(&plan.canonical());
         plan
@@ -68,6 +125,7 @@ impl EnvPlan {
                 out.push_str(s);
                 out.push('\n');
             }
+            self.push_tool_env(&mut out, "system-env=", ToolScope::System);
         }
         if !self.python.is_empty() {
             out.push_str("python-version=");
@@ -84,8 +142,23 @@ impl EnvPlan {
                 out.push_str(p);
                 out.push('\n');
             }
+            self.push_tool_env(&mut out, "python-env=", ToolScope::Python);
         }
         out
+    }
+
+    /// `key=NAME=<value as a JSON string>` per bound variable of `scope` (or both): a value may
+    /// hold newlines (NIX_CONFIG), which JSON escapes, so no value can forge another line.
+    fn push_tool_env(&self, out: &mut String, key: &str, scope: ToolScope) {
+        for (name, value) in &self.tool_env {
+            if matches!(tool_scope(name), Some(s) if s == scope || s == ToolScope::Both) {
+                out.push_str(key);
+                out.push_str(name);
+                out.push('=');
+                out.push_str(&serde_json::to_string(value).expect("a string serialises"));
+                out.push('\n');
+            }
+        }
     }
 
     pub fn has_system(&self) -> bool {
@@ -171,6 +244,26 @@ mod tests {
         assert_ne!(base.id, plan("clang", "numpy", None).id, "system dep");
         // The Python version does not matter without Python deps.
         assert_eq!(plan("gcc", "", None).id, plan("gcc", "", Some("3.11")).id);
+    }
+
+    #[test]
+    fn tool_variables_change_the_id_of_the_part_they_reach() {
+        let with = |env: &[(&str, &str)], sys: &str, py: &str| {
+            let mut p = plan(sys, py, None);
+            p.tool_env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            env_id(&p.canonical())
+        };
+        let base = with(&[], "gcc", "numpy");
+        assert_ne!(base, with(&[("UV_INDEX", "https://evil.example/simple")], "gcc", "numpy"));
+        assert_ne!(base, with(&[("NIX_CONFIG", "substituters = https://evil")], "gcc", "numpy"));
+        assert_ne!(base, with(&[("HTTPS_PROXY", "http://proxy:3128")], "gcc", "numpy"));
+        // uv's variables do not touch a system-only env, nix's not a Python-only one.
+        assert_eq!(with(&[], "gcc", ""), with(&[("UV_INDEX", "x")], "gcc", ""));
+        assert_eq!(with(&[], "", "numpy"), with(&[("NP_RUNTIME", "proot")], "", "numpy"));
+        // A newline in a value cannot forge a line of the canonical form.
+        let mut p = plan("", "idna, six", None);
+        p.tool_env = vec![("UV_FIND_LINKS".into(), "x\npython=six".into())];
+        assert_eq!(p.canonical().lines().filter(|l| l.starts_with("python=")).count(), 2);
     }
 
     #[test]

@@ -2,12 +2,12 @@
 //! lets nix and uv free what nothing references any more.
 
 use std::ffi::OsString;
-use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::layout::Layout;
-use super::lease::{self, age, Lease};
+use super::layout::{self, Layout};
+use super::lease::{self, Lease};
+use super::store::{Kind, StoreDir};
 use super::tool::Tool;
 use super::{io, MaterializeError};
 
@@ -29,54 +29,96 @@ pub struct GcReport {
 }
 
 /// Whether the env's last use (the `.used` stamp, else the marker's own time) is over `max_age` ago.
-fn unused_for(layout: &Layout, id: &str, max_age: Duration) -> bool {
-    age(&layout.used(id)).or_else(|| age(&layout.marker(id))).is_some_and(|a| a > max_age)
+fn unused_for(state: &StoreDir, id: &str, max_age: Duration) -> bool {
+    state
+        .age(layout::used_name(id))
+        .or_else(|| state.age(layout::marker_name(id)))
+        .is_some_and(|a| a > max_age)
 }
 
-fn remove_env(layout: &Layout, id: &str) -> Result<(), MaterializeError> {
-    // The marker first: from here on a materialize rebuilds instead of trusting what follows.
-    let marker = layout.marker(id);
-    if let Err(e) = fs::remove_file(&marker) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            return Err(io(&marker)(e));
+/// Removes env `id`: its marker first (from then on a materialize rebuilds instead of trusting
+/// what follows), then the venv its `envs/` link names, but only when the link names exactly a
+/// `.H.<nonce>` directory of `envs/` (anything else planted there is unlinked, never followed),
+/// then its profile links and its stamp.
+fn remove_env(layout: &Layout, state: &StoreDir, envs: Option<&StoreDir>, id: &str) -> Result<(), MaterializeError> {
+    state.remove_entry(layout::marker_name(id))?;
+    if let Some(envs) = envs {
+        match envs.kind(id) {
+            Kind::Symlink => {
+                let target = envs.read_link(id);
+                envs.remove_entry(id)?;
+                if let Some(t) = target.as_deref().and_then(Path::to_str) {
+                    if layout::is_venv_name(id, t) && envs.kind(t) == Kind::Dir {
+                        envs.remove_entry(t)?;
+                    }
+                }
+            }
+            Kind::Absent => {}
+            // A directory or file planted at `envs/H`: removed itself (nothing it points at).
+            _ => envs.remove_entry(id)?,
         }
     }
-    let link = layout.venv_link(id);
-    if let Ok(target) = fs::read_link(&link) {
-        let _ = fs::remove_file(&link);
-        let dir = layout.envs().join(target);
-        if dir.starts_with(layout.envs()) {
-            fs::remove_dir_all(&dir).map_err(io(&dir))?;
-        }
-    }
-    if let Ok(entries) = fs::read_dir(layout.profiles()) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
+    if let Some(profiles) = layout.nix_subdir(layout::PROFILES, false)? {
+        for name in profiles.names()? {
             if name == id || (name.starts_with(&format!("{id}-")) && name.ends_with("-link")) {
-                let _ = fs::remove_file(e.path());
+                profiles.remove_entry(&name)?;
             }
         }
     }
-    let _ = fs::remove_file(layout.used(id));
+    state.remove_entry(layout::used_name(id))?;
     Ok(())
+}
+
+/// Removes what a build killed half-way left in `envs/`: venv directories `.H.<nonce>` that no
+/// `envs/H` link names and leftover `.H.link-<nonce>` links, once their env's lease is dead and
+/// they are older than two lease lifetimes. Names nixuv never makes are left alone.
+fn sweep_orphans(envs: &StoreDir, locks: Option<&StoreDir>, opts: &GcOptions) -> Result<usize, MaterializeError> {
+    let names = envs.names()?;
+    let published: Vec<PathBuf> = names.iter().filter_map(|n| envs.read_link(n)).collect();
+    let mut removed = 0;
+    for name in &names {
+        let Some(rest) = name.strip_prefix('.') else { continue };
+        let Some((id, tail)) = rest.split_once('.') else { continue };
+        let ours = layout::is_env_id(id)
+            && (layout::is_env_id(tail) || tail.strip_prefix("link-").is_some_and(layout::is_env_id));
+        let old = envs.age(name).is_some_and(|a| a > opts.lease_ttl * 2);
+        let busy = locks.is_some_and(|l| lease::is_held(l, &layout::lease_name(id), opts.lease_ttl));
+        if !ours || !old || busy || published.iter().any(|p| p == Path::new(name)) {
+            continue;
+        }
+        if !opts.dry_run {
+            envs.remove_entry(name)?;
+        }
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 pub fn gc(layout: &Layout, opts: &GcOptions) -> Result<GcReport, MaterializeError> {
     let mut report = GcReport::default();
-    let state = layout.state();
-    let ids: Vec<String> = match fs::read_dir(&state) {
-        Ok(rd) => rd
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).map(String::from))
-            .filter(|id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+    if !layout.uv_root.is_dir() {
+        return Err(io(&layout.uv_root)(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the uv store root does not exist (is the volume mounted at --uv-root?)",
+        )));
+    }
+    // Layout directories that are links (or files) are refused here, never followed: gc removes.
+    let state = layout.uv_dir(layout::STATE, false)?;
+    let envs = layout.uv_dir(layout::ENVS, false)?;
+    let locks = layout.uv_dir(layout::LOCKS, false)?;
+    let mut ids: Vec<String> = match &state {
+        Some(st) => st
+            .names()?
+            .into_iter()
+            .filter_map(|n| n.strip_suffix(".json").map(String::from))
+            .filter(|id| layout::is_env_id(id))
             .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(io(&state)(e)),
+        None => Vec::new(),
     };
-    let mut ids = ids;
     ids.sort();
     for id in ids {
-        if !unused_for(layout, &id, opts.max_age) {
+        let state = state.as_ref().expect("ids come from the state directory");
+        if !unused_for(state, &id, opts.max_age) {
             report.kept.push(id);
             continue;
         }
@@ -86,44 +128,26 @@ pub fn gc(layout: &Layout, opts: &GcOptions) -> Result<GcReport, MaterializeErro
         }
         // Hold the env's lease while removing: a build of the same env waits, and an env being
         // built (live lease) is left alone.
-        let held = Lease::acquire(&layout.env_lease(&id), opts.lease_ttl, Duration::ZERO, || false, |_| {});
+        let locks = match &locks {
+            Some(l) => l,
+            None => &StoreDir::ensure(&layout.uv_root, layout::LOCKS)?,
+        };
+        let held = Lease::acquire(locks, &layout::lease_name(&id), opts.lease_ttl, Duration::ZERO, || false, |_| {});
         let Ok(Some(_lease)) = held else {
             report.skipped_busy.push(id);
             continue;
         };
         // Re-check under the lease: a materialize may have used it a moment ago.
-        if !unused_for(layout, &id, opts.max_age) {
+        if !unused_for(state, &id, opts.max_age) {
             report.kept.push(id);
             continue;
         }
-        remove_env(layout, &id)?;
+        remove_env(layout, state, envs.as_ref(), &id)?;
         tracing::info!(env = %id, "removed unused env");
         report.removed.push(id);
     }
-    // Build directories that were never published (a build killed half-way), once their lease is
-    // dead and they are older than two lease lifetimes.
-    if let Ok(rd) = fs::read_dir(layout.envs()) {
-        let published: Vec<std::path::PathBuf> = fs::read_dir(layout.envs())
-            .map(|r| r.flatten().filter_map(|e| fs::read_link(e.path()).ok()).collect())
-            .unwrap_or_default();
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix('.') else { continue };
-            let id = rest.split('.').next().unwrap_or("");
-            let old = age(&e.path()).is_some_and(|a| a > opts.lease_ttl * 2);
-            if !old
-                || published.iter().any(|p| p == Path::new(&name))
-                || lease::is_held(&layout.env_lease(id), opts.lease_ttl)
-            {
-                continue;
-            }
-            if !opts.dry_run {
-                let p = e.path();
-                let res = if p.is_dir() && !p.is_symlink() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
-                res.map_err(io(&p))?;
-            }
-            report.orphans_removed += 1;
-        }
+    if let Some(envs) = &envs {
+        report.orphans_removed = sweep_orphans(envs, locks.as_ref(), opts)?;
     }
     if opts.prune_stores && !opts.dry_run {
         prune(layout, opts)?;
@@ -134,7 +158,8 @@ pub fn gc(layout: &Layout, opts: &GcOptions) -> Result<GcReport, MaterializeErro
 fn prune(layout: &Layout, opts: &GcOptions) -> Result<(), MaterializeError> {
     if layout.nix_dir.join("store").is_dir() {
         if let Some(np_location) = layout.np_location() {
-            let _store = Lease::hold(&layout.store_lease(), opts.lease_ttl, Duration::from_secs(3600), |_| {})?;
+            let locks = StoreDir::ensure(&layout.nix_dir, layout::NIX_LOCKS)?;
+            let _store = Lease::hold(&locks, layout::STORE_LEASE, opts.lease_ttl, Duration::from_secs(3600), |_| {})?;
             let np = Tool::from_env("nix-portable", "NIXUV_NIX_PORTABLE", "nix-portable");
             let args: Vec<OsString> = ["nix", "--extra-experimental-features", "nix-command", "store", "gc"]
                 .iter()
@@ -144,8 +169,10 @@ fn prune(layout: &Layout, opts: &GcOptions) -> Result<(), MaterializeError> {
                 .map_err(|source| MaterializeError::Tool { what: "nix store gc".into(), source })?;
         }
     }
-    if layout.uv_cache().is_dir() {
-        let _cache = Lease::hold(&layout.uv_cache_lease(), opts.lease_ttl, Duration::from_secs(3600), |_| {})?;
+    // `uv cache prune` removes in whatever directory it is given: a cache that is a link is refused.
+    if StoreDir::open(&layout.uv_root, "cache", false)?.is_some() {
+        let locks = StoreDir::ensure(&layout.uv_root, layout::LOCKS)?;
+        let _cache = Lease::hold(&locks, layout::UV_CACHE_LEASE, opts.lease_ttl, Duration::from_secs(3600), |_| {})?;
         let uv = Tool::from_env("uv", "NIXUV_UV", "uv");
         let args: Vec<OsString> = vec!["cache".into(), "prune".into()];
         uv.run(&args, &[("UV_CACHE_DIR", layout.uv_cache().into())], &[], None)

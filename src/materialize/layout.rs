@@ -20,6 +20,41 @@
 
 use std::path::{Path, PathBuf};
 
+use super::store::{StoreDir, StoreError};
+
+/// The layout directories, relative to their volume; opened through [`StoreDir`] only.
+pub const ENVS: &str = "envs";
+pub const STATE: &str = ".nixuv/envs";
+pub const LOCKS: &str = ".nixuv/locks";
+pub const PROFILES: &str = "var/nix/profiles/nixuv";
+pub const NIX_LOCKS: &str = "var/nixuv/locks";
+pub const UV_CACHE_LEASE: &str = "uv-cache.lease";
+pub const STORE_LEASE: &str = "store.lease";
+
+pub fn marker_name(id: &str) -> String {
+    format!("{id}.json")
+}
+pub fn used_name(id: &str) -> String {
+    format!("{id}.used")
+}
+pub fn lease_name(id: &str) -> String {
+    format!("{id}.lease")
+}
+
+/// True for a 16-hex-char env id (lower case, as nixuv writes them).
+pub fn is_env_id(s: &str) -> bool {
+    s.len() == 16 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// True for the name of a venv directory that nixuv builds for env `id`: `.<id>.<16 hex>`. A
+/// published `envs/<id>` link is trusted only when it names exactly this.
+pub fn is_venv_name(id: &str, name: &str) -> bool {
+    name.strip_prefix('.')
+        .and_then(|r| r.strip_prefix(id))
+        .and_then(|r| r.strip_prefix('.'))
+        .is_some_and(is_env_id)
+}
+
 #[derive(Debug, Clone)]
 pub struct Layout {
     pub uv_root: PathBuf,
@@ -31,35 +66,19 @@ impl Layout {
     pub fn new(uv_root: impl Into<PathBuf>, nix_dir: impl Into<PathBuf>) -> Self {
         Layout { uv_root: uv_root.into(), nix_dir: nix_dir.into() }
     }
+    /// A layout directory of the uv volume (see [`StoreDir::open`] for `repair`).
+    pub fn uv_dir(&self, rel: &str, repair: bool) -> Result<Option<StoreDir>, StoreError> {
+        StoreDir::open(&self.uv_root, rel, repair)
+    }
+    /// A layout directory of the nix volume.
+    pub fn nix_subdir(&self, rel: &str, repair: bool) -> Result<Option<StoreDir>, StoreError> {
+        StoreDir::open(&self.nix_dir, rel, repair)
+    }
     pub fn uv_cache(&self) -> PathBuf {
         self.uv_root.join("cache")
     }
     pub fn uv_python(&self) -> PathBuf {
         self.uv_root.join("python")
-    }
-    pub fn envs(&self) -> PathBuf {
-        self.uv_root.join("envs")
-    }
-    pub fn venv_link(&self, id: &str) -> PathBuf {
-        self.envs().join(id)
-    }
-    pub fn state(&self) -> PathBuf {
-        self.uv_root.join(".nixuv/envs")
-    }
-    pub fn marker(&self, id: &str) -> PathBuf {
-        self.state().join(format!("{id}.json"))
-    }
-    pub fn used(&self, id: &str) -> PathBuf {
-        self.state().join(format!("{id}.used"))
-    }
-    pub fn locks(&self) -> PathBuf {
-        self.uv_root.join(".nixuv/locks")
-    }
-    pub fn env_lease(&self, id: &str) -> PathBuf {
-        self.locks().join(format!("{id}.lease"))
-    }
-    pub fn uv_cache_lease(&self) -> PathBuf {
-        self.locks().join("uv-cache.lease")
     }
     /// `$NP_LOCATION`: nix-portable keeps its store at `$NP_LOCATION/.nix-portable/nix`.
     pub fn np_location(&self) -> Option<&Path> {
@@ -68,17 +87,11 @@ impl Layout {
             .then(|| parent.parent())
             .flatten()
     }
-    pub fn profiles(&self) -> PathBuf {
-        self.nix_dir.join("var/nix/profiles/nixuv")
-    }
     pub fn profile(&self, id: &str) -> PathBuf {
-        self.profiles().join(id)
+        self.nix_dir.join(PROFILES).join(id)
     }
     /// The profile as nix (and app containers) see it.
     pub fn profile_in_store_view(id: &str) -> String {
         format!("/nix/var/nix/profiles/nixuv/{id}")
-    }
-    pub fn store_lease(&self) -> PathBuf {
-        self.nix_dir.join("var/nixuv/locks/store.lease")
     }
 }

@@ -10,6 +10,7 @@
 pub mod gc;
 pub mod layout;
 pub mod lease;
+pub mod store;
 pub mod tool;
 
 use std::ffi::OsString;
@@ -23,6 +24,7 @@ use crate::envspec::{EnvSpec, EnvSpecError};
 use crate::inject::plan::env_id;
 use layout::Layout;
 use lease::{Lease, LeaseError};
+use store::{Contents, Kind, StoreDir, StoreError};
 use tool::{Tool, ToolError};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,8 @@ pub enum MaterializeError {
     },
     #[error(transparent)]
     Lease(#[from] LeaseError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("{what}: {source}")]
     Tool {
         what: String,
@@ -95,50 +99,86 @@ pub enum Outcome {
     Built,
 }
 
-fn read_marker(layout: &Layout, id: &str) -> Option<Marker> {
-    let text = fs::read_to_string(layout.marker(id)).ok()?;
-    serde_json::from_str::<Marker>(&text).ok().filter(|m| m.env == id)
+/// The most of a marker that is read: a real one is well under 64 KiB.
+const MARKER_CAP: u64 = 1 << 20;
+
+/// The env's completion marker, if it is a well-formed one for `id`. A marker that is not a
+/// regular file, too large or unreadable is malformed: treated as absent (so the env is rebuilt)
+/// and said so.
+fn read_marker(state: &StoreDir, id: &str) -> Option<Marker> {
+    let name = layout::marker_name(id);
+    match state.read_small(&name, MARKER_CAP) {
+        Ok(Contents::Bytes(b)) => match serde_json::from_slice::<Marker>(&b) {
+            Ok(m) if m.env == id => Some(m),
+            _ => {
+                tracing::warn!(env = %id, marker = %state.entry_path(&name).display(), "marker is not a marker of this env; rebuilding");
+                None
+            }
+        },
+        Ok(Contents::Malformed(why)) => {
+            tracing::warn!(env = %id, marker = %state.entry_path(&name).display(), "marker {why}; treating the env as not built");
+            None
+        }
+        _ => None,
+    }
 }
 
 /// Follows a profile symlink chain whose targets are `/nix/...` paths (as nix sees them) inside
-/// the nix volume as this process sees it.
+/// the nix volume as this process sees it. A hop that leaves `/nix` is refused: the env would not
+/// resolve inside an app container's mounts, and nixuv never made such a link.
 fn store_link_resolves(nix_dir: &Path, link: &Path) -> bool {
     let mut cur = link.to_path_buf();
     for _ in 0..16 {
-        match fs::read_link(&cur) {
-            Ok(t) => {
-                cur = match t.strip_prefix("/nix") {
-                    Ok(rest) => nix_dir.join(rest),
-                    Err(_) if t.is_absolute() => t,
-                    Err(_) => cur.parent().unwrap_or(Path::new("/")).join(t),
-                }
-            }
-            Err(_) => return cur.is_dir(),
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => {}
+            Ok(m) => return m.is_dir() && cur.starts_with(nix_dir.join("store")),
+            Err(_) => return false,
+        }
+        let Ok(t) = fs::read_link(&cur) else { return false };
+        if t.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return false;
+        }
+        cur = match t.strip_prefix("/nix") {
+            Ok(rest) => nix_dir.join(rest),
+            Err(_) if t.is_absolute() => return false,
+            Err(_) => cur.parent().unwrap_or(Path::new("/")).join(t),
         }
     }
     false
 }
 
-/// The warm-path check: the marker, and what it points at, exist.
+/// The warm-path check: a marker that records exactly this request's deps, a venv link naming a
+/// venv nixuv built for this env (a plain `.H.<nonce>` directory of `envs/`), and a profile
+/// resolving inside the nix store. Anything else is not ready, whoever wrote it.
 pub fn is_complete(layout: &Layout, spec: &EnvSpec) -> bool {
     let id = &spec.plan.id;
-    let Some(m) = read_marker(layout, id) else { return false };
-    let python_ok = !spec.plan.has_python()
+    let Ok(Some(state)) = layout.uv_dir(layout::STATE, false) else { return false };
+    let Some(m) = read_marker(&state, id) else { return false };
+    let p = &spec.plan;
+    let same_request = m.system == p.system
+        && m.python == p.python
+        && (!p.has_python() || m.python_version == p.python_version)
+        && (!p.has_system() || m.nixpkgs == p.nixpkgs);
+    if !same_request {
+        tracing::warn!(env = %id, "marker records other dependencies than this env's; rebuilding");
+        return false;
+    }
+    let python_ok = !p.has_python()
         || m.venv.as_deref().is_some_and(|v| {
-            fs::read_link(layout.venv_link(id)).is_ok_and(|t| t == Path::new(v))
-                && layout.envs().join(v).join("bin").is_dir()
+            let Ok(Some(envs)) = layout.uv_dir(layout::ENVS, false) else { return false };
+            layout::is_venv_name(id, v)
+                && envs.read_link(id).is_some_and(|t| t == Path::new(v))
+                && envs.subdir(v).is_some_and(|venv| venv.kind("bin") == Kind::Dir)
         });
-    let system_ok = !spec.plan.has_system() || store_link_resolves(&layout.nix_dir, &layout.profile(id));
+    let system_ok = !p.has_system() || store_link_resolves(&layout.nix_dir, &layout.profile(id));
     python_ok && system_ok
 }
 
-fn touch(path: &Path) {
-    if let Some(d) = path.parent() {
-        let _ = fs::create_dir_all(d);
-    }
-    let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path);
-    if let Ok(f) = f {
-        let _ = f.set_modified(SystemTime::now());
+/// Records a use of the env (the `.used` stamp's mtime), never through a planted link.
+fn touch_used(layout: &Layout, id: &str) {
+    let res = layout.uv_dir(layout::STATE, true).and_then(|d| d.expect("repaired").touch(&layout::used_name(id)));
+    if let Err(e) = res {
+        tracing::warn!(env = %id, error = %e, "could not record the env's last use");
     }
 }
 
@@ -161,21 +201,32 @@ fn secs(d: Duration) -> String {
     format!("{:.2}s", d.as_secs_f64())
 }
 
+/// The tool variables of this process's environment that the webhook did not declare (not in
+/// `NIXUV_TOOL_ENV`, so not part of the env id): stripped from the tools' environment, so that
+/// an env is built only with what its id binds.
+fn undeclared_tool_vars(spec: &EnvSpec) -> Vec<String> {
+    std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| crate::inject::plan::tool_scope(k).is_some())
+        .filter(|k| !spec.plan.tool_env.iter().any(|(n, _)| n == k))
+        .filter(|k| !crate::envspec::FIXED_TOOL_ENV.contains(&k.as_str()))
+        .collect()
+}
+
 /// Realises the system deps into the env's nix profile, under the store lease.
-fn build_system(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<(), MaterializeError> {
+fn build_system(layout: &Layout, spec: &EnvSpec, opts: &Options, strip: &[&str]) -> Result<(), MaterializeError> {
     let np = Tool::from_env("nix-portable", "NIXUV_NIX_PORTABLE", "nix-portable");
     let np_location = layout.np_location().ok_or_else(|| MaterializeError::NixDir(layout.nix_dir.clone()))?;
     let id = &spec.plan.id;
-    let _store = Lease::hold(&layout.store_lease(), opts.lease_ttl, opts.wait_timeout, |note| {
+    let locks = StoreDir::ensure(&layout.nix_dir, layout::NIX_LOCKS)?;
+    let _store = Lease::hold(&locks, layout::STORE_LEASE, opts.lease_ttl, opts.wait_timeout, |note| {
         tracing::info!(env = %id, "nix store: {note}");
     })?;
-    let profiles = layout.profiles();
-    fs::create_dir_all(&profiles).map_err(io(&profiles))?;
+    let profiles = StoreDir::ensure(&layout.nix_dir, layout::PROFILES)?;
     // A build that died half-way may have left generation links; start the profile afresh.
-    for entry in fs::read_dir(&profiles).map_err(io(&profiles))?.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
+    for name in profiles.names()? {
         if name == *id || (name.starts_with(&format!("{id}-")) && name.ends_with("-link")) {
-            let _ = fs::remove_file(entry.path());
+            profiles.remove_entry(&name)?;
         }
     }
     let mut args: Vec<OsString> =
@@ -187,7 +238,7 @@ fn build_system(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<(), M
     args.extend(spec.plan.system.iter().map(|a| OsString::from(format!("{}#{a}", spec.plan.nixpkgs))));
     let start = Instant::now();
     tracing::info!(env = %id, deps = %spec.plan.system.join(" "), nixpkgs = %spec.plan.nixpkgs, "system deps: realising with nix-portable");
-    np.run(&args, &[("NP_LOCATION", np_location.as_os_str().to_owned())], &[], None).map_err(|source| {
+    np.run(&args, &[("NP_LOCATION", np_location.as_os_str().to_owned())], strip, None).map_err(|source| {
         let msg = source.to_string();
         let who = culprits(&spec.plan.system, &msg, |a| a.to_string());
         MaterializeError::Tool { what: format!("system dep {}", quote_list(&who)), source }
@@ -198,38 +249,47 @@ fn build_system(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<(), M
 
 /// Creates the env's venv with uv and installs the requirements; returns the venv's directory
 /// name under `envs/`.
-fn build_python(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<String, MaterializeError> {
+fn build_python(layout: &Layout, spec: &EnvSpec, opts: &Options, strip: &[&str]) -> Result<String, MaterializeError> {
     let uv = Tool::from_env("uv", "NIXUV_UV", "uv");
     let id = &spec.plan.id;
-    let envs = layout.envs();
-    fs::create_dir_all(&envs).map_err(io(&envs))?;
+    let envs = StoreDir::ensure(&layout.uv_root, layout::ENVS)?;
     let name = format!(".{id}.{}", lease::nonce());
-    let venv = envs.join(&name);
+    let venv = envs.entry_path(&name);
     let mut env: Vec<(&str, OsString)> = vec![
         ("UV_CACHE_DIR", layout.uv_cache().into()),
         ("UV_PYTHON_INSTALL_DIR", layout.uv_python().into()),
         // Cache and venv share the volume: hard links, not copies (uv's default is `clone`).
         ("UV_LINK_MODE", "hardlink".into()),
+        // uv reads `uv.toml` / `pyproject.toml` from the working directory up and from the user's
+        // config: anyone who can write the store could plant one there (another index). Only the
+        // environment, which the env id binds, configures uv.
+        ("UV_NO_CONFIG", "1".into()),
     ];
     if std::env::var_os("UV_PYTHON_PREFERENCE").is_none() {
         // The interpreter must live on the uv volume, where app containers can reach it.
         env.push(("UV_PYTHON_PREFERENCE", "only-managed".into()));
     }
-    let remove = ["VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT", "PYTHONHOME", "PYTHONPATH"];
-    let _cache = Lease::hold(&layout.uv_cache_lease(), opts.lease_ttl, opts.wait_timeout, |note| {
+    let mut remove = vec!["VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT", "PYTHONHOME", "PYTHONPATH"];
+    remove.extend_from_slice(strip);
+    let locks = StoreDir::ensure(&layout.uv_root, layout::LOCKS)?;
+    let _cache = Lease::hold(&locks, layout::UV_CACHE_LEASE, opts.lease_ttl, opts.wait_timeout, |note| {
         tracing::info!(env = %id, "uv cache: {note}");
     })?;
     let start = Instant::now();
     let version = &spec.plan.python_version;
     tracing::info!(env = %id, python = %version, "python: creating the venv");
     let args: Vec<OsString> = vec!["venv".into(), "--python".into(), version.into(), venv.clone().into()];
-    uv.run(&args, &env, &remove, Some(&envs))
+    uv.run(&args, &env, &remove, Some(envs.path()))
         .map_err(|source| MaterializeError::Tool { what: format!("python {version:?}"), source })?;
     tracing::info!(env = %id, python = %version, elapsed = %secs(start.elapsed()), "python: venv ready");
-    let reqs = venv.join("nixuv-requirements.txt");
+    // The new venv is opened without following links, and the requirements written under a
+    // random name: someone watching `envs/` cannot redirect the write.
+    let venv_dir = envs.subdir(&name).ok_or_else(|| {
+        io(&venv)(std::io::Error::other("the new venv is not a plain directory (replaced while building?)"))
+    })?;
     let mut text = spec.plan.python.join("\n");
     text.push('\n');
-    fs::write(&reqs, text).map_err(io(&reqs))?;
+    venv_dir.write_atomic("nixuv-requirements.txt", text.as_bytes(), 0o644)?;
     let start = Instant::now();
     tracing::info!(env = %id, deps = %spec.plan.python.join(", "), "python deps: resolving and installing with uv");
     let args: Vec<OsString> = vec![
@@ -238,9 +298,9 @@ fn build_python(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<Strin
         "--python".into(),
         venv.join("bin/python").into(),
         "-r".into(),
-        reqs.into(),
+        venv.join("nixuv-requirements.txt").into(),
     ];
-    uv.run(&args, &env, &remove, Some(&envs)).map_err(|source| {
+    uv.run(&args, &env, &remove, Some(envs.path())).map_err(|source| {
         let msg = source.to_string();
         let who = culprits(&spec.plan.python, &msg, |r| {
             r.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
@@ -254,25 +314,24 @@ fn build_python(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<Strin
     Ok(name)
 }
 
-/// Writes `contents` to `path` via a temporary file and a rename, so readers see all or nothing.
-fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), MaterializeError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io(dir))?;
-    crate::certs::write_atomic(path, contents, 0o644).map_err(io(path))
-}
-
 fn build(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<(), MaterializeError> {
     let start = Instant::now();
     let id = &spec.plan.id;
+    let undeclared = undeclared_tool_vars(spec);
+    if !undeclared.is_empty() {
+        tracing::warn!(env = %id, ignored = %undeclared.join(","), "tool variables not declared by the webhook (not part of the env id) are not passed to the tools");
+    }
+    let strip: Vec<&str> = undeclared.iter().map(String::as_str).collect();
+    let state = StoreDir::ensure(&layout.uv_root, layout::STATE)?;
+    // The marker first: from here on nothing trusts what a half-done build leaves behind.
+    state.remove_entry(layout::marker_name(id))?;
     if spec.plan.has_system() {
-        build_system(layout, spec, opts)?;
+        build_system(layout, spec, opts, &strip)?;
     }
     let venv = if spec.plan.has_python() {
-        let name = build_python(layout, spec, opts)?;
+        let name = build_python(layout, spec, opts, &strip)?;
         // Publish: a new symlink renamed over `envs/H` (atomic); readers see the old or the new.
-        let tmp = layout.envs().join(format!(".{id}.link-{}", lease::nonce()));
-        std::os::unix::fs::symlink(&name, &tmp).map_err(io(&tmp))?;
-        fs::rename(&tmp, layout.venv_link(id)).map_err(io(&layout.venv_link(id)))?;
+        StoreDir::ensure(&layout.uv_root, layout::ENVS)?.symlink_atomic(&name, id)?;
         Some(name)
     } else {
         None
@@ -287,7 +346,7 @@ fn build(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<(), Material
         built_at_unix: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs(),
         build_seconds: start.elapsed().as_secs_f64(),
     };
-    write_atomic(&layout.marker(id), &serde_json::to_vec_pretty(&marker).expect("serialises"))?;
+    state.write_atomic(&layout::marker_name(id), &serde_json::to_vec_pretty(&marker).expect("serialises"), 0o644)?;
     Ok(())
 }
 
@@ -303,7 +362,7 @@ pub fn materialize(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<Ou
     }
     let start = Instant::now();
     if is_complete(layout, spec) {
-        touch(&layout.used(id));
+        touch_used(layout, id);
         tracing::info!(env = %id, elapsed_ms = start.elapsed().as_millis() as u64, "env ready (already built)");
         return Ok(Outcome::Cached);
     }
@@ -314,8 +373,10 @@ pub fn materialize(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<Ou
         python_version = %spec.plan.python_version,
         "env not built yet: taking the build lease"
     );
+    let locks = StoreDir::ensure(&layout.uv_root, layout::LOCKS)?;
     let lease = Lease::acquire(
-        &layout.env_lease(id),
+        &locks,
+        &layout::lease_name(id),
         opts.lease_ttl,
         opts.wait_timeout,
         || is_complete(layout, spec),
@@ -338,7 +399,7 @@ pub fn materialize(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<Ou
             Outcome::Built
         }
     };
-    touch(&layout.used(id));
+    touch_used(layout, id);
     Ok(outcome)
 }
 

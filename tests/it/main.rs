@@ -8,4 +8,5 @@ mod lifecycle;
 mod materialize;
 mod preview;
 mod properties;
+mod store;
 mod webhook;

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::common;
 
-fn support(name: &str) -> PathBuf {
+pub fn support(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support").join(name)
 }
 
@@ -162,7 +162,7 @@ fn env_map(container: &Value) -> BTreeMap<String, String> {
 }
 
 /// `in-pod` with the container's volumeMounts, each volume a directory; emptyDirs are fresh.
-fn in_pod(container: &Value, vols: &Volumes, scratch: &Path) -> Command {
+pub fn in_pod(container: &Value, vols: &Volumes, scratch: &Path) -> Command {
     let mut cmd = Command::new(support("in-pod"));
     let mut mounts: Vec<(&str, &str, bool)> = container["volumeMounts"]
         .as_array()
@@ -236,17 +236,17 @@ fn init_ok(pod: &Value, vols: &Volumes) -> Output {
 }
 
 /// Runs `script` as the app container and returns its stdout, asserting it succeeded.
-fn app_stdout(pod: &Value, vols: &Volumes, script: &str) -> String {
+pub fn app_stdout(pod: &Value, vols: &Volumes, script: &str) -> String {
     let app = run_app(pod, vols, script, false);
     assert!(app.status.success(), "{}", text(&app));
     String::from_utf8_lossy(&app.stdout).into_owned()
 }
 
-fn tool_calls(vols: &Volumes) -> Vec<String> {
+pub fn tool_calls(vols: &Volumes) -> Vec<String> {
     std::fs::read_to_string(vols.path("tools.log")).unwrap_or_default().lines().map(String::from).collect()
 }
 
-fn text(o: &Output) -> String {
+pub fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
