@@ -121,7 +121,16 @@ pub struct ServeArgs {
     /// the same object); 0 turns the cache off.
     #[arg(long, env = "NIXUV_DECISION_CACHE_MIB", default_value_t = 8)]
     pub decision_cache_mib: u64,
-    /// Open connections at most; more are closed at once.
+    /// A connection that sends no request this long after its TLS handshake is closed.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    pub first_request_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/1.1 keep-alive and
+    /// HTTP/2 alike; PINGs do not count). Shorter than the API server's own idle timeout (90 s)
+    /// would make it reconnect more often; longer lets idle clients hold the budget.
+    #[arg(long, value_parser = duration, default_value = "60s")]
+    pub idle_timeout: Duration,
+    /// Open connections at most. At the limit, the longest-idle connection is closed to make room
+    /// for a new one; only when every connection has a request in flight is a new one refused.
     #[arg(long, env = "NIXUV_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
     /// After SIGTERM, keep accepting for this long with /readyz failing (endpoint propagation).

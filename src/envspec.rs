@@ -19,8 +19,16 @@ pub const ENV_TOOL_ENV: &str = "NIXUV_TOOL_ENV";
 
 /// Variables that `nixuv materialize` sets for the tools itself, from the store layout; an admin's
 /// `initEnv` may not override them.
-pub const FIXED_TOOL_ENV: &[&str] =
-    &["HOME", "TMPDIR", "UV_CACHE_DIR", "UV_PYTHON_INSTALL_DIR", "UV_LINK_MODE", "UV_NO_CONFIG", "NP_LOCATION", "VIRTUAL_ENV"];
+pub const FIXED_TOOL_ENV: &[&str] = &[
+    "HOME",
+    "TMPDIR",
+    "UV_CACHE_DIR",
+    "UV_PYTHON_INSTALL_DIR",
+    "UV_LINK_MODE",
+    "UV_NO_CONFIG",
+    "NP_LOCATION",
+    "VIRTUAL_ENV",
+];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EnvSpecError {
@@ -113,7 +121,11 @@ impl EnvSpec {
         let index_url = get(ENV_INDEX_URL).unwrap_or_default();
         let effective = effective_index(tool_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         if !valid_index_url(&index_url) || index_url != effective {
-            return Err(bad(ENV_INDEX_URL, &index_url, "is not the index uv will use (UV_DEFAULT_INDEX, else UV_INDEX_URL, else PyPI)"));
+            return Err(bad(
+                ENV_INDEX_URL,
+                &index_url,
+                "is not the index uv will use (UV_DEFAULT_INDEX, else UV_INDEX_URL, else PyPI)",
+            ));
         }
         let abs = |name: &'static str| -> Result<String, EnvSpecError> {
             let v = req(name)?;

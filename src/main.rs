@@ -59,6 +59,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_connections: a.max_connections.max(1),
                 shutdown_delay: a.shutdown_delay,
                 drain_timeout: a.drain_timeout,
+                first_request_timeout: a.first_request_timeout,
+                idle_timeout: a.idle_timeout,
                 decision_cache_bytes: a.decision_cache_mib.saturating_mul(1024 * 1024),
                 check_claims: a.check_claims,
                 manage_ca_bundle: a.manage_ca_bundle,

@@ -30,10 +30,7 @@ pub struct GcReport {
 
 /// Whether the env's last use (the `.used` stamp, else the marker's own time) is over `max_age` ago.
 fn unused_for(state: &StoreDir, id: &str, max_age: Duration) -> bool {
-    state
-        .age(layout::used_name(id))
-        .or_else(|| state.age(layout::marker_name(id)))
-        .is_some_and(|a| a > max_age)
+    state.age(layout::used_name(id)).or_else(|| state.age(layout::marker_name(id))).is_some_and(|a| a > max_age)
 }
 
 /// Removes env `id`: its marker first (from then on a materialize rebuilds instead of trusting

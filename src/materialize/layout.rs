@@ -49,10 +49,7 @@ pub fn is_env_id(s: &str) -> bool {
 /// True for the name of a venv directory that nixuv builds for env `id`: `.<id>.<16 hex>`. A
 /// published `envs/<id>` link is trusted only when it names exactly this.
 pub fn is_venv_name(id: &str, name: &str) -> bool {
-    name.strip_prefix('.')
-        .and_then(|r| r.strip_prefix(id))
-        .and_then(|r| r.strip_prefix('.'))
-        .is_some_and(is_env_id)
+    name.strip_prefix('.').and_then(|r| r.strip_prefix(id)).and_then(|r| r.strip_prefix('.')).is_some_and(is_env_id)
 }
 
 #[derive(Debug, Clone)]

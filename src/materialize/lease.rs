@@ -28,17 +28,15 @@ const HOLDER_CAP: u64 = 256;
 
 /// Who holds a lease: written into the file for humans and logs.
 pub fn holder_id() -> String {
-    let host = std::env::var("HOSTNAME").ok().or_else(|| std::fs::read_to_string("/etc/hostname").ok()).unwrap_or_default();
+    let host =
+        std::env::var("HOSTNAME").ok().or_else(|| std::fs::read_to_string("/etc/hostname").ok()).unwrap_or_default();
     format!("{}:{}:{}", sanitise(host.trim()), std::process::id(), nonce())
 }
 
 /// A holder id as it may be printed: at most 96 characters of `[A-Za-z0-9.:_-]`. A lease file is
 /// written by whoever can write the store, so its content is never printed as is.
 fn sanitise(raw: &str) -> String {
-    raw.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '_' | '-'))
-        .take(96)
-        .collect()
+    raw.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '_' | '-')).take(96).collect()
 }
 
 /// Who holds the lease `name`, as it may be logged.
@@ -237,14 +235,20 @@ mod tests {
         let old = SystemTime::now() - Duration::from_secs(60);
         OpenOptions::new().write(true).open(&p).unwrap().set_modified(old).unwrap();
         let mut notes = Vec::new();
-        let l = Lease::acquire(&d, "x.lease", Duration::from_secs(2), Duration::from_secs(5), || false, |n| {
-            notes.push(n.to_string())
-        })
+        let l = Lease::acquire(
+            &d,
+            "x.lease",
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+            || false,
+            |n| notes.push(n.to_string()),
+        )
         .unwrap();
         assert!(l.is_some());
         assert!(notes[0].contains("took over a stale lease from dead-holder"), "{notes:?}");
         // A live holder keeps it; `done` ends the wait.
-        let got = Lease::acquire(&d, "x.lease", Duration::from_secs(2), Duration::from_secs(5), || true, |_| {}).unwrap();
+        let got =
+            Lease::acquire(&d, "x.lease", Duration::from_secs(2), Duration::from_secs(5), || true, |_| {}).unwrap();
         assert!(got.is_none());
     }
 

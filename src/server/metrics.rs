@@ -47,6 +47,10 @@ pub struct Metrics {
     pub decision_cache: Family<ResultLabels, Counter>,
     pub connections: Gauge,
     pub rejected_connections: Counter,
+    /// Idle connections closed to make room for a new one when the limit was reached.
+    pub evicted_connections: Counter,
+    /// Connections closed for sending no request within the first-request or idle timeout.
+    pub idle_closed_connections: Counter,
     pub tls_handshake_failures: Counter,
 }
 
@@ -95,6 +99,18 @@ impl Metrics {
             "Connections closed at once because the connection limit was reached",
             rejected_connections.clone(),
         );
+        let evicted_connections = Counter::default();
+        registry.register(
+            "connections_evicted",
+            "Idle connections closed to make room for a new connection at the connection limit",
+            evicted_connections.clone(),
+        );
+        let idle_closed_connections = Counter::default();
+        registry.register(
+            "connections_idle_closed",
+            "Connections closed after no request within the first-request or idle timeout",
+            idle_closed_connections.clone(),
+        );
         let tls_handshake_failures = Counter::default();
         registry.register(
             "tls_handshake_failures",
@@ -112,6 +128,8 @@ impl Metrics {
             decision_cache,
             connections,
             rejected_connections,
+            evicted_connections,
+            idle_closed_connections,
             tls_handshake_failures,
         }
     }

@@ -3,6 +3,7 @@
 //! graceful drain) is the accept loop's.
 
 pub mod cache;
+pub mod conn;
 pub mod metrics;
 pub mod tls;
 
@@ -19,9 +20,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -45,6 +45,10 @@ pub struct ServeOptions {
     pub header_read_timeout: Duration,
     pub request_timeout: Duration,
     pub handshake_timeout: Duration,
+    /// A connection that sends no request this long after its handshake is closed.
+    pub first_request_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
     pub max_connections: usize,
     pub shutdown_delay: Duration,
     pub drain_timeout: Duration,
@@ -334,51 +338,6 @@ async fn serve_plain(listener: TcpListener, app: Router, shutdown: tokio::sync::
     }
 }
 
-/// Serves one accepted connection: TLS handshake within a timeout, then HTTP/1.1 or HTTP/2.
-struct ConnSpawner {
-    acceptor: TlsAcceptor,
-    builder: auto::Builder<TokioExecutor>,
-    app: Router,
-    metrics: Arc<Metrics>,
-    handshake_timeout: Duration,
-}
-
-impl ConnSpawner {
-    fn spawn(
-        &self,
-        tcp: tokio::net::TcpStream,
-        peer: SocketAddr,
-        permit: tokio::sync::OwnedSemaphorePermit,
-        watcher: hyper_util::server::graceful::Watcher,
-    ) {
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, builder, app) = (self.acceptor.clone(), self.builder.clone(), self.app.clone());
-        let (metrics, handshake_timeout) = (Arc::clone(&self.metrics), self.handshake_timeout);
-        tokio::spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    metrics.tls_handshake_failures.inc();
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    metrics.tls_handshake_failures.inc();
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            metrics.connections.inc();
-            let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(app)).into_owned();
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-            metrics.connections.dec();
-        });
-    }
-}
-
 /// Runs the server until SIGTERM/SIGINT, then drains in-flight requests and returns.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -428,17 +387,24 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     }
     let app = router(Arc::clone(&state), opts.metrics_addr.is_none());
     let builder = http_builder(&opts);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let limit = Arc::new(tokio::sync::Semaphore::new(opts.max_connections));
+    let budget = Arc::new(tokio::sync::Semaphore::new(opts.max_connections));
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(addr = %local, "listening");
 
-    let conns = ConnSpawner {
+    let conns = conn::Spawner {
         acceptor,
         builder,
         app,
         metrics: Arc::clone(&metrics),
-        handshake_timeout: opts.handshake_timeout,
+        limits: conn::Limits {
+            handshake: opts.handshake_timeout,
+            first_request: opts.first_request_timeout,
+            idle: opts.idle_timeout,
+        },
+        registry: Arc::new(conn::Registry::default()),
+        budget: Arc::clone(&budget),
+        shutdown: drain_rx,
     };
     let signal = shutdown_signal();
     tokio::pin!(signal);
@@ -468,22 +434,24 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+        let Some(permit) = conns.permit().await else {
             metrics.rejected_connections.inc();
             drop(tcp);
             continue;
         };
-        conns.spawn(tcp, peer, permit, graceful.watcher());
+        conns.spawn(tcp, peer, permit);
     }
 
     // Drain: stop accepting, let in-flight requests finish; idle keep-alive connections are
     // closed (HTTP/1.1) or sent GOAWAY (HTTP/2).
     state.ready.store(false, Ordering::Relaxed);
     drop(listener);
-    let open = graceful.count();
+    let open = opts.max_connections - budget.available_permits();
     tracing::info!(connections = open, "draining");
-    match tokio::time::timeout(opts.drain_timeout, graceful.shutdown()).await {
-        Ok(()) => tracing::info!("drained; exiting"),
+    let _ = drain_tx.send(true);
+    let all_closed = budget.acquire_many(opts.max_connections as u32);
+    match tokio::time::timeout(opts.drain_timeout, all_closed).await {
+        Ok(_) => tracing::info!("drained; exiting"),
         Err(_) => tracing::warn!(timeout = ?opts.drain_timeout, "drain timed out; exiting with connections open"),
     }
     let _ = stop_tx.send(true);

@@ -307,28 +307,90 @@ async fn stalled_handshakes_and_slow_clients_do_not_starve_good_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connection_limit_rejects_the_excess_and_recovers() {
-    let server = Server::builder().arg("--max-connections").arg("20").arg("--handshake-timeout").arg("1s").start();
+async fn idle_connections_never_lock_clients_out() {
+    // 4,096 idle TLS connections used to lock every client out; with a budget of 20, 60 of them.
+    let server = Server::builder()
+        .arg("--max-connections")
+        .arg("20")
+        .arg("--first-request-timeout")
+        .arg("30s")
+        .arg("--idle-timeout")
+        .arg("30s")
+        .separate_metrics()
+        .start();
     let mut hold = Vec::new();
-    for _ in 0..40 {
-        hold.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    for _ in 0..60 {
+        hold.push(crate::lifecycle::raw_tls(&server).await);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Each fresh connection makes room by closing the longest-idle one: served at once.
+    for _ in 0..10 {
+        let t = Instant::now();
+        let r = server.fresh_client(&server.ca).get(server.url("/healthz")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(t.elapsed() < Duration::from_secs(2), "waited {:?}", t.elapsed());
+    }
+    let m =
+        reqwest::get(format!("http://{}/metrics", server.metrics_addr.unwrap())).await.unwrap().text().await.unwrap();
+    assert!(common::metric(&m, "nixuv_connections_evicted_total") >= 10.0, "{m}");
+    assert!(common::metric(&m, "nixuv_connections_open") <= 20.0);
     drop(hold);
-    // After the handshake timeout frees the slots, service resumes.
+}
+
+/// Reads until the server closes the connection; the time it took.
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(conn: &mut S, limit: Duration) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let t = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(limit.saturating_sub(t.elapsed()), conn.read(&mut buf)).await {
+            Err(_) => panic!("connection still open after {limit:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return t.elapsed(),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_partial_and_idle_connections_are_closed() {
+    let server = Server::builder()
+        .arg("--first-request-timeout")
+        .arg("1s")
+        .arg("--idle-timeout")
+        .arg("2s")
+        .separate_metrics()
+        .start();
+    // A handshake and then nothing, over either protocol.
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let mut c = crate::lifecycle::raw_tls_alpn(&server, alpn).await;
+        closed_within(&mut c, Duration::from_secs(8)).await;
+    }
+    // Half an HTTP/2 preface.
+    let mut c = crate::lifecycle::raw_tls_alpn(&server, b"h2").await;
+    c.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    closed_within(&mut c, Duration::from_secs(8)).await;
+    // Clients that made a request and keep the connection (HTTP/1.1 keep-alive, HTTP/2 with
+    // its PINGs answered by the client): closed once idle.
+    let (h1, h2) = (server.h1(), server.h2());
+    assert_eq!(h1.get(server.url("/healthz")).send().await.unwrap().status(), 200);
+    let r = h2.get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let metrics = format!("http://{}/metrics", server.metrics_addr.unwrap());
+    let open = |m: &str| common::metric(m, "nixuv_connections_open");
+    let m = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+    assert_eq!(open(&m), 2.0, "{m}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(r) = server.fresh_client(&server.ca).get(server.url("/healthz")).send().await {
-            if r.status() == 200 {
-                break;
-            }
+        let m = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+        if open(&m) == 0.0 {
+            assert!(common::metric(&m, "nixuv_connections_idle_closed_total") >= 5.0, "{m}");
+            break;
         }
-        assert!(Instant::now() < deadline, "never recovered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(Instant::now() < deadline, "idle connections still open: {m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let text = server.h1().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    let rejected = common::metric(&text, "nixuv_connections_rejected_total") as u64;
-    assert!(rejected >= 20, "{rejected}");
+    // And the clients reconnect transparently.
+    assert_eq!(h1.get(server.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(h2.get(server.url("/healthz")).send().await.unwrap().status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -186,6 +186,11 @@ async fn broken_config_reload_keeps_the_old_config() {
 
 /// Opens a raw TLS connection (HTTP/1.1) trusting the server's CA.
 pub async fn raw_tls(server: &Server) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    raw_tls_alpn(server, b"http/1.1").await
+}
+
+/// A TLS connection offering only `alpn`, nothing sent on it yet.
+pub async fn raw_tls_alpn(server: &Server, alpn: &[u8]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     use rustls_pki_types::pem::PemObject;
     for c in rustls_pki_types::CertificateDer::pem_slice_iter(&server.ca) {
@@ -197,7 +202,7 @@ pub async fn raw_tls(server: &Server) -> tokio_rustls::client::TlsStream<tokio::
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = vec![alpn.to_vec()];
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.unwrap()

@@ -201,7 +201,10 @@ fn materialize_rebuilds_over_planted_entries_and_never_blocks() {
     let (id2, id3, secret2) = (id.clone(), id.clone(), secret.clone());
     let cases: Vec<(&str, Plant)> = vec![
         ("FIFO at the marker", Box::new(move |uv: &Path| mkfifo(&uv.join(format!(".nixuv/envs/{id2}.json"))))),
-        ("directory at the marker", Box::new(move |uv: &Path| fs::create_dir_all(uv.join(format!(".nixuv/envs/{id3}.json/x"))).unwrap())),
+        (
+            "directory at the marker",
+            Box::new(move |uv: &Path| fs::create_dir_all(uv.join(format!(".nixuv/envs/{id3}.json/x"))).unwrap()),
+        ),
         ("marker linked to /dev/zero", {
             let id = id.clone();
             Box::new(move |uv: &Path| symlink("/dev/zero", uv.join(format!(".nixuv/envs/{id}.json"))).unwrap())
@@ -291,7 +294,7 @@ fn a_planted_marker_is_not_a_ready_env() {
     fs::create_dir_all(uv.join(".nixuv/envs")).unwrap();
     fs::create_dir_all(uv.join("envs")).unwrap();
     let forged = format!(
-        r#"{{"env":"{id}","system":[],"python":[],"pythonVersion":"{}","nixpkgs":"x","venv":"../../{}","builtAtUnix":0,"buildSeconds":0}}"#,
+        r#"{{"env":"{id}","system":[],"python":[],"pythonVersion":"{}","nixpkgs":"x","venv":"{}","builtAtUnix":0,"buildSeconds":0}}"#,
         fx.python,
         outside.path().join("venv").display()
     );
@@ -343,7 +346,17 @@ fn a_hand_written_init_container_cannot_publish_other_content_under_an_id() {
 
     // Declaring it as bound changes the id the container must carry: refused.
     let vols = Volumes::new();
-    let out = run_init(&pod, &vols, &[("UV_OVERRIDE", &ov), ("NIXUV_TOOL_ENV", "UV_FIND_LINKS,UV_OFFLINE,UV_NO_INDEX,UV_PYTHON_DOWNLOADS,UV_PYTHON_PREFERENCE,NIX_CONFIG,UV_OVERRIDE")]);
+    let out = run_init(
+        &pod,
+        &vols,
+        &[
+            ("UV_OVERRIDE", &ov),
+            (
+                "NIXUV_TOOL_ENV",
+                "UV_FIND_LINKS,UV_OFFLINE,UV_NO_INDEX,UV_PYTHON_DOWNLOADS,UV_PYTHON_PREFERENCE,NIX_CONFIG,UV_OVERRIDE",
+            ),
+        ],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("does not match the dependencies"), "{}", text(&out));
     // So does changing the value of a bound one.
