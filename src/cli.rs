@@ -121,6 +121,12 @@ pub struct ServeArgs {
     /// the same object); 0 turns the cache off.
     #[arg(long, env = "NIXUV_DECISION_CACHE_MIB", default_value_t = 8)]
     pub decision_cache_mib: u64,
+    /// `/preview` requests answered at once; more get 429 (a preview's answer outgrows its request).
+    #[arg(long, default_value_t = 2)]
+    pub preview_concurrency: usize,
+    /// Largest `/preview` answer, in bytes; a larger one gets 413.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub preview_max_output: usize,
     /// A connection that sends no request this long after its TLS handshake is closed.
     #[arg(long, value_parser = duration, default_value = "10s")]
     pub first_request_timeout: Duration,

@@ -109,6 +109,8 @@ pub struct ConfigFile {
     pub exclude_namespaces: Vec<String>,
     pub sidecars: Vec<String>,
     pub max_deps: usize,
+    /// Most containers (app and init) an opted-in Pod may have: the patch grows with them.
+    pub max_containers: usize,
     pub policy: PolicyFile,
     pub init_env: Vec<EnvVarFile>,
     pub init_resources: ResourcesFile,
@@ -134,6 +136,7 @@ impl Default for ConfigFile {
                 "cloud-sql-proxy".into(),
             ],
             max_deps: 64,
+            max_containers: 256,
             policy: PolicyFile::default(),
             init_env: Vec::new(),
             init_resources: ResourcesFile::default(),
@@ -211,14 +214,33 @@ pub struct Config {
 
 /// A bounded memo of [`crate::inject::EnvOutcome`] by declaration, shared by clones of one config.
 #[derive(Clone)]
-pub struct EnvMemo(std::sync::Arc<quick_cache::sync::Cache<Vec<u8>, std::sync::Arc<crate::inject::EnvOutcome>>>);
+pub struct EnvMemo(
+    std::sync::Arc<quick_cache::sync::Cache<Vec<u8>, std::sync::Arc<crate::inject::EnvOutcome>, MemoBytes>>,
+);
+
+/// An entry's weight: its bytes (key, plan, init container, message), not one per entry, so that
+/// a stream of huge distinct declarations cannot hold more than [`EnvMemo::BYTES`].
+#[derive(Clone)]
+pub struct MemoBytes;
+
+impl quick_cache::Weighter<Vec<u8>, std::sync::Arc<crate::inject::EnvOutcome>> for MemoBytes {
+    fn weight(&self, key: &Vec<u8>, v: &std::sync::Arc<crate::inject::EnvOutcome>) -> u64 {
+        (key.len() + v.heap_bytes() + 128) as u64
+    }
+}
 
 impl EnvMemo {
-    /// Distinct declarations kept per config (each a few KB: the plan and the init container).
-    const CAPACITY: usize = 512;
+    /// Bytes of memoised declarations kept per config (a typical one is a few KB: the plan and
+    /// the init container).
+    const BYTES: u64 = 8 << 20;
 
     fn new() -> Self {
-        EnvMemo(std::sync::Arc::new(quick_cache::sync::Cache::new(Self::CAPACITY)))
+        EnvMemo(std::sync::Arc::new(quick_cache::sync::Cache::with_weighter(1024, Self::BYTES, MemoBytes)))
+    }
+
+    /// Bytes held, as weighed.
+    pub fn weight(&self) -> u64 {
+        self.0.weight()
     }
 
     pub fn get_or_insert_with(
@@ -307,6 +329,9 @@ impl Config {
         }
         if file.max_deps == 0 {
             return Err(invalid("maxDeps", "must be at least 1"));
+        }
+        if file.max_containers == 0 {
+            return Err(invalid("maxContainers", "must be at least 1"));
         }
         for (i, e) in file.init_env.iter().enumerate() {
             if e.name.is_empty()

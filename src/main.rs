@@ -61,6 +61,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 drain_timeout: a.drain_timeout,
                 first_request_timeout: a.first_request_timeout,
                 idle_timeout: a.idle_timeout,
+                preview_concurrency: a.preview_concurrency,
+                preview_max_output: a.preview_max_output,
                 decision_cache_bytes: a.decision_cache_mib.saturating_mul(1024 * 1024),
                 check_claims: a.check_claims,
                 manage_ca_bundle: a.manage_ca_bundle,

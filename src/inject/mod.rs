@@ -153,7 +153,27 @@ pub fn decide_view(pod: &PodView, namespace: Option<&str>, cfg: &Config, claims:
     if cfg.excluded_namespaces.iter().any(|n| n == ns) {
         return Decision::allow_as(Outcome::Excluded);
     }
-    let env = cfg.envs.get_or_insert_with(&declaration_key(pod), || Arc::new(env_for(pod, cfg)));
+    let count = pod.containers().len() + pod.init_containers().len();
+    if count > cfg.file.max_containers {
+        return Decision::deny(
+            400,
+            format!(
+                "spec.containers and spec.initContainers: {count} containers, more than maxContainers ({})",
+                cfg.file.max_containers
+            ),
+        );
+    }
+    let key = declaration_key(pod);
+    if key.len() > MAX_DECLARATION_BYTES {
+        return Decision::deny(
+            400,
+            format!(
+                "the dependency declaration ({ANN_SYSTEM}, {ANN_PYTHON}, {ANN_PYTHON_VERSION}, {LABEL_SYSTEM_PREFIX}*, {LABEL_PYTHON_PREFIX}*) is {} bytes, over the limit of {MAX_DECLARATION_BYTES}",
+                key.len()
+            ),
+        );
+    }
+    let env = cfg.envs.get_or_insert_with(&key, || Arc::new(env_for(pod, cfg)));
     let (plan, init) = match &*env {
         EnvOutcome::Env { plan, init_container } => (plan, init_container),
         EnvOutcome::Deny(code, msg) => return Decision::deny(*code, msg.clone()),
@@ -223,6 +243,26 @@ pub enum EnvOutcome {
     Deny(u16, String),
     Env { plan: EnvPlan, init_container: Arc<serde_json::value::RawValue> },
 }
+
+impl EnvOutcome {
+    /// Heap bytes held (about), for the memo's byte bound.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            EnvOutcome::NoDeps => 0,
+            EnvOutcome::Deny(_, m) => m.len(),
+            EnvOutcome::Env { plan, init_container } => {
+                let strings = plan.system.iter().chain(&plan.python).map(|s| s.len() + 24).sum::<usize>();
+                let tool = plan.tool_env.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>();
+                strings + tool + plan.nixpkgs.len() + plan.index_url.len() + init_container.get().len() + 128
+            }
+        }
+    }
+}
+
+/// The longest dependency declaration (the dependency annotations and labels together) decided:
+/// `maxDeps` items of the longest allowed length fit many times over; anything larger is refused
+/// before it is parsed or memoised.
+pub const MAX_DECLARATION_BYTES: usize = 64 * 1024;
 
 fn env_for(pod: &PodView, cfg: &Config) -> EnvOutcome {
     let declared = match deps::declared(pod.labels(), pod.annotations()) {
@@ -333,6 +373,23 @@ fn container_conflicts(c: &pod::ContainerView, plan: &EnvPlan) -> Result<(), Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_declaration_memo_is_bounded_by_bytes() {
+        let cfg = Config::default();
+        // One valid item, then one too long: denied at once, but the declaration is ~60 KB.
+        let many = "x".repeat(60_000);
+        for i in 0..400 {
+            let pod = serde_json::json!({"metadata": {"labels": {"nixuv.io/inject": "true"},
+                "annotations": {"nixuv.io/system-deps": format!("a{i} {many}")}},
+                "spec": {"containers": [{"name": "app"}]}});
+            let d = decide_pod(&pod.to_string(), Some("ns"), &cfg);
+            assert!(!d.allowed);
+        }
+        // 400 declarations of ~60 KB each would be 24 MB.
+        assert!(cfg.envs.weight() <= 8 << 20, "{}", cfg.envs.weight());
+        assert!(cfg.envs.weight() > 4 << 20, "the memo is used: {}", cfg.envs.weight());
+    }
 
     fn pod(ann: &str, labels: &str) -> String {
         format!(

@@ -18,6 +18,10 @@ pub struct PreviewQuery {
 pub async fn preview(State(state): State<Arc<AppState>>, Query(q): Query<PreviewQuery>, req: Request) -> Response {
     let wants_yaml =
         req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("yaml"));
+    let Ok(_slot) = state.preview_slots.try_acquire() else {
+        state.metrics.count(Endpoint::preview, "throttled");
+        return json_error(&state, StatusCode::TOO_MANY_REQUESTS, "too many previews at once; retry shortly");
+    };
     let bytes = match read_body(&state, req.into_body()).await {
         Ok(b) => b,
         Err(resp) => return resp,
@@ -39,11 +43,28 @@ pub async fn preview(State(state): State<Arc<AppState>>, Query(q): Query<Preview
         state.metrics.count(Endpoint::preview, decision);
     }
     state.metrics.observe(Endpoint::preview, start.elapsed());
+    let too_large = |len: usize| {
+        json_error(
+            &state,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "the preview's answer would be {len} bytes, over the limit of {} (--preview-max-output); send fewer objects",
+                state.preview_max_output
+            ),
+        )
+    };
     if wants_yaml {
         let body = super::output::yaml(&docs, &previews);
+        if body.len() > state.preview_max_output {
+            return too_large(body.len());
+        }
         return ([(header::CONTENT_TYPE, HeaderValue::from_static("application/yaml"))], body).into_response();
     }
     let results = super::output::results(&previews);
     let body = if results.len() == 1 { serde_json::to_vec(&results[0]) } else { serde_json::to_vec(&results) };
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body.expect("serialises")).into_response()
+    let body = body.expect("serialises");
+    if body.len() > state.preview_max_output {
+        return too_large(body.len());
+    }
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }

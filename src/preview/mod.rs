@@ -280,6 +280,10 @@ pub fn preview_object(
 }
 
 /// Previews every object of every document; `List`s are previewed item by item.
+/// The most objects (documents and `List` items) one input may hold: far above any manifest,
+/// far below what would make the answer (the mutated objects and their patches) outgrow memory.
+pub const MAX_OBJECTS: usize = 1000;
+
 pub fn preview_documents(
     docs: &[Document],
     namespace: Option<&str>,
@@ -297,10 +301,26 @@ pub fn preview_documents(
                 .get("items")
                 .and_then(Value::as_array)
                 .ok_or_else(|| err(d.index, None, "items", "a List needs an items array"))?;
+            if out.len() + items.len() > MAX_OBJECTS {
+                return Err(err(
+                    d.index,
+                    None,
+                    "items",
+                    format!("more than {MAX_OBJECTS} objects in one input; split it"),
+                ));
+            }
             for (i, item) in items.iter().enumerate() {
                 out.push(preview_object(item, d.index, Some(i), namespace, cfg, claims)?);
             }
         } else {
+            if out.len() >= MAX_OBJECTS {
+                return Err(err(
+                    d.index,
+                    None,
+                    "(document)",
+                    format!("more than {MAX_OBJECTS} objects in one input; split it"),
+                ));
+            }
             out.push(preview_object(&d.value, d.index, None, namespace, cfg, claims)?);
         }
     }

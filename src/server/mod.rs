@@ -50,6 +50,8 @@ pub struct ServeOptions {
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    pub preview_concurrency: usize,
+    pub preview_max_output: usize,
     pub shutdown_delay: Duration,
     pub drain_timeout: Duration,
     /// Check that the configured PVCs exist (a watch cache through the Kubernetes API).
@@ -71,6 +73,11 @@ pub struct AppState {
     pub ready: AtomicBool,
     pub body_limit: usize,
     pub request_timeout: Duration,
+    /// `/preview` answers at once for at most this many requests; more get 429. A preview's
+    /// answer is larger than its request (objects and patches), unlike `/mutate`'s.
+    pub preview_slots: tokio::sync::Semaphore,
+    /// The largest `/preview` answer, in bytes; a larger one is refused with 413.
+    pub preview_max_output: usize,
 }
 
 #[derive(Serialize)]
@@ -372,6 +379,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         ready: AtomicBool::new(false),
         body_limit: opts.body_limit,
         request_timeout: opts.request_timeout,
+        preview_slots: tokio::sync::Semaphore::new(opts.preview_concurrency.max(1)),
+        preview_max_output: opts.preview_max_output,
     });
     if let Some(path) = &opts.config_path {
         spawn_config_reloader(Arc::clone(&state), path.clone(), opts.reload_interval);

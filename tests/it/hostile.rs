@@ -430,3 +430,101 @@ async fn sigterm_under_load_fails_no_request() {
     assert!(ok > 100, "{ok}");
     assert_eq!(failed, 0);
 }
+
+/// An opted-in Pod as a `/mutate` review body, with `f` applied to the Pod.
+fn pod_review(f: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let r = review_with(|r| {
+        let pod = &mut r["request"]["object"];
+        pod["metadata"]["labels"]["nixuv.io/inject"] = json!("true");
+        pod["metadata"]["annotations"] = json!({"nixuv.io/system-deps": "gcc"});
+        f(pod);
+    });
+    serde_json::to_vec(&r).unwrap()
+}
+
+async fn denial(server: &Server, body: Vec<u8>) -> String {
+    let resp = server.h1().post(server.url("/mutate")).body(body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["response"]["allowed"], false, "{}", v["response"]);
+    assert_eq!(v["response"]["status"]["code"].as_u64().map(|c| c / 100), Some(4));
+    assert!(v["response"].get("patch").is_none());
+    v["response"]["status"]["message"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_and_memo_stay_bounded() {
+    let server = Server::start();
+    let pid = server.child.id();
+    let before = rss_kib(pid);
+    // One Pod of 160,000 containers (about 2.9 MB, under the API server's cap): the patch would
+    // have been ~100 MB.
+    let body = pod_review(|pod| {
+        let c: Vec<Value> = (0..160_000).map(|i| json!({"name": format!("{i:x}")})).collect();
+        pod["spec"]["containers"] = Value::Array(c);
+    });
+    assert!(body.len() < 3 << 20, "{}", body.len());
+    let msg = denial(&server, body).await;
+    assert!(msg.contains("160000 containers, more than maxContainers (256)"), "{msg}");
+    // Distinct huge declarations: refused before they are parsed or memoised.
+    for i in 0..60 {
+        let body = pod_review(|pod| {
+            pod["metadata"]["annotations"]["nixuv.io/python-deps"] = json!(format!("a{i}, {}", "b,".repeat(500_000)));
+        });
+        let msg = denial(&server, body).await;
+        assert!(msg.contains("over the limit of 65536"), "{msg}");
+    }
+    let after = rss_kib(pid);
+    eprintln!("bounded: RSS {before} KiB -> {after} KiB");
+    assert!(after < before + 96 * 1024, "RSS grew from {before} to {after} KiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_is_bounded_in_objects_output_and_concurrency() {
+    let server = Server::builder().arg("--preview-concurrency").arg("1").start();
+    let pid = server.child.id();
+    let before = rss_kib(pid);
+    // ~27,000 tiny opted-in Pods in 4 MiB: refused, not answered with 110 MB.
+    let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","labels":{"nixuv.io/inject":"true"},"annotations":{"nixuv.io/system-deps":"gcc"}},"spec":{"containers":[{"name":"a","image":"x"}]}}"#;
+    let mut body = String::from(r#"{"apiVersion":"v1","kind":"List","items":["#);
+    while body.len() < (4 << 20) - 200 {
+        body.push_str(pod);
+        body.push(',');
+    }
+    body.pop();
+    body.push_str("]}");
+    let resp = server
+        .h1()
+        .post(server.url("/preview"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("more than 1000 objects"), "{v}");
+    let after = rss_kib(pid);
+    eprintln!("preview: RSS {before} KiB -> {after} KiB");
+    assert!(after < before + 160 * 1024, "RSS grew from {before} to {after} KiB");
+    // One preview at a time here: a second while the first is still sending its body gets 429.
+    let mut slow = crate::lifecycle::raw_tls(&server).await;
+    slow.write_all(
+        b"POST /preview HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resp = server.h1().post(server.url("/preview")).body(pod).send().await.unwrap();
+    assert_eq!(resp.status(), 429);
+    drop(slow);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resp = server.h1().post(server.url("/preview")).body(pod).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // The answer's size is capped too.
+    let small = Server::builder().arg("--preview-max-output").arg("2000").start();
+    let resp = small.h1().post(small.url("/preview")).body(pod).send().await.unwrap();
+    assert_eq!(resp.status(), 413);
+    let v: Value = resp.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("--preview-max-output"), "{v}");
+}
