@@ -164,6 +164,10 @@ pub enum Verdict {
 }
 
 impl GlobPolicy {
+    /// Whether the admin set an allow or a deny list.
+    pub fn is_set(&self) -> bool {
+        !self.allow.is_empty() || !self.deny.is_empty()
+    }
     fn compile(key: &str, lists: &GlobListsFile) -> Result<Self, ConfigError> {
         let build = |which: &str, globs: &[String]| -> Result<GlobSet, ConfigError> {
             let mut b = GlobSetBuilder::new();

@@ -191,16 +191,41 @@ pub fn decide_view(pod: &PodView, namespace: Option<&str>, cfg: &Config, claims:
     };
     let already = pod.annotation(ANN_STATUS) == Some(STATUS_INJECTED);
     if already {
-        if let Some(env) = pod.annotation(ANN_ENV) {
-            if env != plan.id {
+        // nixuv's own earlier output: trusted only when every part of it is for this env. A
+        // marker without the env, or an init container built for another env, would give the app
+        // an env that nothing builds.
+        const REDO: &str = "create the Pod from a manifest without nixuv's annotations, volumes and init container";
+        match pod.annotation(ANN_ENV) {
+            None => {
                 return Decision::deny(
                     400,
-                    format!("annotation {ANN_ENV:?}: the Pod was injected for env {env:?} but its dependencies now give env {:?}; create the Pod from a manifest without nixuv's annotations, volumes and init container", plan.id),
+                    format!(
+                    "annotation {ANN_STATUS:?} says {STATUS_INJECTED:?} but annotation {ANN_ENV:?} is missing; {REDO}"
+                ),
+                )
+            }
+            Some(env) if env != plan.id => {
+                return Decision::deny(
+                    400,
+                    format!("annotation {ANN_ENV:?}: the Pod was injected for env {env:?} but its dependencies now give env {:?}; {REDO}", plan.id),
+                );
+            }
+            Some(_) => {}
+        }
+        if let Some(init) = pod.init_containers().iter().find(|c| c.name == INIT_CONTAINER) {
+            let built = init.env_var(crate::envspec::ENV_ID).and_then(|(_, e)| e.value.as_deref());
+            if built != Some(plan.id.as_str()) {
+                return Decision::deny(
+                    400,
+                    format!("spec.initContainers[{INIT_CONTAINER:?}].env: NIXUV_ENV is {built:?}, not this Pod's env {:?}; {REDO}", plan.id),
                 );
             }
         }
     } else if let Err(msg) = conflicts(pod) {
         return Decision::deny(400, msg);
+    }
+    if let Err(msg) = own_store_mounts(pod, cfg, already) {
+        return Decision::deny(403, msg);
     }
     let containers = pod.containers();
     let mut todo = Vec::with_capacity(targets.len());
@@ -329,10 +354,46 @@ fn conflicts(pod: &PodView) -> Result<(), String> {
     Ok(())
 }
 
+/// A mount path as the kubelet will use it: `//nix`, `/nix/`, `/nixuv/./uv` and `/x/../nix` are
+/// all `/nix`-like paths, so they are compared as component lists after `.` and `..` are resolved.
+fn normalised(path: &str) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for seg in path.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    out
+}
+
+/// An opted-in Pod may not mount the store claims itself: a container of its own with write
+/// access could plant an env that every other Pod of the namespace trusts. nixuv's own volumes
+/// (on a Pod it injected before) are the exception.
+fn own_store_mounts(pod: &PodView, cfg: &Config, already: bool) -> Result<(), String> {
+    let storage = &cfg.file.storage;
+    for v in pod.volumes() {
+        if already && (v.name == VOL_NIX || v.name == VOL_UV) {
+            continue;
+        }
+        if let Some(claim) = &v.persistent_volume_claim {
+            if claim.claim_name == storage.nix_claim || claim.claim_name == storage.uv_claim {
+                return Err(format!(
+                    "spec.volumes[{:?}]: PersistentVolumeClaim {:?} is one of nixuv's shared stores; a Pod may not mount it itself (nixuv mounts it read-only into the app and writes it only from {INIT_CONTAINER})",
+                    v.name, claim.claim_name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn overlaps(a: &str, b: &str) -> bool {
-    let (a, b) = (a.trim_end_matches('/'), b.trim_end_matches('/'));
-    let under = |x: &str, y: &str| x == y || x.strip_prefix(y).is_some_and(|r| r.starts_with('/')) || y.is_empty();
-    under(a, b) || under(b, a)
+    let (a, b) = (normalised(a), normalised(b));
+    a.starts_with(&b) || b.starts_with(&a)
 }
 
 /// A target container must not already mount over the stores or set the variables nixuv owns.

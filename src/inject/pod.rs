@@ -59,7 +59,8 @@ pub struct MetaView {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct SpecView {
-    pub volumes: Option<Vec<Named>>,
+    #[serde(deserialize_with = "objects")]
+    pub volumes: Option<Vec<VolumeView>>,
     #[serde(deserialize_with = "objects")]
     pub init_containers: Option<Vec<ContainerView>>,
     #[serde(deserialize_with = "objects")]
@@ -71,6 +72,19 @@ pub struct SpecView {
 #[serde(default)]
 pub struct Named {
     pub name: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct VolumeView {
+    pub name: String,
+    pub persistent_volume_claim: Option<ClaimRefView>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ClaimRefView {
+    pub claim_name: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,7 +131,7 @@ impl PodView {
     pub fn init_containers(&self) -> &[ContainerView] {
         self.spec.as_ref().and_then(|s| s.init_containers.as_deref()).unwrap_or(&[])
     }
-    pub fn volumes(&self) -> &[Named] {
+    pub fn volumes(&self) -> &[VolumeView] {
         self.spec.as_ref().and_then(|s| s.volumes.as_deref()).unwrap_or(&[])
     }
     pub fn ephemeral_containers(&self) -> &[Named] {
@@ -135,8 +149,10 @@ impl PodView {
 }
 
 impl ContainerView {
+    /// The variable `name` as the container will see it: the last entry of that name (the
+    /// kubelet applies them in order, so a later duplicate wins).
     pub fn env_var(&self, name: &str) -> Option<(usize, &EnvView)> {
-        self.env.as_deref()?.iter().enumerate().find(|(_, e)| e.name == name)
+        self.env.as_deref()?.iter().enumerate().rev().find(|(_, e)| e.name == name)
     }
 }
 

@@ -1,4 +1,5 @@
-//! Admin policy: allow/deny globs per ecosystem and the maximum number of deps (SPEC §2).
+//! Admin policy: allow/deny globs per ecosystem and the maximum number of deps
+//! (docs/configuration.md).
 
 use super::deps::Declared;
 use crate::config::{Config, Verdict};
@@ -11,12 +12,44 @@ pub enum PolicyError {
     NotAllowed { origin: String, item: String, ecosystem: &'static str },
     #[error("the Pod declares {count} dependencies, more than maxDeps ({max})")]
     TooMany { count: usize, max: usize },
+    #[error("{origin}: {item:?} reaches its package through the package-set alias {alias:?}, which policy.system cannot check; name the package itself")]
+    Alias { origin: String, item: String, alias: String },
+}
+
+/// The first segment of a nixpkgs attribute path that is another view of the whole package set
+/// (`pkgs.tor`, `buildPackages.nmap`, `pkgsCross.<platform>.x`, `pkgsStatic.x`,
+/// `python312Packages.pkgs.x`, `python3.pkgs.x`): through it any package is reachable under a
+/// name the policy's globs do not see. `pkgsite` and the like (no capital or digit after `pkgs`)
+/// are packages, not aliases.
+pub fn package_set_alias(attr: &str) -> Option<&str> {
+    attr.split('.').find(|seg| {
+        *seg == "pkgs"
+            || matches!(*seg, "buildPackages" | "targetPackages" | "__splicedPackages" | "splicedPackages")
+            || seg.strip_prefix("pkgs").is_some_and(|rest| {
+                rest.starts_with(|c: char| {
+                    c.is_ascii_uppercase()
+                        || c.is_ascii_digit()
+                        || c == 'i' && rest[1..].starts_with(|c: char| c.is_ascii_digit())
+                })
+            })
+    })
 }
 
 pub fn check(declared: &Declared, cfg: &Config) -> Result<(), PolicyError> {
     let max = cfg.file.max_deps;
     if declared.count() > max {
         return Err(PolicyError::TooMany { count: declared.count(), max });
+    }
+    if cfg.system_policy.is_set() {
+        for d in &declared.system {
+            if let Some(alias) = package_set_alias(&d.attr) {
+                return Err(PolicyError::Alias {
+                    origin: d.source.to_string(),
+                    item: d.attr.clone(),
+                    alias: alias.to_string(),
+                });
+            }
+        }
     }
     let system = declared.system.iter().map(|d| (&cfg.system_policy, "system", d.attr.as_str(), &d.attr, &d.source));
     let python =
@@ -38,6 +71,38 @@ pub fn check(declared: &Declared, cfg: &Config) -> Result<(), PolicyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aliases_of_the_package_set_are_found() {
+        for a in [
+            "pkgs.tor",
+            "buildPackages.nmap",
+            "pkgsCross.aarch64-multiplatform.nmap",
+            "pkgsStatic.busybox",
+            "pkgsi686Linux.nmap",
+            "pkgsMusl.tor",
+            "python312Packages.pkgs.nmap",
+            "python3.pkgs.requests",
+            "targetPackages.tor",
+        ] {
+            assert!(package_set_alias(a).is_some(), "{a}");
+        }
+        for a in ["tor", "nmap", "pkgsite", "python312Packages.numpy", "pkg-config", "haskellPackages.pkgs-x"] {
+            assert_eq!(package_set_alias(a), None, "{a}");
+        }
+        let cfg = Config::from_yaml("policy:\n  system: {deny: ['tor*', 'nmap*']}\n").unwrap();
+        for a in ["pkgs.tor", "buildPackages.nmap"] {
+            let d = declared(None, Some(&ann(a, ""))).unwrap();
+            let e = check(&d, &cfg).unwrap_err();
+            assert!(matches!(e, PolicyError::Alias { .. }), "{a}: {e}");
+        }
+        let cfg = Config::from_yaml("policy:\n  system: {allow: ['python3*Packages.*']}\n").unwrap();
+        let d = declared(None, Some(&ann("python312Packages.pkgs.nmap", ""))).unwrap();
+        assert!(matches!(check(&d, &cfg), Err(PolicyError::Alias { .. })));
+        // Without a system policy there is nothing to bypass.
+        let d = declared(None, Some(&ann("pkgsStatic.busybox", ""))).unwrap();
+        assert!(check(&d, &Config::default()).is_ok());
+    }
     use crate::inject::deps::declared;
     use std::collections::BTreeMap;
 

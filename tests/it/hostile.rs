@@ -187,19 +187,13 @@ fn cases() -> Vec<(String, Vec<u8>, u16, Option<bool>, &'static str)> {
         Some(false),
         "declares 65 dependencies, more than maxDeps (64)",
     );
-    add(
-        "a 2 MB dep",
-        ann("nixuv.io/python-deps", &"a".repeat(2_000_000)),
-        200,
-        Some(false),
-        "longer than 256 characters",
-    );
+    add("a 2 MB dep", ann("nixuv.io/python-deps", &"a".repeat(2_000_000)), 200, Some(false), "over the limit of 65536");
     add(
         "a 2 MB system dep",
         ann("nixuv.io/system-deps", &"a".repeat(2_000_000)),
         200,
         Some(false),
-        "longer than 256 characters",
+        "over the limit of 65536",
     );
     add(
         "a huge label value",
@@ -214,6 +208,13 @@ fn cases() -> Vec<(String, Vec<u8>, u16, Option<bool>, &'static str)> {
     add(
         "5000 containers",
         j(&review_with(|r| r["request"]["object"]["spec"]["containers"] = json!(containers))),
+        200,
+        Some(false),
+        "5000 containers, more than maxContainers (256)",
+    );
+    add(
+        "256 containers",
+        j(&review_with(|r| r["request"]["object"]["spec"]["containers"] = json!(containers[..256]))),
         200,
         Some(true),
         "",
@@ -527,4 +528,85 @@ async fn preview_is_bounded_in_objects_output_and_concurrency() {
     assert_eq!(resp.status(), 413);
     let v: Value = resp.json().await.unwrap();
     assert!(v["error"].as_str().unwrap().contains("--preview-max-output"), "{v}");
+}
+
+async fn review(server: &Server, pod: Value) -> Value {
+    let body = serde_json::to_vec(&review_with(|r| r["request"]["object"] = pod)).unwrap();
+    let resp = server.h1().post(server.url("/mutate")).body(body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json::<Value>().await.unwrap()["response"].clone()
+}
+
+fn opted_in(annotations: Value, spec: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "labels": {"nixuv.io/inject": "true"}, "annotations": annotations}, "spec": spec})
+}
+
+fn denied_with(resp: &Value, code: u64, needle: &str) {
+    assert_eq!(resp["allowed"], false, "{resp}");
+    assert_eq!(resp["status"]["code"], code, "{resp}");
+    assert!(resp.get("patch").is_none());
+    let msg = resp["status"]["message"].as_str().unwrap();
+    assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggled_and_stale_pods_are_denied() {
+    let server = Server::builder().config("policy:\n  system: {deny: ['tor*', 'nmap*']}\n").start();
+    let app = json!({"containers": [{"name": "app", "image": "x"}]});
+    // Policy globs are not bypassed through the package set's aliases.
+    for attr in ["pkgs.tor", "buildPackages.nmap", "pkgsCross.aarch64-multiplatform.tor"] {
+        let r = review(&server, opted_in(json!({"nixuv.io/system-deps": attr}), app.clone())).await;
+        denied_with(&r, 403, "package-set alias");
+    }
+    // A stale injection: the marker without the env id, and an init container of another env.
+    let clean = review(&server, opted_in(json!({"nixuv.io/system-deps": "gcc"}), app.clone())).await;
+    let env = common::response_patch(&json!({"response": clean})).map(|p| {
+        let pod = common::apply(&opted_in(json!({"nixuv.io/system-deps": "gcc"}), app.clone()), &p);
+        pod["metadata"]["annotations"]["nixuv.io/env"].as_str().unwrap().to_string()
+    });
+    let env = env.unwrap();
+    let old_init =
+        json!([{"name": "nixuv-init", "image": "x", "env": [{"name": "NIXUV_ENV", "value": "00000000000000aa"}]}]);
+    let r = review(
+        &server,
+        opted_in(
+            json!({"nixuv.io/system-deps": "gcc", "nixuv.io/status": "injected"}),
+            json!({"containers": app["containers"], "initContainers": old_init}),
+        ),
+    )
+    .await;
+    denied_with(&r, 400, "annotation \"nixuv.io/env\" is missing");
+    let r = review(
+        &server,
+        opted_in(
+            json!({"nixuv.io/system-deps": "gcc", "nixuv.io/status": "injected", "nixuv.io/env": env}),
+            json!({"containers": app["containers"], "initContainers": old_init}),
+        ),
+    )
+    .await;
+    denied_with(&r, 400, "NIXUV_ENV is Some(\"00000000000000aa\")");
+    // Mount paths that only look different from nixuv's.
+    for path in ["//nix", "/nixuv/./uv", "/tmp/../nix/store", "/nix/"] {
+        let spec = json!({"containers": [{"name": "app", "image": "x", "volumeMounts": [{"name": "data", "mountPath": path}]}],
+            "volumes": [{"name": "data", "emptyDir": {}}]});
+        let r = review(&server, opted_in(json!({"nixuv.io/system-deps": "gcc"}), spec)).await;
+        denied_with(&r, 400, "overlaps nixuv's mount");
+    }
+    // The stores mounted by the Pod itself, under any volume name.
+    let spec = json!({"containers": [{"name": "app", "image": "x"}, {"name": "side", "image": "x", "volumeMounts": [{"name": "w", "mountPath": "/w"}]}],
+        "volumes": [{"name": "w", "persistentVolumeClaim": {"claimName": "nixuv-uv-cache"}}]});
+    let r = review(&server, opted_in(json!({"nixuv.io/system-deps": "gcc"}), spec)).await;
+    denied_with(&r, 403, "one of nixuv's shared stores");
+    // PATH given twice: the kubelet uses the last one, so that is the one nixuv extends.
+    let pod = opted_in(
+        json!({"nixuv.io/system-deps": "gcc"}),
+        json!({"containers": [{"name": "app", "image": "x", "env": [{"name": "PATH", "value": "/first"}, {"name": "PATH", "value": "/last"}]}]}),
+    );
+    let r = review(&server, pod.clone()).await;
+    let out = common::apply(&pod, &common::response_patch(&json!({"response": r})).unwrap());
+    let envs = out["spec"]["containers"][0]["env"].as_array().unwrap();
+    assert_eq!(envs[0]["value"], "/first");
+    let last = envs[1]["value"].as_str().unwrap();
+    assert!(last.starts_with("/nix/var/nix/profiles/nixuv/") && last.ends_with(":/last"), "{last}");
 }

@@ -9,4 +9,5 @@ mod materialize;
 mod preview;
 mod properties;
 mod store;
+mod store_guard;
 mod webhook;

@@ -1,0 +1,169 @@
+//! deploy/components/store-guard: the ValidatingAdmissionPolicy that keeps tenants from writing
+//! the shared stores. Its CEL is evaluated here with a CEL interpreter (the `cel` crate) against
+//! Pods: the webhook's own output (from the real binary), nixuv's gc CronJob Pod, and the ways a
+//! tenant would mount the claims. Variables are evaluated in order into `variables`, as the API
+//! server does; `object` is the Pod and `params` the policy's ConfigMap. What only an API server
+//! can show (the binding, `kubectl debug`'s subresource request) is in docs/security.md.
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::common;
+
+fn rendered() -> (Value, Value) {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/overlays/store-guard-example"))
+        .output()
+        .expect("kubectl on PATH (make tools)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&String::from_utf8(out.stdout).unwrap())
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+            .clone()
+    };
+    let binding = find("ValidatingAdmissionPolicyBinding", "nixuv-store-guard");
+    let params = find("ConfigMap", binding["spec"]["paramRef"]["name"].as_str().unwrap());
+    assert_eq!(params["metadata"]["namespace"], binding["spec"]["paramRef"]["namespace"]);
+    (find("ValidatingAdmissionPolicy", binding["spec"]["policyName"].as_str().unwrap()), params)
+}
+
+/// Evaluates the policy on `pod`: `Ok(())` if admitted, else the message.
+fn admit(policy: &Value, params: &Value, pod: &Value) -> Result<(), String> {
+    let mut ctx = cel::Context::default();
+    ctx.add_variable_from_value("object", cel::to_value(pod).unwrap());
+    ctx.add_variable_from_value("params", cel::to_value(params).unwrap());
+    let mut vars: HashMap<String, cel::Value> = HashMap::new();
+    for v in policy["spec"]["variables"].as_array().unwrap() {
+        ctx.add_variable_from_value("variables", vars.clone());
+        let expr = v["expression"].as_str().unwrap();
+        let value = cel::Program::compile(expr).unwrap_or_else(|e| panic!("{expr}: {e}")).execute(&ctx);
+        let value = value.unwrap_or_else(|e| panic!("variable {}: {e}", v["name"]));
+        vars.insert(v["name"].as_str().unwrap().to_string(), value);
+    }
+    ctx.add_variable_from_value("variables", vars);
+    for check in policy["spec"]["validations"].as_array().unwrap() {
+        let ok = cel::Program::compile(check["expression"].as_str().unwrap()).unwrap().execute(&ctx).unwrap();
+        if ok != cel::Value::Bool(true) {
+            let msg =
+                cel::Program::compile(check["messageExpression"].as_str().unwrap()).unwrap().execute(&ctx).unwrap();
+            let cel::Value::String(s) = msg else { panic!("message is not a string: {msg:?}") };
+            return Err(s.to_string());
+        }
+    }
+    Ok(())
+}
+
+/// The webhook's output for an opted-in Pod, from the real binary, with the init image the
+/// guard expects.
+fn injected_pod() -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "labels": {"nixuv.io/inject": "true"}, "annotations": {"nixuv.io/python-deps": "six"}},
+        "spec": {"containers": [{"name": "app", "image": "python:3.12"}]}});
+    let f = dir.path().join("pod.json");
+    std::fs::write(&f, pod.to_string()).unwrap();
+    let out = Command::new(common::bin()).args(["preview", "-o", "json", "-f"]).arg(&f).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// nixuv's gc CronJob Pod, as docs/materialize.md and deploy/components/gc give it.
+fn gc_pod() -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "gc"},
+        "spec": {"containers": [{"name": "nixuv-gc", "image": "ghcr.io/nixuv/nixuv-init:0.1.0", "args": ["gc", "--max-age", "14d"],
+            "volumeMounts": [{"name": "nixuv-tmp", "mountPath": "/nixuv/work"},
+                {"name": "nixuv-nix", "mountPath": "/nixuv/work/.nix-portable/nix"}, {"name": "nixuv-uv", "mountPath": "/nixuv/uv"}]}],
+            "volumes": [{"name": "nixuv-tmp", "emptyDir": {}},
+                {"name": "nixuv-nix", "persistentVolumeClaim": {"claimName": "nixuv-nix-store"}},
+                {"name": "nixuv-uv", "persistentVolumeClaim": {"claimName": "nixuv-uv-cache"}}]}})
+}
+
+#[test]
+fn store_guard_admits_nixuv_and_refuses_tenant_writers() {
+    let (policy, params) = rendered();
+    let injected = injected_pod();
+    assert_eq!(injected["spec"]["initContainers"][0]["name"], "nixuv-init");
+    assert!(admit(&policy, &params, &injected).is_ok(), "the webhook's own output");
+    assert!(admit(&policy, &params, &gc_pod()).is_ok(), "the gc CronJob");
+    let plain = json!({"spec": {"containers": [{"name": "a", "image": "x"}]}});
+    assert!(admit(&policy, &params, &plain).is_ok(), "a Pod without the stores");
+
+    type Edit = fn(&mut Value);
+    let refused: &[(&str, Edit, &str)] = &[
+        (
+            "a sidecar of an injected Pod mounts the uv store read-write",
+            |p| {
+                p["spec"]["containers"].as_array_mut().unwrap().push(
+                json!({"name": "sidecar", "image": "busybox", "volumeMounts": [{"name": "nixuv-uv", "mountPath": "/w"}]}),
+            );
+            },
+            "sidecar",
+        ),
+        (
+            "the app's own mount with readOnly: false",
+            |p| {
+                p["spec"]["containers"][0]["volumeMounts"][1]["readOnly"] = json!(false);
+            },
+            "app",
+        ),
+        (
+            "a hand-written nixuv-init from another image",
+            |p| {
+                p["spec"]["initContainers"][0]["image"] = json!("evil.example/nixuv-init:0.1.0");
+            },
+            "nixuv-init",
+        ),
+        (
+            "an image of a similar name",
+            |p| {
+                p["spec"]["initContainers"][0]["image"] = json!("ghcr.io/nixuv/nixuv-init-evil:0.1.0");
+            },
+            "nixuv-init",
+        ),
+        (
+            "nixuv-init running something else",
+            |p| {
+                p["spec"]["initContainers"][0]["command"] = json!(["sh", "-c", "cp -r /evil /nixuv/uv/envs"]);
+            },
+            "nixuv-init",
+        ),
+        (
+            "nixuv-init with its tool swapped",
+            |p| {
+                p["spec"]["initContainers"][0]["env"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"name": "NIXUV_UV", "value": "/nixuv/uv/evil"}));
+            },
+            "nixuv-init",
+        ),
+        (
+            "a kubectl debug container mounting the store",
+            |p| {
+                p["spec"]["ephemeralContainers"] = json!([{"name": "debugger", "image": "busybox", "volumeMounts": [{"name": "nixuv-nix", "mountPath": "/n"}]}]);
+            },
+            "debugger",
+        ),
+    ];
+    for (what, edit, who) in refused {
+        let mut pod = injected.clone();
+        edit(&mut pod);
+        let msg = admit(&policy, &params, &pod).expect_err(what);
+        assert!(msg.contains(&format!("container {who} mounts a nixuv store claim read-write")), "{what}: {msg}");
+    }
+    // A tenant's own Pod, not opted in, with the claim under another volume name.
+    let tenant = json!({"spec": {"containers": [{"name": "x", "image": "busybox", "volumeMounts": [{"name": "mine", "mountPath": "/m"}]}],
+        "volumes": [{"name": "mine", "persistentVolumeClaim": {"claimName": "nixuv-uv-cache"}}]}});
+    assert!(admit(&policy, &params, &tenant).is_err());
+    // The same read-only is fine.
+    let mut ro = tenant.clone();
+    ro["spec"]["containers"][0]["volumeMounts"][0]["readOnly"] = json!(true);
+    assert!(admit(&policy, &params, &ro).is_ok());
+}
