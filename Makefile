@@ -38,7 +38,7 @@ lint:
 ## Fuzzing (proptest; cargo-fuzz needs nightly): many more cases than the test suite runs.
 FUZZ_CASES ?= 20000
 fuzz:
-	FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release --test it fuzz:: -- --test-threads 2
+	FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release --test it fuzz -- --test-threads 2
 
 ## Licenses, bans and sources of every dependency (offline).
 deny: fetch

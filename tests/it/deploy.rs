@@ -14,7 +14,13 @@ use serde_json::Value;
 
 use crate::common;
 
-const KUSTOMIZATIONS: &[&str] = &["base", "overlays/cert-manager", "overlays/self-managed", "overlays/stores-example"];
+const KUSTOMIZATIONS: &[&str] = &[
+    "base",
+    "overlays/cert-manager",
+    "overlays/self-managed",
+    "overlays/stores-example",
+    "overlays/store-guard-example",
+];
 const KUBERNETES_VERSION: &str = "1.34.0";
 
 fn root() -> &'static Path {

@@ -2,6 +2,7 @@
 mod common;
 mod deploy;
 mod fuzz;
+mod fuzz_store;
 mod hostile;
 mod kubeapi;
 mod lifecycle;
