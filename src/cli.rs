@@ -70,6 +70,9 @@ pub struct PreviewArgs {
     /// Manifest to read (YAML or JSON, several documents or a List); `-` for stdin.
     #[arg(short = 'f', long = "filename")]
     pub file: String,
+    /// The init image to inject, overriding the config's `initImage`.
+    #[arg(long, env = "NIXUV_INIT_IMAGE")]
+    pub init_image: Option<String>,
     /// YAML config file, as for `nixuv serve`.
     #[arg(long, env = "NIXUV_CONFIG")]
     pub config: Option<PathBuf>,
@@ -87,6 +90,10 @@ fn duration(s: &str) -> Result<Duration, String> {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// The init image to inject, overriding the config's `initImage` (the deployment sets it from
+    /// the ConfigMap key that kustomize's `images:` updates).
+    #[arg(long, env = "NIXUV_INIT_IMAGE")]
+    pub init_image: Option<String>,
     /// Address to listen on (port 0: pick a free port; the chosen one is logged as `listening`).
     #[arg(long, env = "NIXUV_ADDR", default_value = "0.0.0.0:8443")]
     pub addr: SocketAddr,

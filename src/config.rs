@@ -267,25 +267,42 @@ impl std::fmt::Debug for EnvMemo {
 /// The environment variables that nixuv itself sets on the init container.
 pub const RESERVED_INIT_ENV_PREFIX: &str = "NIXUV_";
 
+/// Settings given outside the config file that take precedence over it: the init image from
+/// `NIXUV_INIT_IMAGE` (the deployment sets it from a ConfigMap key that kustomize's `images:`
+/// updates together with the webhook's own image).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub init_image: Option<String>,
+}
+
 impl Config {
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let file: ConfigFile = if text.trim().is_empty() {
+        Self::from_yaml_with(text, &Overrides::default())
+    }
+
+    pub fn from_yaml_with(text: &str, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut file: ConfigFile = if text.trim().is_empty() {
             ConfigFile::default()
         } else {
             serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?
         };
+        if let Some(image) = overrides.init_image.as_deref().filter(|i| !i.trim().is_empty()) {
+            file.init_image = image.to_string();
+        }
         Self::validate(file)
     }
 
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        match path {
-            None => Self::validate(ConfigFile::default()),
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?;
-                Self::from_yaml(&text)
-            }
-        }
+        Self::load_with(path, &Overrides::default())
+    }
+
+    pub fn load_with(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let text = match path {
+            None => String::new(),
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|source| ConfigError::Read { path: p.display().to_string(), source })?,
+        };
+        Self::from_yaml_with(&text, overrides)
     }
 
     pub fn validate(file: ConfigFile) -> Result<Self, ConfigError> {

@@ -50,6 +50,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tls_cert: a.tls_cert,
                 tls_key: a.tls_key,
                 config_path: a.config,
+                overrides: nixuv::config::Overrides { init_image: a.init_image },
                 metrics_addr: a.metrics_addr,
                 body_limit: a.body_limit,
                 reload_interval: a.reload_interval,
@@ -124,7 +125,8 @@ fn preview(a: nixuv::cli::PreviewArgs) -> ExitCode {
         eprintln!("nixuv preview: {msg}");
         ExitCode::from(2)
     };
-    let cfg = match nixuv::config::Config::load(a.config.as_deref()) {
+    let overrides = nixuv::config::Overrides { init_image: a.init_image.clone() };
+    let cfg = match nixuv::config::Config::load_with(a.config.as_deref(), &overrides) {
         Ok(c) => c,
         Err(e) => return fail(e.to_string()),
     };

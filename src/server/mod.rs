@@ -39,6 +39,7 @@ pub struct ServeOptions {
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
     pub config_path: Option<PathBuf>,
+    pub overrides: crate::config::Overrides,
     pub metrics_addr: Option<SocketAddr>,
     pub body_limit: usize,
     pub reload_interval: Duration,
@@ -297,7 +298,7 @@ fn http_builder(opts: &ServeOptions) -> auto::Builder<TokioExecutor> {
 }
 
 /// Polls the config file; a changed file that fails validation keeps the old config.
-fn spawn_config_reloader(state: Arc<AppState>, path: PathBuf, interval: Duration) {
+fn spawn_config_reloader(state: Arc<AppState>, path: PathBuf, interval: Duration, overrides: crate::config::Overrides) {
     tokio::spawn(async move {
         let mut last = std::fs::read(&path).ok();
         let mut tick = tokio::time::interval(interval);
@@ -309,7 +310,7 @@ fn spawn_config_reloader(state: Arc<AppState>, path: PathBuf, interval: Duration
                 continue;
             }
             last = Some(bytes.clone());
-            match Config::from_yaml(&String::from_utf8_lossy(&bytes)) {
+            match Config::from_yaml_with(&String::from_utf8_lossy(&bytes), &overrides) {
                 Ok(cfg) => {
                     state.config.store(Arc::new(cfg));
                     state.metrics.config_reloads.get_or_create(&ResultLabels { result: "success" }).inc();
@@ -348,7 +349,7 @@ async fn serve_plain(listener: TcpListener, app: Router, shutdown: tokio::sync::
 /// Runs the server until SIGTERM/SIGINT, then drains in-flight requests and returns.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     use anyhow::Context;
-    let config = Config::load(opts.config_path.as_deref())?;
+    let config = Config::load_with(opts.config_path.as_deref(), &opts.overrides)?;
     let certs = tls::CertStore::load(&opts.tls_cert, &opts.tls_key)?;
     let metrics = Arc::new(Metrics::new());
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(Arc::clone(&certs))?));
@@ -383,7 +384,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         preview_max_output: opts.preview_max_output,
     });
     if let Some(path) = &opts.config_path {
-        spawn_config_reloader(Arc::clone(&state), path.clone(), opts.reload_interval);
+        spawn_config_reloader(Arc::clone(&state), path.clone(), opts.reload_interval, opts.overrides.clone());
     }
     let listener = TcpListener::bind(opts.addr).await.with_context(|| format!("binding --addr {}", opts.addr))?;
     let local = listener.local_addr()?;

@@ -102,7 +102,7 @@ fn webhook_configuration_selects_only_opted_in_pods() {
         );
         let names = by_key("kubernetes.io/metadata.name");
         assert_eq!(names.operator, "NotIn");
-        for ns in ["kube-system", "kube-public", "nixuv-system"] {
+        for ns in ["kube-system", "kube-public"] {
             assert!(names.values.as_ref().unwrap().iter().any(|v| v == ns), "{k}: {ns} not excluded");
         }
         let svc = w.client_config.service.as_ref().unwrap();
@@ -114,10 +114,11 @@ fn webhook_configuration_selects_only_opted_in_pods() {
         let service = find(&docs, "Service", "nixuv");
         assert_eq!(service["spec"]["ports"][0]["port"], 443);
         assert_eq!(service["spec"]["ports"][0]["targetPort"], "https");
-        // The config excludes the namespace nixuv runs in.
+        // The config excludes the namespace nixuv runs in (from the Pod's own namespace).
         let cfg_text = find(&docs, "ConfigMap", "nixuv-config")["data"]["config.yaml"].as_str().unwrap();
         let cfg = nixuv::config::Config::from_yaml(cfg_text).unwrap();
         assert!(cfg.excluded_namespaces.iter().any(|n| n == "nixuv-system"));
+        assert!(cfg.file.namespace.is_none(), "{k}: the namespace comes from POD_NAMESPACE");
         match k {
             "overlays/cert-manager" => {
                 assert_eq!(
@@ -135,13 +136,13 @@ fn webhook_configuration_selects_only_opted_in_pods() {
                 assert_eq!(find(&docs, "Certificate", "nixuv-ca")["spec"]["isCA"], true);
             }
             _ => {
-                let args =
-                    find(&docs, "Deployment", "nixuv")["spec"]["template"]["spec"]["containers"][0]["args"].clone();
-                let args: Vec<&str> = args.as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-                assert!(
-                    args.contains(&"--manage-ca-bundle=nixuv") && args.contains(&"--ca-bundle-file=/tls/ca.crt"),
-                    "{args:?}"
-                );
+                let c = &find(&docs, "Deployment", "nixuv")["spec"]["template"]["spec"]["containers"][0];
+                let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+                assert!(args.contains(&"--ca-bundle-file=/tls/ca.crt"), "{args:?}");
+                assert!(c["env"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&serde_json::json!({"name": "NIXUV_MANAGE_CA_BUNDLE", "value": "nixuv"})));
                 let role = find(&docs, "ClusterRole", "nixuv-ca-bundle");
                 assert_eq!(
                     role["rules"][0]["resourceNames"],
@@ -212,5 +213,177 @@ fn examples_preview_to_their_golden_output() {
             continue;
         }
         assert_eq!(got, std::fs::read_to_string(&golden).unwrap(), "{ex}: differs from {}", golden.display());
+    }
+}
+
+fn named<'a>(docs: &'a [Value], kind: &str) -> impl Iterator<Item = &'a Value> + 'a {
+    let kind = kind.to_string();
+    docs.iter().filter(move |d| d["kind"] == kind.as_str())
+}
+
+fn exists(docs: &[Value], kind: &str, name: &str, ns: Option<&str>) -> bool {
+    named(docs, kind).any(|d| d["metadata"]["name"] == name && ns.is_none_or(|n| d["metadata"]["namespace"] == n))
+}
+
+/// Every reference between the rendered objects points at an object of the output: what a
+/// webhook needs to be reachable, authorised and trusted, whatever namespace and prefix it got.
+fn check_references(k: &str, docs: &[Value]) {
+    let dep = named(docs, "Deployment").next().unwrap_or_else(|| panic!("{k}: no Deployment"));
+    let ns = dep["metadata"]["namespace"].as_str().unwrap();
+    let namespace = named(docs, "Namespace").find(|d| d["metadata"]["name"] == ns);
+    let namespace = namespace.unwrap_or_else(|| panic!("{k}: Namespace {ns} not in the output"));
+    assert_eq!(namespace["metadata"]["labels"]["nixuv.io/inject"], "disabled", "{k}: own namespace excluded by label");
+    for d in docs.iter().filter(|d| d["metadata"]["namespace"].is_string()) {
+        assert_eq!(d["metadata"]["namespace"], ns, "{k}: {} {} elsewhere", d["kind"], d["metadata"]["name"]);
+    }
+    for crb in named(docs, "ClusterRoleBinding") {
+        let role = crb["roleRef"]["name"].as_str().unwrap();
+        assert!(exists(docs, "ClusterRole", role, None), "{k}: roleRef {role}");
+        for s in crb["subjects"].as_array().unwrap() {
+            let (name, sns) = (s["name"].as_str().unwrap(), s["namespace"].as_str().unwrap());
+            assert!(exists(docs, "ServiceAccount", name, Some(sns)), "{k}: subject {sns}/{name}");
+        }
+    }
+    let tpl = &dep["spec"]["template"]["spec"];
+    let sa = tpl["serviceAccountName"].as_str().unwrap();
+    assert!(exists(docs, "ServiceAccount", sa, Some(ns)), "{k}: serviceAccountName {sa}");
+    let certs: Vec<&Value> = named(docs, "Certificate").collect();
+    for v in tpl["volumes"].as_array().unwrap() {
+        if let Some(cm) = v["configMap"]["name"].as_str() {
+            assert!(exists(docs, "ConfigMap", cm, Some(ns)), "{k}: configMap volume {cm}");
+        }
+        if let Some(secret) = v["secret"]["secretName"].as_str() {
+            // Made by cert-manager from a Certificate, or by hand (self-managed, docs/install.md).
+            let by_cert = certs.iter().any(|c| c["spec"]["secretName"] == secret);
+            assert!(by_cert || (certs.is_empty() && secret == "nixuv-tls"), "{k}: secret {secret}");
+        }
+    }
+    let c = &tpl["containers"][0];
+    for e in c["env"].as_array().unwrap() {
+        if let Some(cm) = e["valueFrom"]["configMapKeyRef"]["name"].as_str() {
+            let key = e["valueFrom"]["configMapKeyRef"]["key"].as_str().unwrap();
+            let m =
+                named(docs, "ConfigMap").find(|d| d["metadata"]["name"] == cm).unwrap_or_else(|| panic!("{k}: {cm}"));
+            assert!(m["data"][key].is_string(), "{k}: configMapKeyRef {cm}/{key}");
+        }
+        if e["name"] == "NIXUV_MANAGE_CA_BUNDLE" {
+            let mwc = e["value"].as_str().unwrap();
+            assert!(exists(docs, "MutatingWebhookConfiguration", mwc, None), "{k}: --manage-ca-bundle {mwc}");
+        }
+    }
+    for role in named(docs, "ClusterRole") {
+        for rule in role["rules"].as_array().unwrap() {
+            if rule["resources"] == serde_json::json!(["mutatingwebhookconfigurations"]) {
+                for n in rule["resourceNames"].as_array().unwrap() {
+                    assert!(
+                        exists(docs, "MutatingWebhookConfiguration", n.as_str().unwrap(), None),
+                        "{k}: resourceNames {n}"
+                    );
+                }
+            }
+        }
+    }
+    let services: Vec<(String, String)> = named(docs, "Service")
+        .map(|s| {
+            (
+                s["metadata"]["name"].as_str().unwrap().to_string(),
+                s["metadata"]["namespace"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for mwc in named(docs, "MutatingWebhookConfiguration") {
+        for w in mwc["webhooks"].as_array().unwrap() {
+            let svc = &w["clientConfig"]["service"];
+            let (name, sns) = (svc["name"].as_str().unwrap(), svc["namespace"].as_str().unwrap());
+            assert!(exists(docs, "Service", name, Some(sns)), "{k}: webhook service {sns}/{name}");
+        }
+        if let Some(from) = mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].as_str() {
+            let (cns, cname) = from.split_once('/').unwrap();
+            assert!(exists(docs, "Certificate", cname, Some(cns)), "{k}: inject-ca-from {from}");
+        }
+    }
+    for cert in &certs {
+        let issuer = cert["spec"]["issuerRef"]["name"].as_str().unwrap();
+        assert!(exists(docs, "Issuer", issuer, Some(ns)), "{k}: issuerRef {issuer}");
+        for dns in cert["spec"]["dnsNames"].as_array().into_iter().flatten() {
+            let dns = dns.as_str().unwrap();
+            let ok = services
+                .iter()
+                .any(|(n, sns)| dns == format!("{n}.{sns}.svc") || dns == format!("{n}.{sns}.svc.cluster.local"));
+            assert!(ok, "{k}: dnsName {dns} names no Service of the output");
+        }
+    }
+    for issuer in named(docs, "Issuer") {
+        if let Some(secret) = issuer["spec"]["ca"]["secretName"].as_str() {
+            assert!(certs.iter().any(|c| c["spec"]["secretName"] == secret), "{k}: CA issuer secret {secret}");
+        }
+    }
+}
+
+#[test]
+fn every_reference_follows_a_new_namespace_and_prefix() {
+    for k in [
+        "overlays/self-managed",
+        "overlays/cert-manager",
+        "overlays/relocated-self-managed",
+        "overlays/relocated-cert-manager",
+    ] {
+        let (text, docs) = render(k);
+        check_references(k, &docs);
+        if k.contains("relocated") {
+            assert!(!text.contains("nixuv-system"), "{k}: the old namespace is still named");
+            let dep = named(&docs, "Deployment").next().unwrap();
+            assert_eq!(dep["metadata"]["namespace"], "platform-webhooks");
+            assert_eq!(dep["metadata"]["name"], "acme-nixuv");
+        }
+    }
+}
+
+/// A kustomization in a temporary directory on top of `deploy/<base>` (by relative path, as
+/// kustomize requires), rendered.
+fn render_on_top(base: &str, extra: &str) -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let ups = "../".repeat(dir.path().components().count() - 1);
+    let target = format!("{ups}{}", root().join("deploy").join(base).display().to_string().trim_start_matches('/'));
+    std::fs::write(dir.path().join("kustomization.yaml"), format!("resources: [{target}]\n{extra}")).unwrap();
+    let out = Command::new("kubectl").arg("kustomize").arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_yaml_ng::Deserializer::from_str(&String::from_utf8(out.stdout).unwrap())
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+#[test]
+fn one_images_entry_per_image_moves_every_image_nixuv_uses() {
+    let knob = "images:\n  - {name: ghcr.io/nixuv/nixuv, newTag: 9.9.9}\n  - {name: ghcr.io/nixuv/nixuv-init, newTag: 9.9.9}\n";
+    for base in ["overlays/self-managed", "overlays/cert-manager", "overlays/relocated-cert-manager"] {
+        let docs = render_on_top(base, knob);
+        let dep = named(&docs, "Deployment").next().unwrap();
+        let c = &dep["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["image"], "ghcr.io/nixuv/nixuv:9.9.9", "{base}");
+        let cm = named(&docs, "ConfigMap").find(|d| d["data"]["initImage"].is_string()).unwrap();
+        assert_eq!(cm["data"]["initImage"], "ghcr.io/nixuv/nixuv-init:9.9.9", "{base}");
+        // The webhook as deployed (its env from that ConfigMap, its config file) injects that image.
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config.yaml");
+        std::fs::write(&cfg, cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
+        let pod = dir.path().join("pod.json");
+        std::fs::write(&pod, r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","labels":{"nixuv.io/inject":"true"},"annotations":{"nixuv.io/system-deps":"gcc"}},"spec":{"containers":[{"name":"a","image":"x"}]}}"#).unwrap();
+        let out = Command::new(common::bin())
+            .args(["preview", "-o", "json", "--config"])
+            .arg(&cfg)
+            .arg("-f")
+            .arg(&pod)
+            .env("NIXUV_INIT_IMAGE", cm["data"]["initImage"].as_str().unwrap())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mutated: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(mutated["spec"]["initContainers"][0]["image"], "ghcr.io/nixuv/nixuv-init:9.9.9", "{base}");
+        let env = c["env"].as_array().unwrap();
+        assert!(env
+            .iter()
+            .any(|e| e["name"] == "NIXUV_INIT_IMAGE" && e["valueFrom"]["configMapKeyRef"]["key"] == "initImage"));
     }
 }
