@@ -128,6 +128,10 @@ pub struct ServeArgs {
     /// the same object); 0 turns the cache off.
     #[arg(long, env = "NIXUV_DECISION_CACHE_MIB", default_value_t = 8)]
     pub decision_cache_mib: u64,
+    /// Serve `/preview` only on `--metrics-addr` (plain HTTP, reachable where you let it be),
+    /// not on the webhook's address, which the API server and so the whole network can reach.
+    #[arg(long)]
+    pub preview_on_metrics_addr: bool,
     /// `/preview` requests answered at once; more get 429 (a preview's answer outgrows its request).
     #[arg(long, default_value_t = 2)]
     pub preview_concurrency: usize,

@@ -63,6 +63,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 first_request_timeout: a.first_request_timeout,
                 idle_timeout: a.idle_timeout,
                 preview_concurrency: a.preview_concurrency,
+                preview_on_metrics_addr: a.preview_on_metrics_addr,
                 preview_max_output: a.preview_max_output,
                 decision_cache_bytes: a.decision_cache_mib.saturating_mul(1024 * 1024),
                 check_claims: a.check_claims,

@@ -27,6 +27,12 @@ pub struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// `serving` or `ca`.
+    pub certificate: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -41,6 +47,8 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<EndpointLabels, Histogram>,
     pub tls_reloads: Family<ResultLabels, Counter>,
+    /// `notAfter` of the serving certificate and of the CA, in seconds since the epoch.
+    pub certificate_expiry: Family<KindLabels, Gauge>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub ca_bundle_syncs: Family<ResultLabels, Counter>,
     pub http_errors: Family<CodeLabels, Counter>,
@@ -75,6 +83,12 @@ impl Metrics {
         );
         let tls_reloads = Family::<ResultLabels, Counter>::default();
         registry.register("tls_reloads", "Serving certificate reloads by result", tls_reloads.clone());
+        let certificate_expiry = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "certificate_expiry_seconds",
+            "notAfter of the serving certificate and of the CA (where readable), seconds since the epoch; updated on every reload check",
+            certificate_expiry.clone(),
+        );
         let config_reloads = Family::<ResultLabels, Counter>::default();
         registry.register("config_reloads", "Configuration reloads by result", config_reloads.clone());
         let ca_bundle_syncs = Family::<ResultLabels, Counter>::default();
@@ -122,6 +136,7 @@ impl Metrics {
             requests,
             duration,
             tls_reloads,
+            certificate_expiry,
             config_reloads,
             ca_bundle_syncs,
             http_errors,

@@ -52,6 +52,8 @@ pub struct ServeOptions {
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub preview_concurrency: usize,
+    /// Serve `/preview` on the metrics address only, not on the webhook's.
+    pub preview_on_metrics_addr: bool,
     pub preview_max_output: usize,
     pub shutdown_delay: Duration,
     pub drain_timeout: Duration,
@@ -266,24 +268,29 @@ async fn not_found(State(state): State<Arc<AppState>>) -> Response {
     )
 }
 
-pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
-    let mut r = Router::new()
-        .route("/mutate", post(mutate))
-        .route("/preview", post(crate::preview::http::preview))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz));
+/// The main (TLS) router: `/mutate`, the probes, and `/metrics` and `/preview` unless they are
+/// served on the admin address only.
+pub fn router(state: Arc<AppState>, with_metrics: bool, with_preview: bool) -> Router {
+    let mut r =
+        Router::new().route("/mutate", post(mutate)).route("/healthz", get(healthz)).route("/readyz", get(readyz));
+    if with_preview {
+        r = r.route("/preview", post(crate::preview::http::preview));
+    }
     if with_metrics {
         r = r.route("/metrics", get(metrics_text));
     }
     r.fallback(not_found).with_state(state)
 }
 
-fn admin_router(state: Arc<AppState>) -> Router {
-    Router::new()
+fn admin_router(state: Arc<AppState>, with_preview: bool) -> Router {
+    let mut r = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(state)
+        .route("/readyz", get(readyz));
+    if with_preview {
+        r = r.route("/preview", post(crate::preview::http::preview));
+    }
+    r.with_state(state)
 }
 
 fn http_builder(opts: &ServeOptions) -> auto::Builder<TokioExecutor> {
@@ -349,8 +356,11 @@ async fn serve_plain(listener: TcpListener, app: Router, shutdown: tokio::sync::
 /// Runs the server until SIGTERM/SIGINT, then drains in-flight requests and returns.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     use anyhow::Context;
+    if opts.preview_on_metrics_addr && opts.metrics_addr.is_none() {
+        anyhow::bail!("--preview-on-metrics-addr needs --metrics-addr");
+    }
     let config = Config::load_with(opts.config_path.as_deref(), &opts.overrides)?;
-    let certs = tls::CertStore::load(&opts.tls_cert, &opts.tls_key)?;
+    let certs = tls::CertStore::load_with_ca(&opts.tls_cert, &opts.tls_key, opts.ca_bundle_file.as_deref())?;
     let metrics = Arc::new(Metrics::new());
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(Arc::clone(&certs))?));
     certs.spawn_reloader(opts.reload_interval, Arc::clone(&metrics));
@@ -393,9 +403,13 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     if let Some(maddr) = opts.metrics_addr {
         let ml = TcpListener::bind(maddr).await.with_context(|| format!("binding --metrics-addr {maddr}"))?;
         tracing::info!(addr = %ml.local_addr()?, "metrics listening (plain HTTP)");
-        admin_task = Some(tokio::spawn(serve_plain(ml, admin_router(Arc::clone(&state)), stop_rx.clone())));
+        admin_task = Some(tokio::spawn(serve_plain(
+            ml,
+            admin_router(Arc::clone(&state), opts.preview_on_metrics_addr),
+            stop_rx.clone(),
+        )));
     }
-    let app = router(Arc::clone(&state), opts.metrics_addr.is_none());
+    let app = router(Arc::clone(&state), opts.metrics_addr.is_none(), !opts.preview_on_metrics_addr);
     let builder = http_builder(&opts);
     let budget = Arc::new(tokio::sync::Semaphore::new(opts.max_connections));
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);

@@ -13,7 +13,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
-use super::metrics::{Metrics, ResultLabels};
+use super::metrics::{KindLabels, Metrics, ResultLabels};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -67,25 +67,64 @@ fn parse_pair(cert: &Path, key: &Path, cert_pem: &[u8], key_pem: &[u8]) -> Resul
     Ok(ck)
 }
 
+/// The earliest `notAfter` (seconds since the epoch) of the certificates in `pem`; `None` if it
+/// holds none that parse.
+pub fn earliest_expiry(pem: &[u8]) -> Option<i64> {
+    CertificateDer::pem_slice_iter(pem)
+        .flatten()
+        .filter_map(|der| {
+            x509_parser::parse_x509_certificate(&der).ok().map(|(_, c)| c.validity().not_after.timestamp())
+        })
+        .min()
+}
+
 /// The current serving certificate, swapped atomically on reload.
 #[derive(Debug)]
 pub struct CertStore {
     cert_path: PathBuf,
     key_path: PathBuf,
+    /// The CA certificate(s) clients verify the serving certificate with, where nixuv can read
+    /// them (`--ca-bundle-file`, else `ca.crt` beside `--tls-cert`, as cert-manager writes it).
+    ca_path: Option<PathBuf>,
     current: ArcSwap<CertifiedKey>,
     digest: ArcSwap<[u8; 32]>,
 }
 
 impl CertStore {
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, TlsError> {
+        Self::load_with_ca(cert_path, key_path, None)
+    }
+
+    pub fn load_with_ca(cert_path: &Path, key_path: &Path, ca_path: Option<&Path>) -> Result<Arc<Self>, TlsError> {
         let (c, k, digest) = read_pair(cert_path, key_path)?;
         let ck = parse_pair(cert_path, key_path, &c, &k)?;
+        let ca_path =
+            ca_path.map(Path::to_path_buf).or_else(|| Some(cert_path.parent()?.join("ca.crt")).filter(|p| p.is_file()));
         Ok(Arc::new(Self {
             cert_path: cert_path.to_path_buf(),
             key_path: key_path.to_path_buf(),
+            ca_path,
             current: ArcSwap::from_pointee(ck),
             digest: ArcSwap::from_pointee(digest),
         }))
+    }
+
+    /// Sets the expiry gauges from the certificate in use and the CA file.
+    pub fn record_expiry(&self, metrics: &Metrics) {
+        let current = self.current.load();
+        if let Some(leaf) = current.cert.first() {
+            if let Ok((_, c)) = x509_parser::parse_x509_certificate(leaf) {
+                metrics
+                    .certificate_expiry
+                    .get_or_create(&KindLabels { certificate: "serving" })
+                    .set(c.validity().not_after.timestamp());
+            }
+        }
+        if let Some(exp) =
+            self.ca_path.as_deref().and_then(|p| std::fs::read(p).ok()).and_then(|pem| earliest_expiry(&pem))
+        {
+            metrics.certificate_expiry.get_or_create(&KindLabels { certificate: "ca" }).set(exp);
+        }
     }
 
     /// Re-reads the files; swaps in the new pair if it changed and is valid. `Ok(false)`: no
@@ -107,6 +146,7 @@ impl CertStore {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            store.record_expiry(&metrics);
             tick.tick().await;
             loop {
                 tick.tick().await;
@@ -114,8 +154,9 @@ impl CertStore {
                 // File reads are blocking; keep them off the runtime's workers.
                 let res = tokio::task::spawn_blocking(move || s.reload()).await;
                 match res {
-                    Ok(Ok(false)) => {}
+                    Ok(Ok(false)) => store.record_expiry(&metrics),
                     Ok(Ok(true)) => {
+                        store.record_expiry(&metrics);
                         metrics.tls_reloads.get_or_create(&ResultLabels { result: "success" }).inc();
                         tracing::info!(cert = %store.cert_path.display(), "serving certificate reloaded");
                     }

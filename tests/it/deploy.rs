@@ -14,13 +14,8 @@ use serde_json::Value;
 
 use crate::common;
 
-const KUSTOMIZATIONS: &[&str] = &[
-    "base",
-    "overlays/cert-manager",
-    "overlays/self-managed",
-    "overlays/stores-example",
-    "overlays/store-guard-example",
-];
+const KUSTOMIZATIONS: &[&str] =
+    &["base", "overlays/cert-manager", "overlays/self-managed", "overlays/stores-example", "overlays/cluster-example"];
 const KUBERNETES_VERSION: &str = "1.34.0";
 
 fn root() -> &'static Path {
@@ -65,9 +60,18 @@ fn every_kustomization_renders_and_validates_strictly() {
         assert!(out.status.success(), "{k}: {report}");
         // Every non-CRD document was checked against a schema; CRDs (cert-manager) are checked below.
         let passed = report.lines().filter(|l| l.contains("passed")).count();
-        let crds =
-            docs.iter().filter(|d| d["apiVersion"].as_str().unwrap_or("").starts_with("cert-manager.io/")).count();
+        let crd = |d: &&Value| {
+            let v = d["apiVersion"].as_str().unwrap_or("");
+            v.starts_with("cert-manager.io/") || v.starts_with("monitoring.coreos.com/")
+        };
+        let crds = docs.iter().filter(crd).count();
         assert_eq!(passed + crds, docs.len(), "{k}: {report}");
+        // Every object says what it belongs to.
+        for d in &docs {
+            let labels = &d["metadata"]["labels"];
+            assert_eq!(labels["app.kubernetes.io/name"], "nixuv", "{k}: {} {}", d["kind"], d["metadata"]["name"]);
+            assert_eq!(labels["app.kubernetes.io/part-of"], "nixuv", "{k}: {} {}", d["kind"], d["metadata"]["name"]);
+        }
     }
 }
 
@@ -245,6 +249,8 @@ fn check_references(k: &str, docs: &[Value]) {
         }
     }
     let tpl = &dep["spec"]["template"]["spec"];
+    let pc = tpl["priorityClassName"].as_str().unwrap();
+    assert!(exists(docs, "PriorityClass", pc, None), "{k}: priorityClassName {pc}");
     let sa = tpl["serviceAccountName"].as_str().unwrap();
     assert!(exists(docs, "ServiceAccount", sa, Some(ns)), "{k}: serviceAccountName {sa}");
     let certs: Vec<&Value> = named(docs, "Certificate").collect();
@@ -385,5 +391,104 @@ fn one_images_entry_per_image_moves_every_image_nixuv_uses() {
         assert!(env
             .iter()
             .any(|e| e["name"] == "NIXUV_INIT_IMAGE" && e["valueFrom"]["configMapKeyRef"]["key"] == "initImage"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_components_fit_the_webhook() {
+    let (_, docs) = render("overlays/cluster-example");
+    let dep = find(&docs, "Deployment", "nixuv");
+    let tpl_labels = &dep["spec"]["template"]["metadata"]["labels"];
+    let matches = |sel: &Value| sel.as_object().unwrap().iter().all(|(k, v)| &tpl_labels[k] == v);
+    let ports: Vec<(String, i64)> = dep["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap().to_string(), p["containerPort"].as_i64().unwrap()))
+        .collect();
+    // The ServiceMonitor scrapes the Service's metrics port.
+    let sm = find(&docs, "ServiceMonitor", "nixuv");
+    let svc = find(&docs, "Service", "nixuv");
+    let svc_labels = &svc["metadata"]["labels"];
+    assert!(sm["spec"]["selector"]["matchLabels"].as_object().unwrap().iter().all(|(k, v)| &svc_labels[k] == v));
+    let port = sm["spec"]["endpoints"][0]["port"].as_str().unwrap();
+    assert!(svc["spec"]["ports"].as_array().unwrap().iter().any(|p| p["name"] == port));
+    // The NetworkPolicy selects the webhook's Pods and opens exactly its two ports.
+    let np = find(&docs, "NetworkPolicy", "nixuv");
+    assert!(matches(&np["spec"]["podSelector"]["matchLabels"]));
+    let open: Vec<i64> =
+        np["spec"]["ingress"].as_array().unwrap().iter().map(|r| r["ports"][0]["port"].as_i64().unwrap()).collect();
+    let mut want: Vec<i64> = ports.iter().map(|(_, p)| *p).collect();
+    want.sort();
+    let mut open_sorted = open.clone();
+    open_sorted.sort();
+    assert_eq!(open_sorted, want);
+    // Every nixuv metric the alerts use is one the running binary exports.
+    // A server with a sample in every family: an admission, a config reload (failed) and a
+    // certificate reload.
+    let server = common::Server::builder()
+        .separate_metrics()
+        .config("maxDeps: 8\n")
+        .arg("--reload-interval")
+        .arg("100ms")
+        .start();
+    let review = common::fixture("reviews/bare-pod.json");
+    assert_eq!(server.h1().post(server.url("/mutate")).json(&review).send().await.unwrap().status(), 200);
+    std::fs::write(server.dir.path().join("config.yaml"), "maxDeps: 0\n").unwrap();
+    common::make_certs(server.dir.path());
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let metrics =
+        reqwest::get(format!("http://{}/metrics", server.metrics_addr.unwrap())).await.unwrap().text().await.unwrap();
+    let rules = find(&docs, "PrometheusRule", "nixuv");
+    let mut alerts = Vec::new();
+    for r in rules["spec"]["groups"][0]["rules"].as_array().unwrap() {
+        alerts.push(r["alert"].as_str().unwrap().to_string());
+        let expr = r["expr"].as_str().unwrap();
+        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("nixuv_")) {
+            let family = word.trim_end_matches("_bucket").trim_end_matches("_total");
+            assert!(metrics.contains(&format!("# TYPE {family} ")), "{}: {word} is not exported", r["alert"]);
+        }
+    }
+    for a in [
+        "NixuvWebhookDown",
+        "NixuvWebhookNotReady",
+        "NixuvAdmissionErrors",
+        "NixuvDenialsSpiking",
+        "NixuvLatencyNearTimeout",
+        "NixuvConfigReloadFailing",
+        "NixuvCertificateExpiringSoon",
+    ] {
+        assert!(alerts.iter().any(|x| x == a), "{a}");
+    }
+}
+
+#[test]
+fn gc_component_is_restricted_and_mounts_the_stores() {
+    let (_, docs) = render("overlays/stores-example");
+    let cj = find(&docs, "CronJob", "nixuv-gc");
+    assert_eq!(cj["metadata"]["namespace"], "team-a");
+    assert_eq!(cj["spec"]["concurrencyPolicy"], "Forbid");
+    let tpl = &cj["spec"]["jobTemplate"]["spec"]["template"];
+    let pod = Pod {
+        metadata: serde_json::from_value(tpl["metadata"].clone()).unwrap(),
+        spec: Some(serde_json::from_value(tpl["spec"].clone()).unwrap()),
+        status: None,
+    };
+    for c in &pod.spec.as_ref().unwrap().containers {
+        let v = common::pss::restricted_violations(&pod, c);
+        assert!(v.is_empty(), "{}: {v:?}", c.name);
+        assert_eq!(c.name, "nixuv-gc");
+        assert_eq!(c.args.as_deref().unwrap()[0], "gc");
+    }
+    let cfg = nixuv::config::Config::default();
+    let claims: Vec<&str> = tpl["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["persistentVolumeClaim"]["claimName"].as_str())
+        .collect();
+    assert_eq!(claims, [cfg.file.storage.nix_claim.as_str(), cfg.file.storage.uv_claim.as_str()]);
+    for claim in claims {
+        assert!(exists(&docs, "PersistentVolumeClaim", claim, Some("team-a")));
     }
 }

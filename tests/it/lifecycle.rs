@@ -249,3 +249,48 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let logs = server.logs().join("\n");
     assert!(logs.contains("draining") && logs.contains("drained; exiting"), "{logs}");
 }
+
+async fn expiry(server: &Server, which: &str) -> Option<f64> {
+    let text =
+        reqwest::get(format!("http://{}/metrics", server.metrics_addr.unwrap())).await.ok()?.text().await.ok()?;
+    let name = format!("nixuv_certificate_expiry_seconds{{certificate=\"{which}\"}}");
+    text.lines().find(|l| l.starts_with(&name))?.split_whitespace().last()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_expiry_gauges_follow_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    common::make_certs(dir.path());
+    let server =
+        Server::builder().cert_dir(dir.path()).arg("--reload-interval").arg("200ms").separate_metrics().start();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let day = 86400.0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let serving = loop {
+        if let Some(e) = expiry(&server, "serving").await {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no expiry gauge");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!((serving - (now + 365.0 * day)).abs() < 2.0 * day, "serving expiry {serving} vs now {now}");
+    let ca = expiry(&server, "ca").await.expect("the CA's expiry (ca.crt beside tls.crt)");
+    assert!((ca - (now + 5.0 * 365.0 * day)).abs() < 2.0 * day, "ca expiry {ca}");
+    // Rotate to a 30-day certificate: the gauge follows on the next reload.
+    let out = Command::new(common::bin())
+        .args(["certs", "--valid-days", "30", "--out-dir"])
+        .arg(dir.path())
+        .args(["--dns-name", "localhost", "--ip", "127.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let e = expiry(&server, "serving").await.unwrap();
+        if (e - (now + 30.0 * day)).abs() < 2.0 * day {
+            break;
+        }
+        assert!(Instant::now() < deadline, "gauge did not follow the rotation: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -15,7 +15,7 @@ use crate::common;
 fn rendered() -> (Value, Value) {
     let out = Command::new("kubectl")
         .arg("kustomize")
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/overlays/store-guard-example"))
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/overlays/cluster-example"))
         .output()
         .expect("kubectl on PATH (make tools)");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -74,15 +74,19 @@ fn injected_pod() -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// nixuv's gc CronJob Pod, as docs/materialize.md and deploy/components/gc give it.
+/// nixuv's gc CronJob Pod, as deploy/components/gc renders it.
 fn gc_pod() -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "gc"},
-        "spec": {"containers": [{"name": "nixuv-gc", "image": "ghcr.io/nixuv/nixuv-init:0.1.0", "args": ["gc", "--max-age", "14d"],
-            "volumeMounts": [{"name": "nixuv-tmp", "mountPath": "/nixuv/work"},
-                {"name": "nixuv-nix", "mountPath": "/nixuv/work/.nix-portable/nix"}, {"name": "nixuv-uv", "mountPath": "/nixuv/uv"}]}],
-            "volumes": [{"name": "nixuv-tmp", "emptyDir": {}},
-                {"name": "nixuv-nix", "persistentVolumeClaim": {"claimName": "nixuv-nix-store"}},
-                {"name": "nixuv-uv", "persistentVolumeClaim": {"claimName": "nixuv-uv-cache"}}]}})
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/overlays/stores-example"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&String::from_utf8(out.stdout).unwrap())
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let cj = docs.iter().find(|d| d["kind"] == "CronJob").expect("the gc CronJob");
+    cj["spec"]["jobTemplate"]["spec"]["template"].clone()
 }
 
 #[test]

@@ -327,3 +327,34 @@ async fn replicas_are_answered_from_the_decision_cache() {
         assert_eq!(logs.contains(uid), logged, "{uid}: {logs}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_can_be_kept_off_the_webhook_address() {
+    let server = Server::builder().separate_metrics().arg("--preview-on-metrics-addr").start();
+    let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","labels":{"nixuv.io/inject":"true"},"annotations":{"nixuv.io/system-deps":"gcc"}},"spec":{"containers":[{"name":"a","image":"x"}]}}"#;
+    let r = server.h1().post(server.url("/preview")).body(pod).send().await.unwrap();
+    assert_eq!(r.status(), 404, "not on the webhook's address");
+    assert_eq!(
+        server
+            .h1()
+            .post(server.url("/mutate"))
+            .json(&common::fixture("reviews/bare-pod.json"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let admin = format!("http://{}/preview", server.metrics_addr.unwrap());
+    let r = reqwest::Client::new().post(admin).body(pod).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["allowed"], true);
+    // Without an admin address the flag is refused at start-up.
+    let out = std::process::Command::new(common::bin())
+        .args(["serve", "--addr", "127.0.0.1:0", "--tls-cert", "x", "--tls-key", "y", "--preview-on-metrics-addr"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--preview-on-metrics-addr needs --metrics-addr"));
+}
