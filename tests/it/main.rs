@@ -4,6 +4,7 @@ mod deploy;
 mod fuzz;
 mod fuzz_store;
 mod hostile;
+mod images;
 mod kubeapi;
 mod lifecycle;
 mod materialize;
