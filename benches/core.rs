@@ -8,7 +8,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use serde_json::{json, Value};
 
 use nixuv::config::Config;
-use nixuv::{inject, review};
+use nixuv::inject::Injector;
+use nixuv::review;
 
 // The same allocator as the binary.
 #[global_allocator]
@@ -66,15 +67,15 @@ pub fn review_body(target: usize, containers: usize) -> Vec<u8> {
     .unwrap()
 }
 
-fn handle(body: &[u8], cfg: &Config) -> Vec<u8> {
+fn handle(body: &[u8], inj: &Injector) -> Vec<u8> {
     let r = review::decode(body).unwrap();
-    let d = inject::decide(&r.request, cfg, &nixuv::claims::AssumePresent);
-    assert!(d.patch.is_some());
-    review::Prepared::new(&d).body(r.api_version, &r.request.uid)
+    let d = inj.decide(&r.request, &nixuv::claims::AssumePresent);
+    assert!(d.patch().is_some());
+    review::Prepared::new(d.to_response()).body(r.api_version, &r.request.uid)
 }
 
 fn bench(c: &mut Criterion) {
-    let cfg = Config::default();
+    let cfg = Injector::new(Config::default());
     let mut g = c.benchmark_group("mutate");
     for (name, size) in [("small", 0), ("5KB", 5 * 1024), ("100KB", 100 * 1024)] {
         let body = review_body(size, 1);
@@ -83,7 +84,7 @@ fn bench(c: &mut Criterion) {
     }
     let body = review_body(5 * 1024, 1);
     g.bench_with_input(BenchmarkId::new("pod", "5KB-new-declaration"), &body, |b, body| {
-        b.iter_batched_ref(Config::default, |cfg| handle(body, cfg), BatchSize::SmallInput)
+        b.iter_batched_ref(|| Injector::new(Config::default()), |inj| handle(body, inj), BatchSize::SmallInput)
     });
     g.finish();
     let mut g = c.benchmark_group("containers");

@@ -7,6 +7,12 @@ use std::path::Path;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
+use crate::inject::plan::PlanInputs;
+use crate::names::RESERVED_INIT_ENV_PREFIX;
+use crate::toolenv::{effective_index, tool_scope, valid_index_url, FIXED_TOOL_ENV};
+pub use crate::values::{is_dns1123_label, is_dns1123_subdomain};
+use crate::values::{PullPolicy, PythonVersion, Quantity};
+
 /// The default PATH given to a target container that does not set PATH itself. Images set PATH in
 /// their own config, which Kubernetes does not show us; this is the usual Debian/OCI default.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -196,7 +202,9 @@ impl GlobPolicy {
     }
 }
 
-/// The validated configuration.
+/// The validated configuration: plain values, parsed once. It holds no state and is never
+/// changed after validation; what the core memoises under it lives with the core's owner
+/// ([`crate::inject::Injector`]), swapped whole on reload.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub file: ConfigFile,
@@ -204,75 +212,27 @@ pub struct Config {
     pub excluded_namespaces: Vec<String>,
     pub system_policy: GlobPolicy,
     pub python_policy: GlobPolicy,
+    /// `defaultPython`, parsed.
+    pub default_python: PythonVersion,
+    /// `initImagePullPolicy`, parsed.
+    pub pull_policy: Option<PullPolicy>,
+    /// `initResources`, parsed: (resource, quantity) for requests and limits.
+    pub init_requests: Vec<(String, Quantity)>,
+    pub init_limits: Vec<(String, Quantity)>,
     /// The Python package index the init container will use (from `initEnv`), part of the env id.
     pub index_url: String,
     /// The `initEnv` variables that reach nix or uv, sorted: part of every env id.
     pub tool_env: Vec<(String, String)>,
-    /// Unique per validated config in this process: caches of decisions key on it, so a reloaded
-    /// config never serves a decision made under the old one.
-    pub generation: u64,
-    /// Per-declaration results under this config (see [`crate::inject::EnvOutcome`]). A `Config`
-    /// is not changed after validation (a reload builds a new one), which is what makes this sound.
-    pub envs: EnvMemo,
 }
-
-/// A bounded memo of [`crate::inject::EnvOutcome`] by declaration, shared by clones of one config.
-#[derive(Clone)]
-pub struct EnvMemo(
-    std::sync::Arc<quick_cache::sync::Cache<Vec<u8>, std::sync::Arc<crate::inject::EnvOutcome>, MemoBytes>>,
-);
-
-/// An entry's weight: its bytes (key, plan, init container, message), not one per entry, so that
-/// a stream of huge distinct declarations cannot hold more than [`EnvMemo::BYTES`].
-#[derive(Clone)]
-pub struct MemoBytes;
-
-impl quick_cache::Weighter<Vec<u8>, std::sync::Arc<crate::inject::EnvOutcome>> for MemoBytes {
-    fn weight(&self, key: &Vec<u8>, v: &std::sync::Arc<crate::inject::EnvOutcome>) -> u64 {
-        (key.len() + v.heap_bytes() + 128) as u64
-    }
-}
-
-impl EnvMemo {
-    /// Bytes of memoised declarations kept per config (a typical one is a few KB: the plan and
-    /// the init container).
-    const BYTES: u64 = 8 << 20;
-
-    fn new() -> Self {
-        EnvMemo(std::sync::Arc::new(quick_cache::sync::Cache::with_weighter(1024, Self::BYTES, MemoBytes)))
-    }
-
-    /// Bytes held, as weighed.
-    pub fn weight(&self) -> u64 {
-        self.0.weight()
-    }
-
-    pub fn get_or_insert_with(
-        &self,
-        key: &[u8],
-        make: impl FnOnce() -> std::sync::Arc<crate::inject::EnvOutcome>,
-    ) -> std::sync::Arc<crate::inject::EnvOutcome> {
-        // quick_cache's own get-or-insert: concurrent first Pods of a declaration compute it once.
-        let made: Result<_, std::convert::Infallible> = self.0.get_or_insert_with(key, || Ok(make()));
-        made.unwrap_or_else(|never| match never {})
-    }
-}
-
-impl std::fmt::Debug for EnvMemo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "EnvMemo({} entries)", self.0.len())
-    }
-}
-
-/// The environment variables that nixuv itself sets on the init container.
-pub const RESERVED_INIT_ENV_PREFIX: &str = "NIXUV_";
 
 /// Settings given outside the config file that take precedence over it: the init image from
 /// `NIXUV_INIT_IMAGE` (the deployment sets it from a ConfigMap key that kustomize's `images:`
-/// updates together with the webhook's own image).
+/// updates together with the webhook's own image), and the namespace nixuv runs in (from
+/// `POD_NAMESPACE`, read by the binary, not here).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub init_image: Option<String>,
+    pub own_namespace: Option<String>,
 }
 
 impl Config {
@@ -289,7 +249,7 @@ impl Config {
         if let Some(image) = overrides.init_image.as_deref().filter(|i| !i.trim().is_empty()) {
             file.init_image = image.to_string();
         }
-        Self::validate(file)
+        Self::validate_in(file, overrides.own_namespace.as_deref())
     }
 
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
@@ -306,26 +266,30 @@ impl Config {
     }
 
     pub fn validate(file: ConfigFile) -> Result<Self, ConfigError> {
+        Self::validate_in(file, None)
+    }
+
+    /// Validates `file` for a webhook running in `own_namespace` (always excluded; the config's
+    /// `namespace`, else this, else `nixuv-system`).
+    pub fn validate_in(file: ConfigFile, own_namespace: Option<&str>) -> Result<Self, ConfigError> {
         if file.init_image.trim().is_empty() {
             return Err(invalid("initImage", "must not be empty"));
         }
-        if let Some(p) = &file.init_image_pull_policy {
-            if !matches!(p.as_str(), "Always" | "IfNotPresent" | "Never") {
-                return Err(invalid("initImagePullPolicy", format!("{p:?} is not one of Always, IfNotPresent, Never")));
-            }
-        }
+        let pull_policy = match &file.init_image_pull_policy {
+            None => None,
+            Some(p) => Some(PullPolicy::parse(p).ok_or_else(|| {
+                invalid("initImagePullPolicy", format!("{p:?} is not one of Always, IfNotPresent, Never"))
+            })?),
+        };
         if file.init_run_as_user <= 0 {
             return Err(invalid("initRunAsUser", "must be a non-root uid (> 0) to pass PodSecurity restricted"));
         }
         if file.nixpkgs.trim().is_empty() || file.nixpkgs.chars().any(|c| c.is_whitespace()) {
             return Err(invalid("nixpkgs", format!("{:?} is not a flake reference", file.nixpkgs)));
         }
-        if !crate::inject::deps::valid_python_version(&file.default_python) {
-            return Err(invalid(
-                "defaultPython",
-                format!("{:?} is not a Python version like 3.12", file.default_python),
-            ));
-        }
+        let default_python = PythonVersion::parse(&file.default_python).ok_or_else(|| {
+            invalid("defaultPython", format!("{:?} is not a Python version like 3.12", file.default_python))
+        })?;
         if file.default_path.is_empty() || file.default_path.split(':').any(|p| !p.starts_with('/')) {
             return Err(invalid(
                 "defaultPath",
@@ -367,69 +331,77 @@ impl Config {
             if file.init_env[..i].iter().any(|p| p.name == e.name) {
                 return Err(invalid(format!("initEnv[{i}].name"), format!("{:?} is set twice", e.name)));
             }
-            if e.name.starts_with(RESERVED_INIT_ENV_PREFIX) || crate::envspec::FIXED_TOOL_ENV.contains(&e.name.as_str())
-            {
+            if e.name.starts_with(RESERVED_INIT_ENV_PREFIX) || FIXED_TOOL_ENV.contains(&e.name.as_str()) {
                 return Err(invalid(format!("initEnv[{i}].name"), format!("{:?} is set by nixuv itself", e.name)));
             }
         }
-        for (section, map) in [("requests", &file.init_resources.requests), ("limits", &file.init_resources.limits)] {
-            for res in ["cpu", "memory"] {
-                match map.get(res) {
-                    Some(v) if is_quantity(v) => {}
-                    Some(v) => {
-                        return Err(invalid(
-                            format!("initResources.{section}.{res}"),
-                            format!("{v:?} is not a quantity"),
-                        ))
-                    }
-                    None => {
+        let quantities =
+            |section: &str, map: &BTreeMap<String, String>| -> Result<Vec<(String, Quantity)>, ConfigError> {
+                for res in ["cpu", "memory"] {
+                    if !map.contains_key(res) {
                         return Err(invalid(
                             format!("initResources.{section}.{res}"),
                             "must be set (ResourceQuota rejects containers without requests and limits)",
-                        ))
+                        ));
                     }
                 }
-            }
-        }
+                map.iter()
+                    .map(|(res, v)| {
+                        let q = Quantity::parse(v).ok_or_else(|| {
+                            invalid(format!("initResources.{section}.{res}"), format!("{v:?} is not a quantity"))
+                        })?;
+                        Ok((res.clone(), q))
+                    })
+                    .collect()
+            };
+        let init_requests = quantities("requests", &file.init_resources.requests)?;
+        let init_limits = quantities("limits", &file.init_resources.limits)?;
         let system_policy = GlobPolicy::compile("policy.system", &file.policy.system)?;
         let python_policy = GlobPolicy::compile("policy.python", &file.policy.python)?;
 
         let mut excluded_namespaces = file.exclude_namespaces.clone();
-        let own = file
-            .namespace
-            .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok())
-            .unwrap_or_else(|| "nixuv-system".into());
+        let own =
+            file.namespace.clone().or_else(|| own_namespace.map(String::from)).unwrap_or_else(|| "nixuv-system".into());
         if !excluded_namespaces.contains(&own) {
             excluded_namespaces.push(own);
         }
         let mut tool_env: Vec<(String, String)> = file
             .init_env
             .iter()
-            .filter(|e| crate::inject::plan::tool_scope(&e.name).is_some())
+            .filter(|e| tool_scope(&e.name).is_some())
             .map(|e| (e.name.clone(), e.value.clone()))
             .collect();
         tool_env.sort();
-        let index_url = crate::inject::plan::effective_index(tool_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let index_url = effective_index(tool_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         if let Some(i) = ["UV_DEFAULT_INDEX", "UV_INDEX_URL"]
             .iter()
             .find_map(|k| file.init_env.iter().position(|e| e.name == *k))
-            .filter(|_| !crate::inject::plan::valid_index_url(&index_url))
+            .filter(|_| !valid_index_url(&index_url))
         {
             return Err(invalid(format!("initEnv[{i}].value"), format!("{index_url:?} is not an http(s) or file URL")));
         }
-        static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Self {
             file,
             excluded_namespaces,
             system_policy,
             python_policy,
+            default_python,
+            pull_policy,
+            init_requests,
+            init_limits,
             index_url,
             tool_env,
-            generation,
-            envs: EnvMemo::new(),
         })
+    }
+
+    /// What an env plan takes from the config.
+    pub fn plan_inputs(&self) -> PlanInputs<'_> {
+        PlanInputs {
+            default_python: &self.default_python,
+            nixpkgs: &self.file.nixpkgs,
+            index_url: &self.index_url,
+            tool_env: &self.tool_env,
+        }
     }
 }
 
@@ -437,27 +409,6 @@ impl Default for Config {
     fn default() -> Self {
         Self::validate(ConfigFile::default()).expect("the built-in defaults are valid")
     }
-}
-
-pub fn is_dns1123_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-pub fn is_dns1123_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
-}
-
-/// A Kubernetes resource quantity such as `100m`, `2`, `1.5Gi`, `512Mi`, `1e3`.
-fn is_quantity(s: &str) -> bool {
-    let digits_end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (num, suffix) = s.split_at(digits_end);
-    !num.is_empty()
-        && num.parse::<f64>().is_ok()
-        && matches!(suffix, "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei")
 }
 
 #[cfg(test)]
@@ -541,10 +492,10 @@ initResources: {requests: {cpu: 50m, memory: 64Mi}, limits: {cpu: "1", memory: 1
     #[test]
     fn quantities() {
         for ok in ["100m", "2", "1.5Gi", "512Mi", "0.5"] {
-            assert!(is_quantity(ok), "{ok}");
+            assert!(Quantity::parse(ok).is_some(), "{ok}");
         }
         for bad in ["", "m", "lots", "1 Gi", "1GB"] {
-            assert!(!is_quantity(bad), "{bad}");
+            assert!(Quantity::parse(bad).is_none(), "{bad}");
         }
     }
 }

@@ -2,33 +2,15 @@
 //! `nixuv-init`, written by [`crate::inject`] and read back by `nixuv materialize`. One type on
 //! both sides, so the contract is checked by the compiler and a round-trip test.
 
-use crate::inject::deps::{valid_attr_path, valid_python_version};
-use crate::inject::plan::{effective_index, tool_scope, valid_index_url, EnvPlan, INIT_NIX_DIR, UV_ROOT};
-
-pub const ENV_ID: &str = "NIXUV_ENV";
-pub const ENV_SYSTEM_DEPS: &str = "NIXUV_SYSTEM_DEPS";
-pub const ENV_PYTHON_DEPS: &str = "NIXUV_PYTHON_DEPS";
-pub const ENV_PYTHON: &str = "NIXUV_PYTHON";
-pub const ENV_NIXPKGS: &str = "NIXUV_NIXPKGS";
-pub const ENV_INDEX_URL: &str = "NIXUV_INDEX_URL";
-pub const ENV_UV_ROOT: &str = "NIXUV_UV_ROOT";
-pub const ENV_NIX_DIR: &str = "NIXUV_NIX_DIR";
-/// The names of the tool variables (`initEnv`) the env id binds, comma-separated; set only when
-/// there are some. Any other tool variable is stripped from the tools' environment.
-pub const ENV_TOOL_ENV: &str = "NIXUV_TOOL_ENV";
-
-/// Variables that `nixuv materialize` sets for the tools itself, from the store layout; an admin's
-/// `initEnv` may not override them.
-pub const FIXED_TOOL_ENV: &[&str] = &[
-    "HOME",
-    "TMPDIR",
-    "UV_CACHE_DIR",
-    "UV_PYTHON_INSTALL_DIR",
-    "UV_LINK_MODE",
-    "UV_NO_CONFIG",
-    "NP_LOCATION",
-    "VIRTUAL_ENV",
-];
+use crate::inject::deps::{self, Source};
+use crate::inject::plan::EnvPlan;
+use crate::names::{ANN_PYTHON, INIT_NIX_DIR, UV_ROOT};
+pub use crate::names::{
+    ENV_ID, ENV_INDEX_URL, ENV_NIXPKGS, ENV_NIX_DIR, ENV_PYTHON, ENV_PYTHON_DEPS, ENV_SYSTEM_DEPS, ENV_TOOL_ENV,
+    ENV_UV_ROOT,
+};
+use crate::toolenv::{effective_index, tool_scope, valid_index_url};
+use crate::values::{valid_attr_path, valid_python_version};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EnvSpecError {
@@ -94,8 +76,8 @@ impl EnvSpec {
         }
         let python = lines(get(ENV_PYTHON_DEPS).unwrap_or_default());
         for p in &python {
-            let src = crate::inject::deps::Source::Annotation(crate::inject::ANN_PYTHON);
-            crate::inject::deps::parse_requirement(p, &src)
+            let src = Source::Annotation(ANN_PYTHON);
+            deps::parse_requirement(p, &src)
                 .map_err(|_| bad(ENV_PYTHON_DEPS, p, "is not an allowed PEP 508 requirement"))?;
         }
         let python_version = req(ENV_PYTHON)?;
@@ -158,7 +140,7 @@ mod tests {
             ("nixuv.io/system-deps".to_string(), "gcc ffmpeg-headless python312Packages.numpy".to_string()),
             ("nixuv.io/python-deps".to_string(), "pandas>=2,<3, requests[socks]; python_version > '3.8'".to_string()),
         ]);
-        let plan = EnvPlan::new(&declared(None, Some(&ann)).unwrap(), &Config::default());
+        let plan = EnvPlan::new(&declared(None, Some(&ann)).unwrap(), Config::default().plan_inputs());
         let spec = EnvSpec::for_plan(&plan);
         let env: HashMap<&str, String> = spec.to_env().into_iter().collect();
         let back = EnvSpec::from_env(|k| env.get(k).cloned()).unwrap();
@@ -169,7 +151,7 @@ mod tests {
 
     #[test]
     fn tampered_env_is_rejected() {
-        let plan = EnvPlan::new(&Default::default(), &Config::default());
+        let plan = EnvPlan::new(&Default::default(), Config::default().plan_inputs());
         let good: HashMap<&str, String> = EnvSpec::for_plan(&plan).to_env().into_iter().collect();
         let cases: &[(&str, &str)] = &[
             (ENV_ID, "../../etc"),
@@ -203,7 +185,7 @@ mod tests {
         )
         .unwrap();
         let ann = BTreeMap::from([("nixuv.io/python-deps".to_string(), "six".to_string())]);
-        let plan = EnvPlan::new(&declared(None, Some(&ann)).unwrap(), &cfg);
+        let plan = EnvPlan::new(&declared(None, Some(&ann)).unwrap(), cfg.plan_inputs());
         let mut env: HashMap<&str, String> = EnvSpec::for_plan(&plan).to_env().into_iter().collect();
         assert_eq!(env[ENV_TOOL_ENV], "NIX_CONFIG,UV_DEFAULT_INDEX");
         for e in &cfg.file.init_env {

@@ -3,14 +3,13 @@
 //! Decoding is written here rather than taken from `kube_core::admission` on purpose: kube-core
 //! deserialises `request.object` eagerly into a typed object, so a review of a kind nixuv does not
 //! handle could fail to decode, and every review would pay for parsing a whole object. Here the
-//! object stays a borrowed raw JSON slice until the gate in [`crate::inject`] has decided the
-//! review is a Pod CREATE worth looking at, and only the fields nixuv reads are decoded then. The
-//! response shape follows `kube_core::admission::AdmissionResponse` field for field.
+//! object stays a borrowed raw JSON slice until the core has decided the review is a Pod CREATE
+//! worth looking at, and only the fields nixuv reads are decoded then. The response shape follows
+//! `kube_core::admission::AdmissionResponse` field for field; the core builds it, this module only
+//! serialises it. The bottom layer: it depends on nothing else in the crate.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-
-use crate::inject::Decision;
 
 pub const API_V1: &str = "admission.k8s.io/v1";
 pub const API_V1BETA1: &str = "admission.k8s.io/v1beta1";
@@ -104,7 +103,7 @@ pub fn decode(body: &[u8]) -> Result<AdmissionReview<'_>, ReviewError> {
     Ok(AdmissionReview { api_version, request })
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Status {
     pub status: String,
     pub code: u16,
@@ -112,7 +111,7 @@ pub struct Status {
     pub message: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AdmissionResponse {
     pub uid: String,
@@ -135,61 +134,16 @@ pub struct ReviewOut {
     pub response: AdmissionResponse,
 }
 
-fn reason_for(code: u16) -> &'static str {
-    match code {
-        400 => "BadRequest",
-        403 => "Forbidden",
-        409 => "Conflict",
-        _ => "Invalid",
-    }
-}
-
-/// The response for `decision` to the request `uid`.
-fn response(uid: &str, decision: &Decision) -> AdmissionResponse {
-    let status = (!decision.allowed).then(|| {
-        let code = decision.code;
-        Status {
-            status: "Failure".into(),
-            code,
-            reason: reason_for(code).into(),
-            message: decision.message.clone().unwrap_or_default(),
-        }
-    });
-    let (patch, patch_type) = match &decision.patch {
-        Some(p) if decision.allowed => {
-            // Serialised whole, then encoded in one call: streaming serde_json's many small writes
-            // through base64's writer was measured at twice the cost.
-            let bytes = p.to_json();
-            (
-                Some(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)),
-                Some("JSONPatch".to_string()),
-            )
-        }
-        _ => (None, None),
-    };
-    AdmissionResponse {
-        uid: uid.to_string(),
-        allowed: decision.allowed,
-        status,
-        patch,
-        patch_type,
-        warnings: (!decision.warnings.is_empty()).then(|| decision.warnings.clone()),
-    }
-}
-
-/// The response review for `decision`, same apiVersion and uid as the request.
-pub fn respond(api_version: &str, uid: &str, decision: &Decision) -> ReviewOut {
-    ReviewOut {
-        api_version: api_version.to_string(),
-        kind: "AdmissionReview".into(),
-        response: response(uid, decision),
-    }
+/// The response review for `response` (built by the core), same apiVersion and uid as the request.
+pub fn respond(api_version: &str, uid: &str, mut response: AdmissionResponse) -> ReviewOut {
+    response.uid = uid.to_string();
+    ReviewOut { api_version: api_version.to_string(), kind: "AdmissionReview".into(), response }
 }
 
 /// A response review serialised once, without its uid: what `/mutate` keeps for a decision so that
 /// replicas of one workload (byte-identical Pods, differing only in the request uid) cost a splice
 /// rather than a new patch. [`Prepared::body`] gives exactly the bytes of
-/// `serde_json::to_vec(&respond(api_version, uid, decision))`.
+/// `serde_json::to_vec(&respond(api_version, uid, response))`.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     /// The serialised `response` object after its `"uid":"",`, i.e. from `"allowed"` to its `}`.
@@ -200,8 +154,9 @@ pub struct Prepared {
 const EMPTY_UID_HEAD: &[u8] = br#"{"uid":"","#;
 
 impl Prepared {
-    pub fn new(decision: &Decision) -> Self {
-        let mut resp = response("", decision);
+    pub fn new(response: AdmissionResponse) -> Self {
+        let mut resp = response;
+        resp.uid.clear();
         // The base64 patch is spliced in rather than serialised: serde_json would scan its
         // kilobytes for characters to escape, and the base64 alphabet has none.
         let patch = resp.patch.take();
@@ -273,42 +228,65 @@ mod tests {
         }
     }
 
+    /// An allowed response without status or patch.
+    pub fn allowed() -> AdmissionResponse {
+        AdmissionResponse {
+            uid: String::new(),
+            allowed: true,
+            status: None,
+            patch: None,
+            patch_type: None,
+            warnings: None,
+        }
+    }
+
     #[test]
     fn v1beta1_is_echoed() {
         let body = r#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1beta1","request":{"uid":"u1","operation":"CREATE","object":{"a":1}}}"#;
         let r = decode(body.as_bytes()).unwrap();
         assert_eq!(r.api_version, API_V1BETA1);
         assert_eq!(r.request.object.unwrap().get(), r#"{"a":1}"#);
-        let out = respond(r.api_version, &r.request.uid, &Decision::allow());
+        let out = respond(r.api_version, &r.request.uid, allowed());
         assert_eq!(out.api_version, API_V1BETA1);
         assert_eq!(out.response.uid, "u1");
         assert!(out.response.status.is_none() && out.response.patch.is_none());
     }
 
-    /// The spliced body is byte for byte the serialised review, for every kind of decision and for
-    /// uids that need escaping.
+    /// The spliced body is byte for byte the serialised review, for every shape of response and for
+    /// uids that need escaping (the core's real decisions: `inject`'s tests).
     #[test]
     fn prepared_body_equals_respond() {
-        let pod = r#"{"metadata":{"labels":{"nixuv.io/inject":"true"},"annotations":{"nixuv.io/python-deps":"rich"}},"spec":{"containers":[{"name":"a"}]}}"#;
-        let cfg = crate::config::Config::default();
-        let mut warned = Decision::allow();
-        warned.warnings = vec!["w \"1\"".into(), "w2".into()];
-        let decisions = [
-            Decision::allow(),
-            Decision::deny(403, "policy: \"x\" is not allowed"),
-            warned,
-            crate::inject::decide_pod(pod, Some("ns"), &cfg),
-        ];
-        assert!(decisions[3].patch.is_some());
-        let mut patched_and_warned = decisions[3].clone();
-        patched_and_warned.warnings = vec!["nixuv: \"claim\" missing".into()];
-        for d in decisions.iter().chain([&patched_and_warned]) {
-            for api in [API_V1, API_V1BETA1] {
-                for uid in ["u1", "0c9a8d74-9cb7-44dd-b98e-09fd62def2f4", "a\"b\\c\u{1}é"] {
-                    let want = serde_json::to_vec(&respond(api, uid, d)).unwrap();
-                    assert_eq!(Prepared::new(d).body(api, uid), want, "{d:?} {api} {uid}");
-                }
-            }
+        let denied = AdmissionResponse {
+            allowed: false,
+            status: Some(Status {
+                status: "Failure".into(),
+                code: 403,
+                reason: "Forbidden".into(),
+                message: "policy: \"x\" is not allowed".into(),
+            }),
+            ..allowed()
+        };
+        let warned = AdmissionResponse { warnings: Some(vec!["w \"1\"".into(), "w2".into()]), ..allowed() };
+        let patched = AdmissionResponse {
+            patch: Some("W3sib3AiOiJhZGQifV0=".into()),
+            patch_type: Some("JSONPatch".into()),
+            warnings: Some(vec!["nixuv: \"claim\" missing".into()]),
+            ..allowed()
+        };
+        for resp in [allowed(), denied, warned, patched] {
+            assert_same_bytes(&resp);
+        }
+    }
+}
+
+/// Asserts that the prepared body of `resp` is byte for byte its serialised review, for both
+/// versions and uids that need escaping. Shared with the core's tests.
+#[cfg(test)]
+pub(crate) fn assert_same_bytes(resp: &AdmissionResponse) {
+    for api in [API_V1, API_V1BETA1] {
+        for uid in ["u1", "0c9a8d74-9cb7-44dd-b98e-09fd62def2f4", "a\"b\\c\u{1}é"] {
+            let want = serde_json::to_vec(&respond(api, uid, resp.clone())).unwrap();
+            assert_eq!(Prepared::new(resp.clone()).body(api, uid), want, "{resp:?} {api} {uid}");
         }
     }
 }

@@ -5,7 +5,8 @@ use std::str::FromStr;
 
 use pep508_rs::{Requirement, VersionOrUrl};
 
-use super::{ANN_PYTHON, ANN_PYTHON_VERSION, ANN_SYSTEM, LABEL_PYTHON_PREFIX, LABEL_SYSTEM_PREFIX};
+use crate::names::{ANN_PYTHON, ANN_PYTHON_VERSION, ANN_SYSTEM, LABEL_PYTHON_PREFIX, LABEL_SYSTEM_PREFIX};
+pub use crate::values::{valid_attr_path, valid_python_version};
 
 /// Where a dependency was declared, for error messages: `annotation "nixuv.io/system-deps"` or
 /// `label "python.nixuv.io/numpy"`.
@@ -69,25 +70,6 @@ impl Declared {
     pub fn count(&self) -> usize {
         self.system.len() + self.python.len()
     }
-}
-
-/// `^[A-Za-z_][A-Za-z0-9_'-]*(\.[A-Za-z_][A-Za-z0-9_'-]*)*$`, written out by hand because it is a
-/// few lines and runs per dep on the admission hot path.
-pub fn valid_attr_path(s: &str) -> bool {
-    !s.is_empty()
-        && s.split('.').all(|seg| {
-            let mut chars = seg.chars();
-            matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-                && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '\'' | '-'))
-        })
-}
-
-/// `3`, `3.12` or `3.12.4`: the forms `uv python install` takes for a CPython version.
-pub fn valid_python_version(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('.').collect();
-    (1..=3).contains(&parts.len())
-        && parts[0] == "3"
-        && parts.iter().all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Splits a system dep list on commas, newlines and whitespace.

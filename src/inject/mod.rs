@@ -1,6 +1,8 @@
 //! The pure core: an admission request in, a decision out. No I/O, no async, no HTTP types; the
-//! webhook (`/mutate`), the preview endpoint and the `nixuv preview` CLI all call [`decide`] or
-//! [`decide_pod`], so they cannot disagree.
+//! webhook (`/mutate`), the preview endpoint and the `nixuv preview` CLI all call
+//! [`Injector::decide`] or [`Injector::decide_pod`], so they cannot disagree. A [`Decision`] is a
+//! typed [`Verdict`] (a denial cannot carry a patch); [`Decision::to_response`] turns it into the
+//! AdmissionResponse that [`crate::review`] only serialises.
 
 pub mod deps;
 pub mod optin;
@@ -15,24 +17,10 @@ use patch::AddPatch;
 
 use crate::claims::{AssumePresent, ClaimState, Claims};
 use crate::config::{Config, StorageMode};
-use crate::review::AdmissionRequest;
-use plan::{EnvPlan, NIX_MOUNT, UV_ROOT};
+use crate::names::*;
+use crate::review::{AdmissionRequest, AdmissionResponse, Status};
+use plan::EnvPlan;
 use pod::PodView;
-
-pub const LABEL_INJECT: &str = "nixuv.io/inject";
-pub const ANN_SYSTEM: &str = "nixuv.io/system-deps";
-pub const ANN_PYTHON: &str = "nixuv.io/python-deps";
-pub const ANN_PYTHON_VERSION: &str = "nixuv.io/python";
-pub const ANN_CONTAINERS: &str = "nixuv.io/containers";
-pub const ANN_STATUS: &str = "nixuv.io/status";
-pub const ANN_ENV: &str = "nixuv.io/env";
-pub const STATUS_INJECTED: &str = "injected";
-pub const LABEL_SYSTEM_PREFIX: &str = "system.nixuv.io/";
-pub const LABEL_PYTHON_PREFIX: &str = "python.nixuv.io/";
-pub const INIT_CONTAINER: &str = "nixuv-init";
-pub const VOL_NIX: &str = "nixuv-nix";
-pub const VOL_UV: &str = "nixuv-uv";
-pub const VOL_TMP: &str = "nixuv-tmp";
 
 /// What happened, for logs and the `decision` metric label (a closed, low-cardinality set).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,207 +53,456 @@ impl Outcome {
     }
 }
 
+/// Why a Pod is allowed unchanged without being nixuv's (the reasons that carry no env).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    Skipped,
+    NotOptedIn,
+    Excluded,
+    NoDeps,
+}
+
+/// What kind of denial: the input is wrong, it collides with what nixuv adds, or the admin's
+/// policy forbids it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyKind {
+    Invalid,
+    Conflict,
+    Policy,
+}
+
+impl DenyKind {
+    /// The `status.code` of the AdmissionResponse (and what `nixuv preview` prints): 400 for bad
+    /// input and conflicts, 403 for policy. Chosen here, where a decision becomes a response.
+    pub fn code(self) -> u16 {
+        match self {
+            DenyKind::Invalid | DenyKind::Conflict => 400,
+            DenyKind::Policy => 403,
+        }
+    }
+    fn reason(self) -> &'static str {
+        match self {
+            DenyKind::Invalid | DenyKind::Conflict => "BadRequest",
+            DenyKind::Policy => "Forbidden",
+        }
+    }
+}
+
+/// A denial: its kind and a message naming the field and the item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub kind: DenyKind,
+    pub message: String,
+}
+
+impl Denial {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Denial { kind: DenyKind::Invalid, message: message.into() }
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Denial { kind: DenyKind::Conflict, message: message.into() }
+    }
+    pub fn policy(message: impl Into<String>) -> Self {
+        Denial { kind: DenyKind::Policy, message: message.into() }
+    }
+}
+
+/// The verdict on one Pod: a denied decision cannot carry a patch, an injected one always does.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// Allowed unchanged; not nixuv's.
+    Pass(Pass),
+    /// Allowed unchanged: it already carries nixuv's output for this env.
+    Unchanged {
+        env_id: String,
+    },
+    /// Allowed with nixuv's patch for this env.
+    Inject {
+        env_id: String,
+        patch: AddPatch,
+    },
+    Deny(Denial),
+}
+
 #[derive(Debug, Clone)]
 pub struct Decision {
-    pub allowed: bool,
-    /// HTTP-style status for denials: 400 (bad input, conflicts) or 403 (policy).
-    pub code: u16,
-    pub message: Option<String>,
+    pub verdict: Verdict,
+    /// Admission warnings (`kubectl` prints them), also on an allowed Pod.
     pub warnings: Vec<String>,
-    pub patch: Option<AddPatch>,
-    pub outcome: Outcome,
-    pub env_id: Option<String>,
+}
+
+impl From<Denial> for Decision {
+    fn from(d: Denial) -> Self {
+        Decision { verdict: Verdict::Deny(d), warnings: Vec::new() }
+    }
 }
 
 impl Decision {
-    pub fn allow() -> Self {
-        Self::allow_as(Outcome::Skipped)
+    pub fn pass(why: Pass) -> Self {
+        Decision { verdict: Verdict::Pass(why), warnings: Vec::new() }
     }
-    pub fn allow_as(outcome: Outcome) -> Self {
-        Decision { allowed: true, code: 200, message: None, warnings: Vec::new(), patch: None, outcome, env_id: None }
+    pub fn allowed(&self) -> bool {
+        !matches!(self.verdict, Verdict::Deny(_))
     }
-    pub fn deny(code: u16, message: impl Into<String>) -> Self {
-        Decision {
-            allowed: false,
-            code,
-            message: Some(message.into()),
-            warnings: Vec::new(),
-            patch: None,
-            outcome: Outcome::Denied,
-            env_id: None,
+    pub fn outcome(&self) -> Outcome {
+        match &self.verdict {
+            Verdict::Pass(Pass::Skipped) => Outcome::Skipped,
+            Verdict::Pass(Pass::NotOptedIn) => Outcome::NotOptedIn,
+            Verdict::Pass(Pass::Excluded) => Outcome::Excluded,
+            Verdict::Pass(Pass::NoDeps) => Outcome::NoDeps,
+            Verdict::Unchanged { .. } => Outcome::AlreadyInjected,
+            Verdict::Inject { .. } => Outcome::Injected,
+            Verdict::Deny(_) => Outcome::Denied,
+        }
+    }
+    pub fn env_id(&self) -> Option<&str> {
+        match &self.verdict {
+            Verdict::Unchanged { env_id } | Verdict::Inject { env_id, .. } => Some(env_id),
+            _ => None,
+        }
+    }
+    pub fn patch(&self) -> Option<&AddPatch> {
+        match &self.verdict {
+            Verdict::Inject { patch, .. } => Some(patch),
+            _ => None,
+        }
+    }
+    pub fn denial(&self) -> Option<&Denial> {
+        match &self.verdict {
+            Verdict::Deny(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// The AdmissionResponse for this decision, without its uid (the wire format fills it in).
+    pub fn to_response(&self) -> AdmissionResponse {
+        let status = self.denial().map(|d| Status {
+            status: "Failure".into(),
+            code: d.kind.code(),
+            reason: d.kind.reason().into(),
+            message: d.message.clone(),
+        });
+        let (patch, patch_type) = match self.patch() {
+            // Serialised whole, then encoded in one call: streaming serde_json's many small writes
+            // through base64's writer was measured at twice the cost.
+            Some(p) => (
+                Some(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, p.to_json())),
+                Some("JSONPatch".to_string()),
+            ),
+            None => (None, None),
+        };
+        AdmissionResponse {
+            uid: String::new(),
+            allowed: self.allowed(),
+            status,
+            patch,
+            patch_type,
+            warnings: (!self.warnings.is_empty()).then(|| self.warnings.clone()),
         }
     }
 }
 
-/// The webhook's decision for one admission request.
-pub fn decide(req: &AdmissionRequest<'_>, cfg: &Config, claims: &dyn Claims) -> Decision {
-    if !optin::is_pod_create(req) {
-        return Decision::allow();
+/// The states of the two store claims in a namespace, as a decision reads them. Exported so that
+/// whoever caches decisions keys them on exactly what the decision used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StoreClaims {
+    pub nix: ClaimState,
+    pub uv: ClaimState,
+}
+
+/// Whether each store volume is the configured claim (else an emptyDir).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreVolumes {
+    pub nix_pvc: bool,
+    pub uv_pvc: bool,
+}
+
+/// The core as owned by whoever serves: the validated config and what is memoised under it.
+/// Swapped whole on reload, so the memo can never outlive or disagree with its config.
+pub struct Injector {
+    config: Config,
+    memo: EnvMemo,
+    generation: u64,
+}
+
+impl std::fmt::Debug for Injector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Injector")
+            .field("generation", &self.generation)
+            .field("memo_bytes", &self.memo.weight())
+            .finish()
     }
-    let Some(object) = req.object else { return Decision::allow() };
-    decide_pod_with(object.get(), req.namespace.as_deref(), cfg, claims)
 }
 
-/// The decision for a Pod given as JSON text, in `namespace` (the request's; a Pod made by a
-/// controller often has none in its metadata).
-pub fn decide_pod(pod_json: &str, namespace: Option<&str>, cfg: &Config) -> Decision {
-    decide_pod_with(pod_json, namespace, cfg, &AssumePresent)
-}
-
-/// [`decide_pod`], with the claims' existence from `claims`.
-pub fn decide_pod_with(pod_json: &str, namespace: Option<&str>, cfg: &Config, claims: &dyn Claims) -> Decision {
-    let pod: PodView = match serde_json::from_str(pod_json) {
-        Ok(p) => p,
-        Err(e) => return Decision::deny(400, format!("request.object is not a valid Pod: {e}")),
-    };
-    decide_view(&pod, namespace, cfg, claims)
-}
-
-/// PVC or emptyDir for the two store volumes (`[nix, uv]`), with warnings for the fallbacks.
-fn storage(ns: &str, cfg: &Config, claims: &dyn Claims, warnings: &mut Vec<String>) -> [bool; 2] {
-    if cfg.file.storage.mode == StorageMode::EmptyDir {
-        return [false, false];
+impl Injector {
+    pub fn new(config: Config) -> Self {
+        static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Injector { config, memo: EnvMemo::new(), generation }
     }
-    let mut use_pvc = [true, true];
-    let pairs = [(VOL_NIX, &cfg.file.storage.nix_claim), (VOL_UV, &cfg.file.storage.uv_claim)];
-    for (i, (vol, claim)) in pairs.into_iter().enumerate() {
-        match claims.state(ns, claim) {
-            ClaimState::Present => {}
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Unique per injector in this process: caches of decisions key on it, so a reloaded config
+    /// never serves a decision made under the old one.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Bytes held by the per-declaration memo, as weighed.
+    pub fn memo_bytes(&self) -> u64 {
+        self.memo.weight()
+    }
+
+    /// The webhook's decision for one admission request.
+    pub fn decide(&self, req: &AdmissionRequest<'_>, claims: &dyn Claims) -> Decision {
+        if !optin::is_pod_create(req) {
+            return Decision::pass(Pass::Skipped);
+        }
+        let Some(object) = req.object else { return Decision::pass(Pass::Skipped) };
+        self.decide_pod_with(object.get(), req.namespace.as_deref(), claims)
+    }
+
+    /// The decision for a Pod given as JSON text, in `namespace` (the request's; a Pod made by a
+    /// controller often has none in its metadata), with the store claims assumed present.
+    pub fn decide_pod(&self, pod_json: &str, namespace: Option<&str>) -> Decision {
+        self.decide_pod_with(pod_json, namespace, &AssumePresent)
+    }
+
+    /// [`Self::decide_pod`], with the claims' states from `claims`.
+    pub fn decide_pod_with(&self, pod_json: &str, namespace: Option<&str>, claims: &dyn Claims) -> Decision {
+        match serde_json::from_str::<PodView>(pod_json) {
+            Ok(pod) => self.decide_view(&pod, namespace, claims),
+            Err(e) => Denial::invalid(format!("request.object is not a valid Pod: {e}")).into(),
+        }
+    }
+
+    /// The claims' states a decision in `ns` reads: both present in `emptyDir` mode (no claim is
+    /// used), else as `claims` says.
+    pub fn store_claims(&self, ns: &str, claims: &dyn Claims) -> StoreClaims {
+        let storage = &self.config.file.storage;
+        if storage.mode == StorageMode::EmptyDir {
+            return StoreClaims { nix: ClaimState::Present, uv: ClaimState::Present };
+        }
+        StoreClaims { nix: claims.state(ns, &storage.nix_claim), uv: claims.state(ns, &storage.uv_claim) }
+    }
+
+    /// [`Self::decide`] with the store claims' states given (as a cache key was built from them,
+    /// with [`Self::store_claims`]), so that the decision and its key cannot disagree.
+    pub fn decide_with_states(&self, req: &AdmissionRequest<'_>, states: StoreClaims) -> Decision {
+        let storage = &self.config.file.storage;
+        let known = Known {
+            namespace: req.namespace.as_deref().unwrap_or(""),
+            nix: &storage.nix_claim,
+            uv: &storage.uv_claim,
+            states,
+        };
+        self.decide(req, &known)
+    }
+
+    /// PVC or emptyDir for the two store volumes, with warnings for the fallbacks.
+    fn storage(&self, ns: &str, claims: &dyn Claims, warnings: &mut Vec<String>) -> StoreVolumes {
+        let storage = &self.config.file.storage;
+        if storage.mode == StorageMode::EmptyDir {
+            return StoreVolumes { nix_pvc: false, uv_pvc: false };
+        }
+        let states = self.store_claims(ns, claims);
+        let mut use_pvc = |vol: &str, claim: &str, state: ClaimState| match state {
+            ClaimState::Present => true,
             ClaimState::Missing => {
-                use_pvc[i] = false;
                 warnings.push(format!(
                     "nixuv: PersistentVolumeClaim {claim:?} not found in namespace {ns:?}; volume {vol:?} is an emptyDir, so this Pod builds its env alone"
                 ));
+                false
             }
-            ClaimState::Unknown => warnings.push(format!(
-                "nixuv: could not check PersistentVolumeClaim {claim:?} (the API has not answered yet); using it as configured"
-            )),
+            ClaimState::Unknown => {
+                warnings.push(format!(
+                    "nixuv: could not check PersistentVolumeClaim {claim:?} (the API has not answered yet); using it as configured"
+                ));
+                true
+            }
+        };
+        StoreVolumes {
+            nix_pvc: use_pvc(VOL_NIX, &storage.nix_claim, states.nix),
+            uv_pvc: use_pvc(VOL_UV, &storage.uv_claim, states.uv),
         }
     }
-    use_pvc
-}
 
-pub fn decide_view(pod: &PodView, namespace: Option<&str>, cfg: &Config, claims: &dyn Claims) -> Decision {
-    if !optin::opted_in(pod) {
-        return Decision::allow_as(Outcome::NotOptedIn);
+    pub fn decide_view(&self, pod: &PodView, namespace: Option<&str>, claims: &dyn Claims) -> Decision {
+        match self.verdict(pod, namespace, claims) {
+            Ok(d) => d,
+            Err(denial) => denial.into(),
+        }
     }
-    let ns = namespace.filter(|n| !n.is_empty()).or_else(|| pod.metadata.as_ref()?.namespace.as_deref()).unwrap_or("");
-    if cfg.excluded_namespaces.iter().any(|n| n == ns) {
-        return Decision::allow_as(Outcome::Excluded);
-    }
-    let count = pod.containers().len() + pod.init_containers().len();
-    if count > cfg.file.max_containers {
-        return Decision::deny(
-            400,
-            format!(
+
+    fn verdict(&self, pod: &PodView, namespace: Option<&str>, claims: &dyn Claims) -> Result<Decision, Denial> {
+        let cfg = &self.config;
+        if !optin::opted_in(pod) {
+            return Ok(Decision::pass(Pass::NotOptedIn));
+        }
+        let ns =
+            namespace.filter(|n| !n.is_empty()).or_else(|| pod.metadata.as_ref()?.namespace.as_deref()).unwrap_or("");
+        if cfg.excluded_namespaces.iter().any(|n| n == ns) {
+            return Ok(Decision::pass(Pass::Excluded));
+        }
+        let count = pod.containers().len() + pod.init_containers().len();
+        if count > cfg.file.max_containers {
+            return Err(Denial::invalid(format!(
                 "spec.containers and spec.initContainers: {count} containers, more than maxContainers ({})",
                 cfg.file.max_containers
-            ),
-        );
-    }
-    let key = declaration_key(pod);
-    if key.len() > MAX_DECLARATION_BYTES {
-        return Decision::deny(
-            400,
-            format!(
+            )));
+        }
+        let key = declaration_key(pod);
+        if key.len() > MAX_DECLARATION_BYTES {
+            return Err(Denial::invalid(format!(
                 "the dependency declaration ({ANN_SYSTEM}, {ANN_PYTHON}, {ANN_PYTHON_VERSION}, {LABEL_SYSTEM_PREFIX}*, {LABEL_PYTHON_PREFIX}*) is {} bytes, over the limit of {MAX_DECLARATION_BYTES}",
                 key.len()
-            ),
-        );
-    }
-    let env = cfg.envs.get_or_insert_with(&key, || Arc::new(env_for(pod, cfg)));
-    let (plan, init) = match &*env {
-        EnvOutcome::Env { plan, init_container } => (plan, init_container),
-        EnvOutcome::Deny(code, msg) => return Decision::deny(*code, msg.clone()),
-        EnvOutcome::NoDeps => {
-            let mut d = Decision::allow_as(Outcome::NoDeps);
-            d.warnings.push(format!(
-                "nixuv: Pod is labelled {LABEL_INJECT}=true but declares no dependencies ({ANN_SYSTEM}, {ANN_PYTHON}, {LABEL_SYSTEM_PREFIX}*, {LABEL_PYTHON_PREFIX}*); nothing injected"
-            ));
-            return d;
+            )));
         }
-    };
-    let targets = match optin::targets(pod, cfg) {
-        Ok(t) => t,
-        Err(msg) => return Decision::deny(400, msg),
-    };
-    let already = pod.annotation(ANN_STATUS) == Some(STATUS_INJECTED);
-    if already {
-        // nixuv's own earlier output: trusted only when every part of it is for this env. A
-        // marker without the env, or an init container built for another env, would give the app
-        // an env that nothing builds.
-        const REDO: &str = "create the Pod from a manifest without nixuv's annotations, volumes and init container";
-        match pod.annotation(ANN_ENV) {
-            None => {
-                return Decision::deny(
-                    400,
-                    format!(
-                    "annotation {ANN_STATUS:?} says {STATUS_INJECTED:?} but annotation {ANN_ENV:?} is missing; {REDO}"
-                ),
-                )
+        let env = self.memo.get_or_insert_with(&key, || Arc::new(env_for(pod, cfg)));
+        let (plan, init) = match &*env {
+            EnvOutcome::Env { plan, init_container } => (plan, init_container),
+            EnvOutcome::Deny(denial) => return Err(denial.clone()),
+            EnvOutcome::NoDeps => {
+                let mut d = Decision::pass(Pass::NoDeps);
+                d.warnings.push(format!(
+                    "nixuv: Pod is labelled {LABEL_INJECT}=true but declares no dependencies ({ANN_SYSTEM}, {ANN_PYTHON}, {LABEL_SYSTEM_PREFIX}*, {LABEL_PYTHON_PREFIX}*); nothing injected"
+                ));
+                return Ok(d);
             }
-            Some(env) if env != plan.id => {
-                return Decision::deny(
-                    400,
-                    format!("annotation {ANN_ENV:?}: the Pod was injected for env {env:?} but its dependencies now give env {:?}; {REDO}", plan.id),
-                );
+        };
+        let targets = optin::targets(pod, cfg)?;
+        let already = pod.annotation(ANN_STATUS) == Some(STATUS_INJECTED);
+        if already {
+            stale_injection(pod, plan)?;
+        } else {
+            conflicts(pod)?;
+        }
+        own_store_mounts(pod, cfg, already)?;
+        let containers = pod.containers();
+        let mut todo = Vec::with_capacity(targets.len());
+        for idx in targets {
+            let c = &containers[idx];
+            match c.env_var(ENV_ID) {
+                Some((_, e)) if already && e.value.as_deref() == Some(plan.id.as_str()) => continue,
+                Some(_) => {
+                    return Err(Denial::conflict(format!(
+                        "spec.containers[{:?}].env: NIXUV_ENV is already set; it is reserved for nixuv",
+                        c.name
+                    )))
+                }
+                None => {}
             }
-            Some(_) => {}
+            container_conflicts(c, plan)?;
+            todo.push(idx);
         }
-        if let Some(init) = pod.init_containers().iter().find(|c| c.name == INIT_CONTAINER) {
-            let built = init.env_var(crate::envspec::ENV_ID).and_then(|(_, e)| e.value.as_deref());
-            if built != Some(plan.id.as_str()) {
-                return Decision::deny(
-                    400,
-                    format!("spec.initContainers[{INIT_CONTAINER:?}].env: NIXUV_ENV is {built:?}, not this Pod's env {:?}; {REDO}", plan.id),
-                );
-            }
-        }
-    } else if let Err(msg) = conflicts(pod) {
-        return Decision::deny(400, msg);
+        let missing = if already { patch::Missing::of(pod) } else { patch::Missing::all() };
+        let mut warnings = Vec::new();
+        let volumes = if missing.nix_volume || missing.uv_volume {
+            self.storage(ns, claims, &mut warnings)
+        } else {
+            StoreVolumes { nix_pvc: true, uv_pvc: true }
+        };
+        let patch = patch::build(pod, plan, init, &todo, &missing, volumes, cfg);
+        let env_id = plan.id.clone();
+        let verdict = if patch.is_empty() { Verdict::Unchanged { env_id } } else { Verdict::Inject { env_id, patch } };
+        Ok(Decision { verdict, warnings })
     }
-    if let Err(msg) = own_store_mounts(pod, cfg, already) {
-        return Decision::deny(403, msg);
-    }
-    let containers = pod.containers();
-    let mut todo = Vec::with_capacity(targets.len());
-    for idx in targets {
-        let c = &containers[idx];
-        match c.env_var("NIXUV_ENV") {
-            Some((_, e)) if already && e.value.as_deref() == Some(plan.id.as_str()) => continue,
-            Some(_) => {
-                return Decision::deny(
-                    400,
-                    format!("spec.containers[{:?}].env: NIXUV_ENV is already set; it is reserved for nixuv", c.name),
-                )
-            }
-            None => {}
+}
+
+/// nixuv's own earlier output is trusted only when every part of it is for this env: a marker
+/// without the env, or an init container built for another env, would give the app an env that
+/// nothing builds.
+fn stale_injection(pod: &PodView, plan: &EnvPlan) -> Result<(), Denial> {
+    const REDO: &str = "create the Pod from a manifest without nixuv's annotations, volumes and init container";
+    match pod.annotation(ANN_ENV) {
+        None => {
+            return Err(Denial::conflict(format!(
+                "annotation {ANN_STATUS:?} says {STATUS_INJECTED:?} but annotation {ANN_ENV:?} is missing; {REDO}"
+            )))
         }
-        if let Err(msg) = container_conflicts(c, plan) {
-            return Decision::deny(400, msg);
+        Some(env) if env != plan.id => {
+            return Err(Denial::conflict(format!(
+                "annotation {ANN_ENV:?}: the Pod was injected for env {env:?} but its dependencies now give env {:?}; {REDO}",
+                plan.id
+            )))
         }
-        todo.push(idx);
+        Some(_) => {}
     }
-    let missing = if already { patch::Missing::of(pod) } else { patch::Missing::all() };
-    let mut warnings = Vec::new();
-    let use_pvc =
-        if missing.volumes[..2].iter().any(|m| *m) { storage(ns, cfg, claims, &mut warnings) } else { [true, true] };
-    let patch = patch::build(pod, plan, init, &todo, &missing, use_pvc, cfg);
-    let mut d = Decision::allow_as(if patch.is_empty() { Outcome::AlreadyInjected } else { Outcome::Injected });
-    d.warnings = warnings;
-    d.env_id = Some(plan.id.clone());
-    d.patch = (!patch.is_empty()).then_some(patch);
-    d
+    if let Some(init) = pod.init_containers().iter().find(|c| c.name == INIT_CONTAINER) {
+        let built = init.env_var(ENV_ID).and_then(|(_, e)| e.value.as_deref());
+        if built != Some(plan.id.as_str()) {
+            return Err(Denial::conflict(format!(
+                "spec.initContainers[{INIT_CONTAINER:?}].env: NIXUV_ENV is {built:?}, not this Pod's env {:?}; {REDO}",
+                plan.id
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Claims whose states in one namespace are already known.
+struct Known<'a> {
+    namespace: &'a str,
+    nix: &'a str,
+    uv: &'a str,
+    states: StoreClaims,
+}
+
+impl Claims for Known<'_> {
+    fn state(&self, namespace: &str, name: &str) -> ClaimState {
+        match (namespace == self.namespace, name) {
+            (true, n) if n == self.nix => self.states.nix,
+            (true, n) if n == self.uv => self.states.uv,
+            _ => ClaimState::Unknown,
+        }
+    }
+}
+
+/// A bounded memo of [`EnvOutcome`] by declaration.
+struct EnvMemo(quick_cache::sync::Cache<Vec<u8>, Arc<EnvOutcome>, MemoBytes>);
+
+/// An entry's weight: its bytes (key, plan, init container, message), not one per entry, so that
+/// a stream of huge distinct declarations cannot hold more than [`EnvMemo::BYTES`].
+#[derive(Clone)]
+struct MemoBytes;
+
+impl quick_cache::Weighter<Vec<u8>, Arc<EnvOutcome>> for MemoBytes {
+    fn weight(&self, key: &Vec<u8>, v: &Arc<EnvOutcome>) -> u64 {
+        (key.len() + v.heap_bytes() + 128) as u64
+    }
+}
+
+impl EnvMemo {
+    /// Bytes of memoised declarations kept per injector (a typical one is a few KB: the plan and
+    /// the init container).
+    const BYTES: u64 = 8 << 20;
+
+    fn new() -> Self {
+        EnvMemo(quick_cache::sync::Cache::with_weighter(1024, Self::BYTES, MemoBytes))
+    }
+
+    fn weight(&self) -> u64 {
+        self.0.weight()
+    }
+
+    fn get_or_insert_with(&self, key: &[u8], make: impl FnOnce() -> Arc<EnvOutcome>) -> Arc<EnvOutcome> {
+        // quick_cache's own get-or-insert: concurrent first Pods of a declaration compute it once.
+        let made: Result<_, std::convert::Infallible> = self.0.get_or_insert_with(key, || Ok(make()));
+        made.unwrap_or_else(|never| match never {})
+    }
 }
 
 /// What a Pod's declarations come to under one config. It depends only on the declarations (see
-/// [`declaration_key`]) and the config, so each config memoises it ([`crate::config::EnvMemo`]):
+/// [`declaration_key`]) and the config, so each [`Injector`] memoises it:
 /// parsing PEP 508 requirements, the policy, the env id and the init container are then paid once
 /// per distinct declaration rather than once per Pod.
 #[derive(Debug)]
 pub enum EnvOutcome {
     NoDeps,
-    Deny(u16, String),
+    Deny(Denial),
     Env { plan: EnvPlan, init_container: Arc<serde_json::value::RawValue> },
 }
 
@@ -274,7 +511,7 @@ impl EnvOutcome {
     pub fn heap_bytes(&self) -> usize {
         match self {
             EnvOutcome::NoDeps => 0,
-            EnvOutcome::Deny(_, m) => m.len(),
+            EnvOutcome::Deny(d) => d.message.len(),
             EnvOutcome::Env { plan, init_container } => {
                 let strings = plan.system.iter().chain(&plan.python).map(|s| s.len() + 24).sum::<usize>();
                 let tool = plan.tool_env.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>();
@@ -292,15 +529,15 @@ pub const MAX_DECLARATION_BYTES: usize = 64 * 1024;
 fn env_for(pod: &PodView, cfg: &Config) -> EnvOutcome {
     let declared = match deps::declared(pod.labels(), pod.annotations()) {
         Ok(d) => d,
-        Err(e) => return EnvOutcome::Deny(400, e.to_string()),
+        Err(e) => return EnvOutcome::Deny(Denial::invalid(e.to_string())),
     };
     if declared.is_empty() {
         return EnvOutcome::NoDeps;
     }
     if let Err(e) = policy::check(&declared, cfg) {
-        return EnvOutcome::Deny(403, e.to_string());
+        return EnvOutcome::Deny(Denial::policy(e.to_string()));
     }
-    let plan = EnvPlan::new(&declared, cfg);
+    let plan = EnvPlan::new(&declared, cfg.plan_inputs());
     let init_container = patch::init_container_text(&plan, cfg);
     EnvOutcome::Env { plan, init_container }
 }
@@ -331,20 +568,20 @@ fn declaration_key(pod: &PodView) -> Vec<u8> {
 }
 
 /// Names nixuv adds that a Pod not injected by nixuv must not already use.
-fn conflicts(pod: &PodView) -> Result<(), String> {
+fn conflicts(pod: &PodView) -> Result<(), Denial> {
     for v in pod.volumes() {
         if [VOL_NIX, VOL_UV, VOL_TMP].contains(&v.name.as_str()) {
-            return Err(format!(
+            return Err(Denial::conflict(format!(
                 "spec.volumes: a volume named {:?} already exists; nixuv adds its own and would conflict",
                 v.name
-            ));
+            )));
         }
     }
-    let named = |field: &str, mut names: Vec<&str>| -> Result<(), String> {
+    let named = |field: &str, mut names: Vec<&str>| -> Result<(), Denial> {
         match names.iter_mut().find(|n| **n == INIT_CONTAINER) {
-            Some(n) => Err(format!(
+            Some(n) => Err(Denial::conflict(format!(
                 "spec.{field}: a container named {n:?} already exists; nixuv adds its own and would conflict"
-            )),
+            ))),
             None => Ok(()),
         }
     };
@@ -373,7 +610,7 @@ fn normalised(path: &str) -> Vec<&str> {
 /// An opted-in Pod may not mount the store claims itself: a container of its own with write
 /// access could plant an env that every other Pod of the namespace trusts. nixuv's own volumes
 /// (on a Pod it injected before) are the exception.
-fn own_store_mounts(pod: &PodView, cfg: &Config, already: bool) -> Result<(), String> {
+fn own_store_mounts(pod: &PodView, cfg: &Config, already: bool) -> Result<(), Denial> {
     let storage = &cfg.file.storage;
     for v in pod.volumes() {
         if already && (v.name == VOL_NIX || v.name == VOL_UV) {
@@ -381,10 +618,10 @@ fn own_store_mounts(pod: &PodView, cfg: &Config, already: bool) -> Result<(), St
         }
         if let Some(claim) = &v.persistent_volume_claim {
             if claim.claim_name == storage.nix_claim || claim.claim_name == storage.uv_claim {
-                return Err(format!(
+                return Err(Denial::policy(format!(
                     "spec.volumes[{:?}]: PersistentVolumeClaim {:?} is one of nixuv's shared stores; a Pod may not mount it itself (nixuv mounts it read-only into the app and writes it only from {INIT_CONTAINER})",
                     v.name, claim.claim_name
-                ));
+                )));
             }
         }
     }
@@ -397,36 +634,36 @@ fn overlaps(a: &str, b: &str) -> bool {
 }
 
 /// A target container must not already mount over the stores or set the variables nixuv owns.
-fn container_conflicts(c: &pod::ContainerView, plan: &EnvPlan) -> Result<(), String> {
+fn container_conflicts(c: &pod::ContainerView, plan: &EnvPlan) -> Result<(), Denial> {
     for m in c.volume_mounts.as_deref().unwrap_or(&[]) {
         for ours in [NIX_MOUNT, UV_ROOT] {
             if overlaps(&m.mount_path, ours) {
-                return Err(format!(
+                return Err(Denial::conflict(format!(
                     "spec.containers[{:?}].volumeMounts: {:?} (volume {:?}) overlaps nixuv's mount at {ours:?}",
                     c.name, m.mount_path, m.name
-                ));
+                )));
             }
         }
         if [VOL_NIX, VOL_UV, VOL_TMP].contains(&m.name.as_str()) {
-            return Err(format!(
+            return Err(Denial::conflict(format!(
                 "spec.containers[{:?}].volumeMounts: volume {:?} is reserved for nixuv",
                 c.name, m.name
-            ));
+            )));
         }
     }
     if let Some((_, e)) = c.env_var("PATH") {
         if e.value_from.is_some() {
-            return Err(format!(
+            return Err(Denial::conflict(format!(
                 "spec.containers[{:?}].env: PATH is set with valueFrom, so nixuv cannot put the env's directories in front of it; set PATH as a value or leave it unset",
                 c.name
-            ));
+            )));
         }
     }
     if plan.has_python() && c.env_var("VIRTUAL_ENV").is_some() {
-        return Err(format!(
+        return Err(Denial::conflict(format!(
             "spec.containers[{:?}].env: VIRTUAL_ENV is already set; nixuv sets it to the env's venv",
             c.name
-        ));
+        )));
     }
     Ok(())
 }
@@ -436,20 +673,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn real_decisions_serialise_to_the_same_bytes_spliced() {
+        let pod = r#"{"metadata":{"labels":{"nixuv.io/inject":"true"},"annotations":{"nixuv.io/python-deps":"rich"}},"spec":{"containers":[{"name":"a"}]}}"#;
+        let inj = Injector::new(Config::default());
+        let mut warned = Decision::pass(Pass::Skipped);
+        warned.warnings = vec!["w \"1\"".into(), "w2".into()];
+        let injected = inj.decide_pod(pod, Some("ns"));
+        assert!(injected.patch().is_some());
+        let mut patched_and_warned = injected.clone();
+        patched_and_warned.warnings = vec!["nixuv: \"claim\" missing".into()];
+        let decisions = [
+            Decision::pass(Pass::Skipped),
+            Denial::policy("policy: \"x\" is not allowed").into(),
+            warned,
+            injected,
+            patched_and_warned,
+        ];
+        for d in &decisions {
+            crate::review::assert_same_bytes(&d.to_response());
+        }
+    }
+
+    #[test]
     fn the_declaration_memo_is_bounded_by_bytes() {
-        let cfg = Config::default();
+        let inj = Injector::new(Config::default());
         // One valid item, then one too long: denied at once, but the declaration is ~60 KB.
         let many = "x".repeat(60_000);
         for i in 0..400 {
             let pod = serde_json::json!({"metadata": {"labels": {"nixuv.io/inject": "true"},
                 "annotations": {"nixuv.io/system-deps": format!("a{i} {many}")}},
                 "spec": {"containers": [{"name": "app"}]}});
-            let d = decide_pod(&pod.to_string(), Some("ns"), &cfg);
-            assert!(!d.allowed);
+            let d = inj.decide_pod(&pod.to_string(), Some("ns"));
+            assert!(!d.allowed());
         }
         // 400 declarations of ~60 KB each would be 24 MB.
-        assert!(cfg.envs.weight() <= 8 << 20, "{}", cfg.envs.weight());
-        assert!(cfg.envs.weight() > 4 << 20, "the memo is used: {}", cfg.envs.weight());
+        assert!(inj.memo_bytes() <= 8 << 20, "{}", inj.memo_bytes());
+        assert!(inj.memo_bytes() > 4 << 20, "the memo is used: {}", inj.memo_bytes());
     }
 
     fn pod(ann: &str, labels: &str) -> String {
@@ -462,7 +721,7 @@ mod tests {
     /// way (absent vs empty, annotation vs label) never share an entry.
     #[test]
     fn memo_agrees_with_a_fresh_config() {
-        let shared = Config::default();
+        let shared = Injector::new(Config::default());
         let pods = [
             pod(r#""nixuv.io/python-deps":"rich""#, ""),
             pod(r#""nixuv.io/python-deps":"rich","nixuv.io/python":"3.11""#, ""),
@@ -475,10 +734,10 @@ mod tests {
         ];
         let mut ids = Vec::new();
         for p in &pods {
-            let memo = decide_pod(p, Some("ns"), &shared);
-            let fresh = decide_pod(p, Some("ns"), &Config::default());
+            let memo = shared.decide_pod(p, Some("ns"));
+            let fresh = Injector::new(Config::default()).decide_pod(p, Some("ns"));
             assert_eq!(format!("{memo:?}"), format!("{fresh:?}"), "{p}");
-            ids.push(memo.env_id.clone());
+            ids.push(memo.env_id().map(String::from));
         }
         assert_eq!(ids[0], ids[7]);
         assert_ne!(ids[0], ids[1]);

@@ -1,8 +1,9 @@
 //! Which requests and Pods nixuv acts on, and which containers receive the env (SPEC §1, §2).
 
 use super::pod::PodView;
-use super::{ANN_CONTAINERS, LABEL_INJECT};
+use super::Denial;
 use crate::config::Config;
+use crate::names::{ANN_CONTAINERS, LABEL_INJECT};
 use crate::review::AdmissionRequest;
 
 /// Only CREATE of core/v1 `pods` (not a subresource such as `pods/ephemeralcontainers`).
@@ -24,10 +25,10 @@ pub fn opted_in(pod: &PodView) -> bool {
 
 /// Indices of the containers that receive the env: those named in `nixuv.io/containers`, else
 /// every container except the known sidecars of the config.
-pub fn targets(pod: &PodView, cfg: &Config) -> Result<Vec<usize>, String> {
+pub fn targets(pod: &PodView, cfg: &Config) -> Result<Vec<usize>, Denial> {
     let containers = pod.containers();
     if containers.is_empty() {
-        return Err("spec.containers: the Pod has no containers".into());
+        return Err(Denial::invalid("spec.containers: the Pod has no containers"));
     }
     let names = || containers.iter().map(|c| format!("{:?}", c.name)).collect::<Vec<_>>().join(", ");
     match pod.annotation(ANN_CONTAINERS) {
@@ -35,17 +36,17 @@ pub fn targets(pod: &PodView, cfg: &Config) -> Result<Vec<usize>, String> {
             let mut out = Vec::new();
             for want in list.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty()) {
                 let idx = containers.iter().position(|c| c.name == want).ok_or_else(|| {
-                    format!(
+                    Denial::invalid(format!(
                         "annotation {ANN_CONTAINERS:?}: {want:?} is not a container of this Pod (containers: {})",
                         names()
-                    )
+                    ))
                 })?;
                 if !out.contains(&idx) {
                     out.push(idx);
                 }
             }
             if out.is_empty() {
-                return Err(format!("annotation {ANN_CONTAINERS:?}: names no container"));
+                return Err(Denial::invalid(format!("annotation {ANN_CONTAINERS:?}: names no container")));
             }
             out.sort_unstable();
             Ok(out)
@@ -54,10 +55,10 @@ pub fn targets(pod: &PodView, cfg: &Config) -> Result<Vec<usize>, String> {
             let out: Vec<usize> =
                 (0..containers.len()).filter(|&i| !cfg.file.sidecars.contains(&containers[i].name)).collect();
             if out.is_empty() {
-                return Err(format!(
+                return Err(Denial::invalid(format!(
                     "spec.containers: every container ({}) is a known sidecar; name the targets in annotation {ANN_CONTAINERS:?}",
                     names()
-                ));
+                )));
             }
             Ok(out)
         }

@@ -12,11 +12,16 @@ use serde::ser::{Serialize, SerializeStruct, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::plan::{EnvPlan, INIT_NIX_DIR, NIX_MOUNT, UV_ROOT, WORK_DIR};
+use super::plan::EnvPlan;
 use super::pod::{ContainerView, PodView};
-use super::{ANN_ENV, ANN_STATUS, INIT_CONTAINER, STATUS_INJECTED, VOL_NIX, VOL_TMP, VOL_UV};
+use super::StoreVolumes;
 use crate::config::Config;
 use crate::envspec::EnvSpec;
+use crate::names::{
+    ANN_ENV, ANN_STATUS, INIT_CONTAINER, INIT_NIX_DIR, NIX_MOUNT, STATUS_INJECTED, UV_ROOT, VOL_NIX, VOL_TMP, VOL_UV,
+    WORK_DIR,
+};
+use crate::values::Quantity;
 
 /// A JSON value kept as its text: shared (the init container, the same for every Pod of an env
 /// and serialised once per env), shared inside a one-element array (the init container when the
@@ -104,17 +109,19 @@ impl Ops {
     }
 }
 
-fn t<'a>(s: &'a str) -> Token<'a> {
+/// A pointer token for a key.
+fn key<'a>(s: &'a str) -> Token<'a> {
     Token::from(s)
 }
 
-fn i(n: usize) -> Token<'static> {
+/// A pointer token for an array index.
+fn index(n: usize) -> Token<'static> {
     Token::from(n)
 }
 
-/// The Pod's volumes for the stores: the claims where `use_pvc` says so (`[nix, uv]`), emptyDirs
-/// otherwise, plus the init container's scratch emptyDir.
-pub fn volumes(cfg: &Config, use_pvc: [bool; 2]) -> [(&'static str, Value); 3] {
+/// The Pod's volumes for the stores: the claims where `stores` says so, emptyDirs otherwise, plus
+/// the init container's scratch emptyDir.
+pub fn volumes(cfg: &Config, stores: StoreVolumes) -> [(&'static str, Value); 3] {
     let store = |claim: &str, pvc: bool| match pvc {
         true => json!({ "persistentVolumeClaim": { "claimName": claim } }),
         false => json!({ "emptyDir": {} }),
@@ -124,8 +131,8 @@ pub fn volumes(cfg: &Config, use_pvc: [bool; 2]) -> [(&'static str, Value); 3] {
         (name, v)
     };
     [
-        with_name(VOL_NIX, store(&cfg.file.storage.nix_claim, use_pvc[0])),
-        with_name(VOL_UV, store(&cfg.file.storage.uv_claim, use_pvc[1])),
+        with_name(VOL_NIX, store(&cfg.file.storage.nix_claim, stores.nix_pvc)),
+        with_name(VOL_UV, store(&cfg.file.storage.uv_claim, stores.uv_pvc)),
         with_name(VOL_TMP, json!({ "emptyDir": {} })),
     ]
 }
@@ -152,7 +159,7 @@ pub fn init_container(plan: &EnvPlan, cfg: &Config) -> Value {
         "image": cfg.file.init_image,
         "command": ["nixuv", "materialize"],
         "env": env,
-        "resources": { "requests": cfg.file.init_resources.requests, "limits": cfg.file.init_resources.limits },
+        "resources": { "requests": quantities(&cfg.init_requests), "limits": quantities(&cfg.init_limits) },
         "securityContext": {
             "allowPrivilegeEscalation": false,
             "privileged": false,
@@ -170,10 +177,14 @@ pub fn init_container(plan: &EnvPlan, cfg: &Config) -> Value {
         ],
         "terminationMessagePolicy": "FallbackToLogsOnError"
     });
-    if let Some(policy) = &cfg.file.init_image_pull_policy {
-        c["imagePullPolicy"] = json!(policy);
+    if let Some(policy) = cfg.pull_policy {
+        c["imagePullPolicy"] = json!(policy.as_str());
     }
     c
+}
+
+fn quantities(q: &[(String, Quantity)]) -> Value {
+    Value::Object(q.iter().map(|(k, v)| (k.clone(), json!(v.as_str()))).collect())
 }
 
 fn target_mounts() -> [Value; 2] {
@@ -193,13 +204,13 @@ fn target_env(plan: &EnvPlan, path: String) -> Vec<Value> {
     env
 }
 
-fn patch_container(ops: &mut Ops, index: usize, c: &ContainerView, plan: &EnvPlan, cfg: &Config) {
-    let base = [t("spec"), t("containers"), i(index)];
+fn patch_container(ops: &mut Ops, at: usize, c: &ContainerView, plan: &EnvPlan, cfg: &Config) {
+    let base = [key("spec"), key("containers"), index(at)];
     match &c.volume_mounts {
-        None => ops.add(base.iter().cloned().chain([t("volumeMounts")]), Value::Array(target_mounts().to_vec())),
+        None => ops.add(base.iter().cloned().chain([key("volumeMounts")]), Value::Array(target_mounts().to_vec())),
         Some(_) => {
             for m in target_mounts() {
-                ops.add(base.iter().cloned().chain([t("volumeMounts"), t("-")]), m);
+                ops.add(base.iter().cloned().chain([key("volumeMounts"), key("-")]), m);
             }
         }
     }
@@ -208,14 +219,14 @@ fn patch_container(ops: &mut Ops, index: usize, c: &ContainerView, plan: &EnvPla
     let path = format!("{}:{}", plan.path_prefix(), old.unwrap_or(&cfg.file.default_path));
     let mut env = target_env(plan, path);
     match (&c.env, existing_path) {
-        (None, _) => ops.add(base.iter().cloned().chain([t("env")]), Value::Array(env)),
+        (None, _) => ops.add(base.iter().cloned().chain([key("env")]), Value::Array(env)),
         (Some(_), found) => {
             if let Some((j, _)) = found {
                 let path_var = env.remove(0);
-                ops.add(base.iter().cloned().chain([t("env"), i(j), t("value")]), path_var["value"].clone());
+                ops.add(base.iter().cloned().chain([key("env"), index(j), key("value")]), path_var["value"].clone());
             }
             for e in env {
-                ops.add(base.iter().cloned().chain([t("env"), t("-")]), e);
+                ops.add(base.iter().cloned().chain([key("env"), key("-")]), e);
             }
         }
     }
@@ -224,20 +235,24 @@ fn patch_container(ops: &mut Ops, index: usize, c: &ContainerView, plan: &EnvPla
 /// What an already-injected Pod (reinvocation, copies) still lacks; everything for a new one.
 pub struct Missing {
     pub annotations: bool,
-    pub volumes: [bool; 3],
+    pub nix_volume: bool,
+    pub uv_volume: bool,
+    pub tmp_volume: bool,
     pub init_container: bool,
 }
 
 impl Missing {
     pub fn all() -> Self {
-        Missing { annotations: true, volumes: [true; 3], init_container: true }
+        Missing { annotations: true, nix_volume: true, uv_volume: true, tmp_volume: true, init_container: true }
     }
     pub fn of(pod: &PodView) -> Self {
         let vols = pod.volumes();
         let has_vol = |n: &str| vols.iter().any(|v| v.name == n);
         Missing {
             annotations: pod.annotation(ANN_STATUS) != Some(STATUS_INJECTED) || pod.annotation(ANN_ENV).is_none(),
-            volumes: [!has_vol(VOL_NIX), !has_vol(VOL_UV), !has_vol(VOL_TMP)],
+            nix_volume: !has_vol(VOL_NIX),
+            uv_volume: !has_vol(VOL_UV),
+            tmp_volume: !has_vol(VOL_TMP),
             init_container: !pod.init_containers().iter().any(|c| c.name == INIT_CONTAINER),
         }
     }
@@ -250,7 +265,7 @@ pub fn build(
     init: &Arc<RawValue>,
     targets: &[usize],
     missing: &Missing,
-    use_pvc: [bool; 2],
+    stores: StoreVolumes,
     cfg: &Config,
 ) -> AddPatch {
     let mut ops = Ops::default();
@@ -258,35 +273,38 @@ pub fn build(
         let values = [(ANN_STATUS, STATUS_INJECTED), (ANN_ENV, plan.id.as_str())];
         match (&pod.metadata, pod.annotations()) {
             (None, _) => {
-                ops.add([t("metadata")], json!({ "annotations": { ANN_STATUS: STATUS_INJECTED, ANN_ENV: plan.id } }))
+                ops.add([key("metadata")], json!({ "annotations": { ANN_STATUS: STATUS_INJECTED, ANN_ENV: plan.id } }))
             }
             (Some(_), None) => {
-                ops.add([t("metadata"), t("annotations")], json!({ ANN_STATUS: STATUS_INJECTED, ANN_ENV: plan.id }))
+                ops.add([key("metadata"), key("annotations")], json!({ ANN_STATUS: STATUS_INJECTED, ANN_ENV: plan.id }))
             }
             (Some(_), Some(_)) => {
                 for (k, v) in values {
-                    ops.add([t("metadata"), t("annotations"), t(k)], json!(v));
+                    ops.add([key("metadata"), key("annotations"), key(k)], json!(v));
                 }
             }
         }
     }
-    let vols: Vec<Value> =
-        volumes(cfg, use_pvc).into_iter().zip(missing.volumes).filter_map(|((_, v), miss)| miss.then_some(v)).collect();
+    let vols: Vec<Value> = volumes(cfg, stores)
+        .into_iter()
+        .zip([missing.nix_volume, missing.uv_volume, missing.tmp_volume])
+        .filter_map(|((_, v), miss)| miss.then_some(v))
+        .collect();
     let spec = pod.spec.as_ref();
     if !vols.is_empty() {
         if spec.and_then(|s| s.volumes.as_ref()).is_none() {
-            ops.add([t("spec"), t("volumes")], Value::Array(vols));
+            ops.add([key("spec"), key("volumes")], Value::Array(vols));
         } else {
             for v in vols {
-                ops.add([t("spec"), t("volumes"), t("-")], v);
+                ops.add([key("spec"), key("volumes"), key("-")], v);
             }
         }
     }
     if missing.init_container {
         if spec.and_then(|s| s.init_containers.as_ref()).is_none() {
-            ops.push([t("spec"), t("initContainers")], Text::SharedInArray(Arc::clone(init)));
+            ops.push([key("spec"), key("initContainers")], Text::SharedInArray(Arc::clone(init)));
         } else {
-            ops.push([t("spec"), t("initContainers"), i(0)], Text::Shared(Arc::clone(init)));
+            ops.push([key("spec"), key("initContainers"), index(0)], Text::Shared(Arc::clone(init)));
         }
     }
     let containers = pod.containers();
@@ -299,19 +317,20 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use crate::config::Config;
-    use crate::inject::decide_pod;
+    use crate::inject::Injector;
 
     /// The hand-written wire form is byte for byte what serde_json gives for the same
     /// `json_patch::Patch`, and the `Serialize` impl agrees with both (escaped keys included).
     #[test]
     fn wire_form_matches_json_patch() {
-        let cfg = Config::default();
+        let inj = Injector::new(Config::default());
         let mut escaped = false;
         for pod in [
             r#"{"metadata":{"labels":{"nixuv.io/inject":"true"},"annotations":{"nixuv.io/python-deps":"rich","a/b":"c"}},"spec":{"containers":[{"name":"a","env":[{"name":"PATH","value":"/bin"}]}]}}"#,
             r#"{"metadata":{"labels":{"nixuv.io/inject":"true","system.nixuv.io/jq":""}},"spec":{"initContainers":[{"name":"i"}],"volumes":[],"containers":[{"name":"a"},{"name":"b","volumeMounts":[]}]}}"#,
         ] {
-            let p = decide_pod(pod, Some("ns"), &cfg).patch.expect("a patch");
+            let d = inj.decide_pod(pod, Some("ns"));
+            let p = d.patch().expect("a patch");
             let typed = p.to_patch();
             assert_eq!(p.to_json(), serde_json::to_vec(&typed).unwrap());
             assert_eq!(serde_json::to_value(&p).unwrap(), serde_json::to_value(&typed).unwrap());

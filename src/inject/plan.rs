@@ -4,19 +4,19 @@
 use sha2::{Digest, Sha256};
 
 use super::deps::Declared;
-use crate::config::Config;
+use crate::names::{NIX_MOUNT, UV_ROOT};
+use crate::toolenv::{tool_scope, ToolScope};
+use crate::values::PythonVersion;
 
-/// Where the `nixuv-uv` volume is mounted, in the init container and in target containers alike
-/// (venvs and their interpreter links are not relocatable).
-pub const UV_ROOT: &str = "/nixuv/uv";
-/// Where the `nixuv-nix` volume is mounted in target containers: store paths are absolute.
-pub const NIX_MOUNT: &str = "/nix";
-/// The init container's scratch directory (an emptyDir): HOME, TMPDIR and nix-portable's
-/// `NP_LOCATION`.
-pub const WORK_DIR: &str = "/nixuv/work";
-/// Where the `nixuv-nix` volume is mounted in the init container: nix-portable keeps its store at
-/// `$NP_LOCATION/.nix-portable/nix/store`, so this is the volume's root seen through nix-portable.
-pub const INIT_NIX_DIR: &str = "/nixuv/work/.nix-portable/nix";
+/// What an env's identity takes from the config besides the Pod's declaration: the few values
+/// the plan needs, not the config itself (the init container reads plans, never the config).
+#[derive(Debug, Clone, Copy)]
+pub struct PlanInputs<'a> {
+    pub default_python: &'a PythonVersion,
+    pub nixpkgs: &'a str,
+    pub index_url: &'a str,
+    pub tool_env: &'a [(String, String)],
+}
 
 /// Version tag of the canonical form below. Changing the form changes every env id, so it is
 /// pinned by a golden test and documented in docs/annotations.md.
@@ -39,68 +39,19 @@ pub struct EnvPlan {
     pub tool_env: Vec<(String, String)>,
 }
 
-/// Which tool a variable of the init container's environment reaches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ToolScope {
-    /// uv: `UV_*`.
-    Python,
-    /// nix-portable and nix: `NP_*`, `NIX_*`.
-    System,
-    /// Both: where they trust certificates and which proxy they use.
-    Both,
-}
-
-/// The variables nixuv binds into the env id (and strips from the tools' environment unless the
-/// webhook declared them): everything that can change what uv or nix fetch.
-pub fn tool_scope(name: &str) -> Option<ToolScope> {
-    if name.starts_with("UV_") {
-        return Some(ToolScope::Python);
-    }
-    if name.starts_with("NP_") || name.starts_with("NIX_") {
-        return Some(ToolScope::System);
-    }
-    const BOTH: &[&str] = &[
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-        "CURL_CA_BUNDLE",
-        "REQUESTS_CA_BUNDLE",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "NO_PROXY",
-    ];
-    BOTH.iter().any(|b| b.eq_ignore_ascii_case(name)).then_some(ToolScope::Both)
-}
-
-/// An index URL as it may enter the env id and reach uv: `http(s)://` or `file://`, no
-/// whitespace or control characters (the id's canonical form is line-based).
-pub fn valid_index_url(url: &str) -> bool {
-    ["https://", "http://", "file://"].iter().any(|p| url.starts_with(p))
-        && !url.chars().any(|c| c.is_whitespace() || c.is_control())
-}
-
-/// uv's own default index, used when `initEnv` names none.
-pub const DEFAULT_INDEX_URL: &str = "https://pypi.org/simple";
-
-/// The index uv uses given the tool variables: `UV_DEFAULT_INDEX`, else `UV_INDEX_URL`, else
-/// uv's default.
-pub fn effective_index<'a>(tool_env: impl IntoIterator<Item = (&'a str, &'a str)> + Clone) -> String {
-    ["UV_DEFAULT_INDEX", "UV_INDEX_URL"]
-        .iter()
-        .find_map(|k| tool_env.clone().into_iter().find(|(n, _)| n == k).map(|(_, v)| v.to_string()))
-        .unwrap_or_else(|| DEFAULT_INDEX_URL.into())
-}
-
 impl EnvPlan {
-    pub fn new(declared: &Declared, cfg: &Config) -> Self {
+    pub fn new(declared: &Declared, inputs: PlanInputs<'_>) -> Self {
         let mut plan = EnvPlan {
             id: String::new(),
             system: declared.system.iter().map(|d| d.attr.clone()).collect(),
             python: declared.python.iter().map(|d| d.requirement.clone()).collect(),
-            python_version: declared.python_version.clone().unwrap_or_else(|| cfg.file.default_python.clone()),
-            nixpkgs: cfg.file.nixpkgs.clone(),
-            index_url: cfg.index_url.clone(),
-            tool_env: cfg.tool_env.clone(),
+            python_version: declared
+                .python_version
+                .clone()
+                .unwrap_or_else(|| inputs.default_python.as_str().to_string()),
+            nixpkgs: inputs.nixpkgs.to_string(),
+            index_url: inputs.index_url.to_string(),
+            tool_env: inputs.tool_env.to_vec(),
         };
         plan.id = env_id(&plan.canonical());
         plan
@@ -210,7 +161,7 @@ mod tests {
         if let Some(v) = version {
             ann.insert("nixuv.io/python".into(), v.into());
         }
-        EnvPlan::new(&declared(None, Some(&ann)).unwrap(), &Config::default())
+        EnvPlan::new(&declared(None, Some(&ann)).unwrap(), crate::config::Config::default().plan_inputs())
     }
 
     /// Pins the canonical form and the env id across releases: if this test has to change, every

@@ -207,9 +207,9 @@ fn secs(d: Duration) -> String {
 fn undeclared_tool_vars(spec: &EnvSpec) -> Vec<String> {
     std::env::vars_os()
         .filter_map(|(k, _)| k.into_string().ok())
-        .filter(|k| crate::inject::plan::tool_scope(k).is_some())
+        .filter(|k| crate::toolenv::tool_scope(k).is_some())
         .filter(|k| !spec.plan.tool_env.iter().any(|(n, _)| n == k))
-        .filter(|k| !crate::envspec::FIXED_TOOL_ENV.contains(&k.as_str()))
+        .filter(|k| !crate::toolenv::FIXED_TOOL_ENV.contains(&k.as_str()))
         .collect()
 }
 

@@ -7,10 +7,10 @@
 use serde_json::{json, Map, Value};
 
 use super::{decide_pod_value, ObjectPreview, TemplateReport};
-use crate::config::Config;
 use crate::inject::deps;
 use crate::inject::pod::PodView;
-use crate::inject::{
+use crate::inject::Injector;
+use crate::names::{
     ANN_CONTAINERS, ANN_PYTHON, ANN_PYTHON_VERSION, ANN_SYSTEM, LABEL_INJECT, LABEL_PYTHON_PREFIX, LABEL_SYSTEM_PREFIX,
 };
 
@@ -72,7 +72,7 @@ pub fn preview(
     out: &mut ObjectPreview,
     obj: &Value,
     namespace: &str,
-    cfg: &Config,
+    inj: &Injector,
     claims: &dyn crate::claims::Claims,
 ) -> Result<(), (String, String)> {
     let (spec_field, spec) = if out.kind == "CronWorkflow" {
@@ -103,12 +103,11 @@ pub fn preview(
             Ok(None) => continue,
             Err(field) => return Err((format!("{spec_field}.templates[{i}].{field}"), "must be an object".into())),
         };
-        let d = decide_pod_value(&pod, namespace, cfg, claims);
+        let d = decide_pod_value(&pod, namespace, inj, claims);
         let view: Option<PodView> = serde::Deserialize::deserialize(&pod).ok();
         let declared = view.as_ref().and_then(|v| deps::declared(v.labels(), v.annotations()).ok()).unwrap_or_default();
         let targets: Vec<String> = d
-            .patch
-            .as_ref()
+            .patch()
             .map(|p| {
                 let mut names = Vec::new();
                 for path in p.paths() {
@@ -125,21 +124,21 @@ pub fn preview(
                 names
             })
             .unwrap_or_default();
-        let summary = match (&d.patch, d.allowed) {
+        let summary = match (d.patch(), d.allowed()) {
             (_, false) => "denied".to_string(),
             (Some(p), true) => format!(
                 "{} patch operations: volumes nixuv-nix, nixuv-uv, nixuv-tmp; init container nixuv-init; env and mounts in {}",
                 p.len(),
                 targets.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(", ")
             ),
-            (None, true) => format!("not injected ({})", d.outcome.as_str()),
+            (None, true) => format!("not injected ({})", d.outcome().as_str()),
         };
         out.warnings.extend(d.warnings.iter().map(|w| format!("template {name:?}: {w}")));
         out.templates.push(TemplateReport {
             template: name,
-            allowed: d.allowed,
-            message: d.message.clone(),
-            env_id: d.env_id.clone(),
+            allowed: d.allowed(),
+            message: d.denial().map(|x| x.message.clone()),
+            env_id: d.env_id().map(String::from),
             system_deps: declared.system.iter().map(|s| s.attr.clone()).collect(),
             python_deps: declared.python.iter().map(|p| p.requirement.clone()).collect(),
             targets,

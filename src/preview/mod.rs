@@ -3,7 +3,6 @@
 //! CLI and `POST /preview` read and write.
 
 pub mod argo;
-pub mod http;
 pub mod output;
 
 use json_patch::{AddOperation, Patch, PatchOperation};
@@ -12,9 +11,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::claims::Claims;
-use crate::config::Config;
 use crate::inject::pod::PodView;
-use crate::inject::{self, Decision, Outcome};
+use crate::inject::{Decision, Denial, Injector, Outcome};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -107,11 +105,15 @@ pub struct ObjectPreview {
 
 impl ObjectPreview {
     pub fn allowed(&self) -> bool {
-        self.decision.as_ref().is_none_or(|d| d.allowed) && self.templates.iter().all(|t| t.allowed)
+        self.decision.as_ref().is_none_or(|d| d.allowed()) && self.templates.iter().all(|t| t.allowed)
     }
     pub fn denial(&self) -> Option<String> {
-        if let Some(d) = self.decision.as_ref().filter(|d| !d.allowed) {
-            return Some(format!("denied ({}): {}", d.code, d.message.as_deref().unwrap_or("")));
+        if let Some(d) = self.decision.as_ref().filter(|d| !d.allowed()) {
+            return Some(format!(
+                "denied ({}): {}",
+                d.denial().map(|x| x.kind.code()).unwrap_or(0),
+                d.denial().map(|x| x.message.as_str()).unwrap_or("")
+            ));
         }
         let t: Vec<String> = self
             .templates
@@ -170,10 +172,10 @@ fn namespace_of<'a>(obj: &'a Value, flag: Option<&'a str>) -> &'a str {
 }
 
 /// The webhook's decision for a Pod given as a JSON value.
-pub fn decide_pod_value(pod: &Value, namespace: &str, cfg: &Config, claims: &dyn Claims) -> Decision {
+pub fn decide_pod_value(pod: &Value, namespace: &str, inj: &Injector, claims: &dyn Claims) -> Decision {
     match PodView::deserialize(pod) {
-        Ok(view) => inject::decide_view(&view, Some(namespace), cfg, claims),
-        Err(e) => Decision::deny(400, format!("request.object is not a valid Pod: {e}")),
+        Ok(view) => inj.decide_view(&view, Some(namespace), claims),
+        Err(e) => Denial::invalid(format!("request.object is not a valid Pod: {e}")).into(),
     }
 }
 
@@ -189,7 +191,7 @@ pub fn preview_object(
     document: usize,
     item: Option<usize>,
     namespace: Option<&str>,
-    cfg: &Config,
+    inj: &Injector,
     claims: &dyn Claims,
 ) -> Result<ObjectPreview, PreviewError> {
     let field_str = |f: &str| obj.get(f).and_then(Value::as_str);
@@ -221,7 +223,7 @@ pub fn preview_object(
                   prefix: &[&str]|
      -> Result<ObjectPreview, PreviewError> {
         out.object = base.clone();
-        if let Some(p) = decision.patch.as_ref().map(|p| p.to_patch()) {
+        if let Some(p) = decision.patch().map(|p| p.to_patch()) {
             let p = prefixed(p, prefix);
             out.object = apply(base, &p)
                 .map_err(|e| err(document, item, "(patch)", format!("the patch does not apply: {e}")))?;
@@ -233,14 +235,14 @@ pub fn preview_object(
     };
     match (api_version, kind) {
         ("v1", "Pod") => {
-            let d = decide_pod_value(obj, namespace_of(obj, namespace), cfg, claims);
+            let d = decide_pod_value(obj, namespace_of(obj, namespace), inj, claims);
             finish(out, obj, d, &[])
         }
         (av, "AdmissionReview") if av.starts_with("admission.k8s.io/") => {
             let text = serde_json::to_string(obj).expect("a Value serialises");
             let review =
                 crate::review::decode(text.as_bytes()).map_err(|e| err(document, item, "request", e.to_string()))?;
-            let d = inject::decide(&review.request, cfg, claims);
+            let d = inj.decide(&review.request, claims);
             let object = get(obj, &["request", "object"]).cloned().unwrap_or(Value::Null);
             finish(out, &object, d, &[])
         }
@@ -264,11 +266,11 @@ pub fn preview_object(
                 "spec": template["spec"],
             });
             // A template without metadata has no opt-in label, so it is never patched.
-            let d = decide_pod_value(&pod, namespace_of(obj, namespace), cfg, claims);
+            let d = decide_pod_value(&pod, namespace_of(obj, namespace), inj, claims);
             finish(out, obj, d, path)
         }
         ("argoproj.io/v1alpha1", "Workflow" | "WorkflowTemplate" | "ClusterWorkflowTemplate" | "CronWorkflow") => {
-            argo::preview(&mut out, obj, namespace_of(obj, namespace), cfg, claims)
+            argo::preview(&mut out, obj, namespace_of(obj, namespace), inj, claims)
                 .map_err(|(field, message)| err(document, item, &field, message))?;
             Ok(out)
         }
@@ -287,7 +289,7 @@ pub const MAX_OBJECTS: usize = 1000;
 pub fn preview_documents(
     docs: &[Document],
     namespace: Option<&str>,
-    cfg: &Config,
+    inj: &Injector,
     claims: &dyn Claims,
 ) -> Result<Vec<ObjectPreview>, PreviewError> {
     let mut out = Vec::new();
@@ -310,7 +312,7 @@ pub fn preview_documents(
                 ));
             }
             for (i, item) in items.iter().enumerate() {
-                out.push(preview_object(item, d.index, Some(i), namespace, cfg, claims)?);
+                out.push(preview_object(item, d.index, Some(i), namespace, inj, claims)?);
             }
         } else {
             if out.len() >= MAX_OBJECTS {
@@ -321,7 +323,7 @@ pub fn preview_documents(
                     format!("more than {MAX_OBJECTS} objects in one input; split it"),
                 ));
             }
-            out.push(preview_object(&d.value, d.index, None, namespace, cfg, claims)?);
+            out.push(preview_object(&d.value, d.index, None, namespace, inj, claims)?);
         }
     }
     Ok(out)
@@ -331,7 +333,7 @@ pub fn preview_documents(
 pub fn preview_text(
     text: &str,
     namespace: Option<&str>,
-    cfg: &Config,
+    inj: &Injector,
     claims: &dyn Claims,
 ) -> Result<(Format, Vec<Document>, Vec<ObjectPreview>), PreviewError> {
     let format = detect(text);
@@ -339,14 +341,14 @@ pub fn preview_text(
     if docs.is_empty() {
         return Err(err(1, None, "(body)", "no documents in the input"));
     }
-    let previews = preview_documents(&docs, namespace, cfg, claims)?;
+    let previews = preview_documents(&docs, namespace, inj, claims)?;
     Ok((format, docs, previews))
 }
 
 /// The outcome label for metrics.
 pub fn outcome(p: &ObjectPreview) -> Outcome {
     match &p.decision {
-        Some(d) => d.outcome,
+        Some(d) => d.outcome(),
         None if p.templates.iter().any(|t| !t.allowed) => Outcome::Denied,
         None if !p.templates.is_empty() => Outcome::Injected,
         None => Outcome::Skipped,

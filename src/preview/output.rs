@@ -32,8 +32,13 @@ pub fn mutated_documents(docs: &[Document], previews: &[ObjectPreview]) -> Vec<V
 
 fn comment_lines(p: &ObjectPreview) -> Vec<String> {
     let mut lines = Vec::new();
-    if let Some(d) = p.decision.as_ref().filter(|d| !d.allowed) {
-        lines.push(format!("# nixuv: {}: denied ({}): {}", p.label(), d.code, d.message.as_deref().unwrap_or("")));
+    if let Some(d) = p.decision.as_ref().filter(|d| !d.allowed()) {
+        lines.push(format!(
+            "# nixuv: {}: denied ({}): {}",
+            p.label(),
+            d.denial().map(|x| x.kind.code()).unwrap_or(0),
+            d.denial().map(|x| x.message.as_str()).unwrap_or("")
+        ));
     }
     for t in &p.templates {
         let mut line = format!("# nixuv: {} template {:?}: ", p.label(), t.template);
@@ -136,7 +141,7 @@ pub fn results(previews: &[ObjectPreview]) -> Vec<PreviewResult<'_>> {
             warnings: p.warnings.clone(),
             patch: p.patch.as_ref(),
             object: &p.object,
-            env_id: p.decision.as_ref().and_then(|d| d.env_id.as_deref()),
+            env_id: p.decision.as_ref().and_then(|d| d.env_id()),
             templates: &p.templates,
         })
         .collect()

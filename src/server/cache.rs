@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use quick_cache::{Equivalent, Weighter};
 
-use crate::claims::ClaimState;
 use crate::inject::Outcome;
+use crate::inject::StoreClaims;
 use crate::review::Prepared;
 
 /// Objects above this size are decided every time (the API server sends Pods of a few KB).
@@ -36,7 +36,7 @@ pub struct Answer {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Key {
     generation: u64,
-    claims: [ClaimState; 2],
+    claims: StoreClaims,
     namespace: Box<str>,
     object: Box<[u8]>,
 }
@@ -45,7 +45,7 @@ pub struct Key {
 #[derive(Debug, Clone, Copy)]
 pub struct KeyRef<'a> {
     pub generation: u64,
-    pub claims: [ClaimState; 2],
+    pub claims: StoreClaims,
     pub namespace: &'a str,
     pub object: &'a [u8],
 }
@@ -62,7 +62,7 @@ impl KeyRef<'_> {
 }
 
 // `Key` and `KeyRef` must hash alike: both hash the same fields in the same order.
-fn hash_parts<H: Hasher>(h: &mut H, generation: u64, claims: &[ClaimState; 2], namespace: &str, object: &[u8]) {
+fn hash_parts<H: Hasher>(h: &mut H, generation: u64, claims: &StoreClaims, namespace: &str, object: &[u8]) {
     generation.hash(h);
     claims.hash(h);
     namespace.hash(h);
@@ -139,29 +139,35 @@ impl DecisionCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inject::Decision;
+    use crate::claims::ClaimState;
+    use crate::inject::{Decision, Denial};
+
+    const PRESENT: StoreClaims = StoreClaims { nix: ClaimState::Present, uv: ClaimState::Present };
 
     fn answer(msg: &str) -> Arc<Answer> {
         Arc::new(Answer {
-            prepared: Prepared::new(&Decision::deny(400, msg)),
+            prepared: Prepared::new(Decision::from(Denial::invalid(msg)).to_response()),
             outcome: Outcome::Denied,
             env_id: None,
             message: Some(msg.into()),
         })
     }
 
-    fn key<'a>(generation: u64, claims: [ClaimState; 2], ns: &'a str, obj: &'a [u8]) -> KeyRef<'a> {
+    fn key<'a>(generation: u64, claims: StoreClaims, ns: &'a str, obj: &'a [u8]) -> KeyRef<'a> {
         KeyRef { generation, claims, namespace: ns, object: obj }
     }
 
     #[test]
     fn every_part_of_the_key_counts() {
         let c = DecisionCache::new(1 << 20);
-        let p = [ClaimState::Present; 2];
+        let p = PRESENT;
         c.insert(key(1, p, "a", b"{}"), answer("one"));
         assert_eq!(c.get(key(1, p, "a", b"{}")).unwrap().message.as_deref(), Some("one"));
         assert!(c.get(key(2, p, "a", b"{}")).is_none(), "config generation");
-        assert!(c.get(key(1, [ClaimState::Present, ClaimState::Missing], "a", b"{}")).is_none(), "claims");
+        assert!(
+            c.get(key(1, StoreClaims { nix: ClaimState::Present, uv: ClaimState::Missing }, "a", b"{}")).is_none(),
+            "claims"
+        );
         assert!(c.get(key(1, p, "b", b"{}")).is_none(), "namespace");
         assert!(c.get(key(1, p, "a", b"{ }")).is_none(), "object bytes");
         assert!(c.get(key(1, p, "", b"a{}")).is_none(), "no ambiguity between namespace and object");
@@ -170,16 +176,16 @@ mod tests {
     #[test]
     fn bounded_and_switchable() {
         let off = DecisionCache::new(0);
-        off.insert(key(1, [ClaimState::Present; 2], "a", b"{}"), answer("x"));
-        assert!(!off.enabled() && off.get(key(1, [ClaimState::Present; 2], "a", b"{}")).is_none());
+        off.insert(key(1, PRESENT, "a", b"{}"), answer("x"));
+        assert!(!off.enabled() && off.get(key(1, PRESENT, "a", b"{}")).is_none());
 
         let c = DecisionCache::new(64 * 1024);
         let big = vec![b' '; MAX_OBJECT + 1];
-        c.insert(key(1, [ClaimState::Present; 2], "a", &big), answer("big"));
+        c.insert(key(1, PRESENT, "a", &big), answer("big"));
         assert_eq!(c.usage().0, 0, "objects over MAX_OBJECT are not kept");
         for i in 0..1000u32 {
             let obj = format!("{{\"i\":{i}}}");
-            c.insert(key(1, [ClaimState::Present; 2], "a", obj.as_bytes()), answer("x"));
+            c.insert(key(1, PRESENT, "a", obj.as_bytes()), answer("x"));
         }
         let (n, bytes) = c.usage();
         assert!(n > 0 && bytes <= 64 * 1024, "{n} entries, {bytes} bytes");

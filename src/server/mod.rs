@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod conn;
 pub mod metrics;
+mod preview;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -26,9 +27,8 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::claims::{ClaimState, Claims};
-use crate::config::{Config, StorageMode};
-use crate::inject::{self, Outcome};
+use crate::config::Config;
+use crate::inject::{self, Decision, Injector, Outcome};
 use crate::review;
 use metrics::{CodeLabels, Endpoint, Metrics, ResultLabels};
 
@@ -67,7 +67,8 @@ pub struct ServeOptions {
 }
 
 pub struct AppState {
-    pub config: ArcSwap<Config>,
+    /// The core with its config, swapped whole on reload.
+    pub injector: ArcSwap<Injector>,
     /// Whether the configured claims exist, per namespace (a watch cache, or "assume present").
     pub claims: Arc<dyn crate::claims::Claims>,
     pub metrics: Arc<Metrics>,
@@ -178,61 +179,40 @@ async fn mutate(State(state): State<Arc<AppState>>, req: Request) -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
 
-/// The claims' states as seen once for one request, so that a cached answer is keyed by exactly
-/// the states its decision used.
-struct Snapshot<'a> {
-    inner: &'a dyn Claims,
-    namespace: &'a str,
-    states: [(&'a str, ClaimState); 2],
-}
-
-impl Claims for Snapshot<'_> {
-    fn state(&self, namespace: &str, name: &str) -> ClaimState {
-        match self.states.iter().find(|(claim, _)| namespace == self.namespace && *claim == name) {
-            Some((_, s)) => *s,
-            None => self.inner.state(namespace, name),
-        }
-    }
-}
-
 /// The answer to one review: from the decision cache for a Pod CREATE seen before (same object
 /// bytes, namespace, config and claim states), else decided now (and kept).
 /// The flag says whether the answer came from the cache.
 fn answer(state: &AppState, req: &review::AdmissionRequest<'_>) -> (Arc<cache::Answer>, bool) {
-    let config = state.config.load();
-    let decide = |claims: &dyn Claims| {
-        let d = inject::decide(req, &config, claims);
+    let injector = state.injector.load();
+    let keep = |d: Decision| {
         Arc::new(cache::Answer {
-            prepared: review::Prepared::new(&d),
-            outcome: d.outcome,
-            env_id: d.env_id,
-            message: d.message,
+            prepared: review::Prepared::new(d.to_response()),
+            outcome: d.outcome(),
+            env_id: d.env_id().map(String::from),
+            message: d.denial().map(|x| x.message.clone()),
         })
     };
     let (Some(object), Some(ns)) = (req.object, req.namespace.as_deref()) else {
-        return (decide(&*state.claims), false);
+        return (keep(injector.decide(req, &*state.claims)), false);
     };
     if !state.decisions.enabled() || ns.is_empty() || !inject::optin::is_pod_create(req) {
-        return (decide(&*state.claims), false);
+        return (keep(injector.decide(req, &*state.claims)), false);
     }
-    let storage = &config.file.storage;
-    let states = match storage.mode {
-        StorageMode::EmptyDir => [ClaimState::Present; 2],
-        _ => [state.claims.state(ns, &storage.nix_claim), state.claims.state(ns, &storage.uv_claim)],
+    // The claims' states are read once, by the core's own function, and the decision is made
+    // with exactly those: key and answer cannot disagree.
+    let states = injector.store_claims(ns, &*state.claims);
+    let key = cache::KeyRef {
+        generation: injector.generation(),
+        claims: states,
+        namespace: ns,
+        object: object.get().as_bytes(),
     };
-    let key =
-        cache::KeyRef { generation: config.generation, claims: states, namespace: ns, object: object.get().as_bytes() };
     if let Some(hit) = state.decisions.get(key) {
         state.metrics.decision_cache.get_or_create(&ResultLabels { result: "hit" }).inc();
         return (hit, true);
     }
     state.metrics.decision_cache.get_or_create(&ResultLabels { result: "miss" }).inc();
-    let snapshot = Snapshot {
-        inner: &*state.claims,
-        namespace: ns,
-        states: [(&storage.nix_claim, states[0]), (&storage.uv_claim, states[1])],
-    };
-    let answer = decide(&snapshot);
+    let answer = keep(injector.decide_with_states(req, states));
     state.decisions.insert(key, Arc::clone(&answer));
     (answer, false)
 }
@@ -274,7 +254,7 @@ pub fn router(state: Arc<AppState>, with_metrics: bool, with_preview: bool) -> R
     let mut r =
         Router::new().route("/mutate", post(mutate)).route("/healthz", get(healthz)).route("/readyz", get(readyz));
     if with_preview {
-        r = r.route("/preview", post(crate::preview::http::preview));
+        r = r.route("/preview", post(preview::preview));
     }
     if with_metrics {
         r = r.route("/metrics", get(metrics_text));
@@ -288,7 +268,7 @@ fn admin_router(state: Arc<AppState>, with_preview: bool) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     if with_preview {
-        r = r.route("/preview", post(crate::preview::http::preview));
+        r = r.route("/preview", post(preview::preview));
     }
     r.with_state(state)
 }
@@ -319,7 +299,7 @@ fn spawn_config_reloader(state: Arc<AppState>, path: PathBuf, interval: Duration
             last = Some(bytes.clone());
             match Config::from_yaml_with(&String::from_utf8_lossy(&bytes), &overrides) {
                 Ok(cfg) => {
-                    state.config.store(Arc::new(cfg));
+                    state.injector.store(Arc::new(Injector::new(cfg)));
                     state.metrics.config_reloads.get_or_create(&ResultLabels { result: "success" }).inc();
                     tracing::info!(path = %path.display(), "config reloaded");
                 }
@@ -383,7 +363,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         crate::cabundle::spawn(c.clone(), name.clone(), file, opts.reload_interval, Arc::clone(&metrics));
     }
     let state = Arc::new(AppState {
-        config: ArcSwap::from_pointee(config),
+        injector: ArcSwap::from_pointee(Injector::new(config)),
         claims,
         metrics: Arc::clone(&metrics),
         decisions: cache::DecisionCache::new(opts.decision_cache_bytes),

@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 use nixuv::claims::AssumePresent;
 use nixuv::config::Config;
 use nixuv::inject::deps;
-use nixuv::{inject, preview, review};
+use nixuv::inject::Injector;
+use nixuv::{preview, review};
 
 fn cases() -> u32 {
     std::env::var("FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300)
@@ -76,21 +77,22 @@ fn mutate(v: &mut Value, steps: &[usize], new: Value) {
     }
 }
 
-fn check_review_bytes(bytes: &[u8], cfg: &Config) {
+fn check_review_bytes(bytes: &[u8], inj: &Injector) {
     if let Ok(r) = review::decode(bytes) {
-        let d = inject::decide(&r.request, cfg, &AssumePresent);
-        let out = review::respond(r.api_version, &r.request.uid, &d);
+        let d = inj.decide(&r.request, &AssumePresent);
+        let out = review::respond(r.api_version, &r.request.uid, d.to_response());
         assert_eq!(out.response.uid, r.request.uid);
-        if let (Some(p), Some(obj)) = (&d.patch, r.request.object) {
+        if let (Some(p), Some(obj)) = (d.patch(), r.request.object) {
             let mut doc: Value = serde_json::from_str(obj.get()).unwrap();
             json_patch::patch(&mut doc, &p.to_patch().0).unwrap_or_else(|e| panic!("patch does not apply: {e}"));
             // The result is a fixed point.
-            let again = inject::decide_pod(&serde_json::to_string(&doc).unwrap(), r.request.namespace.as_deref(), cfg);
-            assert!(again.patch.is_none(), "reinvocation patched again");
+            let again = inj.decide_pod(&serde_json::to_string(&doc).unwrap(), r.request.namespace.as_deref());
+            assert!(again.patch().is_none(), "reinvocation patched again");
         }
-        if !d.allowed {
-            assert!(matches!(d.code, 400 | 403), "{}", d.code);
-            assert!(!d.message.unwrap_or_default().is_empty());
+        if let Some(denial) = d.denial() {
+            let code = denial.kind.code();
+            assert!(matches!(code, 400 | 403), "{code}");
+            assert!(!denial.message.is_empty());
         }
     }
 }
@@ -100,7 +102,7 @@ proptest! {
 
     #[test]
     fn review_core_random_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-        check_review_bytes(&bytes, &Config::default());
+        check_review_bytes(&bytes, &Injector::new(Config::default()));
     }
 
     #[test]
@@ -108,14 +110,14 @@ proptest! {
         let seeds = seeds();
         let mut v = seeds[seed % seeds.len()].clone();
         mutate(&mut v, &steps, new);
-        check_review_bytes(&serde_json::to_vec(&v).unwrap(), &Config::default());
+        check_review_bytes(&serde_json::to_vec(&v).unwrap(), &Injector::new(Config::default()));
     }
 
     #[test]
     fn review_core_truncated_fixtures(seed in 0usize..64, cut in any::<usize>()) {
         let seeds = seeds();
         let bytes = serde_json::to_vec(&seeds[seed % seeds.len()]).unwrap();
-        check_review_bytes(&bytes[..cut % (bytes.len() + 1)], &Config::default());
+        check_review_bytes(&bytes[..cut % (bytes.len() + 1)], &Injector::new(Config::default()));
     }
 
     #[test]
@@ -144,7 +146,7 @@ proptest! {
 
     #[test]
     fn preview_reader_random_text(text in ".{0,300}") {
-        let _ = preview::preview_text(&text, None, &Config::default(), &AssumePresent);
+        let _ = preview::preview_text(&text, None, &Injector::new(Config::default()), &AssumePresent);
     }
 
     #[test]
@@ -160,7 +162,7 @@ proptest! {
         let n = docs.len();
         mutate(&mut docs[which % n], &steps, new);
         let yaml: String = docs.iter().map(|d| serde_yaml_ng::to_string(d).unwrap()).collect::<Vec<_>>().join("---\n");
-        match preview::preview_text(&yaml, Some("team-a"), &Config::default(), &AssumePresent) {
+        match preview::preview_text(&yaml, Some("team-a"), &Injector::new(Config::default()), &AssumePresent) {
             Ok((_, docs, previews)) => {
                 let _ = preview::output::yaml(&docs, &previews);
                 let _ = preview::output::patches(&previews);
@@ -173,7 +175,7 @@ proptest! {
 /// Inputs that once broke something, kept as regression cases.
 #[test]
 fn regressions() {
-    let cfg = Config::default();
+    let cfg = Injector::new(Config::default());
     // A review whose object is a JSON string rather than an object.
     let mut r = seeds()[0].clone();
     r["request"]["object"] = json!("a pod");

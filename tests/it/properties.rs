@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
 use nixuv::config::Config;
-use nixuv::inject::{decide_pod, Outcome};
+use nixuv::inject::{Injector, Outcome};
 
 use crate::common::{self, pss};
 
@@ -99,19 +99,20 @@ proptest! {
 
     #[test]
     fn patch_applies_is_a_pod_is_idempotent_and_restricted(pod in pod()) {
-        let cfg = Config::default();
+        let inj = Injector::new(Config::default());
+        let cfg = inj.config();
         let text = serde_json::to_string(&pod).unwrap();
-        let d = decide_pod(&text, Some("team-a"), &cfg);
+        let d = inj.decide_pod(&text, Some("team-a"));
         // All-sidecar Pods are denied with a message; everything else is injected.
         let all_sidecars = pod["spec"]["containers"].as_array().unwrap().iter().all(|c| cfg.file.sidecars.iter().any(|s| c["name"] == s.as_str()));
         if all_sidecars {
-            prop_assert!(!d.allowed);
-            prop_assert!(d.message.unwrap().contains("sidecar"));
+            prop_assert!(!d.allowed());
+            prop_assert!(d.denial().unwrap().message.contains("sidecar"));
             return Ok(());
         }
-        prop_assert!(d.allowed, "denied: {:?}", d.message);
-        prop_assert_eq!(d.outcome, Outcome::Injected);
-        let patch = d.patch.expect("a patch").to_patch();
+        prop_assert!(d.allowed(), "denied: {:?}", d.denial());
+        prop_assert_eq!(d.outcome(), Outcome::Injected);
+        let patch = d.patch().expect("a patch").to_patch();
         let patched = common::apply(&pod, &patch);
         let typed = common::as_pod(&patched);
         // Nothing existing was removed or reordered: every original container and volume is still there in order.
@@ -123,22 +124,22 @@ proptest! {
         prop_assert_eq!(&after_init[1..], &before_init[..]);
         prop_assert_eq!(&names(&patched, "volumes")[..names(&pod, "volumes").len()], &names(&pod, "volumes")[..]);
         // Reinvocation on the output: no patch.
-        let again = decide_pod(&serde_json::to_string(&patched).unwrap(), Some("team-a"), &cfg);
-        prop_assert!(again.allowed);
-        prop_assert!(again.patch.is_none(), "reinvocation patched: {:?}", again.patch);
-        prop_assert_eq!(again.outcome, Outcome::AlreadyInjected);
+        let again = inj.decide_pod(&serde_json::to_string(&patched).unwrap(), Some("team-a"));
+        prop_assert!(again.allowed());
+        prop_assert!(again.patch().is_none(), "reinvocation patched: {:?}", again.patch());
+        prop_assert_eq!(again.outcome(), Outcome::AlreadyInjected);
         // Restricted.
         let init = &typed.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0];
         let v = pss::restricted_violations(&typed, init);
         prop_assert!(v.is_empty(), "{:?}", v);
         // Every target has PATH with the env in front and NIXUV_ENV; sidecars have neither.
-        let env_id = d.env_id.unwrap();
+        let env_id = d.env_id().unwrap();
         for c in &typed.spec.as_ref().unwrap().containers {
             let has = common::env_of(c, "NIXUV_ENV");
             if cfg.file.sidecars.contains(&c.name) {
                 prop_assert!(has.is_none());
             } else {
-                prop_assert_eq!(has, Some(env_id.as_str()));
+                prop_assert_eq!(has, Some(env_id));
                 let path = common::env_of(c, "PATH").unwrap();
                 prop_assert!(path.contains(&format!("/{env_id}/bin:")), "{}", path);
             }

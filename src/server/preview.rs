@@ -7,8 +7,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use crate::server::metrics::Endpoint;
-use crate::server::{json_error, read_body, AppState};
+use super::metrics::Endpoint;
+use super::{json_error, read_body, AppState};
+use crate::preview;
 
 #[derive(Debug, Deserialize)]
 pub struct PreviewQuery {
@@ -30,16 +31,17 @@ pub async fn preview(State(state): State<Arc<AppState>>, Query(q): Query<Preview
     let Ok(text) = std::str::from_utf8(&bytes) else {
         return json_error(&state, StatusCode::BAD_REQUEST, "body is not UTF-8");
     };
-    let config = state.config.load();
-    let (_, docs, previews) = match super::preview_text(text, q.namespace.as_deref(), &config, state.claims.as_ref()) {
-        Ok(r) => r,
-        Err(e) => {
-            state.metrics.count(Endpoint::preview, "invalid");
-            return json_error(&state, StatusCode::BAD_REQUEST, &e.to_string());
-        }
-    };
+    let injector = state.injector.load();
+    let (_, docs, previews) =
+        match preview::preview_text(text, q.namespace.as_deref(), &injector, state.claims.as_ref()) {
+            Ok(r) => r,
+            Err(e) => {
+                state.metrics.count(Endpoint::preview, "invalid");
+                return json_error(&state, StatusCode::BAD_REQUEST, &e.to_string());
+            }
+        };
     for p in &previews {
-        let decision = super::outcome(p).as_str();
+        let decision = preview::outcome(p).as_str();
         state.metrics.count(Endpoint::preview, decision);
     }
     state.metrics.observe(Endpoint::preview, start.elapsed());
@@ -54,13 +56,13 @@ pub async fn preview(State(state): State<Arc<AppState>>, Query(q): Query<Preview
         )
     };
     if wants_yaml {
-        let body = super::output::yaml(&docs, &previews);
+        let body = preview::output::yaml(&docs, &previews);
         if body.len() > state.preview_max_output {
             return too_large(body.len());
         }
         return ([(header::CONTENT_TYPE, HeaderValue::from_static("application/yaml"))], body).into_response();
     }
-    let results = super::output::results(&previews);
+    let results = preview::output::results(&previews);
     let body = if results.len() == 1 { serde_json::to_vec(&results[0]) } else { serde_json::to_vec(&results) };
     let body = body.expect("serialises");
     if body.len() > state.preview_max_output {

@@ -1,0 +1,188 @@
+//! The subcommands' runners: everything between the parsed command line and the library, with
+//! the I/O of a command-line program (reading files, printing, exit codes). `main.rs` only
+//! dispatches here.
+
+use std::process::ExitCode;
+
+use crate::claims::AssumePresent;
+use crate::cli::{CertsArgs, GcArgs, LogFormat, PreviewArgs, ServeArgs};
+use crate::config::{Config, Overrides};
+use crate::inject::Injector;
+use crate::server::ServeOptions;
+
+/// Logs go to stderr. `serve` logs one line per injection, so there a dedicated thread writes them
+/// through a buffer flushed whenever its queue is empty (one write per burst, not per line; lines
+/// are never dropped: a full queue makes the request thread wait). The queue holds 8,192 lines: its
+/// slots are allocated up front, and the crate's default of 128,000 cost 4 MiB of idle RSS. The
+/// guard flushes at exit.
+pub fn init_logging(format: LogFormat, buffered: bool) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NIXUV_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = if buffered {
+        let (w, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .thread_name("nixuv-log")
+            .buffered_lines_limit(8192)
+            .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+        (BoxMakeWriter::new(w), Some(guard))
+    } else {
+        (BoxMakeWriter::new(std::io::stderr), None)
+    };
+    // Colour only on a terminal, and never with NO_COLOR set: `kubectl logs` and files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Text => builder.with_target(false).init(),
+    }
+    guard
+}
+
+/// The namespace nixuv runs in, from the downward API.
+fn own_namespace() -> Option<String> {
+    std::env::var("POD_NAMESPACE").ok().filter(|n| !n.is_empty())
+}
+
+impl From<ServeArgs> for ServeOptions {
+    /// The one place where `nixuv serve`'s flags become the server's options.
+    fn from(a: ServeArgs) -> Self {
+        ServeOptions {
+            addr: a.addr,
+            tls_cert: a.tls_cert,
+            tls_key: a.tls_key,
+            config_path: a.config,
+            overrides: Overrides { init_image: a.init_image, own_namespace: own_namespace() },
+            metrics_addr: a.metrics_addr,
+            body_limit: a.body_limit,
+            reload_interval: a.reload_interval,
+            header_read_timeout: a.header_read_timeout,
+            request_timeout: a.request_timeout,
+            handshake_timeout: a.handshake_timeout,
+            max_connections: a.max_connections.max(1),
+            shutdown_delay: a.shutdown_delay,
+            drain_timeout: a.drain_timeout,
+            first_request_timeout: a.first_request_timeout,
+            idle_timeout: a.idle_timeout,
+            preview_concurrency: a.preview_concurrency,
+            preview_on_metrics_addr: a.preview_on_metrics_addr,
+            preview_max_output: a.preview_max_output,
+            decision_cache_bytes: a.decision_cache_mib.saturating_mul(1024 * 1024),
+            check_claims: a.check_claims,
+            manage_ca_bundle: a.manage_ca_bundle,
+            ca_bundle_file: a.ca_bundle_file,
+        }
+    }
+}
+
+/// `nixuv serve`, until SIGTERM.
+pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = a.worker_threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.enable_all().build()?;
+    rt.block_on(crate::server::serve(ServeOptions::from(a)))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `nixuv materialize`: exit 0 when the env is ready, 1 with the reason otherwise.
+pub fn materialize() -> ExitCode {
+    let start = std::time::Instant::now();
+    match crate::materialize::run_from_env() {
+        Ok(outcome) => {
+            tracing::info!(outcome = ?outcome, elapsed_ms = start.elapsed().as_millis() as u64, "materialize done");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "materialize failed");
+            eprintln!("nixuv materialize: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `nixuv gc`.
+pub fn gc(a: GcArgs) -> anyhow::Result<ExitCode> {
+    let layout = crate::materialize::layout::Layout::new(&a.uv_root, &a.nix_dir);
+    let opts = crate::materialize::gc::GcOptions {
+        max_age: a.max_age,
+        lease_ttl: a.lease_ttl,
+        dry_run: a.dry_run,
+        prune_stores: !a.no_prune,
+    };
+    let r = crate::materialize::gc::gc(&layout, &opts)?;
+    tracing::info!(
+        removed = ?r.removed,
+        kept = r.kept.len(),
+        busy = ?r.skipped_busy,
+        orphans_removed = r.orphans_removed,
+        dry_run = a.dry_run,
+        "gc done"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `nixuv certs`.
+pub fn certs(a: CertsArgs) -> anyhow::Result<ExitCode> {
+    let g = crate::certs::generate(&a.dns_names, &a.ips, a.valid_days)?;
+    crate::certs::write(&a.out_dir, &g)?;
+    eprintln!("wrote {0}/ca.crt, {0}/tls.crt, {0}/tls.key; caBundle:", a.out_dir.display());
+    println!("{}", g.ca_bundle());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `nixuv preview`: exit 0 when everything is allowed, 1 when an object is denied, 2 when the
+/// input or the flags are unusable.
+pub fn preview(a: PreviewArgs) -> ExitCode {
+    use crate::preview::{self, output::Output};
+    use std::io::Read;
+    let fail = |msg: String| {
+        eprintln!("nixuv preview: {msg}");
+        ExitCode::from(2)
+    };
+    let overrides = Overrides { init_image: a.init_image.clone(), own_namespace: own_namespace() };
+    let injector = match Config::load_with(a.config.as_deref(), &overrides) {
+        Ok(c) => Injector::new(c),
+        Err(e) => return fail(e.to_string()),
+    };
+    let mut text = String::new();
+    let read = if a.file == "-" {
+        std::io::stdin().read_to_string(&mut text).map(|_| ())
+    } else {
+        std::fs::read_to_string(&a.file).map(|t| text = t)
+    };
+    if let Err(e) = read {
+        return fail(format!("reading {}: {e}", a.file));
+    }
+    let (format, docs, previews) = match preview::preview_text(&text, a.namespace.as_deref(), &injector, &AssumePresent)
+    {
+        Ok(r) => r,
+        Err(e) => return fail(format!("{}: {e}", a.file)),
+    };
+    let output = a.output.unwrap_or(match format {
+        preview::Format::Yaml => Output::Yaml,
+        preview::Format::Json => Output::Json,
+    });
+    let rendered = match output {
+        Output::Yaml => preview::output::yaml(&docs, &previews),
+        Output::Json => preview::output::json(&docs, &previews),
+        Output::Patch => preview::output::patches(&previews),
+    };
+    print!("{rendered}");
+    let mut denied = false;
+    for p in &previews {
+        for w in &p.warnings {
+            eprintln!("nixuv preview: {}: warning: {w}", p.label());
+        }
+        if let Some(msg) = p.denial() {
+            denied = true;
+            eprintln!("nixuv preview: {}: {msg}", p.label());
+        }
+    }
+    if denied {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,45 @@
+//! The names nixuv's contract is made of: labels, annotations, the volumes, container and paths it
+//! adds, and the variables that carry an env to the init container (docs/annotations.md). The
+//! bottom layer: it depends on nothing in the crate, and everything else takes names from here.
+
+pub const LABEL_INJECT: &str = "nixuv.io/inject";
+pub const ANN_SYSTEM: &str = "nixuv.io/system-deps";
+pub const ANN_PYTHON: &str = "nixuv.io/python-deps";
+pub const ANN_PYTHON_VERSION: &str = "nixuv.io/python";
+pub const ANN_CONTAINERS: &str = "nixuv.io/containers";
+pub const ANN_STATUS: &str = "nixuv.io/status";
+pub const ANN_ENV: &str = "nixuv.io/env";
+pub const STATUS_INJECTED: &str = "injected";
+pub const LABEL_SYSTEM_PREFIX: &str = "system.nixuv.io/";
+pub const LABEL_PYTHON_PREFIX: &str = "python.nixuv.io/";
+pub const INIT_CONTAINER: &str = "nixuv-init";
+pub const VOL_NIX: &str = "nixuv-nix";
+pub const VOL_UV: &str = "nixuv-uv";
+pub const VOL_TMP: &str = "nixuv-tmp";
+
+/// Where the `nixuv-uv` volume is mounted, in the init container and in target containers alike
+/// (venvs and their interpreter links are not relocatable).
+pub const UV_ROOT: &str = "/nixuv/uv";
+/// Where the `nixuv-nix` volume is mounted in target containers: store paths are absolute.
+pub const NIX_MOUNT: &str = "/nix";
+/// The init container's scratch directory (an emptyDir): HOME, TMPDIR and nix-portable's
+/// `NP_LOCATION`.
+pub const WORK_DIR: &str = "/nixuv/work";
+/// Where the `nixuv-nix` volume is mounted in the init container: nix-portable keeps its store at
+/// `$NP_LOCATION/.nix-portable/nix/store`, so this is the volume's root seen through nix-portable.
+pub const INIT_NIX_DIR: &str = "/nixuv/work/.nix-portable/nix";
+
+/// The variables that carry an env to the init container (see [`crate::envspec`]).
+pub const ENV_ID: &str = "NIXUV_ENV";
+pub const ENV_SYSTEM_DEPS: &str = "NIXUV_SYSTEM_DEPS";
+pub const ENV_PYTHON_DEPS: &str = "NIXUV_PYTHON_DEPS";
+pub const ENV_PYTHON: &str = "NIXUV_PYTHON";
+pub const ENV_NIXPKGS: &str = "NIXUV_NIXPKGS";
+pub const ENV_INDEX_URL: &str = "NIXUV_INDEX_URL";
+pub const ENV_UV_ROOT: &str = "NIXUV_UV_ROOT";
+pub const ENV_NIX_DIR: &str = "NIXUV_NIX_DIR";
+/// The names of the tool variables (`initEnv`) the env id binds, comma-separated; set only when
+/// there are some. Any other tool variable is stripped from the tools' environment.
+pub const ENV_TOOL_ENV: &str = "NIXUV_TOOL_ENV";
+/// The environment variables that nixuv itself sets on the init container.
+pub const RESERVED_INIT_ENV_PREFIX: &str = "NIXUV_";

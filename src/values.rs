@@ -1,0 +1,121 @@
+//! Typed values of the contract, parsed once where they enter (config, annotations, the init
+//! container's environment) and carried as types after that. Bottom layer.
+
+use std::fmt;
+
+/// `^[A-Za-z_][A-Za-z0-9_'-]*(\.[A-Za-z_][A-Za-z0-9_'-]*)*$`, written out by hand because it is a
+/// few lines and runs per dep on the admission hot path.
+pub fn valid_attr_path(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|seg| {
+            let mut chars = seg.chars();
+            matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '\'' | '-'))
+        })
+}
+
+/// `3`, `3.12` or `3.12.4`: the forms `uv python install` takes for a CPython version.
+pub fn valid_python_version(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    (1..=3).contains(&parts.len())
+        && parts[0] == "3"
+        && parts.iter().all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A CPython version as uv takes it (`3`, `3.12`, `3.12.4`), validated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PythonVersion(String);
+
+impl PythonVersion {
+    pub fn parse(s: &str) -> Option<Self> {
+        valid_python_version(s).then(|| PythonVersion(s.to_string()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PythonVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A container's `imagePullPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "Always" => Some(PullPolicy::Always),
+            "IfNotPresent" => Some(PullPolicy::IfNotPresent),
+            "Never" => Some(PullPolicy::Never),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// A Kubernetes resource quantity such as `100m`, `2`, `1.5Gi`, `512Mi`, validated; kept as
+/// written (the API server canonicalises it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quantity(String);
+
+impl Quantity {
+    pub fn parse(s: &str) -> Option<Self> {
+        let digits_end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+        let (num, suffix) = s.split_at(digits_end);
+        let ok = !num.is_empty()
+            && num.parse::<f64>().is_ok()
+            && matches!(suffix, "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei");
+        ok.then(|| Quantity(s.to_string()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+pub fn is_dns1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_refuse() {
+        assert_eq!(PythonVersion::parse("3.12").unwrap().as_str(), "3.12");
+        for bad in ["2.7", "3.", "3.x", "3.12.1.1", "", "3.1234"] {
+            assert!(PythonVersion::parse(bad).is_none(), "{bad}");
+        }
+        assert_eq!(PullPolicy::parse("Never"), Some(PullPolicy::Never));
+        assert_eq!(PullPolicy::parse("never"), None);
+        for ok in ["100m", "2", "1.5Gi", "512Mi"] {
+            assert_eq!(Quantity::parse(ok).unwrap().as_str(), ok);
+        }
+        for bad in ["", "Gi", "1.5GB", "-1"] {
+            assert!(Quantity::parse(bad).is_none(), "{bad}");
+        }
+        assert!(valid_attr_path("python312Packages.numpy") && !valid_attr_path("a..b"));
+    }
+}
