@@ -7,7 +7,6 @@ use std::path::Path;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
-use crate::inject::plan::PlanInputs;
 use crate::names::RESERVED_INIT_ENV_PREFIX;
 use crate::toolenv::{effective_index, tool_scope, valid_index_url, FIXED_TOOL_ENV};
 pub use crate::values::{is_dns1123_label, is_dns1123_subdomain};
@@ -392,16 +391,6 @@ impl Config {
             index_url,
             tool_env,
         })
-    }
-
-    /// What an env plan takes from the config.
-    pub fn plan_inputs(&self) -> PlanInputs<'_> {
-        PlanInputs {
-            default_python: &self.default_python,
-            nixpkgs: &self.file.nixpkgs,
-            index_url: &self.index_url,
-            tool_env: &self.tool_env,
-        }
     }
 }
 

@@ -2,13 +2,13 @@
 //! `nixuv-init`, written by [`crate::inject`] and read back by `nixuv materialize`. One type on
 //! both sides, so the contract is checked by the compiler and a round-trip test.
 
-use crate::inject::deps::{self, Source};
-use crate::inject::plan::EnvPlan;
 use crate::names::{ANN_PYTHON, INIT_NIX_DIR, UV_ROOT};
 pub use crate::names::{
     ENV_ID, ENV_INDEX_URL, ENV_NIXPKGS, ENV_NIX_DIR, ENV_PYTHON, ENV_PYTHON_DEPS, ENV_SYSTEM_DEPS, ENV_TOOL_ENV,
     ENV_UV_ROOT,
 };
+use crate::plan::deps::{self, Source};
+use crate::plan::EnvPlan;
 use crate::toolenv::{effective_index, tool_scope, valid_index_url};
 use crate::values::{valid_attr_path, valid_python_version};
 
@@ -131,7 +131,17 @@ impl EnvSpec {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::inject::deps::declared;
+    use crate::plan::deps::declared;
+    use crate::plan::PlanInputs;
+
+    fn inputs(cfg: &Config) -> PlanInputs<'_> {
+        PlanInputs {
+            default_python: &cfg.default_python,
+            nixpkgs: &cfg.file.nixpkgs,
+            index_url: &cfg.index_url,
+            tool_env: &cfg.tool_env,
+        }
+    }
     use std::collections::{BTreeMap, HashMap};
 
     #[test]
@@ -140,18 +150,18 @@ mod tests {
             ("nixuv.io/system-deps".to_string(), "gcc ffmpeg-headless python312Packages.numpy".to_string()),
             ("nixuv.io/python-deps".to_string(), "pandas>=2,<3, requests[socks]; python_version > '3.8'".to_string()),
         ]);
-        let plan = EnvPlan::new(&declared(None, Some(&ann)).unwrap(), Config::default().plan_inputs());
+        let plan = EnvPlan::new(&declared(None, Some(&ann)).unwrap(), inputs(&Config::default()));
         let spec = EnvSpec::for_plan(&plan);
         let env: HashMap<&str, String> = spec.to_env().into_iter().collect();
         let back = EnvSpec::from_env(|k| env.get(k).cloned()).unwrap();
         assert_eq!(back, spec);
         // The id still matches the deps after the trip.
-        assert_eq!(crate::inject::plan::env_id(&back.plan.canonical()), back.plan.id);
+        assert_eq!(crate::plan::env_id(&back.plan.canonical()), back.plan.id);
     }
 
     #[test]
     fn tampered_env_is_rejected() {
-        let plan = EnvPlan::new(&Default::default(), Config::default().plan_inputs());
+        let plan = EnvPlan::new(&Default::default(), inputs(&Config::default()));
         let good: HashMap<&str, String> = EnvSpec::for_plan(&plan).to_env().into_iter().collect();
         let cases: &[(&str, &str)] = &[
             (ENV_ID, "../../etc"),
@@ -185,7 +195,7 @@ mod tests {
         )
         .unwrap();
         let ann = BTreeMap::from([("nixuv.io/python-deps".to_string(), "six".to_string())]);
-        let plan = EnvPlan::new(&declared(None, Some(&ann)).unwrap(), cfg.plan_inputs());
+        let plan = EnvPlan::new(&declared(None, Some(&ann)).unwrap(), inputs(&cfg));
         let mut env: HashMap<&str, String> = EnvSpec::for_plan(&plan).to_env().into_iter().collect();
         assert_eq!(env[ENV_TOOL_ENV], "NIX_CONFIG,UV_DEFAULT_INDEX");
         for e in &cfg.file.init_env {
@@ -193,13 +203,13 @@ mod tests {
         }
         let back = EnvSpec::from_env(|k| env.get(k).cloned()).unwrap();
         assert_eq!(back.plan, plan);
-        assert_eq!(crate::inject::plan::env_id(&back.plan.canonical()), plan.id);
+        assert_eq!(crate::plan::env_id(&back.plan.canonical()), plan.id);
         // Another index in the container's env gives another id, which the materialize refuses.
         env.insert("UV_DEFAULT_INDEX", "https://evil.example/simple".into());
         let err = EnvSpec::from_env(|k| env.get(k).cloned()).unwrap_err();
         assert!(err.to_string().contains(ENV_INDEX_URL), "{err}");
         env.insert(ENV_INDEX_URL, "https://evil.example/simple".into());
         let tampered = EnvSpec::from_env(|k| env.get(k).cloned()).unwrap();
-        assert_ne!(crate::inject::plan::env_id(&tampered.plan.canonical()), plan.id);
+        assert_ne!(crate::plan::env_id(&tampered.plan.canonical()), plan.id);
     }
 }

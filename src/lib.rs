@@ -2,7 +2,6 @@
 //! through an injected init container and shared stores.
 #![forbid(unsafe_code)]
 
-pub mod cabundle;
 pub mod certs;
 pub mod claims;
 pub mod cli;
@@ -12,6 +11,7 @@ pub mod envspec;
 pub mod inject;
 pub mod materialize;
 pub mod names;
+pub mod plan;
 pub mod preview;
 pub mod review;
 pub mod server;

@@ -201,6 +201,18 @@ impl Prepared {
     }
 }
 
+/// Asserts that the prepared body of `resp` is byte for byte its serialised review, for both
+/// versions and uids that need escaping. Shared with the core's tests.
+#[cfg(test)]
+pub(crate) fn assert_same_bytes(resp: &AdmissionResponse) {
+    for api in [API_V1, API_V1BETA1] {
+        for uid in ["u1", "0c9a8d74-9cb7-44dd-b98e-09fd62def2f4", "a\"b\\c\u{1}é"] {
+            let want = serde_json::to_vec(&respond(api, uid, resp.clone())).unwrap();
+            assert_eq!(Prepared::new(resp.clone()).body(api, uid), want, "{resp:?} {api} {uid}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,18 +287,6 @@ mod tests {
         };
         for resp in [allowed(), denied, warned, patched] {
             assert_same_bytes(&resp);
-        }
-    }
-}
-
-/// Asserts that the prepared body of `resp` is byte for byte its serialised review, for both
-/// versions and uids that need escaping. Shared with the core's tests.
-#[cfg(test)]
-pub(crate) fn assert_same_bytes(resp: &AdmissionResponse) {
-    for api in [API_V1, API_V1BETA1] {
-        for uid in ["u1", "0c9a8d74-9cb7-44dd-b98e-09fd62def2f4", "a\"b\\c\u{1}é"] {
-            let want = serde_json::to_vec(&respond(api, uid, resp.clone())).unwrap();
-            assert_eq!(Prepared::new(resp.clone()).body(api, uid), want, "{resp:?} {api} {uid}");
         }
     }
 }

@@ -4,10 +4,8 @@
 //! typed [`Verdict`] (a denial cannot carry a patch); [`Decision::to_response`] turns it into the
 //! AdmissionResponse that [`crate::review`] only serialises.
 
-pub mod deps;
 pub mod optin;
 pub mod patch;
-pub mod plan;
 pub mod pod;
 pub mod policy;
 
@@ -18,8 +16,8 @@ use patch::AddPatch;
 use crate::claims::{AssumePresent, ClaimState, Claims};
 use crate::config::{Config, StorageMode};
 use crate::names::*;
+use crate::plan::{deps, EnvPlan, PlanInputs};
 use crate::review::{AdmissionRequest, AdmissionResponse, Status};
-use plan::EnvPlan;
 use pod::PodView;
 
 /// What happened, for logs and the `decision` metric label (a closed, low-cardinality set).
@@ -461,6 +459,16 @@ impl Claims for Known<'_> {
     }
 }
 
+/// What an env plan takes from the config.
+pub fn plan_inputs(cfg: &Config) -> PlanInputs<'_> {
+    PlanInputs {
+        default_python: &cfg.default_python,
+        nixpkgs: &cfg.file.nixpkgs,
+        index_url: &cfg.index_url,
+        tool_env: &cfg.tool_env,
+    }
+}
+
 /// A bounded memo of [`EnvOutcome`] by declaration.
 struct EnvMemo(quick_cache::sync::Cache<Vec<u8>, Arc<EnvOutcome>, MemoBytes>);
 
@@ -537,7 +545,7 @@ fn env_for(pod: &PodView, cfg: &Config) -> EnvOutcome {
     if let Err(e) = policy::check(&declared, cfg) {
         return EnvOutcome::Deny(Denial::policy(e.to_string()));
     }
-    let plan = EnvPlan::new(&declared, cfg.plan_inputs());
+    let plan = EnvPlan::new(&declared, plan_inputs(cfg));
     let init_container = patch::init_container_text(&plan, cfg);
     EnvOutcome::Env { plan, init_container }
 }

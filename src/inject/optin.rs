@@ -1,4 +1,5 @@
-//! Which requests and Pods nixuv acts on, and which containers receive the env (SPEC §1, §2).
+//! Which requests and Pods nixuv acts on, and which containers receive the env
+//! (docs/annotations.md).
 
 use super::pod::PodView;
 use super::Denial;

@@ -1,6 +1,6 @@
 //! EnvPlan + Pod -> RFC 6902 `add` operations, built directly (never by diffing the Pod).
 //!
-//! Rules (SPEC §3): a missing array or map is created whole before anything is added to it;
+//! Rules (docs/annotations.md, "What an opted-in Pod gets"): a missing array or map is created whole before anything is added to it;
 //! keys are escaped by `jsonptr` (`/` -> `~1`); nothing existing is removed or reordered, except
 //! that `nixuv-init` is inserted at index 0 of `initContainers` (the others keep their order), and
 //! an existing PATH value is replaced by the same value with the env's directories in front.
@@ -12,7 +12,6 @@ use serde::ser::{Serialize, SerializeStruct, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::plan::EnvPlan;
 use super::pod::{ContainerView, PodView};
 use super::StoreVolumes;
 use crate::config::Config;
@@ -21,6 +20,7 @@ use crate::names::{
     ANN_ENV, ANN_STATUS, INIT_CONTAINER, INIT_NIX_DIR, NIX_MOUNT, STATUS_INJECTED, UV_ROOT, VOL_NIX, VOL_TMP, VOL_UV,
     WORK_DIR,
 };
+use crate::plan::EnvPlan;
 use crate::values::Quantity;
 
 /// A JSON value kept as its text: shared (the init container, the same for every Pod of an env
@@ -333,7 +333,7 @@ mod tests {
             let p = d.patch().expect("a patch");
             let typed = p.to_patch();
             assert_eq!(p.to_json(), serde_json::to_vec(&typed).unwrap());
-            assert_eq!(serde_json::to_value(&p).unwrap(), serde_json::to_value(&typed).unwrap());
+            assert_eq!(serde_json::to_value(p).unwrap(), serde_json::to_value(&typed).unwrap());
             assert_eq!(p.len(), typed.0.len());
             escaped |= p.paths().any(|ptr| ptr.as_str().contains("~1"));
         }

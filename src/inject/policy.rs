@@ -1,8 +1,8 @@
 //! Admin policy: allow/deny globs per ecosystem and the maximum number of deps
 //! (docs/configuration.md).
 
-use super::deps::Declared;
 use crate::config::{Config, Verdict};
+use crate::plan::deps::Declared;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
@@ -103,7 +103,7 @@ mod tests {
         let d = declared(None, Some(&ann("pkgsStatic.busybox", ""))).unwrap();
         assert!(check(&d, &Config::default()).is_ok());
     }
-    use crate::inject::deps::declared;
+    use crate::plan::deps::declared;
     use std::collections::BTreeMap;
 
     fn ann(sys: &str, py: &str) -> BTreeMap<String, String> {

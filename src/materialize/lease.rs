@@ -11,8 +11,9 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
+pub use super::store::nonce;
 use super::store::{Contents, Kind, StoreDir, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -54,19 +55,6 @@ pub fn holder(dir: &StoreDir, name: &str) -> String {
         Ok(Contents::Malformed(why)) => format!("a malformed lease entry (it {why})"),
         Err(_) => "an unreadable lease".into(),
     }
-}
-
-/// 16 hex chars from the clock and the pid; enough to tell holders apart.
-pub fn nonce() -> String {
-    use sha2::{Digest, Sha256};
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let mut h = Sha256::new();
-    h.update(now.as_nanos().to_le_bytes());
-    h.update(std::process::id().to_le_bytes());
-    h.update(format!("{:?}", std::thread::current().id()).as_bytes());
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    h.update(COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-    hex::encode(&h.finalize()[..8])
 }
 
 /// A held lease; released (deleted) on drop if it is still ours.
@@ -207,6 +195,7 @@ pub fn is_held(dir: &StoreDir, name: &str, ttl: Duration) -> bool {
 mod tests {
     use super::*;
     use std::fs::{self, OpenOptions};
+    use std::time::SystemTime;
 
     fn dir() -> (tempfile::TempDir, StoreDir) {
         let t = tempfile::tempdir().unwrap();

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::envspec::{EnvSpec, EnvSpecError};
-use crate::inject::plan::env_id;
+use crate::plan::env_id;
 use layout::Layout;
 use lease::{Lease, LeaseError};
 use store::{Contents, Kind, StoreDir, StoreError};

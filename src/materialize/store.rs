@@ -69,6 +69,19 @@ pub enum Contents {
     Bytes(Vec<u8>),
 }
 
+/// 16 hex chars from the clock and the pid; enough to tell holders apart.
+pub fn nonce() -> String {
+    use sha2::{Digest, Sha256};
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let mut h = Sha256::new();
+    h.update(now.as_nanos().to_le_bytes());
+    h.update(std::process::id().to_le_bytes());
+    h.update(format!("{:?}", std::thread::current().id()).as_bytes());
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    h.update(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_le_bytes());
+    hex::encode(&h.finalize()[..8])
+}
+
 /// One directory of a store, held open; every operation names a single entry in it.
 #[derive(Debug)]
 pub struct StoreDir {
@@ -290,7 +303,7 @@ impl StoreDir {
         if self.kind(link) == Kind::Dir {
             self.remove_entry(link)?;
         }
-        let tmp = format!(".{link}.link-{}", super::lease::nonce());
+        let tmp = format!(".{link}.link-{}", nonce());
         self.dir.symlink_contents(target, &tmp).map_err(self.err(&tmp))?;
         self.dir.rename(&tmp, &self.dir, link).map_err(|e| {
             let _ = self.dir.remove_file_or_symlink(&tmp);

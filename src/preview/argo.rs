@@ -7,12 +7,12 @@
 use serde_json::{json, Map, Value};
 
 use super::{decide_pod_value, ObjectPreview, TemplateReport};
-use crate::inject::deps;
 use crate::inject::pod::PodView;
 use crate::inject::Injector;
 use crate::names::{
     ANN_CONTAINERS, ANN_PYTHON, ANN_PYTHON_VERSION, ANN_SYSTEM, LABEL_INJECT, LABEL_PYTHON_PREFIX, LABEL_SYSTEM_PREFIX,
 };
+use crate::plan::deps;
 
 fn is_nixuv_key(k: &str) -> bool {
     [LABEL_INJECT, ANN_SYSTEM, ANN_PYTHON, ANN_PYTHON_VERSION, ANN_CONTAINERS].contains(&k)

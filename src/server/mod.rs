@@ -2,7 +2,9 @@
 //! body, call the pure core and map the result to HTTP; connection handling (limits, timeouts,
 //! graceful drain) is the accept loop's.
 
+pub mod cabundle;
 pub mod cache;
+mod claims;
 pub mod conn;
 pub mod metrics;
 mod preview;
@@ -355,12 +357,12 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         None
     };
     let claims: Arc<dyn crate::claims::Claims> = match (&kube_client, opts.check_claims) {
-        (Some(c), true) => crate::claims::ClaimCache::start(c.clone()),
+        (Some(c), true) => claims::ClaimCache::start(c.clone()),
         _ => Arc::new(crate::claims::AssumePresent),
     };
     if let (Some(c), Some(name)) = (&kube_client, &opts.manage_ca_bundle) {
         let file = opts.ca_bundle_file.clone().context("--manage-ca-bundle needs --ca-bundle-file")?;
-        crate::cabundle::spawn(c.clone(), name.clone(), file, opts.reload_interval, Arc::clone(&metrics));
+        cabundle::spawn(c.clone(), name.clone(), file, opts.reload_interval, Arc::clone(&metrics));
     }
     let state = Arc::new(AppState {
         injector: ArcSwap::from_pointee(Injector::new(config)),

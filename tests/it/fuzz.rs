@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 
 use nixuv::claims::AssumePresent;
 use nixuv::config::Config;
-use nixuv::inject::deps;
 use nixuv::inject::Injector;
+use nixuv::plan::deps;
 use nixuv::{preview, review};
 
 fn cases() -> u32 {

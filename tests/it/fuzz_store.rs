@@ -11,11 +11,11 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use nixuv::envspec::EnvSpec;
-use nixuv::inject::plan::EnvPlan;
 use nixuv::materialize::gc::{gc, GcOptions};
 use nixuv::materialize::layout::{self, Layout};
 use nixuv::materialize::lease::Lease;
 use nixuv::materialize::store::StoreDir;
+use nixuv::plan::EnvPlan;
 
 fn cases() -> u32 {
     std::env::var("FUZZ_CASES").ok().and_then(|v| v.parse::<u32>().ok()).map(|n| n / 10).unwrap_or(40).max(10)
@@ -187,7 +187,7 @@ proptest! {
                 prune_stores: false,
             };
             let _ = gc(&layout, &opts);
-            let mut env = EnvPlan::new(&Default::default(), nixuv::config::Config::default().plan_inputs());
+            let mut env = EnvPlan::new(&Default::default(), nixuv::inject::plan_inputs(&nixuv::config::Config::default()));
             env.python = vec!["six".into()];
             env.id = ID.into();
             let spec = EnvSpec::for_plan(&env);

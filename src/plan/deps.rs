@@ -1,4 +1,5 @@
-//! Annotations and labels -> system attribute paths and PEP 508 requirements (SPEC §2).
+//! Annotations and labels -> system attribute paths and PEP 508 requirements
+//! (docs/annotations.md).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -185,7 +186,7 @@ fn parse_system(item: &str, source: &Source) -> Result<SystemDep, DepError> {
     Ok(SystemDep { attr: item.to_string(), source: source.clone() })
 }
 
-/// Reads the declarations of SPEC §2 from a Pod's annotations and labels. Annotations come first,
+/// Reads the declarations (docs/annotations.md) from a Pod's annotations and labels. Annotations come first,
 /// then labels in key order.
 pub fn declared(
     labels: Option<&BTreeMap<String, String>>,

@@ -11,7 +11,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 
-use crate::server::metrics::{Metrics, ResultLabels};
+use super::metrics::{Metrics, ResultLabels};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaBundleError {

@@ -3,10 +3,12 @@
 
 use sha2::{Digest, Sha256};
 
-use super::deps::Declared;
+pub mod deps;
+
 use crate::names::{NIX_MOUNT, UV_ROOT};
 use crate::toolenv::{tool_scope, ToolScope};
 use crate::values::PythonVersion;
+use deps::Declared;
 
 /// What an env's identity takes from the config besides the Pod's declaration: the few values
 /// the plan needs, not the config itself (the init container reads plans, never the config).
@@ -150,7 +152,7 @@ pub fn env_id(canonical: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inject::deps::declared;
+    use crate::plan::deps::declared;
     use std::collections::BTreeMap;
 
     fn plan(sys: &str, py: &str, version: Option<&str>) -> EnvPlan {
@@ -161,7 +163,15 @@ mod tests {
         if let Some(v) = version {
             ann.insert("nixuv.io/python".into(), v.into());
         }
-        EnvPlan::new(&declared(None, Some(&ann)).unwrap(), crate::config::Config::default().plan_inputs())
+        EnvPlan::new(
+            &declared(None, Some(&ann)).unwrap(),
+            PlanInputs {
+                default_python: &PythonVersion::parse("3.12").unwrap(),
+                nixpkgs: "github:NixOS/nixpkgs/nixos-25.05",
+                index_url: crate::toolenv::DEFAULT_INDEX_URL,
+                tool_env: &[],
+            },
+        )
     }
 
     /// Pins the canonical form and the env id across releases: if this test has to change, every
