@@ -4,10 +4,10 @@
 //! typed [`Verdict`] (a denial cannot carry a patch); [`Decision::to_response`] turns it into the
 //! AdmissionResponse that [`crate::review`] only serialises.
 
-pub mod optin;
+pub(crate) mod optin;
 pub mod patch;
 pub mod pod;
-pub mod policy;
+mod policy;
 
 use std::sync::Arc;
 

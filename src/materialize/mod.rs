@@ -11,7 +11,7 @@ pub mod gc;
 pub mod layout;
 pub mod lease;
 pub mod store;
-pub mod tool;
+mod tool;
 
 use std::ffi::OsString;
 use std::fs;

@@ -2,7 +2,7 @@
 //! [`crate::inject::decide_view`], the same decision function as the webhook. No I/O here: the
 //! CLI and `POST /preview` read and write.
 
-pub mod argo;
+mod argo;
 pub mod output;
 
 use json_patch::{AddOperation, Patch, PatchOperation};

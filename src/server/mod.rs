@@ -2,10 +2,10 @@
 //! body, call the pure core and map the result to HTTP; connection handling (limits, timeouts,
 //! graceful drain) is the accept loop's.
 
-pub mod cabundle;
-pub mod cache;
+mod cabundle;
+mod cache;
 mod claims;
-pub mod conn;
+mod conn;
 pub mod metrics;
 mod preview;
 pub mod tls;
@@ -84,6 +84,50 @@ pub struct AppState {
     pub preview_slots: tokio::sync::Semaphore,
     /// The largest `/preview` answer, in bytes; a larger one is refused with 413.
     pub preview_max_output: usize,
+}
+
+/// What the handlers are bounded by (the flags of the same names).
+#[derive(Debug, Clone)]
+pub struct HandlerLimits {
+    pub body_limit: usize,
+    pub request_timeout: Duration,
+    pub decision_cache_bytes: u64,
+    pub preview_concurrency: usize,
+    pub preview_max_output: usize,
+}
+
+impl Default for HandlerLimits {
+    fn default() -> Self {
+        HandlerLimits {
+            body_limit: 4 * 1024 * 1024,
+            request_timeout: Duration::from_secs(10),
+            decision_cache_bytes: 8 * 1024 * 1024,
+            preview_concurrency: 2,
+            preview_max_output: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl AppState {
+    /// The handlers' state; `ready` starts false (the server sets it once it listens).
+    pub fn new(
+        injector: Injector,
+        claims: Arc<dyn crate::claims::Claims>,
+        metrics: Arc<Metrics>,
+        limits: &HandlerLimits,
+    ) -> Self {
+        AppState {
+            injector: ArcSwap::from_pointee(injector),
+            claims,
+            metrics,
+            decisions: cache::DecisionCache::new(limits.decision_cache_bytes),
+            ready: AtomicBool::new(false),
+            body_limit: limits.body_limit,
+            request_timeout: limits.request_timeout,
+            preview_slots: tokio::sync::Semaphore::new(limits.preview_concurrency.max(1)),
+            preview_max_output: limits.preview_max_output,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -364,17 +408,14 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         let file = opts.ca_bundle_file.clone().context("--manage-ca-bundle needs --ca-bundle-file")?;
         cabundle::spawn(c.clone(), name.clone(), file, opts.reload_interval, Arc::clone(&metrics));
     }
-    let state = Arc::new(AppState {
-        injector: ArcSwap::from_pointee(Injector::new(config)),
-        claims,
-        metrics: Arc::clone(&metrics),
-        decisions: cache::DecisionCache::new(opts.decision_cache_bytes),
-        ready: AtomicBool::new(false),
+    let limits = HandlerLimits {
         body_limit: opts.body_limit,
         request_timeout: opts.request_timeout,
-        preview_slots: tokio::sync::Semaphore::new(opts.preview_concurrency.max(1)),
+        decision_cache_bytes: opts.decision_cache_bytes,
+        preview_concurrency: opts.preview_concurrency,
         preview_max_output: opts.preview_max_output,
-    });
+    };
+    let state = Arc::new(AppState::new(Injector::new(config), claims, Arc::clone(&metrics), &limits));
     if let Some(path) = &opts.config_path {
         spawn_config_reloader(Arc::clone(&state), path.clone(), opts.reload_interval, opts.overrides.clone());
     }

@@ -10,6 +10,7 @@ mod lifecycle;
 mod materialize;
 mod preview;
 mod properties;
+mod router;
 mod store;
 mod store_guard;
 mod webhook;
