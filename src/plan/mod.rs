@@ -67,34 +67,14 @@ impl EnvPlan {
         out.push_str(CANONICAL_VERSION);
         out.push('\n');
         if !self.system.is_empty() {
-            out.push_str("nixpkgs=");
-            out.push_str(&self.nixpkgs);
-            out.push('\n');
-            let mut sys: Vec<&str> = self.system.iter().map(String::as_str).collect();
-            sys.sort_unstable();
-            sys.dedup();
-            for s in sys {
-                out.push_str("system=");
-                out.push_str(s);
-                out.push('\n');
-            }
+            push_line(&mut out, "nixpkgs=", &self.nixpkgs);
+            push_sorted(&mut out, "system=", &self.system);
             self.push_tool_env(&mut out, "system-env=", ToolScope::System);
         }
         if !self.python.is_empty() {
-            out.push_str("python-version=");
-            out.push_str(&self.python_version);
-            out.push('\n');
-            out.push_str("index=");
-            out.push_str(&self.index_url);
-            out.push('\n');
-            let mut py: Vec<&str> = self.python.iter().map(String::as_str).collect();
-            py.sort_unstable();
-            py.dedup();
-            for p in py {
-                out.push_str("python=");
-                out.push_str(p);
-                out.push('\n');
-            }
+            push_line(&mut out, "python-version=", &self.python_version);
+            push_line(&mut out, "index=", &self.index_url);
+            push_sorted(&mut out, "python=", &self.python);
             self.push_tool_env(&mut out, "python-env=", ToolScope::Python);
         }
         out
@@ -140,6 +120,22 @@ impl EnvPlan {
             dirs.push(format!("{}/bin", self.profile_dir()));
         }
         dirs.join(":")
+    }
+}
+
+fn push_line(out: &mut String, key: &str, value: &str) {
+    out.push_str(key);
+    out.push_str(value);
+    out.push('\n');
+}
+
+/// One line per distinct item, sorted: order and repetition do not change the id.
+fn push_sorted(out: &mut String, key: &str, items: &[String]) {
+    let mut sorted: Vec<&str> = items.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    for item in sorted {
+        push_line(out, key, item);
     }
 }
 
