@@ -133,7 +133,7 @@ pub fn certs(a: CertsArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `nixuv preview`: exit 0 when everything is allowed, 1 when an object is denied, 2 when the
-/// input or the flags are unusable.
+/// input or the flags are unusable, 3 with `--strict` when there is any warning.
 pub fn preview(a: PreviewArgs) -> ExitCode {
     use crate::preview::{self, output::Output};
     use std::io::Read;
@@ -170,9 +170,10 @@ pub fn preview(a: PreviewArgs) -> ExitCode {
         Output::Patch => preview::output::patches(&previews),
     };
     print!("{rendered}");
-    let mut denied = false;
+    let (mut denied, mut warned) = (false, false);
     for p in &previews {
         for w in &p.warnings {
+            warned = true;
             eprintln!("nixuv preview: {}: warning: {w}", p.label());
         }
         if let Some(msg) = p.denial() {
@@ -182,6 +183,8 @@ pub fn preview(a: PreviewArgs) -> ExitCode {
     }
     if denied {
         ExitCode::from(1)
+    } else if warned && a.strict {
+        ExitCode::from(3)
     } else {
         ExitCode::SUCCESS
     }

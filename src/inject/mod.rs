@@ -4,6 +4,7 @@
 //! typed [`Verdict`] (a denial cannot carry a patch); [`Decision::to_response`] turns it into the
 //! AdmissionResponse that [`crate::review`] only serialises.
 
+pub mod nearmiss;
 pub(crate) mod optin;
 pub mod patch;
 pub mod pod;
@@ -329,10 +330,23 @@ impl Injector {
     }
 
     pub fn decide_view(&self, pod: &PodView, namespace: Option<&str>, claims: &dyn Claims) -> Decision {
-        match self.verdict(pod, namespace, claims) {
+        self.decide_view_at(pod, namespace, claims, "metadata")
+    }
+
+    /// [`Self::decide_view`] for a Pod whose metadata sits at `at` in the object the user wrote
+    /// (a workload's `spec.template.metadata`), so that warnings name the field to change there.
+    pub fn decide_view_at(&self, pod: &PodView, namespace: Option<&str>, claims: &dyn Claims, at: &str) -> Decision {
+        let mut d = match self.verdict(pod, namespace, claims) {
             Ok(d) => d,
             Err(denial) => denial.into(),
+        };
+        // Near misses never change the verdict; they say what to change (docs/troubleshooting.md).
+        if nearmiss::mentions_nixuv(pod.labels(), pod.annotations()) {
+            let mut near = nearmiss::metadata_warnings(at, pod.labels(), pod.annotations());
+            near.append(&mut d.warnings);
+            d.warnings = near;
         }
+        d
     }
 
     fn verdict(&self, pod: &PodView, namespace: Option<&str>, claims: &dyn Claims) -> Result<Decision, Denial> {
@@ -343,7 +357,11 @@ impl Injector {
         let ns =
             namespace.filter(|n| !n.is_empty()).or_else(|| pod.metadata.as_ref()?.namespace.as_deref()).unwrap_or("");
         if cfg.excluded_namespaces.iter().any(|n| n == ns) {
-            return Ok(Decision::pass(Pass::Excluded));
+            let mut d = Decision::pass(Pass::Excluded);
+            d.warnings.push(format!(
+                "nixuv: namespace {ns:?} is excluded by nixuv's config (excludeNamespaces, or nixuv's own namespace); nothing injected"
+            ));
+            return Ok(d);
         }
         let count = pod.containers().len() + pod.init_containers().len();
         if count > cfg.file.max_containers {

@@ -103,7 +103,7 @@ pub fn preview(
             Ok(None) => continue,
             Err(field) => return Err((format!("{spec_field}.templates[{i}].{field}"), "must be an object".into())),
         };
-        let d = decide_pod_value(&pod, namespace, inj, claims);
+        let d = decide_pod_value(&pod, namespace, inj, claims, &format!("{spec_field}.templates[{i}].metadata"));
         let view: Option<PodView> = serde::Deserialize::deserialize(&pod).ok();
         let declared = view.as_ref().and_then(|v| deps::declared(v.labels(), v.annotations()).ok()).unwrap_or_default();
         let targets: Vec<String> = d

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::claims::Claims;
 use crate::inject::pod::PodView;
-use crate::inject::{Decision, Denial, Injector, Outcome};
+use crate::inject::{nearmiss, Decision, Denial, Injector, Outcome};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -172,9 +172,10 @@ fn namespace_of<'a>(obj: &'a Value, flag: Option<&'a str>) -> &'a str {
 }
 
 /// The webhook's decision for a Pod given as a JSON value.
-pub fn decide_pod_value(pod: &Value, namespace: &str, inj: &Injector, claims: &dyn Claims) -> Decision {
+/// `at`: where the Pod's metadata sits in the object the user wrote (for the warnings).
+pub fn decide_pod_value(pod: &Value, namespace: &str, inj: &Injector, claims: &dyn Claims, at: &str) -> Decision {
     match PodView::deserialize(pod) {
-        Ok(view) => inj.decide_view(&view, Some(namespace), claims),
+        Ok(view) => inj.decide_view_at(&view, Some(namespace), claims, at),
         Err(e) => Denial::invalid(format!("request.object is not a valid Pod: {e}")).into(),
     }
 }
@@ -235,7 +236,7 @@ pub fn preview_object(
     };
     match (api_version, kind) {
         ("v1", "Pod") => {
-            let d = decide_pod_value(obj, namespace_of(obj, namespace), inj, claims);
+            let d = decide_pod_value(obj, namespace_of(obj, namespace), inj, claims, "metadata");
             finish(out, obj, d, &[])
         }
         (av, "AdmissionReview") if av.starts_with("admission.k8s.io/") => {
@@ -265,8 +266,21 @@ pub fn preview_object(
                 "metadata": template.get("metadata").cloned().unwrap_or_else(|| serde_json::json!({})),
                 "spec": template["spec"],
             });
+            // nixuv reads the Pod template, never the workload's own metadata: a marker there is
+            // a near miss (the most common reason a workload's Pods are not injected).
+            let tpl_meta = template.get("metadata");
+            for section in ["labels", "annotations"] {
+                let own = get(obj, &["metadata", section]).and_then(Value::as_object);
+                for key in own.into_iter().flat_map(|m| m.keys()).filter(|k| nearmiss::is_nixuv_key(k)) {
+                    if tpl_meta.and_then(|m| m.get(section)).and_then(|m| m.get(key)).is_none() {
+                        out.warnings.push(format!(
+                            "nixuv: metadata.{section}[{key:?}] is on the {k} itself; nixuv reads the Pod template: move it to {field}.metadata.{section}"
+                        ));
+                    }
+                }
+            }
             // A template without metadata has no opt-in label, so it is never patched.
-            let d = decide_pod_value(&pod, namespace_of(obj, namespace), inj, claims);
+            let d = decide_pod_value(&pod, namespace_of(obj, namespace), inj, claims, &format!("{field}.metadata"));
             finish(out, obj, d, path)
         }
         ("argoproj.io/v1alpha1", "Workflow" | "WorkflowTemplate" | "ClusterWorkflowTemplate" | "CronWorkflow") => {

@@ -303,3 +303,119 @@ async fn preview_endpoint_yaml_errors_and_limits() {
     assert_eq!(v["allowed"], false);
     assert!(v["message"].as_str().unwrap().contains("pip options are not allowed"));
 }
+
+const NEAR_MISSES: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: marker-on-deployment, labels: {nixuv.io/inject: "true"}, annotations: {nixuv.io/system-deps: gcc}}
+spec:
+  selector: {matchLabels: {app: a}}
+  template:
+    metadata: {labels: {app: a}}
+    spec: {containers: [{name: app, image: python:3.12}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: annotation-not-label, annotations: {nixuv.io/inject: "true", nixuv.io/system-deps: gcc}}
+spec: {containers: [{name: app, image: x}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: capital-true, labels: {nixuv.io/inject: "True"}, annotations: {nixuv.io/system-deps: gcc}}
+spec: {containers: [{name: app, image: x}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: deps-without-opt-in, labels: {python.nixuv.io/numpy: ""}}
+spec: {containers: [{name: app, image: x}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: typo, labels: {nixuv.io/inject: "true"}, annotations: {nixuv.io/python-dep: six, nixuv.io/system-deps: gcc}}
+spec: {containers: [{name: app, image: x}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: excluded, namespace: kube-system, labels: {nixuv.io/inject: "true"}, annotations: {nixuv.io/system-deps: gcc}}
+spec: {containers: [{name: app, image: x}]}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: yes-job}
+spec:
+  template:
+    metadata: {labels: {nixuv.io/inject: "yes"}, annotations: {nixuv.io/system-deps: gcc}}
+    spec: {restartPolicy: Never, containers: [{name: app, image: x}]}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_misses_are_warned_naming_the_field_and_strict_exits_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("near.yaml");
+    std::fs::write(&file, NEAR_MISSES).unwrap();
+    let run =
+        |args: &[&str]| Command::new(common::bin()).arg("preview").args(args).arg("-f").arg(&file).output().unwrap();
+    let out = run(&["-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "warnings alone do not fail: {}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The JSON report: POST /preview with the same manifest.
+    let server = Server::start();
+    let resp = server
+        .h1()
+        .post(server.url("/preview"))
+        .header("content-type", "application/yaml")
+        .body(NEAR_MISSES)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let results: Vec<Value> = resp.json().await.unwrap();
+    let expect = [
+        (0, "metadata.labels[\"nixuv.io/inject\"] is on the Deployment itself; nixuv reads the Pod template: move it to spec.template.metadata.labels"),
+        (0, "metadata.annotations[\"nixuv.io/system-deps\"] is on the Deployment itself"),
+        (1, "nixuv.io/inject is an annotation (metadata.annotations, \"true\"); it must be a label"),
+        (2, "metadata.labels[\"nixuv.io/inject\"] is \"True\"; only \"true\" opts in"),
+        (3, "metadata declares dependencies but is not labelled nixuv.io/inject=true"),
+        (4, "metadata.annotations[\"nixuv.io/python-dep\"] is not a key nixuv knows; did you mean \"nixuv.io/python-deps\"?"),
+        (5, "namespace \"kube-system\" is excluded by nixuv's config"),
+        (6, "spec.template.metadata.labels[\"nixuv.io/inject\"] is \"yes\""),
+    ];
+    for (i, needle) in expect {
+        let warnings = results[i]["warnings"].as_array().unwrap();
+        assert!(
+            warnings.iter().any(|w| w.as_str().unwrap().contains(needle)),
+            "document {}: {needle:?} not in {warnings:?}",
+            i + 1
+        );
+        assert!(stderr.contains(needle), "stderr lacks {needle:?}");
+    }
+    // The typo'd Pod is still injected (a near miss never denies), without the misspelt deps.
+    assert_eq!(results[4]["allowed"], true);
+    assert!(results[4]["patch"].is_array());
+    // --strict: any warning fails the check.
+    assert_eq!(run(&["--strict", "-o", "json"]).status.code(), Some(3));
+    let clean = dir.path().join("clean.yaml");
+    std::fs::write(&clean, "apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: {nixuv.io/inject: \"true\"}, annotations: {nixuv.io/system-deps: gcc}}\nspec: {containers: [{name: app, image: x}]}\n").unwrap();
+    let out = Command::new(common::bin()).args(["preview", "--strict", "-f"]).arg(&clean).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_misses_on_an_admitted_pod_are_admission_warnings() {
+    let server = Server::start();
+    let review = common::with_object(
+        &common::fixture("reviews/bare-pod.json"),
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "p", "labels": {"nixuv.io/inject": "true"},
+                            "annotations": {"nixuv.io/system-deps": "gcc", "nixuv.io/sytem-deps": "ffmpeg"}},
+               "spec": {"containers": [{"name": "app", "image": "x"}]}}),
+    );
+    let (status, v) = post_json(&server.h2(), &server.url("/mutate"), &review).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["response"]["allowed"], true);
+    assert!(v["response"]["patch"].is_string(), "still injected");
+    let warnings = v["response"]["warnings"].as_array().unwrap();
+    assert!(
+        warnings.iter().any(|w| w.as_str().unwrap().contains("did you mean \"nixuv.io/system-deps\"")),
+        "{warnings:?}"
+    );
+}
