@@ -294,3 +294,19 @@ async fn certificate_expiry_gauges_follow_rotation() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Logs are plain text when they do not go to a terminal (`kubectl logs`, files): no ANSI colour
+/// escapes, in any subcommand.
+#[test]
+fn logs_to_a_pipe_have_no_colour_escapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs: [&[&str]; 2] =
+        [&["gc", "--uv-root", "/nonexistent/uv", "--nix-dir", "/nonexistent/nix"], &["materialize"]];
+    for args in runs {
+        let out =
+            Command::new(common::bin()).args(args).env("NIXUV_LOG", "debug").current_dir(dir.path()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.is_empty(), "{args:?} logged nothing");
+        assert!(!stderr.contains('\u{1b}'), "{args:?}: colour escapes in {stderr:?}");
+    }
+}
