@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::names::RESERVED_INIT_ENV_PREFIX;
 use crate::toolenv::{effective_index, tool_scope, valid_index_url, FIXED_TOOL_ENV};
 pub use crate::values::{is_dns1123_label, is_dns1123_subdomain};
-use crate::values::{PullPolicy, PythonVersion, Quantity};
+use crate::values::{InitPlacement, PullPolicy, PythonVersion, Quantity};
 
 /// The default PATH given to a target container that does not set PATH itself. Images set PATH in
 /// their own config, which Kubernetes does not show us; this is the usual Debian/OCI default.
@@ -113,6 +113,8 @@ pub struct ConfigFile {
     pub namespace: Option<String>,
     pub exclude_namespaces: Vec<String>,
     pub sidecars: Vec<String>,
+    /// Where nixuv-init goes among the init containers (per Pod: `nixuv.io/init-placement`).
+    pub init_placement: InitPlacement,
     pub max_deps: usize,
     /// Most containers (app and init) an opted-in Pod may have: the patch grows with them.
     pub max_containers: usize,
@@ -140,6 +142,7 @@ impl Default for ConfigFile {
                 "vault-agent".into(),
                 "cloud-sql-proxy".into(),
             ],
+            init_placement: InitPlacement::AfterSidecars,
             max_deps: 64,
             max_containers: 256,
             policy: PolicyFile::default(),

@@ -41,6 +41,29 @@ impl fmt::Display for PythonVersion {
     }
 }
 
+/// Where `nixuv-init` goes among the Pod's init containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub enum InitPlacement {
+    /// First of all: before every other init container.
+    #[serde(rename = "first")]
+    First,
+    /// Right after the leading native sidecars (init containers with `restartPolicy: Always`,
+    /// as Istio and Linkerd use in native-sidecar mode), so that their proxy is up and the network
+    /// works when nixuv-init runs; first when there are none.
+    #[serde(rename = "afterSidecars")]
+    AfterSidecars,
+}
+
+impl InitPlacement {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "first" => Some(InitPlacement::First),
+            "afterSidecars" => Some(InitPlacement::AfterSidecars),
+            _ => None,
+        }
+    }
+}
+
 /// A container's `imagePullPolicy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PullPolicy {

@@ -19,6 +19,7 @@ use crate::config::{Config, StorageMode};
 use crate::names::*;
 use crate::plan::{deps, EnvPlan, PlanInputs};
 use crate::review::{AdmissionRequest, AdmissionResponse, Status};
+use crate::values::InitPlacement;
 use pod::PodView;
 
 /// What happened, for logs and the `decision` metric label (a closed, low-cardinality set).
@@ -421,7 +422,16 @@ impl Injector {
         } else {
             StoreVolumes { nix_pvc: true, uv_pvc: true }
         };
-        let patch = patch::build(pod, plan, init, &todo, &missing, volumes, cfg);
+        let placement = match pod.annotation(ANN_INIT_PLACEMENT) {
+            None => cfg.file.init_placement,
+            Some(v) => InitPlacement::parse(v).ok_or_else(|| {
+                Denial::invalid(format!(
+                    "annotation {ANN_INIT_PLACEMENT:?}: {v:?} is not \"first\" or \"afterSidecars\""
+                ))
+            })?,
+        };
+        let at = patch::Placement { stores: volumes, init_index: patch::init_index(pod, placement) };
+        let patch = patch::build(pod, plan, init, &todo, &missing, at, cfg);
         let env_id = plan.id.clone();
         let verdict = if patch.is_empty() { Verdict::Unchanged { env_id } } else { Verdict::Inject { env_id, patch } };
         Ok(Decision { verdict, warnings })

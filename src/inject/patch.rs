@@ -2,8 +2,9 @@
 //!
 //! Rules (docs/annotations.md, "What an opted-in Pod gets"): a missing array or map is created whole before anything is added to it;
 //! keys are escaped by `jsonptr` (`/` -> `~1`); nothing existing is removed or reordered, except
-//! that `nixuv-init` is inserted at index 0 of `initContainers` (the others keep their order), and
-//! an existing PATH value is replaced by the same value with the env's directories in front.
+//! that `nixuv-init` is inserted into `initContainers` (first, or after the leading native
+//! sidecars; the others keep their order), and an existing PATH value is replaced by the same value
+//! with the env's directories in front.
 
 use std::sync::Arc;
 
@@ -21,7 +22,7 @@ use crate::names::{
     WORK_DIR,
 };
 use crate::plan::EnvPlan;
-use crate::values::Quantity;
+use crate::values::{InitPlacement, Quantity};
 
 /// A JSON value kept as its text: shared (the init container, the same for every Pod of an env
 /// and serialised once per env), shared inside a one-element array (the init container when the
@@ -258,6 +259,24 @@ impl Missing {
     }
 }
 
+/// Where nixuv's parts go: the store volumes' sources and nixuv-init's index among the init
+/// containers.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement {
+    pub stores: StoreVolumes,
+    pub init_index: usize,
+}
+
+/// Where nixuv-init goes for `placement`: index 0, or after the leading native sidecars.
+pub fn init_index(pod: &PodView, placement: InitPlacement) -> usize {
+    match placement {
+        InitPlacement::First => 0,
+        InitPlacement::AfterSidecars => {
+            pod.init_containers().iter().take_while(|c| c.restart_policy.as_deref() == Some("Always")).count()
+        }
+    }
+}
+
 /// The patch for `pod`: what `missing` says, plus env and mounts for each target container index.
 pub fn build(
     pod: &PodView,
@@ -265,9 +284,10 @@ pub fn build(
     init: &Arc<RawValue>,
     targets: &[usize],
     missing: &Missing,
-    stores: StoreVolumes,
+    at: Placement,
     cfg: &Config,
 ) -> AddPatch {
+    let stores = at.stores;
     let mut ops = Ops::default();
     if missing.annotations {
         let values = [(ANN_STATUS, STATUS_INJECTED), (ANN_ENV, plan.id.as_str())];
@@ -304,7 +324,7 @@ pub fn build(
         if spec.and_then(|s| s.init_containers.as_ref()).is_none() {
             ops.push([key("spec"), key("initContainers")], Text::SharedInArray(Arc::clone(init)));
         } else {
-            ops.push([key("spec"), key("initContainers"), index(0)], Text::Shared(Arc::clone(init)));
+            ops.push([key("spec"), key("initContainers"), index(at.init_index)], Text::Shared(Arc::clone(init)));
         }
     }
     let containers = pod.containers();

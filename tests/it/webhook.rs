@@ -358,3 +358,67 @@ async fn preview_can_be_kept_off_the_webhook_address() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--preview-on-metrics-addr needs --metrics-addr"));
 }
+
+fn mesh_pod(annotations: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "labels": {"nixuv.io/inject": "true"}, "annotations": annotations},
+        "spec": {
+            "initContainers": [
+                {"name": "istio-proxy", "image": "proxy", "restartPolicy": "Always"},
+                {"name": "linkerd-proxy", "image": "proxy", "restartPolicy": "Always"},
+                {"name": "setup", "image": "x"}
+            ],
+            "containers": [{"name": "app", "image": "x"}]}})
+}
+
+/// Under a mesh in native-sidecar mode the proxy is an init container with `restartPolicy:
+/// Always`: nixuv-init goes after it (the default), so the proxy is up when it downloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_placement_after_native_sidecars_by_default() {
+    let names = |pod: &Value| -> Vec<String> {
+        pod["spec"]["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let decide = |server: &Server, pod: Value| {
+        let review = with_object(&common::fixture("reviews/bare-pod.json"), pod);
+        let (client, url) = (server.h1(), server.url("/mutate"));
+        async move { post_json(&client, &url, &review).await.1 }
+    };
+    let server = Server::start();
+    let pod = mesh_pod(json!({"nixuv.io/system-deps": "gcc"}));
+    let v = decide(&server, pod.clone()).await;
+    let out = common::apply(&pod, &response_patch(&v).unwrap());
+    assert_eq!(names(&out), ["istio-proxy", "linkerd-proxy", "nixuv-init", "setup"]);
+    // Reinvocation on the output changes nothing.
+    let again = decide(&server, out.clone()).await;
+    assert_eq!(again["response"]["allowed"], true);
+    assert!(response_patch(&again).is_none());
+    // Per Pod: first.
+    let pod = mesh_pod(json!({"nixuv.io/system-deps": "gcc", "nixuv.io/init-placement": "first"}));
+    let out = common::apply(&pod, &response_patch(&decide(&server, pod.clone()).await).unwrap());
+    assert_eq!(names(&out), ["nixuv-init", "istio-proxy", "linkerd-proxy", "setup"]);
+    // A bad value is denied naming the annotation.
+    let pod = mesh_pod(json!({"nixuv.io/system-deps": "gcc", "nixuv.io/init-placement": "last"}));
+    let v = decide(&server, pod).await;
+    assert_eq!(v["response"]["allowed"], false);
+    assert!(v["response"]["status"]["message"].as_str().unwrap().contains("nixuv.io/init-placement"));
+    // Config: first for every Pod.
+    let first = Server::builder().config("initPlacement: first\n").start();
+    let pod = mesh_pod(json!({"nixuv.io/system-deps": "gcc"}));
+    let out = common::apply(&pod, &response_patch(&decide(&first, pod.clone()).await).unwrap());
+    assert_eq!(names(&out)[0], "nixuv-init");
+    // A bad config value names the key.
+    let bad = first.dir.path().join("bad.yaml");
+    std::fs::write(&bad, "initPlacement: last\n").unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args(["preview", "-f", "/dev/null", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("initPlacement"), "{}", String::from_utf8_lossy(&out.stderr));
+}
