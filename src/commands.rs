@@ -176,6 +176,9 @@ pub fn preview(a: PreviewArgs) -> ExitCode {
             warned = true;
             eprintln!("nixuv preview: {}: warning: {w}", p.label());
         }
+        for n in &p.notes {
+            eprintln!("nixuv preview: {}: note: {n}", p.label());
+        }
         if let Some(msg) = p.denial() {
             denied = true;
             eprintln!("nixuv preview: {}: {msg}", p.label());

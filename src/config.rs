@@ -99,6 +99,68 @@ impl Default for ResourcesFile {
     }
 }
 
+/// One entry of `imagePaths`: the PATH an image sets for itself (Kubernetes does not show nixuv
+/// image configs), for containers that do not set PATH in their spec.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePathFile {
+    /// A glob over the image's repository (no tag or digest; `docker.io/library/` dropped).
+    pub image: String,
+    pub path: String,
+}
+
+/// The PATHs of common official images, from their Dockerfiles' `ENV PATH`.
+pub fn default_image_paths() -> Vec<ImagePathFile> {
+    let e = |image: &str, path: &str| ImagePathFile { image: image.into(), path: path.into() };
+    vec![
+        e("python", "/usr/local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        e("node", DEFAULT_PATH),
+        e("golang", "/go/bin:/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        e("eclipse-temurin", "/opt/java/openjdk/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        e("rust", "/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        e("continuumio/miniconda3", "/opt/conda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        e("jupyter/*", "/opt/conda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        e("quay.io/jupyter/*", "/opt/conda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        e("quay.io/argoproj/*", DEFAULT_PATH),
+        e("debian", DEFAULT_PATH),
+        e("ubuntu", DEFAULT_PATH),
+        e("alpine", DEFAULT_PATH),
+        e("busybox", DEFAULT_PATH),
+    ]
+}
+
+/// A container image's repository: no tag, no digest, and Docker Hub's implicit
+/// `docker.io/library/` dropped, so `python`, `python:3.12` and `docker.io/library/python@sha256:…`
+/// are all `python`.
+pub fn image_repository(image: &str) -> &str {
+    let no_digest = image.split('@').next().unwrap_or(image);
+    let repo = match no_digest.rfind(':') {
+        Some(i) if !no_digest[i..].contains('/') => &no_digest[..i],
+        _ => no_digest,
+    };
+    let repo = repo.strip_prefix("docker.io/").or_else(|| repo.strip_prefix("index.docker.io/")).unwrap_or(repo);
+    repo.strip_prefix("library/").unwrap_or(repo)
+}
+
+/// Whether `path` is a colon-separated list of absolute directories.
+pub fn valid_path_list(path: &str) -> bool {
+    !path.is_empty() && path.split(':').all(|p| p.starts_with('/'))
+}
+
+/// `imagePaths`, compiled.
+#[derive(Debug, Clone)]
+pub struct ImagePaths {
+    globs: GlobSet,
+    paths: Vec<String>,
+}
+
+impl ImagePaths {
+    /// The PATH of the first entry whose glob matches the image's repository.
+    pub fn for_image(&self, image: &str) -> Option<&str> {
+        self.globs.matches(image_repository(image)).first().map(|i| self.paths[*i].as_str())
+    }
+}
+
 /// The file as written by the admin. Every key is optional.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
@@ -109,6 +171,8 @@ pub struct ConfigFile {
     pub nixpkgs: String,
     pub default_python: String,
     pub default_path: String,
+    /// The PATH of known images, for containers that do not set PATH themselves.
+    pub image_paths: Vec<ImagePathFile>,
     pub storage: StorageFile,
     pub namespace: Option<String>,
     pub exclude_namespaces: Vec<String>,
@@ -132,6 +196,7 @@ impl Default for ConfigFile {
             nixpkgs: "github:NixOS/nixpkgs/nixos-25.05".into(),
             default_python: "3.12".into(),
             default_path: DEFAULT_PATH.into(),
+            image_paths: default_image_paths(),
             storage: StorageFile::default(),
             namespace: None,
             exclude_namespaces: vec!["kube-system".into(), "kube-public".into()],
@@ -218,6 +283,8 @@ pub struct Config {
     pub default_python: PythonVersion,
     /// `initImagePullPolicy`, parsed.
     pub pull_policy: Option<PullPolicy>,
+    /// `imagePaths`, compiled.
+    pub image_paths: ImagePaths,
     /// `initResources`, parsed: (resource, quantity) for requests and limits.
     pub init_requests: Vec<(String, Quantity)>,
     pub init_limits: Vec<(String, Quantity)>,
@@ -292,7 +359,7 @@ impl Config {
         let default_python = PythonVersion::parse(&file.default_python).ok_or_else(|| {
             invalid("defaultPython", format!("{:?} is not a Python version like 3.12", file.default_python))
         })?;
-        if file.default_path.is_empty() || file.default_path.split(':').any(|p| !p.starts_with('/')) {
+        if !valid_path_list(&file.default_path) {
             return Err(invalid(
                 "defaultPath",
                 format!("{:?} must be a colon-separated list of absolute directories", file.default_path),
@@ -356,6 +423,22 @@ impl Config {
                     })
                     .collect()
             };
+        let mut globs = GlobSetBuilder::new();
+        for (i, e) in file.image_paths.iter().enumerate() {
+            let glob = Glob::new(&e.image)
+                .map_err(|err| invalid(format!("imagePaths[{i}].image"), format!("{:?}: {err}", e.image)))?;
+            globs.add(glob);
+            if !valid_path_list(&e.path) {
+                return Err(invalid(
+                    format!("imagePaths[{i}].path"),
+                    format!("{:?} must be a colon-separated list of absolute directories", e.path),
+                ));
+            }
+        }
+        let image_paths = ImagePaths {
+            globs: globs.build().map_err(|e| invalid("imagePaths", e.to_string()))?,
+            paths: file.image_paths.iter().map(|e| e.path.clone()).collect(),
+        };
         let init_requests = quantities("requests", &file.init_resources.requests)?;
         let init_limits = quantities("limits", &file.init_resources.limits)?;
         let system_policy = GlobPolicy::compile("policy.system", &file.policy.system)?;
@@ -389,6 +472,7 @@ impl Config {
             python_policy,
             default_python,
             pull_policy,
+            image_paths,
             init_requests,
             init_limits,
             index_url,

@@ -8,6 +8,7 @@ pub const ANN_PYTHON: &str = "nixuv.io/python-deps";
 pub const ANN_PYTHON_VERSION: &str = "nixuv.io/python";
 pub const ANN_CONTAINERS: &str = "nixuv.io/containers";
 pub const ANN_INIT_PLACEMENT: &str = "nixuv.io/init-placement";
+pub const ANN_IMAGE_PATH: &str = "nixuv.io/image-path";
 pub const ANN_STATUS: &str = "nixuv.io/status";
 pub const ANN_ENV: &str = "nixuv.io/env";
 pub const STATUS_INJECTED: &str = "injected";

@@ -129,17 +129,19 @@ pub struct Decision {
     pub verdict: Verdict,
     /// Admission warnings (`kubectl` prints them), also on an allowed Pod.
     pub warnings: Vec<String>,
+    /// Notes for `nixuv preview` only, too noisy for admission warnings (custom images).
+    pub notes: Vec<String>,
 }
 
 impl From<Denial> for Decision {
     fn from(d: Denial) -> Self {
-        Decision { verdict: Verdict::Deny(d), warnings: Vec::new() }
+        Decision { verdict: Verdict::Deny(d), warnings: Vec::new(), notes: Vec::new() }
     }
 }
 
 impl Decision {
     pub fn pass(why: Pass) -> Self {
-        Decision { verdict: Verdict::Pass(why), warnings: Vec::new() }
+        Decision { verdict: Verdict::Pass(why), warnings: Vec::new(), notes: Vec::new() }
     }
     pub fn allowed(&self) -> bool {
         !matches!(self.verdict, Verdict::Deny(_))
@@ -430,11 +432,27 @@ impl Injector {
                 ))
             })?,
         };
+        if let Some(p) = pod.annotation(ANN_IMAGE_PATH).filter(|p| !crate::config::valid_path_list(p)) {
+            return Err(Denial::invalid(format!(
+                "annotation {ANN_IMAGE_PATH:?}: {p:?} must be a colon-separated list of absolute directories"
+            )));
+        }
+        let mut notes = Vec::new();
+        for &idx in &todo {
+            let c = &containers[idx];
+            if c.env_var("PATH").is_none() && patch::image_path(pod, c, cfg).1 {
+                notes.push(format!(
+                    "container {:?} (image {:?}) sets no PATH and its image is not in imagePaths: its PATH becomes the env's directories and defaultPath, so directories its image puts on PATH are lost; add the image to imagePaths or set annotation {ANN_IMAGE_PATH:?}",
+                    c.name,
+                    c.image.as_deref().unwrap_or("")
+                ));
+            }
+        }
         let at = patch::Placement { stores: volumes, init_index: patch::init_index(pod, placement) };
         let patch = patch::build(pod, plan, init, &todo, &missing, at, cfg);
         let env_id = plan.id.clone();
         let verdict = if patch.is_empty() { Verdict::Unchanged { env_id } } else { Verdict::Inject { env_id, patch } };
-        Ok(Decision { verdict, warnings })
+        Ok(Decision { verdict, warnings, notes })
     }
 }
 

@@ -18,8 +18,8 @@ use super::StoreVolumes;
 use crate::config::Config;
 use crate::envspec::EnvSpec;
 use crate::names::{
-    ANN_ENV, ANN_STATUS, INIT_CONTAINER, INIT_NIX_DIR, NIX_MOUNT, STATUS_INJECTED, UV_ROOT, VOL_NIX, VOL_TMP, VOL_UV,
-    WORK_DIR,
+    ANN_ENV, ANN_IMAGE_PATH, ANN_STATUS, INIT_CONTAINER, INIT_NIX_DIR, NIX_MOUNT, STATUS_INJECTED, UV_ROOT, VOL_NIX,
+    VOL_TMP, VOL_UV, WORK_DIR,
 };
 use crate::plan::EnvPlan;
 use crate::values::{InitPlacement, Quantity};
@@ -205,7 +205,20 @@ fn target_env(plan: &EnvPlan, path: String) -> Vec<Value> {
     env
 }
 
-fn patch_container(ops: &mut Ops, at: usize, c: &ContainerView, plan: &EnvPlan, cfg: &Config) {
+/// The PATH a container that sets none gets after the env's directories: the Pod's
+/// `nixuv.io/image-path`, else the `imagePaths` entry of its image, else `defaultPath`. The flag
+/// says whether it came from `defaultPath` for want of anything better.
+pub fn image_path<'a>(pod: &'a PodView, c: &ContainerView, cfg: &'a Config) -> (&'a str, bool) {
+    if let Some(p) = pod.annotation(ANN_IMAGE_PATH) {
+        return (p, false);
+    }
+    match c.image.as_deref().and_then(|i| cfg.image_paths.for_image(i)) {
+        Some(p) => (p, false),
+        None => (&cfg.file.default_path, true),
+    }
+}
+
+fn patch_container(ops: &mut Ops, at: usize, pod: &PodView, c: &ContainerView, plan: &EnvPlan, cfg: &Config) {
     let base = [key("spec"), key("containers"), index(at)];
     match &c.volume_mounts {
         None => ops.add(base.iter().cloned().chain([key("volumeMounts")]), Value::Array(target_mounts().to_vec())),
@@ -217,7 +230,7 @@ fn patch_container(ops: &mut Ops, at: usize, c: &ContainerView, plan: &EnvPlan, 
     }
     let existing_path = c.env_var("PATH");
     let old = existing_path.and_then(|(_, e)| e.value.as_deref()).filter(|v| !v.is_empty());
-    let path = format!("{}:{}", plan.path_prefix(), old.unwrap_or(&cfg.file.default_path));
+    let path = format!("{}:{}", plan.path_prefix(), old.unwrap_or_else(|| image_path(pod, c, cfg).0));
     let mut env = target_env(plan, path);
     match (&c.env, existing_path) {
         (None, _) => ops.add(base.iter().cloned().chain([key("env")]), Value::Array(env)),
@@ -329,7 +342,7 @@ pub fn build(
     }
     let containers = pod.containers();
     for &idx in targets {
-        patch_container(&mut ops, idx, &containers[idx], plan, cfg);
+        patch_container(&mut ops, idx, pod, &containers[idx], plan, cfg);
     }
     AddPatch(ops.0)
 }

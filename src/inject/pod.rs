@@ -91,6 +91,7 @@ pub struct ClaimRefView {
 #[serde(default, rename_all = "camelCase")]
 pub struct ContainerView {
     pub name: String,
+    pub image: Option<String>,
     /// `Always` on an init container makes it a native sidecar.
     pub restart_policy: Option<String>,
     #[serde(deserialize_with = "objects")]

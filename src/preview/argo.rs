@@ -134,6 +134,7 @@ pub fn preview(
             (None, true) => format!("not injected ({})", d.outcome().as_str()),
         };
         out.warnings.extend(d.warnings.iter().map(|w| format!("template {name:?}: {w}")));
+        out.notes.extend(d.notes.iter().map(|n| format!("template {name:?}: {n}")));
         out.templates.push(TemplateReport {
             template: name,
             allowed: d.allowed(),

@@ -100,6 +100,8 @@ pub struct ObjectPreview {
     /// The object with the patch applied (unchanged when there is none).
     pub object: Value,
     pub warnings: Vec<String>,
+    /// Notes (not warnings: `--strict` ignores them), such as an image whose PATH nixuv does not know.
+    pub notes: Vec<String>,
     pub templates: Vec<TemplateReport>,
 }
 
@@ -216,6 +218,7 @@ pub fn preview_object(
         patch: None,
         object: obj.clone(),
         warnings: Vec::new(),
+        notes: Vec::new(),
         templates: Vec::new(),
     };
     let finish = |mut out: ObjectPreview,
@@ -231,6 +234,7 @@ pub fn preview_object(
             out.patch = Some(p);
         }
         out.warnings.extend(decision.warnings.iter().cloned());
+        out.notes.extend(decision.notes.iter().cloned());
         out.decision = Some(decision);
         Ok(out)
     };

@@ -124,6 +124,8 @@ pub struct PreviewResult<'a> {
     pub allowed: bool,
     pub message: Option<String>,
     pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub notes: &'a [String],
     pub patch: Option<&'a json_patch::Patch>,
     pub object: &'a Value,
     #[serde(rename = "envId", skip_serializing_if = "Option::is_none")]
@@ -139,6 +141,7 @@ pub fn results(previews: &[ObjectPreview]) -> Vec<PreviewResult<'_>> {
             allowed: p.allowed(),
             message: p.denial(),
             warnings: p.warnings.clone(),
+            notes: &p.notes,
             patch: p.patch.as_ref(),
             object: &p.object,
             env_id: p.decision.as_ref().and_then(|d| d.env_id()),

@@ -59,7 +59,8 @@ async fn check_all_fixtures(client: &reqwest::Client, url: &str) {
                 let path = env_of(app, "PATH").unwrap();
                 assert_eq!(
                     path,
-                    format!("/nixuv/uv/envs/{env_id}/bin:/nix/var/nix/profiles/nixuv/{env_id}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+                    // The app's image is python: its own PATH (imagePaths), not defaultPath.
+                    format!("/nixuv/uv/envs/{env_id}/bin:/nix/var/nix/profiles/nixuv/{env_id}/bin:/usr/local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
                 );
                 assert_eq!(env_of(app, "VIRTUAL_ENV").unwrap(), format!("/nixuv/uv/envs/{env_id}"));
                 assert_eq!(env_of(app, "NIXUV_ENV").unwrap(), env_id);
@@ -103,7 +104,8 @@ async fn check_all_fixtures(client: &reqwest::Client, url: &str) {
                 assert_eq!(ann["kubectl.kubernetes.io/last-applied-configuration"], "{\"apiVersion\":\"v1\"}\n");
                 let app = container(&pod, "app");
                 assert!(env_of(app, "VIRTUAL_ENV").is_none(), "no Python deps, no VIRTUAL_ENV");
-                assert_eq!(env_of(app, "PATH").unwrap(), format!("/nix/var/nix/profiles/nixuv/{env_id}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"));
+                // A python image: its own PATH (imagePaths) behind the env's.
+                assert_eq!(env_of(app, "PATH").unwrap(), format!("/nix/var/nix/profiles/nixuv/{env_id}/bin:/usr/local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"));
             }
             "v1beta1" => assert_eq!(resp["apiVersion"], "admission.k8s.io/v1beta1"),
             _ => unreachable!(),
@@ -421,4 +423,72 @@ async fn init_placement_after_native_sidecars_by_default() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("initPlacement"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A container without PATH of its own gets its image's PATH behind the env's directories: from
+/// imagePaths (official images shipped), else the Pod's nixuv.io/image-path, else defaultPath
+/// with a preview note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_paths_keep_the_images_own_path() {
+    let server = Server::start();
+    let pod = |ann: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "labels": {"nixuv.io/inject": "true"}, "annotations": ann},
+        "spec": {"containers": [
+            {"name": "java", "image": "docker.io/library/eclipse-temurin:21-jre"},
+            {"name": "conda", "image": "continuumio/miniconda3@sha256:0000000000000000000000000000000000000000000000000000000000000000"},
+            {"name": "custom", "image": "registry.example.com/team/app:1"},
+            {"name": "own", "image": "registry.example.com/team/app:1", "env": [{"name": "PATH", "value": "/opt/app/bin:/bin"}]}
+        ]}})
+    };
+    let paths = |out: &Value| -> Vec<String> {
+        out["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let env = c["env"].as_array().unwrap();
+                let p = env.iter().rev().find(|e| e["name"] == "PATH").unwrap()["value"].as_str().unwrap();
+                p.split(':').skip(1).collect::<Vec<_>>().join(":")
+            })
+            .collect()
+    };
+    let p = pod(json!({"nixuv.io/system-deps": "gcc"}));
+    let review = with_object(&common::fixture("reviews/bare-pod.json"), p.clone());
+    let (_, v) = post_json(&server.h1(), &server.url("/mutate"), &review).await;
+    let out = common::apply(&p, &response_patch(&v).unwrap());
+    assert_eq!(
+        paths(&out),
+        [
+            "/opt/java/openjdk/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "/opt/conda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "/opt/app/bin:/bin",
+        ]
+    );
+    // Not an admission warning (custom images are common); a preview note names the container.
+    assert!(v["response"]["warnings"].is_null(), "{}", v["response"]);
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("pod.json");
+    std::fs::write(&f, p.to_string()).unwrap();
+    let cli = std::process::Command::new(common::bin()).args(["preview", "--strict", "-f"]).arg(&f).output().unwrap();
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    assert_eq!(cli.status.code(), Some(0), "a note is not a warning: {stderr}");
+    assert!(
+        stderr.contains("note: container \"custom\" (image \"registry.example.com/team/app:1\") sets no PATH"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("container \"java\"") && !stderr.contains("container \"own\""), "{stderr}");
+    // The Pod's own annotation wins, and must be a list of absolute directories.
+    let p = pod(json!({"nixuv.io/system-deps": "gcc", "nixuv.io/image-path": "/opt/tools/bin:/usr/bin:/bin"}));
+    let review = with_object(&common::fixture("reviews/bare-pod.json"), p.clone());
+    let (_, v) = post_json(&server.h1(), &server.url("/mutate"), &review).await;
+    let out = common::apply(&p, &response_patch(&v).unwrap());
+    assert_eq!(paths(&out)[2], "/opt/tools/bin:/usr/bin:/bin");
+    let p = pod(json!({"nixuv.io/system-deps": "gcc", "nixuv.io/image-path": "bin"}));
+    let (_, v) =
+        post_json(&server.h1(), &server.url("/mutate"), &with_object(&common::fixture("reviews/bare-pod.json"), p))
+            .await;
+    assert_eq!(v["response"]["allowed"], false);
+    assert!(v["response"]["status"]["message"].as_str().unwrap().contains("nixuv.io/image-path"));
 }
