@@ -679,6 +679,20 @@ fn own_store_mounts(pod: &PodView, cfg: &Config, already: bool) -> Result<(), De
             }
         }
     }
+    if already {
+        // nixuv's own store volumes are written only by nixuv-init: any other container (a sidecar
+        // nixuv does not target included) mounting them must do so read-only.
+        for c in pod.containers().iter().chain(pod.init_containers()).filter(|c| c.name != INIT_CONTAINER) {
+            for m in c.volume_mounts.as_deref().unwrap_or(&[]) {
+                if (m.name == VOL_NIX || m.name == VOL_UV) && m.read_only != Some(true) {
+                    return Err(Denial::policy(format!(
+                        "spec.containers[{:?}].volumeMounts: volume {:?} is one of nixuv's shared stores and only {INIT_CONTAINER} may write it; mount it with readOnly: true",
+                        c.name, m.name
+                    )));
+                }
+            }
+        }
+    }
     Ok(())
 }
 

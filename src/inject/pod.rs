@@ -113,6 +113,7 @@ pub struct EnvView {
 pub struct MountView {
     pub name: String,
     pub mount_path: String,
+    pub read_only: Option<bool>,
 }
 
 impl PodView {

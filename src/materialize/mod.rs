@@ -265,7 +265,8 @@ fn build_python(layout: &Layout, spec: &EnvSpec, opts: &Options, strip: &[&str])
         // environment, which the env id binds, configures uv.
         ("UV_NO_CONFIG", "1".into()),
     ];
-    if std::env::var_os("UV_PYTHON_PREFERENCE").is_none() {
+    // Declared by the admin (part of the env id) or not at all: an undeclared one is stripped.
+    if !spec.plan.tool_env.iter().any(|(k, _)| k == "UV_PYTHON_PREFERENCE") {
         // The interpreter must live on the uv volume, where app containers can reach it.
         env.push(("UV_PYTHON_PREFERENCE", "only-managed".into()));
     }

@@ -54,6 +54,8 @@ struct Track {
     in_flight: AtomicUsize,
     requests: AtomicU64,
     close: Notify,
+    /// Asked to close (to make room): not picked again while it goes.
+    evicted: std::sync::atomic::AtomicBool,
 }
 
 impl Track {
@@ -132,9 +134,10 @@ impl Registry {
     /// every connection is busy.
     pub fn evict_idlest(&self) -> bool {
         let conns = self.conns.lock().expect("registry lock");
-        let victim = conns.values().filter(|t| t.idle()).min_by_key(|t| t.last());
+        let victim = conns.values().filter(|t| t.idle() && !t.evicted.load(Ordering::Relaxed)).min_by_key(|t| t.last());
         match victim {
             Some(t) => {
+                t.evicted.store(true, Ordering::Relaxed);
                 t.close.notify_one();
                 true
             }
@@ -182,6 +185,7 @@ impl Spawner {
                 in_flight: AtomicUsize::new(0),
                 requests: AtomicU64::new(0),
                 close: Notify::new(),
+                evicted: std::sync::atomic::AtomicBool::new(false),
             });
             let id = registry.add(Arc::clone(&track));
             let tls = tokio::select! {
@@ -235,6 +239,9 @@ impl Spawner {
                             tracing::debug!(%peer, "closing an idle connection to make room for a new one");
                             conn.as_mut().graceful_shutdown();
                             closing = Some(Instant::now());
+                        } else {
+                            // Busy after all (a request arrived meanwhile): it may be picked again.
+                            track.evicted.store(false, Ordering::Relaxed);
                         }
                     }
                     _ = tokio::time::sleep_until(wake.into()) => {
@@ -243,6 +250,7 @@ impl Spawner {
                             break;
                         }
                         if track.idle() && Instant::now() >= track.deadline(&limits) {
+                            track.evicted.store(true, Ordering::Relaxed);
                             metrics.idle_closed_connections.inc();
                             tracing::debug!(%peer, requests = track.requests.load(Ordering::Relaxed), "closing an idle connection");
                             conn.as_mut().graceful_shutdown();

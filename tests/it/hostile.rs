@@ -593,6 +593,19 @@ async fn smuggled_and_stale_pods_are_denied() {
         let r = review(&server, opted_in(json!({"nixuv.io/system-deps": "gcc"}), spec)).await;
         denied_with(&r, 400, "overlaps nixuv's mount");
     }
+    // nixuv's own output, with a sidecar (never a target) writing the store it mounts.
+    let clean_pod = opted_in(json!({"nixuv.io/system-deps": "gcc"}), app.clone());
+    let injected = common::apply(&clean_pod, &common::response_patch(&json!({"response": clean})).unwrap());
+    let mut smuggled = injected.clone();
+    smuggled["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "istio-proxy", "image": "x", "volumeMounts": [{"name": "nixuv-uv", "mountPath": "/w"}]}));
+    let r = review(&server, smuggled).await;
+    denied_with(&r, 403, "only nixuv-init may write it");
+    // The same output as is stays allowed (reinvocation).
+    let r = review(&server, injected).await;
+    assert_eq!(r["allowed"], true, "{r}");
     // The stores mounted by the Pod itself, under any volume name.
     let spec = json!({"containers": [{"name": "app", "image": "x"}, {"name": "side", "image": "x", "volumeMounts": [{"name": "w", "mountPath": "/w"}]}],
         "volumes": [{"name": "w", "persistentVolumeClaim": {"claimName": "nixuv-uv-cache"}}]});
