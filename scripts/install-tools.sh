@@ -38,6 +38,17 @@ if [ ${#py_need[@]} -gt 0 ]; then
   "$venv/bin/pip" install -q --disable-pip-version-check "${py_need[@]}"
 fi
 
+# Hera (Argo Workflows in Python) for the test that builds a Workflow with it; optional: without a
+# reachable package index that test is skipped with a message, and nothing else needs it.
+hera_ok() { "$venv/bin/python" -c 'import hera' >/dev/null 2>&1 || python3 -c 'import hera' >/dev/null 2>&1; }
+if ! hera_ok; then
+  if [ ! -x "$venv/bin/pip" ]; then
+    python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$venv"; }
+  fi
+  "$venv/bin/pip" install -q --disable-pip-version-check 'hera[yaml]' \
+    || echo "install-tools: hera not installed (package index unreachable?); the Hera test will be skipped"
+fi
+
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 echo "install-tools: ok (nix $(nix --version | awk '{print $3}'), uv $(uv --version | awk '{print $2}'))"

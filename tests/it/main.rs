@@ -1,4 +1,5 @@
 //! Integration tests: the real `nixuv` binary, spoken to over TLS.
+mod argo;
 mod common;
 mod deploy;
 mod fuzz;

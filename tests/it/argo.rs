@@ -1,0 +1,96 @@
+//! Argo Workflows written with Hera (PyPI `hera`), as nixuv's users write them: the Workflow is
+//! built by real Hera (tests/support/hera_workflow.py), rendered to YAML and previewed. Every
+//! template that asked for dependencies is injected with the env id a plain Pod of the same
+//! declaration gets; the declaration on the wrong level and the one without opt-in are warned
+//! about. Skipped, with a message, where Hera is not installed (no package index reachable).
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::common::{self, Server};
+
+fn python_with_hera() -> Option<String> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/venv/bin/python");
+    [venv.display().to_string(), "python3".to_string()]
+        .into_iter()
+        .find(|py| Command::new(py).args(["-c", "import hera"]).output().is_ok_and(|o| o.status.success()))
+}
+
+/// The env id nixuv gives a plain Pod with these labels and annotations.
+fn env_id_of(labels: Value, annotations: Value) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": labels, "annotations": annotations},
+        "spec": {"containers": [{"name": "main", "image": "x"}]}});
+    let f = dir.path().join("pod.json");
+    std::fs::write(&f, pod.to_string()).unwrap();
+    let out = Command::new(common::bin()).args(["preview", "-o", "json", "-f"]).arg(&f).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["metadata"]["annotations"]["nixuv.io/env"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hera_workflow_previews_template_by_template() {
+    let Some(py) = python_with_hera() else {
+        eprintln!(
+            "argo: skipped: Hera is not installed (make tools installs it from PyPI when the index is reachable)"
+        );
+        return;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/hera_workflow.py");
+    let out = Command::new(&py).arg(&script).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert!(yaml.contains("kind: Workflow"), "{yaml}");
+    let server = Server::start();
+    let resp = server
+        .h1()
+        .post(server.url("/preview"))
+        .header("content-type", "application/yaml")
+        .body(yaml)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["allowed"], true, "{v}");
+    let templates = v["templates"].as_array().unwrap();
+    let by_name = |n: &str| {
+        templates.iter().find(|t| t["template"] == n).unwrap_or_else(|| panic!("no template {n}: {templates:?}"))
+    };
+    let analyse = by_name("analyse");
+    assert_eq!(
+        analyse["envId"].as_str(),
+        Some(
+            env_id_of(
+                json!({"nixuv.io/inject": "true"}),
+                json!({"nixuv.io/python-deps": "numpy==1.26.4, pandas>=2,<3"})
+            )
+            .as_str()
+        ),
+        "{analyse}"
+    );
+    let transcode = by_name("transcode");
+    assert_eq!(
+        transcode["envId"].as_str(),
+        Some(env_id_of(json!({"nixuv.io/inject": "true", "system.nixuv.io/ffmpeg-headless": ""}), json!({})).as_str()),
+        "{transcode}"
+    );
+    for t in ["forgot-to-opt-in", "plain"] {
+        let t = by_name(t);
+        assert!(t["envId"].is_null(), "{t}");
+    }
+    let warnings: Vec<&str> = v["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
+    assert!(
+        warnings.iter().any(|w| w.contains("metadata.labels[\"nixuv.io/inject\"] is on the Workflow itself")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("template \"forgot-to-opt-in\"") && w.contains("not labelled nixuv.io/inject=true")),
+        "{warnings:?}"
+    );
+}
