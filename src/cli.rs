@@ -41,6 +41,36 @@ pub enum Command {
     Materialize,
     /// Remove envs not used for --max-age from the shared stores, then prune nix and uv.
     Gc(GcArgs),
+    /// Why is (or isn't) this injected? Ask the cluster (kubeconfig or in-cluster config) about a
+    /// Pod, a workload (deployment, statefulset, daemonset, replicaset, job, cronjob, workflow) or
+    /// a namespace. Exit 0: nothing in the way; 1: something stops injection; 2: cannot ask.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// pod, namespace, or a workload kind (deployment, statefulset, daemonset, replicaset, job,
+    /// cronjob, workflow).
+    pub kind: String,
+    pub name: String,
+    /// The object's namespace (default: the kubeconfig context's).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// The MutatingWebhookConfiguration's name.
+    #[arg(long, default_value = "nixuv")]
+    pub webhook: String,
+    /// nixuv's ConfigMap, in the webhook Service's namespace.
+    #[arg(long, default_value = "nixuv-config")]
+    pub config_map: String,
+    /// nixuv's serving-certificate Secret, read when the Service cannot be reached from here.
+    #[arg(long, default_value = "nixuv-tls")]
+    pub tls_secret: String,
+    /// HOST:PORT to reach the webhook instead of the Service's DNS name (a port-forward).
+    #[arg(long)]
+    pub connect: Option<String>,
+    /// text or json.
+    #[arg(short = 'o', long, default_value = "text")]
+    pub output: String,
 }
 
 #[derive(Debug, Args)]

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use crate::claims::AssumePresent;
-use crate::cli::{CertsArgs, GcArgs, LogFormat, PreviewArgs, ServeArgs};
+use crate::cli::{CertsArgs, CheckArgs, GcArgs, LogFormat, PreviewArgs, ServeArgs};
 use crate::config::{Config, Overrides};
 use crate::inject::Injector;
 use crate::server::ServeOptions;
@@ -98,6 +98,55 @@ pub fn materialize() -> ExitCode {
             tracing::error!(error = %e, "materialize failed");
             eprintln!("nixuv materialize: {e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// `nixuv check`: exit 0 when nothing stands in the way, 1 when something does, 2 when the
+/// cluster cannot be asked.
+pub fn check(a: CheckArgs) -> ExitCode {
+    use crate::check::{CheckOptions, Target};
+    let target = match a.kind.as_str() {
+        "pod" | "po" | "pods" => Target::Pod,
+        "namespace" | "ns" => Target::Namespace,
+        k => Target::Workload(k.trim_end_matches('s').to_string()),
+    };
+    let opts = CheckOptions {
+        target,
+        name: a.name,
+        namespace: a.namespace,
+        webhook: a.webhook,
+        config_map: a.config_map,
+        tls_secret: a.tls_secret,
+        connect: a.connect,
+    };
+    let run = async {
+        let client = kube::Client::try_default().await?;
+        crate::check::check(&client, &opts).await
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nixuv check: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run) {
+        Ok(report) => {
+            if a.output == "json" {
+                println!("{}", serde_json::to_string_pretty(&report).expect("a report serialises"));
+            } else {
+                print!("{}", report.text());
+            }
+            if report.failed() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("nixuv check: {e:#}");
+            ExitCode::from(2)
         }
     }
 }

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod certs;
+pub mod check;
 pub mod claims;
 pub mod cli;
 pub mod commands;

@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         Command::Materialize => Ok(commands::materialize()),
         Command::Gc(a) => commands::gc(a),
         Command::Certs(a) => commands::certs(a),
+        Command::Check(a) => Ok(commands::check(a)),
     };
     match result {
         Ok(code) => code,
