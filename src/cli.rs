@@ -168,6 +168,10 @@ pub struct ServeArgs {
     /// `/preview` requests answered at once; more get 429 (a preview's answer outgrows its request).
     #[arg(long, default_value_t = 2)]
     pub preview_concurrency: usize,
+    /// Largest `/preview` request body, in bytes (a preview's parse and answer outgrow its body,
+    /// unlike `/mutate`'s); a larger one gets 413.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub preview_body_limit: usize,
     /// Largest `/preview` answer, in bytes; a larger one gets 413.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub preview_max_output: usize,

@@ -65,6 +65,7 @@ impl From<ServeArgs> for ServeOptions {
             first_request_timeout: a.first_request_timeout,
             idle_timeout: a.idle_timeout,
             preview_concurrency: a.preview_concurrency,
+            preview_body_limit: a.preview_body_limit,
             preview_on_metrics_addr: a.preview_on_metrics_addr,
             preview_max_output: a.preview_max_output,
             decision_cache_bytes: a.decision_cache_mib.saturating_mul(1024 * 1024),

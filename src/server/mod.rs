@@ -54,6 +54,7 @@ pub struct ServeOptions {
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub preview_concurrency: usize,
+    pub preview_body_limit: usize,
     /// Serve `/preview` on the metrics address only, not on the webhook's.
     pub preview_on_metrics_addr: bool,
     pub preview_max_output: usize,
@@ -78,6 +79,7 @@ pub struct AppState {
     pub decisions: cache::DecisionCache,
     pub ready: AtomicBool,
     pub body_limit: usize,
+    pub preview_body_limit: usize,
     pub request_timeout: Duration,
     /// `/preview` answers at once for at most this many requests; more get 429. A preview's
     /// answer is larger than its request (objects and patches), unlike `/mutate`'s.
@@ -90,6 +92,8 @@ pub struct AppState {
 #[derive(Debug, Clone)]
 pub struct HandlerLimits {
     pub body_limit: usize,
+    /// `/preview`'s own, smaller body limit: its answer and its parse outgrow the request.
+    pub preview_body_limit: usize,
     pub request_timeout: Duration,
     pub decision_cache_bytes: u64,
     pub preview_concurrency: usize,
@@ -100,6 +104,7 @@ impl Default for HandlerLimits {
     fn default() -> Self {
         HandlerLimits {
             body_limit: 4 * 1024 * 1024,
+            preview_body_limit: 1024 * 1024,
             request_timeout: Duration::from_secs(10),
             decision_cache_bytes: 8 * 1024 * 1024,
             preview_concurrency: 2,
@@ -123,6 +128,7 @@ impl AppState {
             decisions: cache::DecisionCache::new(limits.decision_cache_bytes),
             ready: AtomicBool::new(false),
             body_limit: limits.body_limit,
+            preview_body_limit: limits.preview_body_limit,
             request_timeout: limits.request_timeout,
             preview_slots: tokio::sync::Semaphore::new(limits.preview_concurrency.max(1)),
             preview_max_output: limits.preview_max_output,
@@ -143,8 +149,8 @@ pub fn json_error(state: &AppState, code: StatusCode, message: &str) -> Response
 }
 
 /// Reads the whole body within the size limit and the request timeout; the error is the response.
-pub async fn read_body(state: &AppState, body: Body) -> Result<Bytes, Response> {
-    let limited = http_body_util::Limited::new(body, state.body_limit);
+pub async fn read_body(state: &AppState, body: Body, limit: usize) -> Result<Bytes, Response> {
+    let limited = http_body_util::Limited::new(body, limit);
     let collected = tokio::time::timeout(state.request_timeout, http_body_util::BodyExt::collect(limited)).await;
     match collected {
         Err(_) => Err(json_error(state, StatusCode::REQUEST_TIMEOUT, "timed out reading the request body")),
@@ -152,7 +158,7 @@ pub async fn read_body(state: &AppState, body: Body) -> Result<Bytes, Response> 
         Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(json_error(
             state,
             StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("request body exceeds the limit of {} bytes", state.body_limit),
+            &format!("request body exceeds the limit of {limit} bytes"),
         )),
         Ok(Err(e)) => Err(json_error(state, StatusCode::BAD_REQUEST, &format!("reading the request body: {e}"))),
     }
@@ -177,7 +183,7 @@ async fn mutate(State(state): State<Arc<AppState>>, req: Request) -> Response {
     if let Some(resp) = too_large_by_header(&state, &req) {
         return resp;
     }
-    let bytes = match read_body(&state, req.into_body()).await {
+    let bytes = match read_body(&state, req.into_body(), state.body_limit).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };
@@ -410,6 +416,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     }
     let limits = HandlerLimits {
         body_limit: opts.body_limit,
+        preview_body_limit: opts.preview_body_limit,
         request_timeout: opts.request_timeout,
         decision_cache_bytes: opts.decision_cache_bytes,
         preview_concurrency: opts.preview_concurrency,

@@ -23,7 +23,7 @@ pub async fn preview(State(state): State<Arc<AppState>>, Query(q): Query<Preview
         state.metrics.count(Endpoint::preview, "throttled");
         return json_error(&state, StatusCode::TOO_MANY_REQUESTS, "too many previews at once; retry shortly");
     };
-    let bytes = match read_body(&state, req.into_body()).await {
+    let bytes = match read_body(&state, req.into_body(), state.preview_body_limit).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };

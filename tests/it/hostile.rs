@@ -485,29 +485,34 @@ async fn preview_is_bounded_in_objects_output_and_concurrency() {
     let server = Server::builder().arg("--preview-concurrency").arg("1").start();
     let pid = server.child.id();
     let before = rss_kib(pid);
-    // ~27,000 tiny opted-in Pods in 4 MiB: refused, not answered with 110 MB.
+    // ~27,000 tiny opted-in Pods in 4 MiB (under /mutate's limit): over /preview's own 1 MiB limit,
+    // refused unread, not answered with 110 MB.
     let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","labels":{"nixuv.io/inject":"true"},"annotations":{"nixuv.io/system-deps":"gcc"}},"spec":{"containers":[{"name":"a","image":"x"}]}}"#;
-    let mut body = String::from(r#"{"apiVersion":"v1","kind":"List","items":["#);
-    while body.len() < (4 << 20) - 200 {
-        body.push_str(pod);
-        body.push(',');
-    }
-    body.pop();
-    body.push_str("]}");
-    let resp = server
-        .h1()
-        .post(server.url("/preview"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let list = |bytes: usize| {
+        let mut body = String::from(r#"{"apiVersion":"v1","kind":"List","items":["#);
+        while body.len() < bytes - 200 {
+            body.push_str(pod);
+            body.push(',');
+        }
+        body.pop();
+        body.push_str("]}");
+        body
+    };
+    let post = |body: String| {
+        server.h1().post(server.url("/preview")).header("content-type", "application/json").body(body).send()
+    };
+    let resp = post(list(4 << 20)).await.unwrap();
+    assert_eq!(resp.status(), 413);
+    let v: Value = resp.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("limit of 1048576 bytes"), "{v}");
+    // ~6,500 in 1 MiB: refused for their number, before any is decided.
+    let resp = post(list(1 << 20)).await.unwrap();
     assert_eq!(resp.status(), 400);
     let v: Value = resp.json().await.unwrap();
     assert!(v["error"].as_str().unwrap().contains("more than 1000 objects"), "{v}");
     let after = rss_kib(pid);
     eprintln!("preview: RSS {before} KiB -> {after} KiB");
-    assert!(after < before + 160 * 1024, "RSS grew from {before} to {after} KiB");
+    assert!(after < before + 64 * 1024, "RSS grew from {before} to {after} KiB");
     // One preview at a time here: a second while the first is still sending its body gets 429.
     let mut slow = crate::lifecycle::raw_tls(&server).await;
     slow.write_all(
