@@ -128,7 +128,8 @@ impl AppState {
             decisions: cache::DecisionCache::new(limits.decision_cache_bytes),
             ready: AtomicBool::new(false),
             body_limit: limits.body_limit,
-            preview_body_limit: limits.preview_body_limit,
+            // Never more than the server's own limit.
+            preview_body_limit: limits.preview_body_limit.min(limits.body_limit),
             request_timeout: limits.request_timeout,
             preview_slots: tokio::sync::Semaphore::new(limits.preview_concurrency.max(1)),
             preview_max_output: limits.preview_max_output,

@@ -45,14 +45,7 @@ async fn a_hera_workflow_previews_template_by_template() {
     let yaml = String::from_utf8(out.stdout).unwrap();
     assert!(yaml.contains("kind: Workflow"), "{yaml}");
     let server = Server::start();
-    let resp = server
-        .h1()
-        .post(server.url("/preview"))
-        .header("content-type", "application/yaml")
-        .body(yaml)
-        .send()
-        .await
-        .unwrap();
+    let resp = server.post("/preview", "application/yaml", yaml).await;
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["allowed"], true, "{v}");

@@ -359,14 +359,7 @@ async fn near_misses_are_warned_naming_the_field_and_strict_exits_3() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     // The JSON report: POST /preview with the same manifest.
     let server = Server::start();
-    let resp = server
-        .h1()
-        .post(server.url("/preview"))
-        .header("content-type", "application/yaml")
-        .body(NEAR_MISSES)
-        .send()
-        .await
-        .unwrap();
+    let resp = server.post("/preview", "application/yaml", NEAR_MISSES).await;
     assert_eq!(resp.status(), 200);
     let results: Vec<Value> = resp.json().await.unwrap();
     let expect = [

@@ -155,6 +155,10 @@ impl Server {
             .resolve("localhost", self.addr)
             .timeout(Duration::from_secs(20))
     }
+    /// POSTs `body` with `content_type` to `path` over HTTP/1.1 and returns the response.
+    pub async fn post(&self, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.h1().post(self.url(path)).header("content-type", content_type).body(body).send().await.unwrap()
+    }
     pub fn h1(&self) -> reqwest::Client {
         self.client_builder(&self.ca).http1_only().build().unwrap()
     }
