@@ -73,6 +73,16 @@ pub struct PolicyFile {
     pub python: GlobListsFile,
 }
 
+/// The `python` section: how Python deps are installed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct PythonFile {
+    /// Install from source distributions when a package has no wheel for the platform. Off: a
+    /// source build runs the package's own code in the init container, which can write every env
+    /// of the store (docs/security.md).
+    pub allow_source_builds: bool,
+}
+
 /// An extra environment variable for the init container (a plain value only: the init container
 /// must be self-contained and valueFrom would need RBAC on the Pod's namespace).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -183,6 +193,7 @@ pub struct ConfigFile {
     /// Most containers (app and init) an opted-in Pod may have: the patch grows with them.
     pub max_containers: usize,
     pub policy: PolicyFile,
+    pub python: PythonFile,
     pub init_env: Vec<EnvVarFile>,
     pub init_resources: ResourcesFile,
 }
@@ -211,6 +222,7 @@ impl Default for ConfigFile {
             max_deps: 64,
             max_containers: 256,
             policy: PolicyFile::default(),
+            python: PythonFile::default(),
             init_env: Vec::new(),
             init_resources: ResourcesFile::default(),
         }

@@ -4,8 +4,8 @@
 
 use crate::names::{ANN_PYTHON, INIT_NIX_DIR, UV_ROOT};
 pub use crate::names::{
-    ENV_ID, ENV_INDEX_URL, ENV_NIXPKGS, ENV_NIX_DIR, ENV_PYTHON, ENV_PYTHON_DEPS, ENV_SYSTEM_DEPS, ENV_TOOL_ENV,
-    ENV_UV_ROOT,
+    ENV_ID, ENV_INDEX_URL, ENV_NIXPKGS, ENV_NIX_DIR, ENV_PYTHON, ENV_PYTHON_DEPS, ENV_SOURCE_BUILDS, ENV_SYSTEM_DEPS,
+    ENV_TOOL_ENV, ENV_UV_ROOT,
 };
 use crate::plan::deps::{self, Source};
 use crate::plan::EnvPlan;
@@ -47,6 +47,9 @@ impl EnvSpec {
             (ENV_UV_ROOT, self.uv_root.clone()),
             (ENV_NIX_DIR, self.nix_dir.clone()),
         ];
+        if self.plan.allow_source_builds && self.plan.has_python() {
+            env.push((ENV_SOURCE_BUILDS, "allowed".to_string()));
+        }
         if !self.plan.tool_env.is_empty() {
             let names: Vec<&str> = self.plan.tool_env.iter().map(|(k, _)| k.as_str()).collect();
             env.push((ENV_TOOL_ENV, names.join(",")));
@@ -100,6 +103,11 @@ impl EnvSpec {
             tool_env.push((name.to_string(), value));
         }
         tool_env.sort();
+        let allow_source_builds = match get(ENV_SOURCE_BUILDS).as_deref() {
+            None | Some("") => false,
+            Some("allowed") => true,
+            Some(other) => return Err(bad(ENV_SOURCE_BUILDS, other, "is not \"allowed\"")),
+        };
         let index_url = get(ENV_INDEX_URL).unwrap_or_default();
         let effective = effective_index(tool_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         if !valid_index_url(&index_url) || index_url != effective {
@@ -120,7 +128,7 @@ impl EnvSpec {
         let uv_root = abs(ENV_UV_ROOT)?;
         let nix_dir = abs(ENV_NIX_DIR)?;
         Ok(Self {
-            plan: EnvPlan { id, system, python, python_version, nixpkgs, index_url, tool_env },
+            plan: EnvPlan { id, system, python, python_version, nixpkgs, index_url, tool_env, allow_source_builds },
             uv_root,
             nix_dir,
         })
@@ -140,6 +148,7 @@ mod tests {
             nixpkgs: &cfg.file.nixpkgs,
             index_url: &cfg.index_url,
             tool_env: &cfg.tool_env,
+            allow_source_builds: cfg.file.python.allow_source_builds,
         }
     }
     use std::collections::{BTreeMap, HashMap};

@@ -43,5 +43,7 @@ pub const ENV_NIX_DIR: &str = "NIXUV_NIX_DIR";
 /// The names of the tool variables (`initEnv`) the env id binds, comma-separated; set only when
 /// there are some. Any other tool variable is stripped from the tools' environment.
 pub const ENV_TOOL_ENV: &str = "NIXUV_TOOL_ENV";
+/// `allowed` when uv may build from source distributions; absent: wheels only.
+pub const ENV_SOURCE_BUILDS: &str = "NIXUV_SOURCE_BUILDS";
 /// The environment variables that nixuv itself sets on the init container.
 pub const RESERVED_INIT_ENV_PREFIX: &str = "NIXUV_";

@@ -512,6 +512,7 @@ pub fn plan_inputs(cfg: &Config) -> PlanInputs<'_> {
         nixpkgs: &cfg.file.nixpkgs,
         index_url: &cfg.index_url,
         tool_env: &cfg.tool_env,
+        allow_source_builds: cfg.file.python.allow_source_builds,
     }
 }
 

@@ -293,14 +293,20 @@ fn build_python(layout: &Layout, spec: &EnvSpec, opts: &Options, strip: &[&str])
     venv_dir.write_atomic("nixuv-requirements.txt", text.as_bytes(), 0o644)?;
     let start = Instant::now();
     tracing::info!(env = %id, deps = %spec.plan.python.join(", "), "python deps: resolving and installing with uv");
-    let args: Vec<OsString> = vec![
+    let mut args: Vec<OsString> = vec![
         "pip".into(),
         "install".into(),
         "--python".into(),
         venv.join("bin/python").into(),
-        "-r".into(),
-        venv.join("nixuv-requirements.txt").into(),
+        // The venv is mounted read-only in the app: compile now, or every start compiles again.
+        "--compile-bytecode".into(),
     ];
+    if !spec.plan.allow_source_builds {
+        // Wheels only: a source build runs the package's own code here, with write access to
+        // every env of the store (python.allowSourceBuilds).
+        args.push("--no-build".into());
+    }
+    args.extend(["-r".into(), venv.join("nixuv-requirements.txt").into()]);
     uv.run(&args, &env, &remove, Some(envs.path())).map_err(|source| {
         let msg = source.to_string();
         let who = culprits(&spec.plan.python, &msg, |r| {
@@ -309,7 +315,12 @@ fn build_python(layout: &Layout, spec: &EnvSpec, opts: &Options, strip: &[&str])
                 .unwrap_or(r)
                 .to_string()
         });
-        MaterializeError::Tool { what: format!("python dep {}", quote_list(&who)), source }
+        let why = if msg.contains("building from source is disabled") {
+            " (no wheel for this platform, and python.allowSourceBuilds is false: nixuv installs wheels only)"
+        } else {
+            ""
+        };
+        MaterializeError::Tool { what: format!("python dep {}{why}", quote_list(&who)), source }
     })?;
     tracing::info!(env = %id, elapsed = %secs(start.elapsed()), "python deps: installed");
     Ok(name)

@@ -18,6 +18,8 @@ pub struct PlanInputs<'a> {
     pub nixpkgs: &'a str,
     pub index_url: &'a str,
     pub tool_env: &'a [(String, String)],
+    /// `python.allowSourceBuilds`.
+    pub allow_source_builds: bool,
 }
 
 /// Version tag of the canonical form below. Changing the form changes every env id, so it is
@@ -39,6 +41,9 @@ pub struct EnvPlan {
     /// `initEnv`), sorted by name: part of the id, so an env built under another index, proxy or
     /// tool option is another env.
     pub tool_env: Vec<(String, String)>,
+    /// Whether uv may build from source distributions (else wheels only): it can change what is
+    /// installed, so it is part of the id.
+    pub allow_source_builds: bool,
 }
 
 impl EnvPlan {
@@ -54,6 +59,7 @@ impl EnvPlan {
             nixpkgs: inputs.nixpkgs.to_string(),
             index_url: inputs.index_url.to_string(),
             tool_env: inputs.tool_env.to_vec(),
+            allow_source_builds: inputs.allow_source_builds,
         };
         plan.id = env_id(&plan.canonical());
         plan
@@ -76,6 +82,9 @@ impl EnvPlan {
             push_line(&mut out, "index=", &self.index_url);
             push_sorted(&mut out, "python=", &self.python);
             self.push_tool_env(&mut out, "python-env=", ToolScope::Python);
+            if self.allow_source_builds {
+                push_line(&mut out, "source-builds=", "allowed");
+            }
         }
         out
     }
@@ -166,6 +175,7 @@ mod tests {
                 nixpkgs: "github:NixOS/nixpkgs/nixos-25.05",
                 index_url: crate::toolenv::DEFAULT_INDEX_URL,
                 tool_env: &[],
+                allow_source_builds: false,
             },
         )
     }

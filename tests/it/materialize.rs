@@ -510,3 +510,57 @@ fn managed_python_on_the_volume_runs_without_the_machines_python() {
     assert!(first.starts_with("42 /nixuv/uv/python/cpython-"), "the interpreter comes from the uv volume: {first}");
     assert_eq!(lines.collect::<Vec<_>>(), ["nixuvdemo 42", "hello from nixuv", "hidden"]);
 }
+
+impl Fixture {
+    /// Adds top-level keys to the config the webhook's output is made with.
+    pub fn append_config(&self, yaml: &str) {
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        text.push_str(yaml);
+        std::fs::write(&self.config, text).unwrap();
+    }
+}
+
+#[test]
+fn wheels_only_by_default_source_builds_when_allowed_and_bytecode_compiled() {
+    let fx = Fixture::new();
+    let vols = Volumes::new();
+    // nixuvsrc is published as a source distribution only: refused, naming it and the setting.
+    let pod = fx.mutate(&fx.pod("", "nixuvsrc"));
+    let out = run_init(&pod, &vols, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("python dep \"nixuvsrc\"") && err.contains("python.allowSourceBuilds is false"), "{err}");
+    assert!(tool_calls(&vols).iter().any(|c| c.contains("--no-build")), "{:?}", tool_calls(&vols));
+    // Allowed by the admin: another env id (it can change what is installed), built and usable.
+    fx.append_config("python: {allowSourceBuilds: true}\n");
+    let allowed = fx.mutate(&fx.pod("", "nixuvsrc"));
+    let id = |p: &Value| p["metadata"]["annotations"]["nixuv.io/env"].as_str().unwrap().to_string();
+    assert_ne!(id(&pod), id(&allowed));
+    let out = run_init(&allowed, &vols, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(app_stdout(&allowed, &vols, "python -c 'import nixuvsrc; print(nixuvsrc.BUILT_FROM_SOURCE)'"), "True\n");
+    // Installed packages are byte-compiled at install: a read-only venv never compiles at start.
+    let demo = fx.mutate(&fx.pod("", "nixuvdemo==1.0"));
+    assert!(run_init(&demo, &vols, &[]).status.success());
+    let venv = vols
+        .path("nixuv-uv")
+        .join("envs")
+        .join(std::fs::read_link(vols.path("nixuv-uv").join("envs").join(id(&demo))).unwrap());
+    let pyc = walk(&venv).into_iter().any(|p| p.to_string_lossy().contains("nixuvdemo/__pycache__/__init__"));
+    assert!(pyc, "no .pyc for nixuvdemo under {}", venv.display());
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
