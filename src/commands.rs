@@ -221,6 +221,10 @@ pub fn preview(a: PreviewArgs) -> ExitCode {
     };
     print!("{rendered}");
     let (mut denied, mut warned) = (false, false);
+    if let Some(w) = injector.config().nixpkgs_warning() {
+        warned = true;
+        eprintln!("nixuv preview: warning: {w}");
+    }
     for p in &previews {
         for w in &p.warnings {
             warned = true;

@@ -152,6 +152,36 @@ pub fn image_repository(image: &str) -> &str {
     repo.strip_prefix("library/").unwrap_or(repo)
 }
 
+/// Whether a flake reference names a fixed commit: a `github:`, `gitlab:` or `sourcehut:`
+/// reference whose last path segment, or `rev=` parameter, is a full 40-hex commit; a `git+` URL
+/// with `rev=`; a `path:` (a local tree, not moved by anyone upstream). Anything else is a branch
+/// or a tag, which moves: the same env id would hold other packages next month.
+pub fn pinned_flake_ref(r: &str) -> bool {
+    let is_rev = |s: &str| s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let (base, query) = r.split_once('?').unwrap_or((r, ""));
+    if query.split('&').any(|kv| kv.strip_prefix("rev=").is_some_and(is_rev)) {
+        return true;
+    }
+    if r.starts_with("path:") || r.starts_with('/') {
+        return true;
+    }
+    ["github:", "gitlab:", "sourcehut:"].iter().any(|p| base.starts_with(p))
+        && base.split('/').count() >= 3
+        && base.rsplit('/').next().is_some_and(is_rev)
+}
+
+impl Config {
+    /// A warning for the log and `nixuv preview` when `nixpkgs` is a moving reference.
+    pub fn nixpkgs_warning(&self) -> Option<String> {
+        (!pinned_flake_ref(&self.file.nixpkgs)).then(|| {
+            format!(
+                "nixpkgs {:?} is a branch or tag, not a commit: env ids are not reproducible with a moving reference (pin a 40-hex commit, docs/configuration.md)",
+                self.file.nixpkgs
+            )
+        })
+    }
+}
+
 /// Whether `path` is a colon-separated list of absolute directories.
 pub fn valid_path_list(path: &str) -> bool {
     !path.is_empty() && path.split(':').all(|p| p.starts_with('/'))
@@ -204,7 +234,7 @@ impl Default for ConfigFile {
             init_image: "ghcr.io/nixuv/nixuv-init:0.1.0".into(),
             init_image_pull_policy: None,
             init_run_as_user: 65532,
-            nixpkgs: "github:NixOS/nixpkgs/nixos-25.05".into(),
+            nixpkgs: "github:NixOS/nixpkgs/ac62194c3917d5f474c1a844b6fd6da2db95077d".into(),
             default_python: "3.12".into(),
             default_path: DEFAULT_PATH.into(),
             image_paths: default_image_paths(),
@@ -502,6 +532,26 @@ impl Default for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn moving_flake_refs_are_told_apart() {
+        for pinned in [
+            "github:NixOS/nixpkgs/ac62194c3917d5f474c1a844b6fd6da2db95077d",
+            "github:NixOS/nixpkgs?rev=ac62194c3917d5f474c1a844b6fd6da2db95077d",
+            "git+https://example.com/nixpkgs?ref=main&rev=ac62194c3917d5f474c1a844b6fd6da2db95077d",
+            "path:/srv/nixpkgs",
+        ] {
+            assert!(pinned_flake_ref(pinned), "{pinned}");
+        }
+        for moving in
+            ["github:NixOS/nixpkgs/nixos-25.05", "github:NixOS/nixpkgs", "github:NixOS/nixpkgs/ac62194", "nixpkgs"]
+        {
+            assert!(!pinned_flake_ref(moving), "{moving}");
+        }
+        assert!(Config::default().nixpkgs_warning().is_none(), "the default is pinned");
+        let c = Config::from_yaml("nixpkgs: github:NixOS/nixpkgs/nixos-25.05\n").unwrap();
+        assert!(c.nixpkgs_warning().unwrap().contains("not reproducible"));
+    }
 
     #[test]
     fn empty_file_gives_defaults() {

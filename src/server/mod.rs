@@ -352,6 +352,9 @@ fn spawn_config_reloader(state: Arc<AppState>, path: PathBuf, interval: Duration
             last = Some(bytes.clone());
             match Config::from_yaml_with(&String::from_utf8_lossy(&bytes), &overrides) {
                 Ok(cfg) => {
+                    if let Some(w) = cfg.nixpkgs_warning() {
+                        tracing::warn!(path = %path.display(), "{w}");
+                    }
                     state.injector.store(Arc::new(Injector::new(cfg)));
                     state.metrics.config_reloads.get_or_create(&ResultLabels { result: "success" }).inc();
                     tracing::info!(path = %path.display(), "config reloaded");
@@ -393,6 +396,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         anyhow::bail!("--preview-on-metrics-addr needs --metrics-addr");
     }
     let config = Config::load_with(opts.config_path.as_deref(), &opts.overrides)?;
+    if let Some(w) = config.nixpkgs_warning() {
+        tracing::warn!("{w}");
+    }
     let certs = tls::CertStore::load_with_ca(&opts.tls_cert, &opts.tls_key, opts.ca_bundle_file.as_deref())?;
     let metrics = Arc::new(Metrics::new());
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(Arc::clone(&certs))?));

@@ -412,3 +412,38 @@ async fn near_misses_on_an_admitted_pod_are_admission_warnings() {
         "{warnings:?}"
     );
 }
+
+#[test]
+fn a_moving_nixpkgs_reference_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(&cfg, "nixpkgs: github:NixOS/nixpkgs/nixos-25.05\n").unwrap();
+    let pod = dir.path().join("pod.yaml");
+    std::fs::write(&pod, "apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: {nixuv.io/inject: \"true\"}, annotations: {nixuv.io/system-deps: gcc}}\nspec: {containers: [{name: app, image: x}]}\n").unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(common::bin())
+            .arg("preview")
+            .args(extra)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("-f")
+            .arg(&pod)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("env ids are not reproducible with a moving reference"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(run(&["--strict"]).status.code(), Some(3));
+    // The server says so at start-up.
+    let server = Server::builder().config("nixpkgs: github:NixOS/nixpkgs/nixos-25.05\n").start();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !server.logs().iter().any(|l| l.contains("not reproducible with a moving reference")) {
+        assert!(std::time::Instant::now() < deadline, "{:?}", server.logs());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
