@@ -81,6 +81,9 @@ pub struct PythonFile {
     /// source build runs the package's own code in the init container, which can write every env
     /// of the store (docs/security.md).
     pub allow_source_builds: bool,
+    /// Resolve as of this RFC 3339 date-time (uv's `--exclude-newer`): the same declaration then
+    /// resolves to the same versions whenever and wherever it is built.
+    pub exclude_newer: Option<String>,
 }
 
 /// An extra environment variable for the init container (a plain value only: the init container
@@ -171,6 +174,13 @@ pub fn pinned_flake_ref(r: &str) -> bool {
 }
 
 impl Config {
+    /// A note for the log when Python resolution depends on the build time.
+    pub fn exclude_newer_note(&self) -> Option<&'static str> {
+        self.file.python.exclude_newer.is_none().then_some(
+            "python.excludeNewer is not set: Python deps resolve to whatever the index serves when an env is built (docs/configuration.md)",
+        )
+    }
+
     /// A warning for the log and `nixuv preview` when `nixpkgs` is a moving reference.
     pub fn nixpkgs_warning(&self) -> Option<String> {
         (!pinned_flake_ref(&self.file.nixpkgs)).then(|| {
@@ -481,6 +491,12 @@ impl Config {
             globs: globs.build().map_err(|e| invalid("imagePaths", e.to_string()))?,
             paths: file.image_paths.iter().map(|e| e.path.clone()).collect(),
         };
+        if let Some(t) = file.python.exclude_newer.as_deref().filter(|t| !crate::values::valid_rfc3339(t)) {
+            return Err(invalid(
+                "python.excludeNewer",
+                format!("{t:?} is not an RFC 3339 date-time like 2025-06-01T00:00:00Z"),
+            ));
+        }
         let init_requests = quantities("requests", &file.init_resources.requests)?;
         let init_limits = quantities("limits", &file.init_resources.limits)?;
         let system_policy = GlobPolicy::compile("policy.system", &file.policy.system)?;

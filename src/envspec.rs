@@ -4,8 +4,8 @@
 
 use crate::names::{ANN_PYTHON, INIT_NIX_DIR, UV_ROOT};
 pub use crate::names::{
-    ENV_ID, ENV_INDEX_URL, ENV_NIXPKGS, ENV_NIX_DIR, ENV_PYTHON, ENV_PYTHON_DEPS, ENV_SOURCE_BUILDS, ENV_SYSTEM_DEPS,
-    ENV_TOOL_ENV, ENV_UV_ROOT,
+    ENV_EXCLUDE_NEWER, ENV_ID, ENV_INDEX_URL, ENV_NIXPKGS, ENV_NIX_DIR, ENV_PYTHON, ENV_PYTHON_DEPS, ENV_SOURCE_BUILDS,
+    ENV_SYSTEM_DEPS, ENV_TOOL_ENV, ENV_UV_ROOT,
 };
 use crate::plan::deps::{self, Source};
 use crate::plan::EnvPlan;
@@ -49,6 +49,9 @@ impl EnvSpec {
         ];
         if self.plan.allow_source_builds && self.plan.has_python() {
             env.push((ENV_SOURCE_BUILDS, "allowed".to_string()));
+        }
+        if let (Some(t), true) = (&self.plan.exclude_newer, self.plan.has_python()) {
+            env.push((ENV_EXCLUDE_NEWER, t.clone()));
         }
         if !self.plan.tool_env.is_empty() {
             let names: Vec<&str> = self.plan.tool_env.iter().map(|(k, _)| k.as_str()).collect();
@@ -108,6 +111,10 @@ impl EnvSpec {
             Some("allowed") => true,
             Some(other) => return Err(bad(ENV_SOURCE_BUILDS, other, "is not \"allowed\"")),
         };
+        let exclude_newer = get(ENV_EXCLUDE_NEWER).filter(|t| !t.is_empty());
+        if let Some(t) = exclude_newer.as_deref().filter(|t| !crate::values::valid_rfc3339(t)) {
+            return Err(bad(ENV_EXCLUDE_NEWER, t, "is not an RFC 3339 date-time"));
+        }
         let index_url = get(ENV_INDEX_URL).unwrap_or_default();
         let effective = effective_index(tool_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         if !valid_index_url(&index_url) || index_url != effective {
@@ -128,7 +135,17 @@ impl EnvSpec {
         let uv_root = abs(ENV_UV_ROOT)?;
         let nix_dir = abs(ENV_NIX_DIR)?;
         Ok(Self {
-            plan: EnvPlan { id, system, python, python_version, nixpkgs, index_url, tool_env, allow_source_builds },
+            plan: EnvPlan {
+                id,
+                system,
+                python,
+                python_version,
+                nixpkgs,
+                index_url,
+                tool_env,
+                allow_source_builds,
+                exclude_newer,
+            },
             uv_root,
             nix_dir,
         })
@@ -149,6 +166,7 @@ mod tests {
             index_url: &cfg.index_url,
             tool_env: &cfg.tool_env,
             allow_source_builds: cfg.file.python.allow_source_builds,
+            exclude_newer: cfg.file.python.exclude_newer.as_deref(),
         }
     }
     use std::collections::{BTreeMap, HashMap};

@@ -45,5 +45,7 @@ pub const ENV_NIX_DIR: &str = "NIXUV_NIX_DIR";
 pub const ENV_TOOL_ENV: &str = "NIXUV_TOOL_ENV";
 /// `allowed` when uv may build from source distributions; absent: wheels only.
 pub const ENV_SOURCE_BUILDS: &str = "NIXUV_SOURCE_BUILDS";
+/// `python.excludeNewer`, when set.
+pub const ENV_EXCLUDE_NEWER: &str = "NIXUV_EXCLUDE_NEWER";
 /// The environment variables that nixuv itself sets on the init container.
 pub const RESERVED_INIT_ENV_PREFIX: &str = "NIXUV_";

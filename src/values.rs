@@ -64,6 +64,11 @@ impl InitPlacement {
     }
 }
 
+/// An RFC 3339 date-time (`2025-06-01T00:00:00Z`), as uv's `--exclude-newer` takes it.
+pub fn valid_rfc3339(s: &str) -> bool {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).is_ok()
+}
+
 /// A container's `imagePullPolicy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PullPolicy {

@@ -513,6 +513,7 @@ pub fn plan_inputs(cfg: &Config) -> PlanInputs<'_> {
         index_url: &cfg.index_url,
         tool_env: &cfg.tool_env,
         allow_source_builds: cfg.file.python.allow_source_builds,
+        exclude_newer: cfg.file.python.exclude_newer.as_deref(),
     }
 }
 

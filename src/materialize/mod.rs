@@ -301,6 +301,10 @@ fn build_python(layout: &Layout, spec: &EnvSpec, opts: &Options, strip: &[&str])
         // The venv is mounted read-only in the app: compile now, or every start compiles again.
         "--compile-bytecode".into(),
     ];
+    if let Some(t) = &spec.plan.exclude_newer {
+        // Resolve as of the admin's date: the same declaration, the same versions, whenever built.
+        args.extend(["--exclude-newer".into(), t.into()]);
+    }
     if !spec.plan.allow_source_builds {
         // Wheels only: a source build runs the package's own code here, with write access to
         // every env of the store (python.allowSourceBuilds).

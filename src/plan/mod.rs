@@ -20,6 +20,8 @@ pub struct PlanInputs<'a> {
     pub tool_env: &'a [(String, String)],
     /// `python.allowSourceBuilds`.
     pub allow_source_builds: bool,
+    /// `python.excludeNewer`.
+    pub exclude_newer: Option<&'a str>,
 }
 
 /// Version tag of the canonical form below. Changing the form changes every env id, so it is
@@ -44,6 +46,8 @@ pub struct EnvPlan {
     /// Whether uv may build from source distributions (else wheels only): it can change what is
     /// installed, so it is part of the id.
     pub allow_source_builds: bool,
+    /// Resolve as of this date-time (uv's `--exclude-newer`); part of the id.
+    pub exclude_newer: Option<String>,
 }
 
 impl EnvPlan {
@@ -60,6 +64,7 @@ impl EnvPlan {
             index_url: inputs.index_url.to_string(),
             tool_env: inputs.tool_env.to_vec(),
             allow_source_builds: inputs.allow_source_builds,
+            exclude_newer: inputs.exclude_newer.map(String::from),
         };
         plan.id = env_id(&plan.canonical());
         plan
@@ -84,6 +89,9 @@ impl EnvPlan {
             self.push_tool_env(&mut out, "python-env=", ToolScope::Python);
             if self.allow_source_builds {
                 push_line(&mut out, "source-builds=", "allowed");
+            }
+            if let Some(t) = &self.exclude_newer {
+                push_line(&mut out, "exclude-newer=", t);
             }
         }
         out
@@ -176,6 +184,7 @@ mod tests {
                 index_url: crate::toolenv::DEFAULT_INDEX_URL,
                 tool_env: &[],
                 allow_source_builds: false,
+                exclude_newer: None,
             },
         )
     }

@@ -399,6 +399,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     if let Some(w) = config.nixpkgs_warning() {
         tracing::warn!("{w}");
     }
+    if let Some(n) = config.exclude_newer_note() {
+        tracing::info!("{n}");
+    }
     let certs = tls::CertStore::load_with_ca(&opts.tls_cert, &opts.tls_key, opts.ca_bundle_file.as_deref())?;
     let metrics = Arc::new(Metrics::new());
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(Arc::clone(&certs))?));

@@ -564,3 +564,86 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A package index with upload times (tests/support/json_index.py), killed when dropped.
+struct JsonIndex {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl JsonIndex {
+    /// nixuvdep 0.1 (BASE 41) uploaded 2024-01-01, 0.2 (BASE 99) uploaded 2025-06-01.
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let code = format!(
+            "import sys, json; sys.path.insert(0, {sup:?}); import make_wheels as m\n\
+             m.wheel({d:?}, 'nixuvdep', '0.1', {{'nixuvdep/__init__.py': 'BASE = 41\\n'}})\n\
+             m.wheel({d:?}, 'nixuvdep', '0.2', {{'nixuvdep/__init__.py': 'BASE = 99\\n'}})\n\
+             json.dump({{'nixuvdep-0.1-py3-none-any.whl': '2024-01-01T00:00:00Z', 'nixuvdep-0.2-py3-none-any.whl': '2025-06-01T00:00:00Z'}}, open({d:?} + '/upload-times.json', 'w'))\n",
+            sup = support("").display().to_string(),
+            d = dir.path().display().to_string()
+        );
+        assert!(Command::new("python3").args(["-c", &code]).status().unwrap().success());
+        let mut child = Command::new("python3")
+            .arg(support("json_index.py"))
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        JsonIndex { child, port: line.trim().parse().unwrap(), _dir: dir }
+    }
+}
+
+impl Drop for JsonIndex {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn exclude_newer_pins_python_resolution_and_the_env_id() {
+    let fx = Fixture::new();
+    let index = JsonIndex::start();
+    // uv from an HTTP index with upload times; the machine's interpreter, no downloads.
+    std::fs::write(
+        &fx.config,
+        format!(
+            "storage: {{mode: pvc}}\ninitEnv:\n- {{name: UV_DEFAULT_INDEX, value: 'http://127.0.0.1:{}/simple'}}\n- {{name: UV_PYTHON_DOWNLOADS, value: never}}\n- {{name: UV_PYTHON_PREFERENCE, value: only-system}}\n",
+            index.port
+        ),
+    )
+    .unwrap();
+    let vols = Volumes::new();
+    let latest = fx.mutate(&fx.pod("", "nixuvdep"));
+    let out = run_init(&latest, &vols, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(app_stdout(&latest, &vols, "python -c 'import nixuvdep; print(nixuvdep.BASE)'"), "99\n");
+    // As of 2025-01-01: the older release, under another env id.
+    fx.append_config("python: {excludeNewer: '2025-01-01T00:00:00Z'}\n");
+    let pinned = fx.mutate(&fx.pod("", "nixuvdep"));
+    let id = |p: &Value| p["metadata"]["annotations"]["nixuv.io/env"].as_str().unwrap().to_string();
+    assert_ne!(id(&latest), id(&pinned));
+    let init = &pinned["spec"]["initContainers"][0];
+    assert!(init["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["name"] == "NIXUV_EXCLUDE_NEWER" && e["value"] == "2025-01-01T00:00:00Z"));
+    let out = run_init(&pinned, &vols, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(app_stdout(&pinned, &vols, "python -c 'import nixuvdep; print(nixuvdep.BASE)'"), "41\n");
+    // A bad value is refused at start-up, naming the key.
+    std::fs::write(&fx.config, "python: {excludeNewer: last-tuesday}\n").unwrap();
+    let out =
+        Command::new(common::bin()).args(["preview", "-f", "/dev/null", "--config"]).arg(&fx.config).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("python.excludeNewer"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,60 @@
+"""A package index over HTTP with the JSON simple API (PEP 691) and upload times (PEP 700), served
+from a directory of wheels, for the tests of python.excludeNewer: uv reads upload times only from
+such an index. Upload times come from DIR/upload-times.json ({filename: RFC 3339}).
+Usage: python3 json_index.py DIR  -> prints the port it listens on (127.0.0.1), then serves."""
+
+import hashlib
+import http.server
+import json
+import os
+import re
+import sys
+
+ROOT = sys.argv[1]
+TIMES = json.load(open(os.path.join(ROOT, "upload-times.json")))
+
+
+def normalise(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_HEAD(self):
+        self.do_GET(head=True)
+
+    def do_GET(self, head=False):
+        m = re.fullmatch(r"/simple/([^/]+)/?", self.path)
+        if m:
+            want = normalise(m.group(1))
+            files = []
+            for f in sorted(os.listdir(ROOT)):
+                if f.endswith(".whl") and normalise(f.split("-")[0]) == want:
+                    data = open(os.path.join(ROOT, f), "rb").read()
+                    files.append({"filename": f, "url": f"/files/{f}",
+                                  "hashes": {"sha256": hashlib.sha256(data).hexdigest()},
+                                  "upload-time": TIMES[f]})
+            if not files:
+                return self.send_error(404)
+            body = json.dumps({"meta": {"api-version": "1.1"}, "name": want, "files": files}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/vnd.pypi.simple.v1+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            return None if head else self.wfile.write(body)
+        m = re.fullmatch(r"/files/([^/]+)", self.path)
+        if m and os.path.exists(os.path.join(ROOT, m.group(1))):
+            body = open(os.path.join(ROOT, m.group(1)), "rb").read()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            return None if head else self.wfile.write(body)
+        self.send_error(404)
+
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
