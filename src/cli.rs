@@ -45,6 +45,29 @@ pub enum Command {
     /// Pod, a workload (deployment, statefulset, daemonset, replicaset, job, cronjob, workflow) or
     /// a namespace. Exit 0: nothing in the way; 1: something stops injection; 2: cannot ask.
     Check(CheckArgs),
+    /// What a store holds: `envs list`, or `envs show ID` (run it where the store volumes are
+    /// mounted, e.g. a one-off Pod with the init image; docs/materialize.md).
+    Envs(EnvsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EnvsArgs {
+    /// `list`, or `show`.
+    pub action: String,
+    /// The env id, for `show`.
+    pub id: Option<String>,
+    /// The uv volume (as mounted in app containers).
+    #[arg(long, env = "NIXUV_UV_ROOT", default_value = "/nixuv/uv")]
+    pub uv_root: PathBuf,
+    /// The nix volume, mounted at $NP_LOCATION/.nix-portable/nix.
+    #[arg(long, env = "NIXUV_NIX_DIR", default_value = "/nixuv/work/.nix-portable/nix")]
+    pub nix_dir: PathBuf,
+    /// Lease lifetime (as for materialize): a lease refreshed within it is a build in progress.
+    #[arg(long, env = "NIXUV_LEASE_TTL", value_parser = duration, default_value = "60s")]
+    pub lease_ttl: Duration,
+    /// text or json.
+    #[arg(short = 'o', long, default_value = "text")]
+    pub output: String,
 }
 
 #[derive(Debug, Args)]

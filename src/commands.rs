@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use crate::claims::AssumePresent;
-use crate::cli::{CertsArgs, CheckArgs, GcArgs, LogFormat, PreviewArgs, ServeArgs};
+use crate::cli::{CertsArgs, CheckArgs, EnvsArgs, GcArgs, LogFormat, PreviewArgs, ServeArgs};
 use crate::config::{Config, Overrides};
 use crate::inject::Injector;
 use crate::server::ServeOptions;
@@ -150,6 +150,71 @@ pub fn check(a: CheckArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `nixuv envs list|show ID`.
+pub fn envs(a: EnvsArgs) -> anyhow::Result<ExitCode> {
+    let layout = crate::materialize::layout::Layout::new(&a.uv_root, &a.nix_dir);
+    anyhow::ensure!(
+        layout.uv_root.is_dir(),
+        "--uv-root {}: no such directory (is the volume mounted?)",
+        layout.uv_root.display()
+    );
+    let all = crate::materialize::envs::list(&layout, a.lease_ttl)?;
+    let shown: Vec<_> = match (a.action.as_str(), a.id.as_deref()) {
+        ("list", _) => all,
+        ("show", Some(id)) => {
+            let one: Vec<_> = all.into_iter().filter(|e| e.id == id).collect();
+            anyhow::ensure!(!one.is_empty(), "no env {id} in {}", layout.uv_root.display());
+            one
+        }
+        ("show", None) => anyhow::bail!("nixuv envs show needs an env id"),
+        (other, _) => anyhow::bail!("nixuv envs: unknown action {other:?} (list or show)"),
+    };
+    if a.output == "json" {
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let when = |t: Option<u64>| {
+        t.map(|t| {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t)).to_string()
+        })
+        .unwrap_or_else(|| "-".into())
+    };
+    for e in &shown {
+        println!(
+            "{}  {:<10}  {:>10} bytes  built {}  ({:.1}s)  last used {}{}",
+            e.id,
+            e.state,
+            e.bytes,
+            when(e.built_at_unix),
+            e.build_seconds.unwrap_or(0.0),
+            when(e.last_used_unix),
+            e.holder.as_deref().map(|h| format!("  by {h}")).unwrap_or_default()
+        );
+        if a.action == "show" {
+            println!("  system: {}", e.system.join(" "));
+            println!("  python {}: {}", e.python_version.as_deref().unwrap_or("-"), e.python.join(", "));
+            if let Some(lock) = &e.lock {
+                if let Some(i) = &lock.interpreter {
+                    println!("  interpreter: {} at {}", i.version, i.home);
+                }
+                for d in &lock.python {
+                    println!(
+                        "    {}=={}  RECORD sha256:{}",
+                        d.name,
+                        d.version,
+                        d.record_sha256.as_deref().unwrap_or("-")
+                    );
+                }
+                for p in &lock.nix {
+                    println!("    {p}");
+                }
+            }
+        }
+    }
+    println!("(bytes count each file once per env; files hard-linked from the uv cache are shared with it and with other envs)");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `nixuv gc`.

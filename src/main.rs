@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         Command::Gc(a) => commands::gc(a),
         Command::Certs(a) => commands::certs(a),
         Command::Check(a) => Ok(commands::check(a)),
+        Command::Envs(a) => commands::envs(a),
     };
     match result {
         Ok(code) => code,

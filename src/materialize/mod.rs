@@ -7,9 +7,11 @@
 //! marker appears), build the system deps with nix-portable and the Python deps with uv, publish
 //! the venv by an atomic symlink swap, write the marker last, release the lease.
 
+pub mod envs;
 pub mod gc;
 pub mod layout;
 pub mod lease;
+pub mod lock;
 pub mod store;
 mod tool;
 
@@ -70,6 +72,9 @@ pub struct Marker {
     pub venv: Option<String>,
     pub built_at_unix: u64,
     pub build_seconds: f64,
+    /// What was installed (absent in markers of earlier releases).
+    #[serde(default)]
+    pub lock: lock::Lock,
 }
 
 /// How materialize is tuned (environment: `NIXUV_LEASE_TTL`, `NIXUV_WAIT_TIMEOUT`).
@@ -105,7 +110,7 @@ const MARKER_CAP: u64 = 1 << 20;
 /// The env's completion marker, if it is a well-formed one for `id`. A marker that is not a
 /// regular file, too large or unreadable is malformed: treated as absent (so the env is rebuilt)
 /// and said so.
-fn read_marker(state: &StoreDir, id: &str) -> Option<Marker> {
+pub(crate) fn read_marker(state: &StoreDir, id: &str) -> Option<Marker> {
     let name = layout::marker_name(id);
     match state.read_small(&name, MARKER_CAP) {
         Ok(Contents::Bytes(b)) => match serde_json::from_slice::<Marker>(&b) {
@@ -127,24 +132,30 @@ fn read_marker(state: &StoreDir, id: &str) -> Option<Marker> {
 /// the nix volume as this process sees it. A hop that leaves `/nix` is refused: the env would not
 /// resolve inside an app container's mounts, and nixuv never made such a link.
 fn store_link_resolves(nix_dir: &Path, link: &Path) -> bool {
+    resolve_in_store(nix_dir, link).is_some()
+}
+
+/// The directory in the nix store (as this process sees the volume) that a profile link chain
+/// ends at; `None` if a hop leaves `/nix` or it ends anywhere else.
+pub fn resolve_in_store(nix_dir: &Path, link: &Path) -> Option<PathBuf> {
     let mut cur = link.to_path_buf();
     for _ in 0..16 {
         match fs::symlink_metadata(&cur) {
             Ok(m) if m.file_type().is_symlink() => {}
-            Ok(m) => return m.is_dir() && cur.starts_with(nix_dir.join("store")),
-            Err(_) => return false,
+            Ok(m) => return (m.is_dir() && cur.starts_with(nix_dir.join("store"))).then_some(cur),
+            Err(_) => return None,
         }
-        let Ok(t) = fs::read_link(&cur) else { return false };
+        let t = fs::read_link(&cur).ok()?;
         if t.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-            return false;
+            return None;
         }
         cur = match t.strip_prefix("/nix") {
             Ok(rest) => nix_dir.join(rest),
-            Err(_) if t.is_absolute() => return false,
+            Err(_) if t.is_absolute() => return None,
             Err(_) => cur.parent().unwrap_or(Path::new("/")).join(t),
         }
     }
-    false
+    None
 }
 
 /// The warm-path check: a marker that records exactly this request's deps, a venv link naming a
@@ -344,8 +355,23 @@ fn build(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<(), Material
     if spec.plan.has_system() {
         build_system(layout, spec, opts, &strip)?;
     }
+    let mut lock = lock::Lock::default();
+    if spec.plan.has_system() {
+        if let Some(dir) = resolve_in_store(&layout.nix_dir, &layout.profile(id)) {
+            lock.nix = lock::nix(&dir);
+        }
+    }
     let venv = if spec.plan.has_python() {
         let name = build_python(layout, spec, opts, &strip)?;
+        let uv = Tool::from_env("uv", "NIXUV_UV", "uv");
+        let env = [("UV_CACHE_DIR", OsString::from(layout.uv_cache())), ("UV_NO_CONFIG", "1".into())];
+        match lock::python(&uv, &layout.uv_root.join(layout::ENVS).join(&name), &env, &strip) {
+            Ok((interpreter, dists)) => {
+                lock.interpreter = Some(interpreter);
+                lock.python = dists;
+            }
+            Err(e) => tracing::warn!(env = %id, error = %e, "could not record the installed Python distributions"),
+        }
         // Publish: a new symlink renamed over `envs/H` (atomic); readers see the old or the new.
         StoreDir::ensure(&layout.uv_root, layout::ENVS)?.symlink_atomic(&name, id)?;
         Some(name)
@@ -361,6 +387,7 @@ fn build(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<(), Material
         venv,
         built_at_unix: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs(),
         build_seconds: start.elapsed().as_secs_f64(),
+        lock,
     };
     state.write_atomic(&layout::marker_name(id), &serde_json::to_vec_pretty(&marker).expect("serialises"), 0o644)?;
     Ok(())

@@ -647,3 +647,84 @@ fn exclude_newer_pins_python_resolution_and_the_env_id() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_lock_is_recorded_and_envs_lists_the_store() {
+    let fx = Fixture::new();
+    let vols = Volumes::new();
+    let pod = fx.mutate(&fx.pod("hello-nixuv", "nixuvdemo==1.0"));
+    let id = pod["metadata"]["annotations"]["nixuv.io/env"].as_str().unwrap().to_string();
+    init_ok(&pod, &vols);
+    let uv = vols.path("nixuv-uv");
+    let marker: Value =
+        serde_json::from_slice(&std::fs::read(uv.join(format!(".nixuv/envs/{id}.json"))).unwrap()).unwrap();
+    let lock = &marker["lock"];
+    // The lock matches what uv itself reports for the venv.
+    let venv = uv.join("envs").join(std::fs::read_link(uv.join("envs").join(&id)).unwrap());
+    let listed = Command::new("uv")
+        .args(["pip", "list", "--format", "json", "--python"])
+        .arg(venv.join("bin/python"))
+        .output()
+        .unwrap();
+    let listed: Vec<Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    let pairs = |v: &[Value]| -> Vec<(String, String)> {
+        let mut p: Vec<_> = v
+            .iter()
+            .map(|d| (d["name"].as_str().unwrap().to_string(), d["version"].as_str().unwrap().to_string()))
+            .collect();
+        p.sort();
+        p
+    };
+    assert_eq!(pairs(lock["python"].as_array().unwrap()), pairs(&listed));
+    assert!(pairs(&listed).contains(&("nixuvdemo".into(), "1.0".into())), "{listed:?}");
+    assert!(
+        lock["python"].as_array().unwrap().iter().all(|d| d["recordSha256"].as_str().is_some_and(|h| h.len() == 64)),
+        "{lock}"
+    );
+    assert_eq!(
+        lock["interpreter"]["version"].as_str().unwrap().split('.').take(2).collect::<Vec<_>>().join("."),
+        fx.python
+    );
+    let nix_paths = lock["nix"].as_array().unwrap();
+    assert!(!nix_paths.is_empty(), "{lock}");
+    for p in nix_paths {
+        let rest = p.as_str().unwrap().strip_prefix("/nix/").unwrap();
+        assert!(vols.path("nixuv-nix").join(rest).exists(), "{p}");
+    }
+    // A build in progress (a fresh lease, no marker yet) and a build directory left behind.
+    let building = "1111111111111111";
+    std::fs::write(uv.join(format!(".nixuv/locks/{building}.lease")), "node-7:42:abcd").unwrap();
+    let abandoned = uv.join("envs/.2222222222222222.3333333333333333");
+    std::fs::create_dir_all(abandoned.join("lib")).unwrap();
+    std::fs::write(abandoned.join("lib/x"), vec![0u8; 1000]).unwrap();
+    let envs = |args: &[&str]| {
+        Command::new(common::bin())
+            .arg("envs")
+            .args(args)
+            .arg("--uv-root")
+            .arg(&uv)
+            .arg("--nix-dir")
+            .arg(vols.path("nixuv-nix"))
+            .output()
+            .unwrap()
+    };
+    let out = envs(&["list", "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let state = |i: &str| list.iter().find(|e| e["id"] == i).map(|e| e["state"].as_str().unwrap().to_string());
+    assert_eq!(state(&id).as_deref(), Some("ready"), "{list:?}");
+    assert_eq!(state(building).as_deref(), Some("building"));
+    assert_eq!(state("2222222222222222").as_deref(), Some("abandoned"));
+    let ready = list.iter().find(|e| e["id"] == id.as_str()).unwrap();
+    assert!(
+        ready["bytes"].as_u64().unwrap() > 0 && ready["builtAtUnix"].is_u64() && ready["lastUsedUnix"].is_u64(),
+        "{ready}"
+    );
+    assert_eq!(ready["python"], json!(["nixuvdemo==1.0"]));
+    assert_eq!(list.iter().find(|e| e["id"] == building).unwrap()["holder"], "node-7:42:abcd");
+    assert_eq!(list.iter().find(|e| e["id"] == "2222222222222222").unwrap()["bytes"], 1000);
+    let out = envs(&["show", &id]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("nixuvdemo==1.0  RECORD sha256:") && shown.contains("ready"), "{shown}");
+    eprintln!("{shown}");
+}

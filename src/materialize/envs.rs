@@ -1,0 +1,172 @@
+//! `nixuv envs`: what a store holds, env by env — its declaration, the recorded lock, its size,
+//! when it was built and last used, and whether it is ready, being built (and by whom), or a build
+//! directory left behind. Reads the store as gc does: through no-follow directory handles.
+
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use super::layout::{self, Layout};
+use super::lease;
+use super::lock::Lock;
+use super::store::Kind;
+use super::{read_marker, resolve_in_store, MaterializeError};
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvInfo {
+    pub id: String,
+    /// `ready`, `building` (a live build lease), `incomplete` (a marker whose venv or profile is
+    /// gone) or `abandoned` (a build directory no env points at, its lease dead).
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    pub system: Vec<String>,
+    pub python: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub python_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<Lock>,
+    /// Bytes of the venv and the nix store paths, each file counted once even where it is
+    /// hard-linked several times (uv links venv files from its cache: those bytes are shared with
+    /// the cache and with other envs).
+    pub bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub venv: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub built_at_unix: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_used_unix: Option<u64>,
+}
+
+/// Bytes of the regular files under `dir`, each inode once (links never followed).
+fn disk_bytes(dir: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(m) = std::fs::symlink_metadata(e.path()) else { continue };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() && seen.insert((m.dev(), m.ino())) {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
+
+fn unix(age: Option<Duration>) -> Option<u64> {
+    let t = SystemTime::now().checked_sub(age?)?;
+    t.duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs())
+}
+
+/// Every env of the store at `layout`, sorted by id.
+pub fn list(layout: &Layout, lease_ttl: Duration) -> Result<Vec<EnvInfo>, MaterializeError> {
+    let state = layout.uv_dir(layout::STATE, false)?;
+    let envs = layout.uv_dir(layout::ENVS, false)?;
+    let locks = layout.uv_dir(layout::LOCKS, false)?;
+    let mut ids: Vec<String> = Vec::new();
+    for dir in [&state, &locks].into_iter().flatten() {
+        for n in dir.names()? {
+            if let Some(id) =
+                n.strip_suffix(".json").or_else(|| n.strip_suffix(".lease")).filter(|i| layout::is_env_id(i))
+            {
+                ids.push(id.to_string());
+            }
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    let mut out = Vec::new();
+    let mut claimed: Vec<String> = Vec::new();
+    for id in &ids {
+        let marker = state.as_ref().and_then(|s| read_marker(s, id));
+        let building = locks.as_ref().is_some_and(|l| lease::is_held(l, &layout::lease_name(id), lease_ttl));
+        let holder = building.then(|| locks.as_ref().map(|l| lease::holder(l, &layout::lease_name(id)))).flatten();
+        let link = envs.as_ref().and_then(|e| e.read_link(id)).and_then(|t| t.to_str().map(String::from));
+        if let Some(l) = &link {
+            claimed.push(l.clone());
+        }
+        let mut seen = HashSet::new();
+        let mut bytes = 0;
+        let venv_ok = match (&marker, &link) {
+            (Some(m), Some(l)) if m.venv.as_deref() == Some(l.as_str()) && layout::is_venv_name(id, l) => {
+                let ok = envs.as_ref().and_then(|e| e.subdir(l)).is_some();
+                if ok {
+                    bytes += disk_bytes(&layout.uv_root.join(layout::ENVS).join(l), &mut seen);
+                }
+                ok
+            }
+            (Some(m), _) => m.python.is_empty(),
+            _ => false,
+        };
+        let profile = resolve_in_store(&layout.nix_dir, &layout.profile(id));
+        let nix_ok = marker.as_ref().is_some_and(|m| m.system.is_empty()) || profile.is_some();
+        if let Some(m) = &marker {
+            for p in &m.lock.nix {
+                if let Some(rest) = p.strip_prefix("/nix/") {
+                    bytes += disk_bytes(&layout.nix_dir.join(rest), &mut seen);
+                }
+            }
+        }
+        let state_name = match (&marker, building) {
+            (_, true) => "building",
+            (Some(_), false) if venv_ok && nix_ok => "ready",
+            (Some(_), false) => "incomplete",
+            (None, false) => continue,
+        };
+        let used = state.as_ref().and_then(|s| s.age(layout::used_name(id)));
+        out.push(EnvInfo {
+            id: id.clone(),
+            state: state_name,
+            holder,
+            system: marker.as_ref().map(|m| m.system.clone()).unwrap_or_default(),
+            python: marker.as_ref().map(|m| m.python.clone()).unwrap_or_default(),
+            python_version: marker.as_ref().filter(|m| !m.python.is_empty()).map(|m| m.python_version.clone()),
+            lock: marker.as_ref().map(|m| m.lock.clone()),
+            bytes,
+            venv: link,
+            built_at_unix: marker.as_ref().map(|m| m.built_at_unix),
+            build_seconds: marker.as_ref().map(|m| m.build_seconds),
+            last_used_unix: unix(used),
+        });
+    }
+    // Build directories nothing points at and whose lease is dead: left behind by a killed build.
+    if let Some(envs) = &envs {
+        for n in envs.names()? {
+            let Some((id, tail)) = n.strip_prefix('.').and_then(|r| r.split_once('.')) else { continue };
+            let live = locks.as_ref().is_some_and(|l| lease::is_held(l, &layout::lease_name(id), lease_ttl));
+            if !layout::is_env_id(id)
+                || !layout::is_env_id(tail)
+                || claimed.contains(&n)
+                || live
+                || envs.kind(&n) != Kind::Dir
+            {
+                continue;
+            }
+            let mut seen = HashSet::new();
+            out.push(EnvInfo {
+                id: id.to_string(),
+                state: "abandoned",
+                holder: None,
+                system: Vec::new(),
+                python: Vec::new(),
+                python_version: None,
+                lock: None,
+                bytes: disk_bytes(&layout.uv_root.join(layout::ENVS).join(&n), &mut seen),
+                venv: Some(n.clone()),
+                built_at_unix: None,
+                build_seconds: None,
+                last_used_unix: unix(envs.age(&n)),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id).then(a.state.cmp(b.state)));
+    Ok(out)
+}
