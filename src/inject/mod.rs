@@ -381,8 +381,12 @@ impl Injector {
             )));
         }
         let env = self.memo.get_or_insert_with(&key, || Arc::new(env_for(pod, cfg)));
+        let declaration_warnings = match &*env {
+            EnvOutcome::Env { warnings, .. } => warnings.clone(),
+            _ => Vec::new(),
+        };
         let (plan, init) = match &*env {
-            EnvOutcome::Env { plan, init_container } => (plan, init_container),
+            EnvOutcome::Env { plan, init_container, .. } => (plan, init_container),
             EnvOutcome::Deny(denial) => return Err(denial.clone()),
             EnvOutcome::NoDeps => {
                 let mut d = Decision::pass(Pass::NoDeps);
@@ -418,7 +422,7 @@ impl Injector {
             todo.push(idx);
         }
         let missing = if already { patch::Missing::of(pod) } else { patch::Missing::all() };
-        let mut warnings = Vec::new();
+        let mut warnings = declaration_warnings;
         let volumes = if missing.nix_volume || missing.uv_volume {
             self.storage(ns, claims, &mut warnings)
         } else {
@@ -559,7 +563,12 @@ impl EnvMemo {
 pub enum EnvOutcome {
     NoDeps,
     Deny(Denial),
-    Env { plan: EnvPlan, init_container: Arc<serde_json::value::RawValue> },
+    Env {
+        plan: EnvPlan,
+        init_container: Arc<serde_json::value::RawValue>,
+        /// Warnings about the declaration itself (e.g. a nix Python package as a system dep).
+        warnings: Vec<String>,
+    },
 }
 
 impl EnvOutcome {
@@ -568,10 +577,11 @@ impl EnvOutcome {
         match self {
             EnvOutcome::NoDeps => 0,
             EnvOutcome::Deny(d) => d.message.len(),
-            EnvOutcome::Env { plan, init_container } => {
+            EnvOutcome::Env { plan, init_container, warnings } => {
+                let warned = warnings.iter().map(|w| w.len() + 24).sum::<usize>();
                 let strings = plan.system.iter().chain(&plan.python).map(|s| s.len() + 24).sum::<usize>();
                 let tool = plan.tool_env.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>();
-                strings + tool + plan.nixpkgs.len() + plan.index_url.len() + init_container.get().len() + 128
+                strings + tool + warned + plan.nixpkgs.len() + plan.index_url.len() + init_container.get().len() + 128
             }
         }
     }
@@ -595,7 +605,20 @@ fn env_for(pod: &PodView, cfg: &Config) -> EnvOutcome {
     }
     let plan = EnvPlan::new(&declared, plan_inputs(cfg));
     let init_container = patch::init_container_text(&plan, cfg);
-    EnvOutcome::Env { plan, init_container }
+    let warnings = declared
+        .system
+        .iter()
+        .filter_map(|d| {
+            let (set, pkg) = d.attr.split_once('.')?;
+            (set.starts_with("python") && set.ends_with("Packages")).then(|| {
+                format!(
+                    "nixuv: system dep {:?} is a nix Python package: it goes on PATH, but the app's Python does not see it; declare it as a Python dep instead ({ANN_PYTHON}: {pkg:?})",
+                    d.attr
+                )
+            })
+        })
+        .collect();
+    EnvOutcome::Env { plan, init_container, warnings }
 }
 
 /// Everything [`deps::declared`] reads, length-prefixed and tagged so that distinct declarations

@@ -447,3 +447,19 @@ fn a_moving_nixpkgs_reference_is_warned_about() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_nix_python_package_as_a_system_dep_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let pod = dir.path().join("pod.yaml");
+    std::fs::write(&pod, "apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: {nixuv.io/inject: \"true\"}, annotations: {nixuv.io/system-deps: \"gcc python312Packages.numpy\"}}\nspec: {containers: [{name: app, image: python:3.12}]}\n").unwrap();
+    let out = Command::new(common::bin()).args(["preview", "-f"]).arg(&pod).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("system dep \"python312Packages.numpy\" is a nix Python package")
+            && stderr.contains("nixuv.io/python-deps: \"numpy\""),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("\"gcc\" is a nix"), "{stderr}");
+}
