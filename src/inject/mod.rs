@@ -564,7 +564,7 @@ pub enum EnvOutcome {
     NoDeps,
     Deny(Denial),
     Env {
-        plan: EnvPlan,
+        plan: Box<EnvPlan>,
         init_container: Arc<serde_json::value::RawValue>,
         /// Warnings about the declaration itself (e.g. a nix Python package as a system dep).
         warnings: Vec<String>,
@@ -618,7 +618,7 @@ fn env_for(pod: &PodView, cfg: &Config) -> EnvOutcome {
             })
         })
         .collect();
-    EnvOutcome::Env { plan, init_container, warnings }
+    EnvOutcome::Env { plan: Box::new(plan), init_container, warnings }
 }
 
 /// Everything [`deps::declared`] reads, length-prefixed and tagged so that distinct declarations
