@@ -38,6 +38,22 @@ pub enum Command {
     Preview(PreviewArgs),
     /// The init container: realise the env described by the NIXUV_* environment variables in the
     /// shared stores (nix-portable for system deps, uv for Python deps).
+    #[command(after_help = "Inputs (environment; the webhook sets them on nixuv-init):
+  NIXUV_ENV            the env id (16 hex); recomputed from the rest and refused on a mismatch
+  NIXUV_SYSTEM_DEPS    nixpkgs attribute paths, one per line
+  NIXUV_PYTHON_DEPS    PEP 508 requirements, one per line
+  NIXUV_PYTHON         the Python version (3, 3.X or 3.X.Y)
+  NIXUV_NIXPKGS        the flake reference system deps come from
+  NIXUV_INDEX_URL      the index uv uses (must match UV_DEFAULT_INDEX / UV_INDEX_URL)
+  NIXUV_TOOL_ENV       names of the initEnv variables bound into the id (others are stripped)
+  NIXUV_SOURCE_BUILDS  \"allowed\" when python.allowSourceBuilds is set
+  NIXUV_EXCLUDE_NEWER  python.excludeNewer, when set
+  NIXUV_UV_ROOT        the uv volume (default mount /nixuv/uv)
+  NIXUV_NIX_DIR        the nix volume as nix-portable sees it ($NP_LOCATION/.nix-portable/nix)
+Tuning and tools:
+  NIXUV_LEASE_TTL      lease lifetime (default 60s); NIXUV_WAIT_TIMEOUT  wait for another build (default 1h)
+  NIXUV_UV, NIXUV_NIX_PORTABLE  the tools (default: uv and nix-portable on PATH)
+  NIXUV_LOG            log filter (default info)")]
     Materialize,
     /// Remove envs not used for --max-age from the shared stores, then prune nix and uv.
     Gc(GcArgs),

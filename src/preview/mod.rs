@@ -176,6 +176,20 @@ fn namespace_of<'a>(obj: &'a Value, flag: Option<&'a str>) -> &'a str {
 /// The webhook's decision for a Pod given as a JSON value.
 /// `at`: where the Pod's metadata sits in the object the user wrote (for the warnings).
 pub fn decide_pod_value(pod: &Value, namespace: &str, inj: &Injector, claims: &dyn Claims, at: &str) -> Decision {
+    // YAML reads an unquoted `3.10` as the number 3.1: name the key and say to quote it, rather
+    // than a type error about the whole Pod.
+    for section in ["labels", "annotations"] {
+        let map = pod.get("metadata").and_then(|m| m.get(section)).and_then(Value::as_object);
+        for (k, v) in map.into_iter().flatten() {
+            if v.is_number() || v.is_boolean() {
+                return Denial::invalid(format!(
+                    "{at}.{section}[{k:?}]: {v} is a {}, not a string: quote it in YAML (an unquoted 3.10 is read as the number 3.1, true as a boolean)",
+                    if v.is_number() { "number" } else { "boolean" }
+                ))
+                .into();
+            }
+        }
+    }
     match PodView::deserialize(pod) {
         Ok(view) => inj.decide_view_at(&view, Some(namespace), claims, at),
         Err(e) => Denial::invalid(format!("request.object is not a valid Pod: {e}")).into(),

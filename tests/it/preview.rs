@@ -463,3 +463,45 @@ fn a_nix_python_package_as_a_system_dep_is_warned_about() {
     );
     assert!(!stderr.contains("\"gcc\" is a nix"), "{stderr}");
 }
+
+#[test]
+fn unquoted_yaml_numbers_are_named_and_materialize_help_lists_its_inputs() {
+    let out = Command::new(common::bin())
+        .args(["preview", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(b"apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: {nixuv.io/inject: \"true\"}, annotations: {nixuv.io/python-deps: six, nixuv.io/python: 3.10}}\nspec: {containers: [{name: a, image: x}]}\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("metadata.annotations[\"nixuv.io/python\"]: 3.1 is a number, not a string: quote it"),
+        "{stderr}"
+    );
+    let help = Command::new(common::bin()).args(["materialize", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for var in [
+        nixuv::names::ENV_ID,
+        nixuv::names::ENV_SYSTEM_DEPS,
+        nixuv::names::ENV_PYTHON_DEPS,
+        nixuv::names::ENV_PYTHON,
+        nixuv::names::ENV_NIXPKGS,
+        nixuv::names::ENV_INDEX_URL,
+        nixuv::names::ENV_TOOL_ENV,
+        nixuv::names::ENV_SOURCE_BUILDS,
+        nixuv::names::ENV_EXCLUDE_NEWER,
+        nixuv::names::ENV_UV_ROOT,
+        nixuv::names::ENV_NIX_DIR,
+        "NIXUV_LEASE_TTL",
+        "NIXUV_WAIT_TIMEOUT",
+        "NIXUV_UV",
+        "NIXUV_NIX_PORTABLE",
+    ] {
+        assert!(help.contains(var), "materialize --help lacks {var}");
+    }
+}
