@@ -244,7 +244,7 @@ impl Default for ConfigFile {
             init_image: "ghcr.io/nixuv/nixuv-init:0.1.0".into(),
             init_image_pull_policy: None,
             init_run_as_user: 65532,
-            nixpkgs: "github:NixOS/nixpkgs/ac62194c3917d5f474c1a844b6fd6da2db95077d".into(),
+            nixpkgs: "github:NixOS/nixpkgs/8fd9daa3db09ced9700431c5b7ad0e8ba199b575".into(),
             default_python: "3.12".into(),
             default_path: DEFAULT_PATH.into(),
             image_paths: default_image_paths(),
@@ -552,9 +552,9 @@ mod tests {
     #[test]
     fn moving_flake_refs_are_told_apart() {
         for pinned in [
-            "github:NixOS/nixpkgs/ac62194c3917d5f474c1a844b6fd6da2db95077d",
-            "github:NixOS/nixpkgs?rev=ac62194c3917d5f474c1a844b6fd6da2db95077d",
-            "git+https://example.com/nixpkgs?ref=main&rev=ac62194c3917d5f474c1a844b6fd6da2db95077d",
+            "github:NixOS/nixpkgs/8fd9daa3db09ced9700431c5b7ad0e8ba199b575",
+            "github:NixOS/nixpkgs?rev=8fd9daa3db09ced9700431c5b7ad0e8ba199b575",
+            "git+https://example.com/nixpkgs?ref=main&rev=8fd9daa3db09ced9700431c5b7ad0e8ba199b575",
             "path:/srv/nixpkgs",
         ] {
             assert!(pinned_flake_ref(pinned), "{pinned}");

@@ -180,7 +180,7 @@ mod tests {
             &declared(None, Some(&ann)).unwrap(),
             PlanInputs {
                 default_python: &PythonVersion::parse("3.12").unwrap(),
-                nixpkgs: "github:NixOS/nixpkgs/ac62194c3917d5f474c1a844b6fd6da2db95077d",
+                nixpkgs: "github:NixOS/nixpkgs/8fd9daa3db09ced9700431c5b7ad0e8ba199b575",
                 index_url: crate::toolenv::DEFAULT_INDEX_URL,
                 tool_env: &[],
                 allow_source_builds: false,
@@ -196,11 +196,11 @@ mod tests {
         let p = plan("gcc, ffmpeg-headless", "pandas>=2,<3, NumPy==1.26.4", None);
         assert_eq!(
             p.canonical(),
-            "nixuv-env-v1\nnixpkgs=github:NixOS/nixpkgs/ac62194c3917d5f474c1a844b6fd6da2db95077d\nsystem=ffmpeg-headless\nsystem=gcc\n\
+            "nixuv-env-v1\nnixpkgs=github:NixOS/nixpkgs/8fd9daa3db09ced9700431c5b7ad0e8ba199b575\nsystem=ffmpeg-headless\nsystem=gcc\n\
              python-version=3.12\nindex=https://pypi.org/simple\npython=numpy==1.26.4\npython=pandas>=2,<3\n"
         );
         assert_eq!(p.id, env_id(&p.canonical()));
-        assert_eq!(p.id, "4b9b2db85bf72786");
+        assert_eq!(p.id, "238f9abbc854cf1c");
     }
 
     #[test]
