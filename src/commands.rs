@@ -283,6 +283,7 @@ pub fn preview(a: PreviewArgs) -> ExitCode {
         Output::Yaml => preview::output::yaml(&docs, &previews),
         Output::Json => preview::output::json(&docs, &previews),
         Output::Patch => preview::output::patches(&previews),
+        Output::WarmJob => preview::output::warm_jobs(&previews, a.namespace.as_deref()),
     };
     print!("{rendered}");
     let (mut denied, mut warned) = (false, false);

@@ -728,3 +728,69 @@ fn the_lock_is_recorded_and_envs_lists_the_store() {
     assert!(shown.contains("nixuvdemo==1.0  RECORD sha256:") && shown.contains("ready"), "{shown}");
     eprintln!("{shown}");
 }
+
+/// `nixuv preview -o warm-job`: one Job per distinct env of a manifest; running its container (as
+/// the cluster would) builds exactly the envs the webhook gives the manifest's Pods, which then
+/// start warm.
+#[test]
+fn warm_jobs_build_the_envs_a_manifest_will_need() {
+    let fx = Fixture::new();
+    let vols = Volumes::new();
+    let manifest = fx.dir.path().join("fanout.yaml");
+    std::fs::write(&manifest, format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web, namespace: team-a}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web, nixuv.io/inject: \"true\"}}, annotations: {{nixuv.io/python-deps: nixuvdemo==1.0, nixuv.io/python: \"{py}\"}}}}\n    spec: {{containers: [{{name: app, image: x}}]}}\n\
+         ---\napiVersion: v1\nkind: Pod\nmetadata: {{name: same-env, namespace: team-a, labels: {{nixuv.io/inject: \"true\"}}, annotations: {{nixuv.io/python-deps: nixuvdemo==1.0, nixuv.io/python: \"{py}\"}}}}\nspec: {{containers: [{{name: app, image: x}}]}}\n\
+         ---\napiVersion: batch/v1\nkind: Job\nmetadata: {{name: tools, namespace: team-a}}\nspec:\n  template:\n    metadata: {{labels: {{nixuv.io/inject: \"true\", system.nixuv.io/hello-nixuv: \"\"}}}}\n    spec: {{restartPolicy: Never, containers: [{{name: app, image: x}}]}}\n",
+        py = fx.python
+    )).unwrap();
+    let preview = |o: &str| {
+        let out = Command::new(common::bin())
+            .args(["preview", "-o", o, "--config"])
+            .arg(&fx.config)
+            .arg("-f")
+            .arg(&manifest)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let docs = |text: &str| -> Vec<Value> {
+        serde_yaml_ng::Deserializer::from_str(text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect()
+    };
+    let jobs = docs(&preview("warm-job"));
+    let mutated = docs(&preview("yaml"));
+    let ids_of = |objs: &[Value]| -> std::collections::BTreeSet<String> {
+        objs.iter()
+            .map(|o| {
+                let meta = if o["kind"] == "Pod" { &o["metadata"] } else { &o["spec"]["template"]["metadata"] };
+                meta["annotations"]["nixuv.io/env"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    let want = ids_of(&mutated);
+    assert_eq!(want.len(), 2, "two distinct envs");
+    assert_eq!(jobs.len(), 2, "one Job per distinct env: {jobs:?}");
+    let got: std::collections::BTreeSet<String> =
+        jobs.iter().map(|j| j["metadata"]["labels"]["nixuv.io/env"].as_str().unwrap().to_string()).collect();
+    assert_eq!(got, want);
+    for job in &jobs {
+        assert_eq!(job["metadata"]["namespace"], "team-a");
+        let spec = &job["spec"]["template"]["spec"];
+        assert!(
+            job["spec"]["template"]["metadata"]["labels"].get("nixuv.io/inject").is_none(),
+            "the Job is not itself injected"
+        );
+        // Run the Job's container as the cluster would: its command, env and mounts.
+        let pod =
+            json!({"spec": {"initContainers": [spec["containers"][0].clone()], "volumes": spec["volumes"].clone()}});
+        let out = run_init(&pod, &vols, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains("env built and published"), "{}", text(&out));
+    }
+    // The manifest's own Pods then find their envs built.
+    for obj in &mutated {
+        let tpl = if obj["kind"] == "Pod" { obj.clone() } else { obj["spec"]["template"].clone() };
+        let warm = run_init(&tpl, &vols, &[]);
+        assert!(text(&warm).contains("already built"), "{}", text(&warm));
+    }
+}
