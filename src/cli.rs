@@ -136,9 +136,14 @@ pub struct GcArgs {
 
 #[derive(Debug, Args)]
 pub struct PreviewArgs {
-    /// Manifest to read (YAML or JSON, several documents or a List); `-` for stdin.
-    #[arg(short = 'f', long = "filename")]
-    pub file: String,
+    /// Manifest to read (YAML or JSON, several documents or a List); `-` for stdin. Repeat it for
+    /// several files; a directory reads its `.yaml`, `.yml` and `.json` files (with `-R`, those of
+    /// its subdirectories too), as `kubectl apply -f` does.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub file: Vec<String>,
+    /// With a directory for `-f`, read its subdirectories too.
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
     /// The init image to inject, overriding the config's `initImage`.
     #[arg(long, env = "NIXUV_INIT_IMAGE")]
     pub init_image: Option<String>,

@@ -247,6 +247,43 @@ pub fn certs(a: CertsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The files `-f` names: `-` and files as given, directories expanded to their `.yaml`, `.yml`
+/// and `.json` files in name order (their subdirectories too with `recursive`).
+fn manifest_files(args: &[String], recursive: bool) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for arg in args {
+        let path = std::path::Path::new(arg);
+        if arg == "-" || !path.is_dir() {
+            out.push(arg.clone());
+            continue;
+        }
+        let mut found = Vec::new();
+        let mut stack = vec![path.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let entries = std::fs::read_dir(&dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    if recursive {
+                        stack.push(p);
+                    }
+                } else if p.extension().and_then(|x| x.to_str()).is_some_and(|x| matches!(x, "yaml" | "yml" | "json")) {
+                    found.push(p.display().to_string());
+                }
+            }
+        }
+        if found.is_empty() {
+            return Err(format!(
+                "{arg}: no .yaml, .yml or .json files{}",
+                if recursive { "" } else { " (use -R for subdirectories)" }
+            ));
+        }
+        found.sort();
+        out.extend(found);
+    }
+    Ok(out)
+}
+
 /// `nixuv preview`: exit 0 when everything is allowed, 1 when an object is denied, 2 when the
 /// input or the flags are unusable, 3 with `--strict` when there is any warning.
 pub fn preview(a: PreviewArgs) -> ExitCode {
@@ -261,47 +298,86 @@ pub fn preview(a: PreviewArgs) -> ExitCode {
         Ok(c) => Injector::new(c),
         Err(e) => return fail(e.to_string()),
     };
-    let mut text = String::new();
-    let read = if a.file == "-" {
-        std::io::stdin().read_to_string(&mut text).map(|_| ())
-    } else {
-        std::fs::read_to_string(&a.file).map(|t| text = t)
+    let inputs = match manifest_files(&a.file, a.recursive) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
     };
-    if let Err(e) = read {
-        return fail(format!("reading {}: {e}", a.file));
+    let several = inputs.len() > 1;
+    let mut all_docs = Vec::new();
+    let mut all_previews = Vec::new();
+    let mut first_format = None;
+    for input in &inputs {
+        let mut text = String::new();
+        let read = if input == "-" {
+            std::io::stdin().read_to_string(&mut text).map(|_| ())
+        } else {
+            std::fs::read_to_string(input).map(|t| text = t)
+        };
+        if let Err(e) = read {
+            return fail(format!("reading {input}: {e}"));
+        }
+        match preview::preview_text(&text, a.namespace.as_deref(), &injector, &AssumePresent) {
+            Ok((format, docs, previews)) => {
+                first_format.get_or_insert(format);
+                all_docs.push(docs);
+                all_previews.push(previews);
+            }
+            Err(e) => return fail(format!("{input}: {e}")),
+        }
     }
-    let (format, docs, previews) = match preview::preview_text(&text, a.namespace.as_deref(), &injector, &AssumePresent)
-    {
-        Ok(r) => r,
-        Err(e) => return fail(format!("{}: {e}", a.file)),
-    };
-    let output = a.output.unwrap_or(match format {
+    let output = a.output.unwrap_or(match first_format.unwrap_or(preview::Format::Yaml) {
         preview::Format::Yaml => Output::Yaml,
         preview::Format::Json => Output::Json,
     });
     let rendered = match output {
-        Output::Yaml => preview::output::yaml(&docs, &previews),
-        Output::Json => preview::output::json(&docs, &previews),
-        Output::Patch => preview::output::patches(&previews),
-        Output::WarmJob => preview::output::warm_jobs(&previews, a.namespace.as_deref()),
+        Output::Yaml => all_docs
+            .iter()
+            .zip(&all_previews)
+            .map(|(d, p)| preview::output::yaml(d, p))
+            .collect::<Vec<_>>()
+            .join("---\n"),
+        Output::Json if several => {
+            let items: Vec<serde_json::Value> = all_docs
+                .iter()
+                .zip(&all_previews)
+                .flat_map(|(d, p)| preview::output::mutated_documents(d, p))
+                .collect();
+            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+            format!("{}\n", serde_json::to_string_pretty(&list).expect("serialises"))
+        }
+        Output::Json => preview::output::json(&all_docs[0], &all_previews[0]),
+        Output::Patch => all_previews.iter().map(|p| preview::output::patches(p)).collect::<Vec<_>>().concat(),
+        Output::WarmJob => {
+            let flat: Vec<_> = all_previews.iter().flatten().cloned().collect();
+            preview::output::warm_jobs(&flat, a.namespace.as_deref())
+        }
     };
+    let previews: Vec<_> = inputs
+        .iter()
+        .zip(&all_previews)
+        .flat_map(|(input, ps)| ps.iter().map(move |p| (several.then_some(input.as_str()), p)))
+        .collect();
     print!("{rendered}");
     let (mut denied, mut warned) = (false, false);
     if let Some(w) = injector.config().nixpkgs_warning() {
         warned = true;
         eprintln!("nixuv preview: warning: {w}");
     }
-    for p in &previews {
+    for (file, p) in &previews {
+        let label = match file {
+            Some(f) => format!("{f}: {}", p.label()),
+            None => p.label(),
+        };
         for w in &p.warnings {
             warned = true;
-            eprintln!("nixuv preview: {}: warning: {w}", p.label());
+            eprintln!("nixuv preview: {label}: warning: {w}");
         }
         for n in &p.notes {
-            eprintln!("nixuv preview: {}: note: {n}", p.label());
+            eprintln!("nixuv preview: {label}: note: {n}");
         }
         if let Some(msg) = p.denial() {
             denied = true;
-            eprintln!("nixuv preview: {}: {msg}", p.label());
+            eprintln!("nixuv preview: {label}: {msg}");
         }
     }
     if denied {

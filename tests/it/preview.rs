@@ -505,3 +505,45 @@ fn unquoted_yaml_numbers_are_named_and_materialize_help_lists_its_inputs() {
         assert!(help.contains(var), "materialize --help lacks {var}");
     }
 }
+
+#[test]
+fn several_files_and_directories_like_kubectl() {
+    let dir = tempfile::tempdir().unwrap();
+    let pod = |name: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{nixuv.io/inject: \"true\"}}, annotations: {{nixuv.io/system-deps: gcc}}}}\nspec: {{containers: [{{name: app, image: x}}]}}\n")
+    };
+    std::fs::create_dir_all(dir.path().join("manifests/sub")).unwrap();
+    std::fs::write(dir.path().join("manifests/a.yaml"), pod("a")).unwrap();
+    std::fs::write(dir.path().join("manifests/notes.txt"), "not a manifest").unwrap();
+    std::fs::write(
+        dir.path().join("manifests/sub/b.json"),
+        r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"b","labels":{"nixuv.io/inject":"yes"}},"spec":{"containers":[{"name":"app","image":"x"}]}}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("c.yaml"), pod("c")).unwrap();
+    let run =
+        |args: &[&str]| Command::new(common::bin()).arg("preview").args(args).current_dir(dir.path()).output().unwrap();
+    let names = |out: &std::process::Output| -> Vec<String> {
+        let v: Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stdout)));
+        let items = if v["kind"] == "List" { v["items"].as_array().unwrap().clone() } else { vec![v] };
+        items.iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()).collect()
+    };
+    // A directory: its manifests, not its subdirectories, unless -R.
+    let out = run(&["-o", "json", "-f", "manifests"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(names(&out), ["a"]);
+    let out = run(&["-o", "json", "-R", "-f", "manifests", "-f", "c.yaml"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(names(&out), ["a", "b", "c"]);
+    // Each warning names its file.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("manifests/sub/b.json: document 1 (Pod b): warning:"), "{stderr}");
+    // YAML output keeps one document per object; an empty directory is an error.
+    let out = run(&["-f", "manifests", "-f", "c.yaml"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).matches("nixuv.io/status: injected").count(), 2);
+    std::fs::create_dir(dir.path().join("empty")).unwrap();
+    let out = run(&["-f", "empty"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no .yaml, .yml or .json files"));
+}
