@@ -8,6 +8,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
 use crate::names::RESERVED_INIT_ENV_PREFIX;
+use crate::plan::PlanInputs;
 use crate::toolenv::{effective_index, tool_scope, valid_index_url, FIXED_TOOL_ENV};
 pub use crate::values::{is_dns1123_label, is_dns1123_subdomain};
 use crate::values::{InitPlacement, PullPolicy, PythonVersion, Quantity};
@@ -174,6 +175,18 @@ pub fn pinned_flake_ref(r: &str) -> bool {
 }
 
 impl Config {
+    /// What an env plan takes from the config: the few values it needs, not the config itself.
+    pub fn plan_inputs(&self) -> PlanInputs<'_> {
+        PlanInputs {
+            default_python: &self.default_python,
+            nixpkgs: &self.file.nixpkgs,
+            index_url: &self.index_url,
+            tool_env: &self.tool_env,
+            allow_source_builds: self.file.python.allow_source_builds,
+            exclude_newer: self.file.python.exclude_newer.as_deref(),
+        }
+    }
+
     /// A note for the log when Python resolution depends on the build time.
     pub fn exclude_newer_note(&self) -> Option<&'static str> {
         self.file.python.exclude_newer.is_none().then_some(

@@ -157,18 +157,6 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::plan::deps::declared;
-    use crate::plan::PlanInputs;
-
-    fn inputs(cfg: &Config) -> PlanInputs<'_> {
-        PlanInputs {
-            default_python: &cfg.default_python,
-            nixpkgs: &cfg.file.nixpkgs,
-            index_url: &cfg.index_url,
-            tool_env: &cfg.tool_env,
-            allow_source_builds: cfg.file.python.allow_source_builds,
-            exclude_newer: cfg.file.python.exclude_newer.as_deref(),
-        }
-    }
     use std::collections::{BTreeMap, HashMap};
 
     #[test]
@@ -177,7 +165,7 @@ mod tests {
             ("nixuv.io/system-deps".to_string(), "gcc ffmpeg-headless python312Packages.numpy".to_string()),
             ("nixuv.io/python-deps".to_string(), "pandas>=2,<3, requests[socks]; python_version > '3.8'".to_string()),
         ]);
-        let plan = EnvPlan::new(&declared(None, Some(&ann)).unwrap(), inputs(&Config::default()));
+        let plan = EnvPlan::new(&declared(None, Some(&ann)).unwrap(), Config::default().plan_inputs());
         let spec = EnvSpec::for_plan(&plan);
         let env: HashMap<&str, String> = spec.to_env().into_iter().collect();
         let back = EnvSpec::from_env(|k| env.get(k).cloned()).unwrap();
@@ -188,7 +176,7 @@ mod tests {
 
     #[test]
     fn tampered_env_is_rejected() {
-        let plan = EnvPlan::new(&Default::default(), inputs(&Config::default()));
+        let plan = EnvPlan::new(&Default::default(), Config::default().plan_inputs());
         let good: HashMap<&str, String> = EnvSpec::for_plan(&plan).to_env().into_iter().collect();
         let cases: &[(&str, &str)] = &[
             (ENV_ID, "../../etc"),
@@ -222,7 +210,7 @@ mod tests {
         )
         .unwrap();
         let ann = BTreeMap::from([("nixuv.io/python-deps".to_string(), "six".to_string())]);
-        let plan = EnvPlan::new(&declared(None, Some(&ann)).unwrap(), inputs(&cfg));
+        let plan = EnvPlan::new(&declared(None, Some(&ann)).unwrap(), cfg.plan_inputs());
         let mut env: HashMap<&str, String> = EnvSpec::for_plan(&plan).to_env().into_iter().collect();
         assert_eq!(env[ENV_TOOL_ENV], "NIX_CONFIG,UV_DEFAULT_INDEX");
         for e in &cfg.file.init_env {

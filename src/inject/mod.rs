@@ -17,7 +17,7 @@ use patch::AddPatch;
 use crate::claims::{AssumePresent, ClaimState, Claims};
 use crate::config::{Config, StorageMode};
 use crate::names::*;
-use crate::plan::{deps, EnvPlan, PlanInputs};
+use crate::plan::{deps, EnvPlan};
 use crate::review::{AdmissionRequest, AdmissionResponse, Status};
 use crate::values::InitPlacement;
 use pod::PodView;
@@ -442,9 +442,12 @@ impl Injector {
             )));
         }
         let mut notes = Vec::new();
-        for &idx in &todo {
+        let mut targets = Vec::with_capacity(todo.len());
+        for idx in todo {
             let c = &containers[idx];
-            if c.env_var("PATH").is_none() && patch::image_path(pod, c, cfg).1 {
+            let (target, defaulted) = patch::Target::new(idx, pod, c, cfg);
+            targets.push(target);
+            if defaulted && c.env_var("PATH").is_none() {
                 notes.push(format!(
                     "container {:?} (image {:?}) sets no PATH and its image is not in imagePaths: its PATH becomes the env's directories and defaultPath, so directories its image puts on PATH are lost; add the image to imagePaths or set annotation {ANN_IMAGE_PATH:?}",
                     c.name,
@@ -453,7 +456,7 @@ impl Injector {
             }
         }
         let at = patch::Placement { stores: volumes, init_index: patch::init_index(pod, placement) };
-        let patch = patch::build(pod, plan, init, &todo, &missing, at, cfg);
+        let patch = patch::build(pod, plan, init, &targets, &missing, at, cfg);
         let env_id = plan.id.clone();
         let verdict = if patch.is_empty() { Verdict::Unchanged { env_id } } else { Verdict::Inject { env_id, patch } };
         Ok(Decision { verdict, warnings, notes })
@@ -506,18 +509,6 @@ impl Claims for Known<'_> {
             (true, n) if n == self.uv => self.states.uv,
             _ => ClaimState::Unknown,
         }
-    }
-}
-
-/// What an env plan takes from the config.
-pub fn plan_inputs(cfg: &Config) -> PlanInputs<'_> {
-    PlanInputs {
-        default_python: &cfg.default_python,
-        nixpkgs: &cfg.file.nixpkgs,
-        index_url: &cfg.index_url,
-        tool_env: &cfg.tool_env,
-        allow_source_builds: cfg.file.python.allow_source_builds,
-        exclude_newer: cfg.file.python.exclude_newer.as_deref(),
     }
 }
 
@@ -603,7 +594,7 @@ fn env_for(pod: &PodView, cfg: &Config) -> EnvOutcome {
     if let Err(e) = policy::check(&declared, cfg) {
         return EnvOutcome::Deny(Denial::policy(e.to_string()));
     }
-    let plan = EnvPlan::new(&declared, plan_inputs(cfg));
+    let plan = EnvPlan::new(&declared, cfg.plan_inputs());
     let init_container = patch::init_container_text(&plan, cfg);
     let warnings = declared
         .system

@@ -218,8 +218,27 @@ pub fn image_path<'a>(pod: &'a PodView, c: &ContainerView, cfg: &'a Config) -> (
     }
 }
 
-fn patch_container(ops: &mut Ops, at: usize, pod: &PodView, c: &ContainerView, plan: &EnvPlan, cfg: &Config) {
-    let base = [key("spec"), key("containers"), index(at)];
+/// A container to patch and what its PATH keeps after the env's directories.
+pub struct Target<'a> {
+    pub index: usize,
+    pub path_tail: &'a str,
+}
+
+impl<'a> Target<'a> {
+    /// The target for container `index`: its own non-empty PATH is kept, else [`image_path`]'s.
+    /// The flag is [`image_path`]'s, false when the container's PATH is kept.
+    pub fn new(index: usize, pod: &'a PodView, c: &'a ContainerView, cfg: &'a Config) -> (Self, bool) {
+        let own = c.env_var("PATH").and_then(|(_, e)| e.value.as_deref()).filter(|v| !v.is_empty());
+        let (path_tail, defaulted) = match own {
+            Some(p) => (p, false),
+            None => image_path(pod, c, cfg),
+        };
+        (Target { index, path_tail }, defaulted)
+    }
+}
+
+fn patch_container(ops: &mut Ops, t: &Target, c: &ContainerView, plan: &EnvPlan) {
+    let base = [key("spec"), key("containers"), index(t.index)];
     match &c.volume_mounts {
         None => ops.add(base.iter().cloned().chain([key("volumeMounts")]), Value::Array(target_mounts().to_vec())),
         Some(_) => {
@@ -229,8 +248,7 @@ fn patch_container(ops: &mut Ops, at: usize, pod: &PodView, c: &ContainerView, p
         }
     }
     let existing_path = c.env_var("PATH");
-    let old = existing_path.and_then(|(_, e)| e.value.as_deref()).filter(|v| !v.is_empty());
-    let path = format!("{}:{}", plan.path_prefix(), old.unwrap_or_else(|| image_path(pod, c, cfg).0));
+    let path = format!("{}:{}", plan.path_prefix(), t.path_tail);
     let mut env = target_env(plan, path);
     match (&c.env, existing_path) {
         (None, _) => ops.add(base.iter().cloned().chain([key("env")]), Value::Array(env)),
@@ -290,12 +308,12 @@ pub fn init_index(pod: &PodView, placement: InitPlacement) -> usize {
     }
 }
 
-/// The patch for `pod`: what `missing` says, plus env and mounts for each target container index.
+/// The patch for `pod`: what `missing` says, plus env and mounts for each target container.
 pub fn build(
     pod: &PodView,
     plan: &EnvPlan,
     init: &Arc<RawValue>,
-    targets: &[usize],
+    targets: &[Target],
     missing: &Missing,
     at: Placement,
     cfg: &Config,
@@ -341,8 +359,8 @@ pub fn build(
         }
     }
     let containers = pod.containers();
-    for &idx in targets {
-        patch_container(&mut ops, idx, pod, &containers[idx], plan, cfg);
+    for t in targets {
+        patch_container(&mut ops, t, &containers[t.index], plan);
     }
     AddPatch(ops.0)
 }

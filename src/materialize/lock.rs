@@ -5,12 +5,12 @@
 //! from logs.
 
 use std::ffi::OsString;
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::store::{Contents, StoreDir};
 use super::tool::{Tool, ToolError};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -42,26 +42,28 @@ pub struct Lock {
     pub nix: Vec<String>,
 }
 
-/// A small text file of the freshly built venv (`pyvenv.cfg`, a `RECORD`), size-capped.
-fn read_capped(path: &Path) -> Option<Vec<u8>> {
-    let m = fs::symlink_metadata(path).ok()?;
-    (m.is_file() && m.len() <= 16 << 20).then(|| fs::read(path).ok()).flatten()
+/// A small text file (`pyvenv.cfg`, a `RECORD`, `manifest.json`) in a store directory, read the
+/// store's way: never through a link, never blocking on a FIFO, size-capped.
+fn read_capped(dir: &StoreDir, name: &str) -> Option<Vec<u8>> {
+    match dir.read_small(name, 16 << 20) {
+        Ok(Contents::Bytes(b)) => Some(b),
+        _ => None,
+    }
+}
+
+/// `dir`, opened for reading (the directory this build just made or resolved).
+fn open(dir: &Path) -> Option<StoreDir> {
+    StoreDir::open(dir, "", false).ok().flatten()
 }
 
 fn normalise(name: &str) -> String {
     name.chars().map(|c| if c == '-' || c == '.' { '_' } else { c.to_ascii_lowercase() }).collect()
 }
 
-/// The venv's `site-packages` directories.
-fn site_packages(venv: &Path) -> Vec<PathBuf> {
-    let lib = venv.join("lib");
-    fs::read_dir(&lib)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("site-packages"))
-        .filter(|p| p.is_dir())
-        .collect()
+/// The venv's `lib/*/site-packages` directories.
+fn site_packages(venv: &StoreDir) -> Vec<StoreDir> {
+    let Some(lib) = venv.subdir("lib") else { return Vec::new() };
+    lib.names().unwrap_or_default().iter().filter_map(|n| lib.subdir(n)?.subdir("site-packages")).collect()
 }
 
 /// The interpreter and distributions of `venv`, from uv and the venv's own files.
@@ -71,8 +73,12 @@ pub fn python(
     env: &[(&str, OsString)],
     remove: &[&str],
 ) -> Result<(Interpreter, Vec<Dist>), ToolError> {
-    let cfg =
-        read_capped(&venv.join("pyvenv.cfg")).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let dir = open(venv);
+    let cfg = dir
+        .as_ref()
+        .and_then(|d| read_capped(d, "pyvenv.cfg"))
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let field = |k: &str| {
         cfg.lines()
             .find_map(|l| l.split_once('=').filter(|(key, _)| key.trim() == k).map(|(_, v)| v.trim().to_string()))
@@ -94,12 +100,12 @@ pub fn python(
         version: String,
     }
     let listed: Vec<Listed> = serde_json::from_str(&out).unwrap_or_default();
-    let sites = site_packages(venv);
+    let sites = dir.as_ref().map(site_packages).unwrap_or_default();
     let dists = listed
         .into_iter()
         .map(|l| {
             let dir = format!("{}-{}.dist-info", normalise(&l.name), l.version);
-            let record = sites.iter().find_map(|s| read_capped(&s.join(&dir).join("RECORD")));
+            let record = sites.iter().find_map(|s| read_capped(&s.subdir(&dir)?, "RECORD"));
             Dist { record_sha256: record.map(|r| hex::encode(Sha256::digest(r))), name: l.name, version: l.version }
         })
         .collect();
@@ -109,7 +115,7 @@ pub fn python(
 /// The store paths of the profile whose resolved directory (in the nix volume) is `profile_dir`,
 /// from nix's own `manifest.json`; the paths are as nix and app containers see them (`/nix/...`).
 pub fn nix(profile_dir: &Path) -> Vec<String> {
-    let Some(text) = read_capped(&profile_dir.join("manifest.json")) else { return Vec::new() };
+    let Some(text) = open(profile_dir).and_then(|d| read_capped(&d, "manifest.json")) else { return Vec::new() };
     let v: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
     let mut out: Vec<String> = v["elements"]
         .as_array()

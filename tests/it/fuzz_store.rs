@@ -187,7 +187,7 @@ proptest! {
                 prune_stores: false,
             };
             let _ = gc(&layout, &opts);
-            let mut env = EnvPlan::new(&Default::default(), nixuv::inject::plan_inputs(&nixuv::config::Config::default()));
+            let mut env = EnvPlan::new(&Default::default(), nixuv::config::Config::default().plan_inputs());
             env.python = vec!["six".into()];
             env.id = ID.into();
             let spec = EnvSpec::for_plan(&env);
