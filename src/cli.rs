@@ -48,6 +48,7 @@ pub enum Command {
   NIXUV_TOOL_ENV       names of the initEnv variables bound into the id (others are stripped)
   NIXUV_SOURCE_BUILDS  \"allowed\" when python.allowSourceBuilds is set
   NIXUV_EXCLUDE_NEWER  python.excludeNewer, when set
+  NIXUV_PYTHON_MODE    \"overlay\" for a PYTHONPATH directory instead of a venv
   NIXUV_UV_ROOT        the uv volume (default mount /nixuv/uv)
   NIXUV_NIX_DIR        the nix volume as nix-portable sees it ($NP_LOCATION/.nix-portable/nix)
 Tuning and tools:

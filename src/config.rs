@@ -11,7 +11,7 @@ use crate::names::RESERVED_INIT_ENV_PREFIX;
 use crate::plan::PlanInputs;
 use crate::toolenv::{effective_index, tool_scope, valid_index_url, FIXED_TOOL_ENV};
 pub use crate::values::{is_dns1123_label, is_dns1123_subdomain};
-use crate::values::{InitPlacement, PullPolicy, PythonVersion, Quantity};
+use crate::values::{InitPlacement, PullPolicy, PythonMode, PythonVersion, Quantity};
 
 /// The default PATH given to a target container that does not set PATH itself. Images set PATH in
 /// their own config, which Kubernetes does not show us; this is the usual Debian/OCI default.
@@ -85,6 +85,9 @@ pub struct PythonFile {
     /// Resolve as of this RFC 3339 date-time (uv's `--exclude-newer`): the same declaration then
     /// resolves to the same versions whenever and wherever it is built.
     pub exclude_newer: Option<String>,
+    /// `venv` (an isolated venv, the default) or `overlay` (packages on PYTHONPATH, the image's
+    /// own interpreter and packages kept); a Pod may choose with `nixuv.io/python-mode`.
+    pub mode: PythonMode,
 }
 
 /// An extra environment variable for the init container (a plain value only: the init container
@@ -184,6 +187,7 @@ impl Config {
             tool_env: &self.tool_env,
             allow_source_builds: self.file.python.allow_source_builds,
             exclude_newer: self.file.python.exclude_newer.as_deref(),
+            default_python_mode: self.file.python.mode,
         }
     }
 

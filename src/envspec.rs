@@ -4,13 +4,13 @@
 
 use crate::names::{ANN_PYTHON, INIT_NIX_DIR, UV_ROOT};
 pub use crate::names::{
-    ENV_EXCLUDE_NEWER, ENV_ID, ENV_INDEX_URL, ENV_NIXPKGS, ENV_NIX_DIR, ENV_PYTHON, ENV_PYTHON_DEPS, ENV_SOURCE_BUILDS,
-    ENV_SYSTEM_DEPS, ENV_TOOL_ENV, ENV_UV_ROOT,
+    ENV_EXCLUDE_NEWER, ENV_ID, ENV_INDEX_URL, ENV_NIXPKGS, ENV_NIX_DIR, ENV_PYTHON, ENV_PYTHON_DEPS, ENV_PYTHON_MODE,
+    ENV_SOURCE_BUILDS, ENV_SYSTEM_DEPS, ENV_TOOL_ENV, ENV_UV_ROOT,
 };
 use crate::plan::deps::{self, Source};
 use crate::plan::EnvPlan;
 use crate::toolenv::{effective_index, tool_scope, valid_index_url};
-use crate::values::{valid_attr_path, valid_python_version};
+use crate::values::{valid_attr_path, valid_python_version, PythonMode};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EnvSpecError {
@@ -52,6 +52,9 @@ impl EnvSpec {
         }
         if let (Some(t), true) = (&self.plan.exclude_newer, self.plan.has_python()) {
             env.push((ENV_EXCLUDE_NEWER, t.clone()));
+        }
+        if self.plan.is_overlay() {
+            env.push((ENV_PYTHON_MODE, PythonMode::Overlay.as_str().to_string()));
         }
         if !self.plan.tool_env.is_empty() {
             let names: Vec<&str> = self.plan.tool_env.iter().map(|(k, _)| k.as_str()).collect();
@@ -111,6 +114,10 @@ impl EnvSpec {
             Some("allowed") => true,
             Some(other) => return Err(bad(ENV_SOURCE_BUILDS, other, "is not \"allowed\"")),
         };
+        let python_mode = match get(ENV_PYTHON_MODE).as_deref() {
+            None | Some("") => PythonMode::Venv,
+            Some(v) => PythonMode::parse(v).ok_or_else(|| bad(ENV_PYTHON_MODE, v, "is not \"venv\" or \"overlay\""))?,
+        };
         let exclude_newer = get(ENV_EXCLUDE_NEWER).filter(|t| !t.is_empty());
         if let Some(t) = exclude_newer.as_deref().filter(|t| !crate::values::valid_rfc3339(t)) {
             return Err(bad(ENV_EXCLUDE_NEWER, t, "is not an RFC 3339 date-time"));
@@ -145,6 +152,7 @@ impl EnvSpec {
                 tool_env,
                 allow_source_builds,
                 exclude_newer,
+                python_mode,
             },
             uv_root,
             nix_dir,
@@ -172,6 +180,14 @@ mod tests {
         assert_eq!(back, spec);
         // The id still matches the deps after the trip.
         assert_eq!(crate::plan::env_id(&back.plan.canonical()), back.plan.id);
+        // So does an overlay's.
+        let mut ann = ann;
+        ann.insert("nixuv.io/python-mode".into(), "overlay".into());
+        let overlay =
+            EnvSpec::for_plan(&EnvPlan::new(&declared(None, Some(&ann)).unwrap(), Config::default().plan_inputs()));
+        let env: HashMap<&str, String> = overlay.to_env().into_iter().collect();
+        assert_eq!(env[ENV_PYTHON_MODE], "overlay");
+        assert_eq!(EnvSpec::from_env(|k| env.get(k).cloned()).unwrap(), overlay);
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub const LABEL_INJECT: &str = "nixuv.io/inject";
 pub const ANN_SYSTEM: &str = "nixuv.io/system-deps";
 pub const ANN_PYTHON: &str = "nixuv.io/python-deps";
 pub const ANN_PYTHON_VERSION: &str = "nixuv.io/python";
+pub const ANN_PYTHON_MODE: &str = "nixuv.io/python-mode";
 pub const ANN_CONTAINERS: &str = "nixuv.io/containers";
 pub const ANN_INIT_PLACEMENT: &str = "nixuv.io/init-placement";
 pub const ANN_IMAGE_PATH: &str = "nixuv.io/image-path";
@@ -47,5 +48,10 @@ pub const ENV_TOOL_ENV: &str = "NIXUV_TOOL_ENV";
 pub const ENV_SOURCE_BUILDS: &str = "NIXUV_SOURCE_BUILDS";
 /// `python.excludeNewer`, when set.
 pub const ENV_EXCLUDE_NEWER: &str = "NIXUV_EXCLUDE_NEWER";
+/// `overlay` when the Python deps go into a PYTHONPATH directory; absent: a venv.
+pub const ENV_PYTHON_MODE: &str = "NIXUV_PYTHON_MODE";
+/// Where the init image keeps the interpreters it carries, with uv's download list for them
+/// (`downloads.json`, `file://` URLs): used unless the admin names another list or a mirror.
+pub const IMAGE_PYTHON_DOWNLOADS: &str = "/opt/nixuv/python/downloads.json";
 /// The environment variables that nixuv itself sets on the init container.
 pub const RESERVED_INIT_ENV_PREFIX: &str = "NIXUV_";

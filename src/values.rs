@@ -41,6 +41,36 @@ impl fmt::Display for PythonVersion {
     }
 }
 
+/// How an env's Python deps reach the app (`python.mode`, `nixuv.io/python-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize, serde::Serialize)]
+pub enum PythonMode {
+    /// An isolated venv with its own (uv-managed) interpreter, first on PATH: the image's Python
+    /// and its packages are out of the app's sight.
+    #[default]
+    #[serde(rename = "venv")]
+    Venv,
+    /// Packages installed for the declared version into a directory put on PYTHONPATH (console
+    /// scripts on PATH): the image's own interpreter runs, with its own packages and these.
+    #[serde(rename = "overlay")]
+    Overlay,
+}
+
+impl PythonMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "venv" => Some(PythonMode::Venv),
+            "overlay" => Some(PythonMode::Overlay),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PythonMode::Venv => "venv",
+            PythonMode::Overlay => "overlay",
+        }
+    }
+}
+
 /// Where `nixuv-init` goes among the Pod's init containers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 pub enum InitPlacement {

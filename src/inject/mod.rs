@@ -376,7 +376,7 @@ impl Injector {
         let key = declaration_key(pod);
         if key.len() > MAX_DECLARATION_BYTES {
             return Err(Denial::invalid(format!(
-                "the dependency declaration ({ANN_SYSTEM}, {ANN_PYTHON}, {ANN_PYTHON_VERSION}, {LABEL_SYSTEM_PREFIX}*, {LABEL_PYTHON_PREFIX}*) is {} bytes, over the limit of {MAX_DECLARATION_BYTES}",
+                "the dependency declaration ({ANN_SYSTEM}, {ANN_PYTHON}, {ANN_PYTHON_VERSION}, {ANN_PYTHON_MODE}, {LABEL_SYSTEM_PREFIX}*, {LABEL_PYTHON_PREFIX}*) is {} bytes, over the limit of {MAX_DECLARATION_BYTES}",
                 key.len()
             )));
         }
@@ -447,6 +447,9 @@ impl Injector {
             let c = &containers[idx];
             let (target, defaulted) = patch::Target::new(idx, pod, c, cfg);
             targets.push(target);
+            if let Some(image) = c.image.as_deref() {
+                python_image_mismatch(image, &c.name, plan, &mut warnings, &mut notes);
+            }
             if defaulted && c.env_var("PATH").is_none() {
                 notes.push(format!(
                     "container {:?} (image {:?}) sets no PATH and its image is not in imagePaths: its PATH becomes the env's directories and defaultPath, so directories its image puts on PATH are lost; add the image to imagePaths or set annotation {ANN_IMAGE_PATH:?}",
@@ -460,6 +463,48 @@ impl Injector {
         let env_id = plan.id.clone();
         let verdict = if patch.is_empty() { Verdict::Unchanged { env_id } } else { Verdict::Inject { env_id, patch } };
         Ok(Decision { verdict, warnings, notes })
+    }
+}
+
+/// The `X.Y` an official `python` image's tag names (`python:3.11-slim` gives `3.11`).
+fn official_python_version(image: &str) -> Option<&str> {
+    if crate::config::image_repository(image) != "python" {
+        return None;
+    }
+    let tag = image.split('@').next()?.rsplit_once(':')?.1;
+    let end = tag.find(|c: char| c != '.' && !c.is_ascii_digit()).unwrap_or(tag.len());
+    let mut parts = tag[..end].split('.');
+    let (major, minor) = (parts.next()?, parts.next()?);
+    (!major.is_empty() && !minor.is_empty()).then(|| &tag[..major.len() + 1 + minor.len()])
+}
+
+/// An official `python:X.Y` image whose version is not the env's: in overlay mode the packages
+/// were installed for another Python (a warning); in venv mode the venv's `python` replaces the
+/// image's (a note for preview).
+fn python_image_mismatch(
+    image: &str,
+    container: &str,
+    plan: &EnvPlan,
+    warnings: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) {
+    if !plan.has_python() {
+        return;
+    }
+    let Some(theirs) = official_python_version(image) else { return };
+    let ours = &plan.python_version;
+    let same = ours.split('.').take(2).eq(theirs.split('.'));
+    if same || !ours.contains('.') {
+        return;
+    }
+    if plan.is_overlay() {
+        warnings.push(format!(
+            "nixuv: container {container:?} runs image {image:?} (Python {theirs}) but the env's Python deps are installed for Python {ours} ({ANN_PYTHON_VERSION} or defaultPython): in python mode overlay, packages with compiled code will not import; set {ANN_PYTHON_VERSION}: \"{theirs}\""
+        ));
+    } else {
+        notes.push(format!(
+            "container {container:?} runs image {image:?} (Python {theirs}) but the env's venv has Python {ours}: the venv comes first on PATH, so `python` there is {ours} and the image's packages are not seen; set {ANN_PYTHON_VERSION}: \"{theirs}\" or use {ANN_PYTHON_MODE}: overlay to keep the image's Python"
+        ));
     }
 }
 
@@ -622,7 +667,7 @@ fn declaration_key(pod: &PodView) -> Vec<u8> {
         key.extend_from_slice(s.as_bytes());
     };
     if let Some(ann) = pod.annotations() {
-        for (tag, k) in [(1, ANN_SYSTEM), (2, ANN_PYTHON), (3, ANN_PYTHON_VERSION)] {
+        for (tag, k) in [(1, ANN_SYSTEM), (2, ANN_PYTHON), (3, ANN_PYTHON_VERSION), (6, ANN_PYTHON_MODE)] {
             if let Some(v) = ann.get(k) {
                 put(tag, v);
             }
@@ -743,7 +788,14 @@ fn container_conflicts(c: &pod::ContainerView, plan: &EnvPlan) -> Result<(), Den
             )));
         }
     }
-    if plan.has_python() && c.env_var("VIRTUAL_ENV").is_some() {
+    if plan.is_overlay() {
+        if c.env_var("PYTHONPATH").is_some_and(|(_, e)| e.value_from.is_some()) {
+            return Err(Denial::conflict(format!(
+                "spec.containers[{:?}].env: PYTHONPATH is set with valueFrom, so nixuv cannot put the env's packages in front of it (python mode overlay); set PYTHONPATH as a value or leave it unset",
+                c.name
+            )));
+        }
+    } else if plan.has_python() && c.env_var("VIRTUAL_ENV").is_some() {
         return Err(Denial::conflict(format!(
             "spec.containers[{:?}].env: VIRTUAL_ENV is already set; nixuv sets it to the env's venv",
             c.name

@@ -195,13 +195,18 @@ fn target_mounts() -> [Value; 2] {
     ]
 }
 
-fn target_env(plan: &EnvPlan, path: String) -> Vec<Value> {
+/// The variables a target container gets, in order: PATH, then VIRTUAL_ENV (venv) or PYTHONPATH
+/// (overlay), then NIXUV_ENV. PATH and PYTHONPATH keep a value the container sets, after ours.
+fn target_env(plan: &EnvPlan, c: &ContainerView, path: String) -> Vec<(&'static str, String)> {
     let mut env = Vec::with_capacity(3);
-    env.push(json!({ "name": "PATH", "value": path }));
-    if plan.has_python() {
-        env.push(json!({ "name": "VIRTUAL_ENV", "value": plan.venv_dir() }));
+    env.push(("PATH", path));
+    if plan.is_overlay() {
+        let own = c.env_var("PYTHONPATH").and_then(|(_, e)| e.value.as_deref()).filter(|v| !v.is_empty());
+        env.push(("PYTHONPATH", own.map_or_else(|| plan.venv_dir(), |p| format!("{}:{p}", plan.venv_dir()))));
+    } else if plan.has_python() {
+        env.push(("VIRTUAL_ENV", plan.venv_dir()));
     }
-    env.push(json!({ "name": "NIXUV_ENV", "value": plan.id }));
+    env.push(("NIXUV_ENV", plan.id.clone()));
     env
 }
 
@@ -247,18 +252,23 @@ fn patch_container(ops: &mut Ops, t: &Target, c: &ContainerView, plan: &EnvPlan)
             }
         }
     }
-    let existing_path = c.env_var("PATH");
     let path = format!("{}:{}", plan.path_prefix(), t.path_tail);
-    let mut env = target_env(plan, path);
-    match (&c.env, existing_path) {
-        (None, _) => ops.add(base.iter().cloned().chain([key("env")]), Value::Array(env)),
-        (Some(_), found) => {
-            if let Some((j, _)) = found {
-                let path_var = env.remove(0);
-                ops.add(base.iter().cloned().chain([key("env"), index(j), key("value")]), path_var["value"].clone());
-            }
-            for e in env {
-                ops.add(base.iter().cloned().chain([key("env"), key("-")]), e);
+    let env = target_env(plan, c, path);
+    let var = |name: &str, value: String| json!({ "name": name, "value": value });
+    match &c.env {
+        None => ops.add(
+            base.iter().cloned().chain([key("env")]),
+            Value::Array(env.into_iter().map(|(n, v)| var(n, v)).collect()),
+        ),
+        Some(_) => {
+            for (name, value) in env {
+                match c.env_var(name) {
+                    // Only PATH and PYTHONPATH can be there (the others are refused before).
+                    Some((j, _)) => {
+                        ops.add(base.iter().cloned().chain([key("env"), index(j), key("value")]), json!(value))
+                    }
+                    None => ops.add(base.iter().cloned().chain([key("env"), key("-")]), var(name, value)),
+                }
             }
         }
     }

@@ -66,13 +66,16 @@ fn site_packages(venv: &StoreDir) -> Vec<StoreDir> {
     lib.names().unwrap_or_default().iter().filter_map(|n| lib.subdir(n)?.subdir("site-packages")).collect()
 }
 
-/// The interpreter and distributions of `venv`, from uv and the venv's own files.
+/// The interpreter and distributions of `venv`, from uv and the venv's own files. With
+/// `overlay_python` (the declared version), `venv` is an overlay directory: the distributions are
+/// at its top and no interpreter is recorded (the app runs the image's own).
 pub fn python(
     uv: &Tool,
     venv: &Path,
+    overlay_python: Option<&str>,
     env: &[(&str, OsString)],
     remove: &[&str],
-) -> Result<(Interpreter, Vec<Dist>), ToolError> {
+) -> Result<(Option<Interpreter>, Vec<Dist>), ToolError> {
     let dir = open(venv);
     let cfg = dir
         .as_ref()
@@ -85,14 +88,11 @@ pub fn python(
     };
     let interpreter =
         Interpreter { version: field("version_info").unwrap_or_default(), home: field("home").unwrap_or_default() };
-    let args: Vec<OsString> = vec![
-        "pip".into(),
-        "list".into(),
-        "--format".into(),
-        "json".into(),
-        "--python".into(),
-        venv.join("bin/python").into(),
-    ];
+    let mut args: Vec<OsString> = vec!["pip".into(), "list".into(), "--format".into(), "json".into()];
+    match overlay_python {
+        Some(version) => args.extend(["--target".into(), venv.into(), "--python".into(), version.into()]),
+        None => args.extend(["--python".into(), venv.join("bin/python").into()]),
+    }
     let out = uv.run(&args, env, remove, None)?;
     #[derive(Deserialize)]
     struct Listed {
@@ -100,7 +100,11 @@ pub fn python(
         version: String,
     }
     let listed: Vec<Listed> = serde_json::from_str(&out).unwrap_or_default();
-    let sites = dir.as_ref().map(site_packages).unwrap_or_default();
+    let sites = match (overlay_python, dir.as_ref()) {
+        (Some(_), Some(d)) => d.try_clone().into_iter().collect(),
+        (None, Some(d)) => site_packages(d),
+        (_, None) => Vec::new(),
+    };
     let dists = listed
         .into_iter()
         .map(|l| {
@@ -109,7 +113,7 @@ pub fn python(
             Dist { record_sha256: record.map(|r| hex::encode(Sha256::digest(r))), name: l.name, version: l.version }
         })
         .collect();
-    Ok((interpreter, dists))
+    Ok((overlay_python.is_none().then_some(interpreter), dists))
 }
 
 /// The store paths of the profile whose resolved directory (in the nix volume) is `profile_dir`,

@@ -75,6 +75,9 @@ pub struct Marker {
     /// What was installed (absent in markers of earlier releases).
     #[serde(default)]
     pub lock: lock::Lock,
+    /// Venv or overlay (absent in markers of earlier releases: venv).
+    #[serde(default)]
+    pub python_mode: crate::values::PythonMode,
 }
 
 /// How materialize is tuned (environment: `NIXUV_LEASE_TTL`, `NIXUV_WAIT_TIMEOUT`).
@@ -168,7 +171,7 @@ pub fn is_complete(layout: &Layout, spec: &EnvSpec) -> bool {
     let p = &spec.plan;
     let same_request = m.system == p.system
         && m.python == p.python
-        && (!p.has_python() || m.python_version == p.python_version)
+        && (!p.has_python() || (m.python_version == p.python_version && m.python_mode == p.python_mode))
         && (!p.has_system() || m.nixpkgs == p.nixpkgs);
     if !same_request {
         tracing::warn!(env = %id, "marker records other dependencies than this env's; rebuilding");
@@ -258,14 +261,8 @@ fn build_system(layout: &Layout, spec: &EnvSpec, opts: &Options, strip: &[&str])
     Ok(())
 }
 
-/// Creates the env's venv with uv and installs the requirements; returns the venv's directory
-/// name under `envs/`.
-fn build_python(layout: &Layout, spec: &EnvSpec, opts: &Options, strip: &[&str]) -> Result<String, MaterializeError> {
-    let uv = Tool::from_env("uv", "NIXUV_UV", "uv");
-    let id = &spec.plan.id;
-    let envs = StoreDir::ensure(&layout.uv_root, layout::ENVS)?;
-    let name = format!(".{id}.{}", lease::nonce());
-    let venv = envs.entry_path(&name);
+/// The environment every uv call of a build runs with (on top of the declared tool variables).
+fn uv_env(layout: &Layout, spec: &EnvSpec) -> Vec<(&'static str, OsString)> {
     let mut env: Vec<(&str, OsString)> = vec![
         ("UV_CACHE_DIR", layout.uv_cache().into()),
         ("UV_PYTHON_INSTALL_DIR", layout.uv_python().into()),
@@ -281,37 +278,59 @@ fn build_python(layout: &Layout, spec: &EnvSpec, opts: &Options, strip: &[&str])
         // The interpreter must live on the uv volume, where app containers can reach it.
         env.push(("UV_PYTHON_PREFERENCE", "only-managed".into()));
     }
+    env
+}
+
+/// Creates the env's venv with uv and installs the requirements; returns the venv's directory
+/// name under `envs/`.
+fn build_python(layout: &Layout, spec: &EnvSpec, opts: &Options, strip: &[&str]) -> Result<String, MaterializeError> {
+    let uv = Tool::from_env("uv", "NIXUV_UV", "uv");
+    let id = &spec.plan.id;
+    let envs = StoreDir::ensure(&layout.uv_root, layout::ENVS)?;
+    let name = format!(".{id}.{}", lease::nonce());
+    let venv = envs.entry_path(&name);
+    let env = uv_env(layout, spec);
     let mut remove = vec!["VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT", "PYTHONHOME", "PYTHONPATH"];
     remove.extend_from_slice(strip);
     let locks = StoreDir::ensure(&layout.uv_root, layout::LOCKS)?;
     let _cache = Lease::hold(&locks, layout::UV_CACHE_LEASE, opts.lease_ttl, opts.wait_timeout, |note| {
         tracing::info!(env = %id, "uv cache: {note}");
     })?;
-    let start = Instant::now();
     let version = &spec.plan.python_version;
-    tracing::info!(env = %id, python = %version, "python: creating the venv");
-    let args: Vec<OsString> = vec!["venv".into(), "--python".into(), version.into(), venv.clone().into()];
-    uv.run(&args, &env, &remove, Some(envs.path()))
-        .map_err(|source| MaterializeError::Tool { what: format!("python {version:?}"), source })?;
-    tracing::info!(env = %id, python = %version, elapsed = %secs(start.elapsed()), "python: venv ready");
-    // The new venv is opened without following links, and the requirements written under a
-    // random name: someone watching `envs/` cannot redirect the write.
-    let venv_dir = envs.subdir(&name).ok_or_else(|| {
-        io(&venv)(std::io::Error::other("the new venv is not a plain directory (replaced while building?)"))
-    })?;
+    let overlay = spec.plan.is_overlay();
+    let venv_dir = if overlay {
+        // An overlay is a plain directory uv installs into (`--target`); `bin` always exists, so
+        // the ready check and PATH look the same whether or not a package has console scripts.
+        let dir = envs.create_dir(&name)?;
+        dir.create_dir("bin")?;
+        dir
+    } else {
+        let start = Instant::now();
+        tracing::info!(env = %id, python = %version, "python: creating the venv");
+        let args: Vec<OsString> = vec!["venv".into(), "--python".into(), version.into(), venv.clone().into()];
+        uv.run(&args, &env, &remove, Some(envs.path()))
+            .map_err(|source| MaterializeError::Tool { what: format!("python {version:?}"), source })?;
+        tracing::info!(env = %id, python = %version, elapsed = %secs(start.elapsed()), "python: venv ready");
+        // The new venv is opened without following links, and the requirements written under a
+        // random name: someone watching `envs/` cannot redirect the write.
+        envs.subdir(&name).ok_or_else(|| {
+            io(&venv)(std::io::Error::other("the new venv is not a plain directory (replaced while building?)"))
+        })?
+    };
     let mut text = spec.plan.python.join("\n");
     text.push('\n');
     venv_dir.write_atomic("nixuv-requirements.txt", text.as_bytes(), 0o644)?;
     let start = Instant::now();
     tracing::info!(env = %id, deps = %spec.plan.python.join(", "), "python deps: resolving and installing with uv");
-    let mut args: Vec<OsString> = vec![
-        "pip".into(),
-        "install".into(),
-        "--python".into(),
-        venv.join("bin/python").into(),
-        // The venv is mounted read-only in the app: compile now, or every start compiles again.
-        "--compile-bytecode".into(),
-    ];
+    let mut args: Vec<OsString> = vec!["pip".into(), "install".into()];
+    if overlay {
+        // For the declared version (its wheels' tags and bytecode), into the overlay directory.
+        args.extend(["--target".into(), venv.clone().into(), "--python".into(), version.into()]);
+    } else {
+        args.extend(["--python".into(), venv.join("bin/python").into()]);
+    }
+    // The env is mounted read-only in the app: compile now, or every start compiles again.
+    args.push("--compile-bytecode".into());
     if let Some(t) = &spec.plan.exclude_newer {
         // Resolve as of the admin's date: the same declaration, the same versions, whenever built.
         args.extend(["--exclude-newer".into(), t.into()]);
@@ -338,7 +357,32 @@ fn build_python(layout: &Layout, spec: &EnvSpec, opts: &Options, strip: &[&str])
         MaterializeError::Tool { what: format!("python dep {}{why}", quote_list(&who)), source }
     })?;
     tracing::info!(env = %id, elapsed = %secs(start.elapsed()), "python deps: installed");
+    if overlay {
+        let bin = venv_dir.subdir("bin").ok_or_else(|| {
+            io(&venv.join("bin"))(std::io::Error::other("not a plain directory (replaced while building?)"))
+        })?;
+        portable_scripts(&bin)?;
+    }
     Ok(name)
+}
+
+/// An overlay's console scripts start with the interpreter uv installed for (`#!/path/python3.X`),
+/// which is not the app's: each Python shebang becomes `#!/usr/bin/env python3`, the image's own
+/// interpreter first on the app's PATH. Written by hand: uv has no option for it with `--target`.
+fn portable_scripts(bin: &StoreDir) -> Result<(), MaterializeError> {
+    const PORTABLE: &[u8] = b"#!/usr/bin/env python3";
+    for name in bin.names()? {
+        let Ok(Contents::Bytes(text)) = bin.read_small(&name, 16 << 20) else { continue };
+        let first = text.split(|&b| b == b'\n').next().unwrap_or_default();
+        let python_shebang = first.starts_with(b"#!")
+            && first.rsplit(|&b| b == b'/').next().is_some_and(|exe| exe.starts_with(b"python"));
+        if python_shebang && first != PORTABLE {
+            let mut out = PORTABLE.to_vec();
+            out.extend_from_slice(&text[first.len()..]);
+            bin.write_atomic(&name, &out, 0o755)?;
+        }
+    }
+    Ok(())
 }
 
 fn build(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<(), MaterializeError> {
@@ -364,10 +408,11 @@ fn build(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<(), Material
     let venv = if spec.plan.has_python() {
         let name = build_python(layout, spec, opts, &strip)?;
         let uv = Tool::from_env("uv", "NIXUV_UV", "uv");
-        let env = [("UV_CACHE_DIR", OsString::from(layout.uv_cache())), ("UV_NO_CONFIG", "1".into())];
-        match lock::python(&uv, &layout.uv_root.join(layout::ENVS).join(&name), &env, &strip) {
+        let env = uv_env(layout, spec);
+        let overlay = spec.plan.is_overlay().then_some(spec.plan.python_version.as_str());
+        match lock::python(&uv, &layout.uv_root.join(layout::ENVS).join(&name), overlay, &env, &strip) {
             Ok((interpreter, dists)) => {
-                lock.interpreter = Some(interpreter);
+                lock.interpreter = interpreter;
                 lock.python = dists;
             }
             Err(e) => tracing::warn!(env = %id, error = %e, "could not record the installed Python distributions"),
@@ -385,6 +430,7 @@ fn build(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<(), Material
         python_version: spec.plan.python_version.clone(),
         nixpkgs: spec.plan.nixpkgs.clone(),
         venv,
+        python_mode: spec.plan.python_mode,
         built_at_unix: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs(),
         build_seconds: start.elapsed().as_secs_f64(),
         lock,

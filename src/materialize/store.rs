@@ -169,6 +169,13 @@ impl StoreDir {
         Some(StoreDir { dir, path: self.entry_path(name) })
     }
 
+    /// Creates the directory `name` (which must not exist) and opens it without following links.
+    pub fn create_dir(&self, name: &str) -> Result<StoreDir, StoreError> {
+        self.dir.create_dir(name).map_err(self.err(name))?;
+        let dir = self.dir.open_dir_nofollow(name).map_err(self.err(name))?;
+        Ok(StoreDir { dir, path: self.entry_path(name) })
+    }
+
     pub fn kind(&self, name: impl AsRef<Path>) -> Kind {
         match self.dir.symlink_metadata(name) {
             Err(_) => Kind::Absent,

@@ -6,7 +6,10 @@ use std::str::FromStr;
 
 use pep508_rs::{Requirement, VersionOrUrl};
 
-use crate::names::{ANN_PYTHON, ANN_PYTHON_VERSION, ANN_SYSTEM, LABEL_PYTHON_PREFIX, LABEL_SYSTEM_PREFIX};
+use crate::names::{
+    ANN_PYTHON, ANN_PYTHON_MODE, ANN_PYTHON_VERSION, ANN_SYSTEM, LABEL_PYTHON_PREFIX, LABEL_SYSTEM_PREFIX,
+};
+use crate::values::PythonMode;
 pub use crate::values::{valid_attr_path, valid_python_version};
 
 /// Where a dependency was declared, for error messages: `annotation "nixuv.io/system-deps"` or
@@ -62,6 +65,8 @@ pub struct Declared {
     pub python: Vec<PythonDep>,
     /// From `nixuv.io/python`, if set.
     pub python_version: Option<String>,
+    /// From `nixuv.io/python-mode`, if set.
+    pub python_mode: Option<PythonMode>,
 }
 
 impl Declared {
@@ -226,6 +231,12 @@ pub fn declared(
                 ));
             }
             out.python_version = Some(v.to_string());
+        }
+        if let Some(v) = ann.get(ANN_PYTHON_MODE) {
+            let v = v.trim();
+            let mode = PythonMode::parse(v)
+                .ok_or_else(|| dep_err(&Source::Annotation(ANN_PYTHON_MODE), v, "must be \"venv\" or \"overlay\""))?;
+            out.python_mode = Some(mode);
         }
     }
     if let Some(labels) = labels {

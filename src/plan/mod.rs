@@ -7,7 +7,7 @@ pub mod deps;
 
 use crate::names::{NIX_MOUNT, UV_ROOT};
 use crate::toolenv::{tool_scope, ToolScope};
-use crate::values::PythonVersion;
+use crate::values::{PythonMode, PythonVersion};
 use deps::Declared;
 
 /// What an env's identity takes from the config besides the Pod's declaration: the few values
@@ -22,6 +22,8 @@ pub struct PlanInputs<'a> {
     pub allow_source_builds: bool,
     /// `python.excludeNewer`.
     pub exclude_newer: Option<&'a str>,
+    /// `python.mode`.
+    pub default_python_mode: PythonMode,
 }
 
 /// Version tag of the canonical form below. Changing the form changes every env id, so it is
@@ -48,6 +50,9 @@ pub struct EnvPlan {
     pub allow_source_builds: bool,
     /// Resolve as of this date-time (uv's `--exclude-newer`); part of the id.
     pub exclude_newer: Option<String>,
+    /// Venv or overlay: another layout, so another env (in the id only when overlay, so venv ids
+    /// stay what they were).
+    pub python_mode: PythonMode,
 }
 
 impl EnvPlan {
@@ -65,6 +70,11 @@ impl EnvPlan {
             tool_env: inputs.tool_env.to_vec(),
             allow_source_builds: inputs.allow_source_builds,
             exclude_newer: inputs.exclude_newer.map(String::from),
+            // Without Python deps there is no layout to choose.
+            python_mode: match declared.python.is_empty() {
+                true => PythonMode::Venv,
+                false => declared.python_mode.unwrap_or(inputs.default_python_mode),
+            },
         };
         plan.id = env_id(&plan.canonical());
         plan
@@ -93,6 +103,9 @@ impl EnvPlan {
             if let Some(t) = &self.exclude_newer {
                 push_line(&mut out, "exclude-newer=", t);
             }
+            if self.python_mode == PythonMode::Overlay {
+                push_line(&mut out, "python-mode=", "overlay");
+            }
         }
         out
     }
@@ -118,7 +131,12 @@ impl EnvPlan {
         !self.python.is_empty()
     }
 
-    /// The venv for this env as target containers see it (a symlink published atomically).
+    pub fn is_overlay(&self) -> bool {
+        self.has_python() && self.python_mode == PythonMode::Overlay
+    }
+
+    /// The venv (or, in overlay mode, the PYTHONPATH directory) for this env as target containers
+    /// see it (a symlink published atomically).
     pub fn venv_dir(&self) -> String {
         format!("{UV_ROOT}/envs/{}", self.id)
     }
@@ -127,7 +145,8 @@ impl EnvPlan {
         format!("{NIX_MOUNT}/var/nix/profiles/nixuv/{}", self.id)
     }
 
-    /// The directories put in front of PATH, venv first so its `python` wins.
+    /// The directories put in front of PATH, venv first so its `python` wins (an overlay's `bin`
+    /// holds console scripts only, so the image's `python` still wins there).
     pub fn path_prefix(&self) -> String {
         let mut dirs = Vec::with_capacity(2);
         if self.has_python() {
@@ -185,6 +204,7 @@ mod tests {
                 tool_env: &[],
                 allow_source_builds: false,
                 exclude_newer: None,
+                default_python_mode: PythonMode::Venv,
             },
         )
     }
@@ -220,6 +240,12 @@ mod tests {
         assert_ne!(base.id, plan("clang", "numpy", None).id, "system dep");
         // The Python version does not matter without Python deps.
         assert_eq!(plan("gcc", "", None).id, plan("gcc", "", Some("3.11")).id);
+        // Overlay is another layout, so another env; venv ids are what they were before modes.
+        let mut overlay = plan("gcc", "numpy", None);
+        overlay.python_mode = PythonMode::Overlay;
+        assert!(overlay.canonical().ends_with("python-mode=overlay\n"));
+        assert_ne!(env_id(&overlay.canonical()), base.id);
+        assert!(!base.canonical().contains("python-mode"));
     }
 
     #[test]

@@ -794,3 +794,45 @@ fn warm_jobs_build_the_envs_a_manifest_will_need() {
         assert!(text(&warm).contains("already built"), "{}", text(&warm));
     }
 }
+
+#[test]
+fn overlay_mode_keeps_the_image_python_and_its_packages() {
+    let fx = Fixture::new();
+    let vols = Volumes::new();
+    // The image's own Python, with a package of its own (a venv stands in for the image's prefix).
+    let image = fx.dir.path().join("image-python");
+    let st = Command::new("python3").args(["-m", "venv", "--without-pip"]).arg(&image).status().unwrap();
+    assert!(st.success());
+    let site = walk(&image).into_iter().find(|p| p.ends_with("site-packages")).unwrap_or_else(|| {
+        let lib = std::fs::read_dir(image.join("lib")).unwrap().next().unwrap().unwrap().path();
+        lib.join("site-packages")
+    });
+    std::fs::create_dir_all(site.join("imagepkg")).unwrap();
+    std::fs::write(site.join("imagepkg/__init__.py"), "VALUE = 'from the image'\n").unwrap();
+    let mut pod = fx.pod("", "nixuvdemo==1.0");
+    pod["metadata"]["annotations"]["nixuv.io/python-mode"] = json!("overlay");
+    pod["spec"]["containers"][0]["env"] =
+        json!([{"name": "PATH", "value": format!("{}/bin:/usr/bin:/bin", image.display())}]);
+    let pod = fx.mutate(&pod);
+    init_ok(&pod, &vols);
+    // The image's interpreter runs, and sees both its own package and the env's; the env's
+    // console script runs with it too.
+    let script = "python3 -c 'import sys, imagepkg, nixuvdemo; print(imagepkg.VALUE, nixuvdemo.VALUE, sys.prefix)' && nixuvdemo && head -1 \"$(command -v nixuvdemo)\"";
+    let out = app_stdout(&pod, &vols, script);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], format!("from the image 42 {}", image.display()), "{out}");
+    assert_eq!(lines[1..], ["nixuvdemo 42", "#!/usr/bin/env python3"], "{out}");
+    // Byte-compiled at install for that Python, and the marker says how it was laid out.
+    let id = pod["metadata"]["annotations"]["nixuv.io/env"].as_str().unwrap();
+    let envs = vols.path("nixuv-uv").join("envs");
+    let dir = envs.join(std::fs::read_link(envs.join(id)).unwrap());
+    assert!(walk(&dir).iter().any(|p| p.to_string_lossy().contains("nixuvdemo/__pycache__/")), "{}", dir.display());
+    let marker: Value =
+        serde_json::from_slice(&std::fs::read(vols.path("nixuv-uv").join(format!(".nixuv/envs/{id}.json"))).unwrap())
+            .unwrap();
+    assert_eq!(marker["pythonMode"], "overlay");
+    assert!(marker["lock"]["python"].as_array().unwrap().iter().any(|d| d["name"] == "nixuvdemo"), "{marker}");
+    // Warm on the second run.
+    let again = run_init(&pod, &vols, &[]);
+    assert!(text(&again).contains("already built"), "{}", text(&again));
+}

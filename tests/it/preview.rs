@@ -547,3 +547,81 @@ fn several_files_and_directories_like_kubectl() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no .yaml, .yml or .json files"));
 }
+
+#[test]
+fn overlay_mode_keeps_the_image_python_and_names_a_mismatched_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let pod = |mode: &str, image: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p, labels: {{nixuv.io/inject: \"true\"}}, annotations: {{nixuv.io/python-deps: six, nixuv.io/python: \"3.12\"{mode}}}}}\n\
+             spec: {{containers: [{{name: app, image: \"{image}\", env: [{{name: PYTHONPATH, value: /app/lib}}]}}]}}\n"
+        )
+    };
+    let run = |file: &std::path::Path, config: Option<&std::path::Path>| {
+        let mut cmd = Command::new(common::bin());
+        cmd.args(["preview", "-o", "json", "-f"]).arg(file);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            serde_json::from_slice::<Value>(&out.stdout).ok(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let env_of = |pod: &Value, name: &str| {
+        pod["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].clone())
+    };
+    // Venv mode (the default): VIRTUAL_ENV, the Pod's PYTHONPATH untouched; an image of another
+    // Python is noted.
+    let (code, venv, stderr) = run(&write("venv.yaml", &pod("", "python:3.11-slim")), None);
+    assert_eq!(code, Some(0), "{stderr}");
+    let venv = venv.unwrap();
+    assert!(env_of(&venv, "VIRTUAL_ENV").is_some());
+    assert_eq!(env_of(&venv, "PYTHONPATH").unwrap(), "/app/lib");
+    assert!(stderr.contains("(Python 3.11) but the env's venv has Python 3.12"), "{stderr}");
+    // Overlay by annotation: PYTHONPATH gets the env's directory in front, no VIRTUAL_ENV, the
+    // init container is told, and the env is another one.
+    let (code, overlay, stderr) =
+        run(&write("overlay.yaml", &pod(", nixuv.io/python-mode: overlay", "python:3.12")), None);
+    assert_eq!(code, Some(0), "{stderr}");
+    let overlay = overlay.unwrap();
+    let id = overlay["metadata"]["annotations"]["nixuv.io/env"].as_str().unwrap().to_string();
+    assert_ne!(id, venv["metadata"]["annotations"]["nixuv.io/env"].as_str().unwrap());
+    assert_eq!(env_of(&overlay, "PYTHONPATH").unwrap(), format!("/nixuv/uv/envs/{id}:/app/lib"));
+    assert!(env_of(&overlay, "VIRTUAL_ENV").is_none());
+    assert!(env_of(&overlay, "PATH").unwrap().as_str().unwrap().starts_with(&format!("/nixuv/uv/envs/{id}/bin:")));
+    let init = &overlay["spec"]["initContainers"][0]["env"];
+    assert!(init.as_array().unwrap().iter().any(|e| e["name"] == "NIXUV_PYTHON_MODE" && e["value"] == "overlay"));
+    assert!(!stderr.contains("Python 3.11"), "{stderr}");
+    // The same by config default; a mismatched official image is a warning in overlay mode.
+    let cfg = write("config.yaml", "python: {mode: overlay}\n");
+    let (code, by_config, stderr) =
+        run(&write("o2.yaml", &pod("", "docker.io/library/python:3.11.9-bookworm")), Some(&cfg));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(by_config.unwrap()["metadata"]["annotations"]["nixuv.io/env"], id.as_str());
+    assert!(stderr.contains("installed for Python 3.12") && stderr.contains("nixuv.io/python: \"3.11\""), "{stderr}");
+    // A Pod may go back to venv under an overlay default; a bad mode is named.
+    let (_, back, _) = run(&write("v2.yaml", &pod(", nixuv.io/python-mode: venv", "python:3.12")), Some(&cfg));
+    assert_eq!(
+        back.unwrap()["metadata"]["annotations"]["nixuv.io/env"],
+        venv["metadata"]["annotations"]["nixuv.io/env"]
+    );
+    let (code, _, stderr) = run(&write("bad.yaml", &pod(", nixuv.io/python-mode: system", "python:3.12")), None);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("nixuv.io/python-mode") && stderr.contains("\"system\"") && stderr.contains("\"overlay\""),
+        "{stderr}"
+    );
+}
