@@ -36,7 +36,7 @@ tools:
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	shellcheck scripts/*.sh .ci/run tests/support/in-pod tests/support/uv tests/support/nix-portable
+	shellcheck scripts/*.sh deploy/images/*.sh .ci/run tests/support/in-pod tests/support/uv tests/support/nix-portable
 	hadolint deploy/images/Dockerfile.webhook deploy/images/Dockerfile.init
 	actionlint
 
@@ -68,7 +68,8 @@ ARCH ?= $(shell uname -m | sed 's/x86_64/amd64/; s/aarch64/arm64/')
 IMAGE_ARGS = --build-arg RUST_IMAGE=$(RUST_IMAGE) --build-arg RUNTIME_IMAGE=$(RUNTIME_IMAGE) \
   --build-arg DEBIAN_IMAGE=$(DEBIAN_IMAGE) --build-arg UV_IMAGE=$(UV_IMAGE) \
   --build-arg NIX_PORTABLE_VERSION=$(NIX_PORTABLE_VERSION) \
-  --build-arg NIX_PORTABLE_SHA256_AMD64=$(NIX_PORTABLE_SHA256_AMD64) --build-arg NIX_PORTABLE_SHA256_ARM64=$(NIX_PORTABLE_SHA256_ARM64)
+  --build-arg NIX_PORTABLE_SHA256_AMD64=$(NIX_PORTABLE_SHA256_AMD64) --build-arg NIX_PORTABLE_SHA256_ARM64=$(NIX_PORTABLE_SHA256_ARM64) \
+  --build-arg PYTHON_BUILD_STANDALONE_RELEASE=$(PYTHON_BUILD_STANDALONE_RELEASE) --build-arg PYTHON_MINORS=$(PYTHON_MINORS)
 image:
 	@test -n "$(BUILDER)" || { echo "make image: no docker or podman here"; exit 1; }
 	@case "$(ARCH)" in amd64) test -n "$(NIX_PORTABLE_SHA256_AMD64)";; arm64) test -n "$(NIX_PORTABLE_SHA256_ARM64)";; *) false;; esac \

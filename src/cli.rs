@@ -46,6 +46,7 @@ pub enum Command {
   NIXUV_NIXPKGS        the flake reference system deps come from
   NIXUV_INDEX_URL      the index uv uses (must match UV_DEFAULT_INDEX / UV_INDEX_URL)
   NIXUV_TOOL_ENV       names of the initEnv variables bound into the id (others are stripped)
+  NIXUV_SECRET_ENV     NAME=secret/key of the initEnv variables from Secrets (bound by reference)
   NIXUV_SOURCE_BUILDS  \"allowed\" when python.allowSourceBuilds is set
   NIXUV_EXCLUDE_NEWER  python.excludeNewer, when set
   NIXUV_PYTHON_MODE    \"overlay\" for a PYTHONPATH directory instead of a venv

@@ -90,14 +90,54 @@ pub struct PythonFile {
     pub mode: PythonMode,
 }
 
-/// An extra environment variable for the init container (a plain value only: the init container
-/// must be self-contained and valueFrom would need RBAC on the Pod's namespace).
+/// An extra environment variable for the init container: a plain value, or a key of a Secret in
+/// the Pod's namespace (credentials: the kubelet resolves it, so the value is never in the Pod
+/// spec, the env id or nixuv's logs).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EnvVarFile {
     pub name: String,
     #[serde(default)]
     pub value: String,
+    #[serde(default)]
+    pub value_from: Option<EnvVarSourceFile>,
+}
+
+/// `valueFrom` of an `initEnv` entry: a Secret's key only.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EnvVarSourceFile {
+    pub secret_key_ref: SecretKeyRefFile,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretKeyRefFile {
+    pub name: String,
+    pub key: String,
+    #[serde(default)]
+    pub optional: Option<bool>,
+}
+
+impl SecretKeyRefFile {
+    /// `secret/key`: how the env id and the init container name the reference.
+    pub fn reference(&self) -> String {
+        format!("{}/{}", self.name, self.key)
+    }
+}
+
+/// The variables whose value says where packages come from: part of the env id by value, so they
+/// cannot come from a Secret (their credentials can, as `UV_INDEX_<NAME>_USERNAME` / `_PASSWORD`).
+const SOURCE_VARS: &[&str] = &["UV_DEFAULT_INDEX", "UV_INDEX_URL", "UV_INDEX", "UV_EXTRA_INDEX_URL", "UV_FIND_LINKS"];
+
+/// Whether `value` holds a URL with user-info (`scheme://user[:password]@host`). Checked by hand
+/// because the values are lists and `name=url` forms, not single URLs.
+fn has_url_credentials(value: &str) -> bool {
+    value.match_indices("://").any(|(i, _)| {
+        let rest = &value[i + 3..];
+        let authority = rest.split(|c: char| c == '/' || c == ',' || c.is_whitespace()).next().unwrap_or("");
+        authority.contains('@')
+    })
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -185,6 +225,7 @@ impl Config {
             nixpkgs: &self.file.nixpkgs,
             index_url: &self.index_url,
             tool_env: &self.tool_env,
+            secret_env: &self.secret_env,
             allow_source_builds: self.file.python.allow_source_builds,
             exclude_newer: self.file.python.exclude_newer.as_deref(),
             default_python_mode: self.file.python.mode,
@@ -361,6 +402,9 @@ pub struct Config {
     pub index_url: String,
     /// The `initEnv` variables that reach nix or uv, sorted: part of every env id.
     pub tool_env: Vec<(String, String)>,
+    /// The `initEnv` tool variables from a Secret, as (name, `secret/key`), sorted: the env id
+    /// binds the reference, never the value.
+    pub secret_env: Vec<(String, String)>,
 }
 
 /// Settings given outside the config file that take precedence over it: the init image from
@@ -472,6 +516,49 @@ impl Config {
             if e.name.starts_with(RESERVED_INIT_ENV_PREFIX) || FIXED_TOOL_ENV.contains(&e.name.as_str()) {
                 return Err(invalid(format!("initEnv[{i}].name"), format!("{:?} is set by nixuv itself", e.name)));
             }
+            if has_url_credentials(&e.value) {
+                return Err(invalid(
+                    format!("initEnv[{i}].value"),
+                    format!("{}: a URL with credentials would be written into every Pod spec; give the URL without them and the credentials from a Secret (valueFrom.secretKeyRef), e.g. UV_INDEX_<NAME>_USERNAME and UV_INDEX_<NAME>_PASSWORD for an index named <name>=URL", e.name),
+                ));
+            }
+            if let Some(from) = &e.value_from {
+                let r = &from.secret_key_ref;
+                if !e.value.is_empty() {
+                    return Err(invalid(
+                        format!("initEnv[{i}]"),
+                        format!("{}: set value or valueFrom, not both", e.name),
+                    ));
+                }
+                if SOURCE_VARS.contains(&e.name.as_str()) {
+                    return Err(invalid(
+                        format!("initEnv[{i}].valueFrom"),
+                        format!("{}: where packages come from is part of the env id, so it is given as value; only credentials come from a Secret (UV_INDEX_<NAME>_USERNAME / _PASSWORD)", e.name),
+                    ));
+                }
+                let dns = |s: &str| {
+                    !s.is_empty()
+                        && s.len() <= 253
+                        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+                        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+                        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+                };
+                if !dns(&r.name) {
+                    return Err(invalid(
+                        format!("initEnv[{i}].valueFrom.secretKeyRef.name"),
+                        format!("{:?} is not a Secret name", r.name),
+                    ));
+                }
+                if r.key.is_empty()
+                    || r.key.len() > 253
+                    || !r.key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                {
+                    return Err(invalid(
+                        format!("initEnv[{i}].valueFrom.secretKeyRef.key"),
+                        format!("{:?} is not a Secret key", r.key),
+                    ));
+                }
+            }
         }
         let quantities =
             |section: &str, map: &BTreeMap<String, String>| -> Result<Vec<(String, Quantity)>, ConfigError> {
@@ -528,10 +615,17 @@ impl Config {
         let mut tool_env: Vec<(String, String)> = file
             .init_env
             .iter()
-            .filter(|e| tool_scope(&e.name).is_some())
+            .filter(|e| tool_scope(&e.name).is_some() && e.value_from.is_none())
             .map(|e| (e.name.clone(), e.value.clone()))
             .collect();
         tool_env.sort();
+        let mut secret_env: Vec<(String, String)> = file
+            .init_env
+            .iter()
+            .filter(|e| tool_scope(&e.name).is_some())
+            .filter_map(|e| Some((e.name.clone(), e.value_from.as_ref()?.secret_key_ref.reference())))
+            .collect();
+        secret_env.sort();
         let index_url = effective_index(tool_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         if let Some(i) = ["UV_DEFAULT_INDEX", "UV_INDEX_URL"]
             .iter()
@@ -552,6 +646,7 @@ impl Config {
             init_limits,
             index_url,
             tool_env,
+            secret_env,
         })
     }
 }

@@ -5,7 +5,7 @@
 use crate::names::{ANN_PYTHON, INIT_NIX_DIR, UV_ROOT};
 pub use crate::names::{
     ENV_EXCLUDE_NEWER, ENV_ID, ENV_INDEX_URL, ENV_NIXPKGS, ENV_NIX_DIR, ENV_PYTHON, ENV_PYTHON_DEPS, ENV_PYTHON_MODE,
-    ENV_SOURCE_BUILDS, ENV_SYSTEM_DEPS, ENV_TOOL_ENV, ENV_UV_ROOT,
+    ENV_SECRET_ENV, ENV_SOURCE_BUILDS, ENV_SYSTEM_DEPS, ENV_TOOL_ENV, ENV_UV_ROOT,
 };
 use crate::plan::deps::{self, Source};
 use crate::plan::EnvPlan;
@@ -52,6 +52,10 @@ impl EnvSpec {
         }
         if let (Some(t), true) = (&self.plan.exclude_newer, self.plan.has_python()) {
             env.push((ENV_EXCLUDE_NEWER, t.clone()));
+        }
+        if !self.plan.secret_env.is_empty() {
+            let refs: Vec<String> = self.plan.secret_env.iter().map(|(k, r)| format!("{k}={r}")).collect();
+            env.push((ENV_SECRET_ENV, refs.join(",")));
         }
         if self.plan.is_overlay() {
             env.push((ENV_PYTHON_MODE, PythonMode::Overlay.as_str().to_string()));
@@ -109,6 +113,25 @@ impl EnvSpec {
             tool_env.push((name.to_string(), value));
         }
         tool_env.sort();
+        let mut secret_env: Vec<(String, String)> = Vec::new();
+        for item in get(ENV_SECRET_ENV).unwrap_or_default().split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let ok = item.split_once('=').filter(|(name, reference)| {
+                tool_scope(name).is_some()
+                    && !tool_env.iter().chain(&secret_env).any(|(k, _)| k == name)
+                    && reference.split_once('/').is_some_and(|(s, k)| {
+                        !s.is_empty()
+                            && !k.is_empty()
+                            && reference
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+                    })
+            });
+            let Some((name, reference)) = ok else {
+                return Err(bad(ENV_SECRET_ENV, item, "is not NAME=secret/key for a tool variable named once"));
+            };
+            secret_env.push((name.to_string(), reference.to_string()));
+        }
+        secret_env.sort();
         let allow_source_builds = match get(ENV_SOURCE_BUILDS).as_deref() {
             None | Some("") => false,
             Some("allowed") => true,
@@ -150,6 +173,7 @@ impl EnvSpec {
                 nixpkgs,
                 index_url,
                 tool_env,
+                secret_env,
                 allow_source_builds,
                 exclude_newer,
                 python_mode,

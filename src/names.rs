@@ -48,6 +48,9 @@ pub const ENV_TOOL_ENV: &str = "NIXUV_TOOL_ENV";
 pub const ENV_SOURCE_BUILDS: &str = "NIXUV_SOURCE_BUILDS";
 /// `python.excludeNewer`, when set.
 pub const ENV_EXCLUDE_NEWER: &str = "NIXUV_EXCLUDE_NEWER";
+/// The tool variables the kubelet takes from a Secret, as `NAME=secret/key`, comma-separated;
+/// set only when there are some. Their values are not read into the env id, only the references.
+pub const ENV_SECRET_ENV: &str = "NIXUV_SECRET_ENV";
 /// `overlay` when the Python deps go into a PYTHONPATH directory; absent: a venv.
 pub const ENV_PYTHON_MODE: &str = "NIXUV_PYTHON_MODE";
 /// Where the init image keeps the interpreters it carries, with uv's download list for them

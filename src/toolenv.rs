@@ -60,10 +60,27 @@ pub fn valid_index_url(url: &str) -> bool {
 pub const DEFAULT_INDEX_URL: &str = "https://pypi.org/simple";
 
 /// The index uv uses given the tool variables: `UV_DEFAULT_INDEX`, else `UV_INDEX_URL`, else
-/// uv's default.
+/// uv's default; without the `name=` uv lets `UV_DEFAULT_INDEX` carry (the name only says which
+/// `UV_INDEX_<NAME>_*` credentials apply).
 pub fn effective_index<'a>(tool_env: impl IntoIterator<Item = (&'a str, &'a str)> + Clone) -> String {
     ["UV_DEFAULT_INDEX", "UV_INDEX_URL"]
         .iter()
-        .find_map(|k| tool_env.clone().into_iter().find(|(n, _)| n == k).map(|(_, v)| v.to_string()))
+        .find_map(|k| {
+            tool_env.clone().into_iter().find(|(n, _)| n == k).map(|(_, v)| without_index_name(v).to_string())
+        })
         .unwrap_or_else(|| DEFAULT_INDEX_URL.into())
+}
+
+/// `name=https://…` gives `https://…`; a plain URL is returned as is.
+fn without_index_name(v: &str) -> &str {
+    match v.split_once('=') {
+        Some((name, url))
+            if !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                && url.contains("://") =>
+        {
+            url
+        }
+        _ => v,
+    }
 }

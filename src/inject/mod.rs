@@ -616,7 +616,8 @@ impl EnvOutcome {
             EnvOutcome::Env { plan, init_container, warnings } => {
                 let warned = warnings.iter().map(|w| w.len() + 24).sum::<usize>();
                 let strings = plan.system.iter().chain(&plan.python).map(|s| s.len() + 24).sum::<usize>();
-                let tool = plan.tool_env.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>();
+                let tool =
+                    plan.tool_env.iter().chain(&plan.secret_env).map(|(k, v)| k.len() + v.len() + 48).sum::<usize>();
                 strings + tool + warned + plan.nixpkgs.len() + plan.index_url.len() + init_container.get().len() + 128
             }
         }

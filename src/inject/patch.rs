@@ -153,7 +153,17 @@ pub fn init_container(plan: &EnvPlan, cfg: &Config) -> Value {
     env.extend(spec_env.into_iter().map(|(name, value)| json!({ "name": name, "value": value })));
     env.push(json!({ "name": "HOME", "value": WORK_DIR }));
     env.push(json!({ "name": "TMPDIR", "value": WORK_DIR }));
-    env.extend(cfg.file.init_env.iter().map(|e| json!({ "name": e.name, "value": e.value })));
+    env.extend(cfg.file.init_env.iter().map(|e| match &e.value_from {
+        None => json!({ "name": e.name, "value": e.value }),
+        Some(from) => {
+            let r = &from.secret_key_ref;
+            let mut key_ref = json!({ "name": r.name, "key": r.key });
+            if let Some(o) = r.optional {
+                key_ref["optional"] = json!(o);
+            }
+            json!({ "name": e.name, "valueFrom": { "secretKeyRef": key_ref } })
+        }
+    }));
     let uid = cfg.file.init_run_as_user;
     let mut c = json!({
         "name": INIT_CONTAINER,

@@ -222,7 +222,7 @@ fn undeclared_tool_vars(spec: &EnvSpec) -> Vec<String> {
     std::env::vars_os()
         .filter_map(|(k, _)| k.into_string().ok())
         .filter(|k| crate::toolenv::tool_scope(k).is_some())
-        .filter(|k| !spec.plan.tool_env.iter().any(|(n, _)| n == k))
+        .filter(|k| !spec.plan.tool_env.iter().chain(&spec.plan.secret_env).any(|(n, _)| n == k))
         .filter(|k| !crate::toolenv::FIXED_TOOL_ENV.contains(&k.as_str()))
         .collect()
 }
@@ -278,7 +278,23 @@ fn uv_env(layout: &Layout, spec: &EnvSpec) -> Vec<(&'static str, OsString)> {
         // The interpreter must live on the uv volume, where app containers can reach it.
         env.push(("UV_PYTHON_PREFERENCE", "only-managed".into()));
     }
+    if let Some(list) = image_python_downloads(spec) {
+        env.push(("UV_PYTHON_DOWNLOADS_JSON_URL", list.into()));
+    }
     env
+}
+
+/// uv's download list for the interpreters the init image carries (`file://` URLs), unless the
+/// admin chose another list or a mirror (declared tool variables, part of the env id): with it, a
+/// managed interpreter installs without reaching python-build-standalone's releases. The path is
+/// fixed, not an input: the Pod's author does not choose where interpreters come from.
+fn image_python_downloads(spec: &EnvSpec) -> Option<String> {
+    let own = ["UV_PYTHON_DOWNLOADS_JSON_URL", "UV_PYTHON_INSTALL_MIRROR", "UV_PYTHON_DOWNLOADS"];
+    if spec.plan.tool_env.iter().any(|(k, _)| own.contains(&k.as_str())) {
+        return None;
+    }
+    let list = Path::new(crate::names::IMAGE_PYTHON_DOWNLOADS);
+    fs::metadata(list).is_ok_and(|m| m.is_file()).then(|| format!("file://{}", list.display()))
 }
 
 /// Creates the env's venv with uv and installs the requirements; returns the venv's directory
@@ -309,7 +325,16 @@ fn build_python(layout: &Layout, spec: &EnvSpec, opts: &Options, strip: &[&str])
         tracing::info!(env = %id, python = %version, "python: creating the venv");
         let args: Vec<OsString> = vec!["venv".into(), "--python".into(), version.into(), venv.clone().into()];
         uv.run(&args, &env, &remove, Some(envs.path()))
-            .map_err(|source| MaterializeError::Tool { what: format!("python {version:?}"), source })?;
+            .map_err(|source| {
+                let msg = source.to_string();
+                let missing = msg.contains("No download found") || msg.contains("No interpreter found");
+                let hint = if missing && image_python_downloads(spec).is_some() {
+                    " (not among the interpreters this init image carries, nor at the configured mirror: use a version the image has, or set UV_PYTHON_INSTALL_MIRROR in initEnv)"
+                } else {
+                    ""
+                };
+                MaterializeError::Tool { what: format!("python {version:?}{hint}"), source }
+            })?;
         tracing::info!(env = %id, python = %version, elapsed = %secs(start.elapsed()), "python: venv ready");
         // The new venv is opened without following links, and the requirements written under a
         // random name: someone watching `envs/` cannot redirect the write.

@@ -18,6 +18,8 @@ pub struct PlanInputs<'a> {
     pub nixpkgs: &'a str,
     pub index_url: &'a str,
     pub tool_env: &'a [(String, String)],
+    /// Tool variables from a Secret: (name, `secret/key`).
+    pub secret_env: &'a [(String, String)],
     /// `python.allowSourceBuilds`.
     pub allow_source_builds: bool,
     /// `python.excludeNewer`.
@@ -45,6 +47,9 @@ pub struct EnvPlan {
     /// `initEnv`), sorted by name: part of the id, so an env built under another index, proxy or
     /// tool option is another env.
     pub tool_env: Vec<(String, String)>,
+    /// The tool variables the kubelet takes from a Secret, as (name, `secret/key`), sorted: the id
+    /// binds which Secret, never its value (credentials).
+    pub secret_env: Vec<(String, String)>,
     /// Whether uv may build from source distributions (else wheels only): it can change what is
     /// installed, so it is part of the id.
     pub allow_source_builds: bool,
@@ -68,6 +73,7 @@ impl EnvPlan {
             nixpkgs: inputs.nixpkgs.to_string(),
             index_url: inputs.index_url.to_string(),
             tool_env: inputs.tool_env.to_vec(),
+            secret_env: inputs.secret_env.to_vec(),
             allow_source_builds: inputs.allow_source_builds,
             exclude_newer: inputs.exclude_newer.map(String::from),
             // Without Python deps there is no layout to choose.
@@ -91,12 +97,14 @@ impl EnvPlan {
             push_line(&mut out, "nixpkgs=", &self.nixpkgs);
             push_sorted(&mut out, "system=", &self.system);
             self.push_tool_env(&mut out, "system-env=", ToolScope::System);
+            push_scoped(&mut out, "system-secret=", &self.secret_env, ToolScope::System);
         }
         if !self.python.is_empty() {
             push_line(&mut out, "python-version=", &self.python_version);
             push_line(&mut out, "index=", &self.index_url);
             push_sorted(&mut out, "python=", &self.python);
             self.push_tool_env(&mut out, "python-env=", ToolScope::Python);
+            push_scoped(&mut out, "python-secret=", &self.secret_env, ToolScope::Python);
             if self.allow_source_builds {
                 push_line(&mut out, "source-builds=", "allowed");
             }
@@ -159,6 +167,20 @@ impl EnvPlan {
     }
 }
 
+/// `key=NAME=secret/key` per Secret-backed variable of `scope` (or both). Names and references
+/// are validated (no newlines), so no line can be forged.
+fn push_scoped(out: &mut String, key: &str, vars: &[(String, String)], scope: ToolScope) {
+    for (name, reference) in vars {
+        if matches!(tool_scope(name), Some(s) if s == scope || s == ToolScope::Both) {
+            out.push_str(key);
+            out.push_str(name);
+            out.push('=');
+            out.push_str(reference);
+            out.push('\n');
+        }
+    }
+}
+
 fn push_line(out: &mut String, key: &str, value: &str) {
     out.push_str(key);
     out.push_str(value);
@@ -202,6 +224,7 @@ mod tests {
                 nixpkgs: "github:NixOS/nixpkgs/8fd9daa3db09ced9700431c5b7ad0e8ba199b575",
                 index_url: crate::toolenv::DEFAULT_INDEX_URL,
                 tool_env: &[],
+                secret_env: &[],
                 allow_source_builds: false,
                 exclude_newer: None,
                 default_python_mode: PythonMode::Venv,

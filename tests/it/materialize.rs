@@ -61,6 +61,26 @@ impl Fixture {
         Self::build(true)
     }
 
+    /// As [`Fixture::with_managed_python`], but the config names no download list: the
+    /// interpreter comes from the init image's own (`/opt/nixuv/python`, which the returned
+    /// directory is to be mounted at), indexed by the image's script.
+    pub fn with_image_pythons() -> (Self, PathBuf) {
+        let fx = Self::build(true);
+        let text = std::fs::read_to_string(&fx.config).unwrap();
+        let text: String =
+            text.lines().filter(|l| !l.contains("UV_PYTHON_DOWNLOADS_JSON_URL")).map(|l| format!("{l}\n")).collect();
+        std::fs::write(&fx.config, text).unwrap();
+        let dist = fx.dir.path().join("python-dist");
+        std::fs::remove_file(dist.join("downloads.json")).unwrap();
+        let name =
+            format!("cpython-{}+20240101-{}-unknown-linux-gnu-install_only.tar.gz", fx.python, std::env::consts::ARCH);
+        std::fs::rename(dist.join("cpython.tar.gz"), dist.join(name)).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/images/python-downloads.sh");
+        let st = Command::new(script).arg("index").arg(&dist).arg("file:///opt/nixuv/python").status().unwrap();
+        assert!(st.success());
+        (fx, dist)
+    }
+
     fn build(managed: bool) -> Self {
         let ok = Command::new("unshare").args(["--mount", "true"]).status().map(|s| s.success()).unwrap_or(false);
         assert!(ok, "these tests need `unshare --mount` (root): CI runs as root");
@@ -575,6 +595,11 @@ struct JsonIndex {
 impl JsonIndex {
     /// nixuvdep 0.1 (BASE 41) uploaded 2024-01-01, 0.2 (BASE 99) uploaded 2025-06-01.
     fn start() -> Self {
+        Self::start_with_auth(None)
+    }
+
+    /// [`JsonIndex::start`], requiring HTTP Basic `user:password` when given.
+    fn start_with_auth(auth: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let code = format!(
             "import sys, json; sys.path.insert(0, {sup:?}); import make_wheels as m\n\
@@ -585,12 +610,12 @@ impl JsonIndex {
             d = dir.path().display().to_string()
         );
         assert!(Command::new("python3").args(["-c", &code]).status().unwrap().success());
-        let mut child = Command::new("python3")
-            .arg(support("json_index.py"))
-            .arg(dir.path())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut cmd = Command::new("python3");
+        cmd.arg(support("json_index.py")).arg(dir.path()).stdout(Stdio::piped());
+        if let Some(a) = auth {
+            cmd.env("NIXUV_TEST_INDEX_AUTH", a);
+        }
+        let mut child = cmd.spawn().unwrap();
         let mut line = String::new();
         std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
         JsonIndex { child, port: line.trim().parse().unwrap(), _dir: dir }
@@ -835,4 +860,110 @@ fn overlay_mode_keeps_the_image_python_and_its_packages() {
     // Warm on the second run.
     let again = run_init(&pod, &vols, &[]);
     assert!(text(&again).contains("already built"), "{}", text(&again));
+}
+
+#[test]
+fn interpreters_come_from_the_init_image_without_any_network() {
+    let (fx, dist) = Fixture::with_image_pythons();
+    let vols = Volumes::new();
+    let pod = fx.mutate(&fx.pod("", "nixuvdemo==1.0"));
+    let init_env = pod["spec"]["initContainers"][0]["env"].to_string();
+    assert!(!init_env.contains("UV_PYTHON_DOWNLOADS_JSON_URL"), "the Pod names no download list: {init_env}");
+    // The init container with the image's interpreters where the image has them, and no network.
+    let image_pythons = format!("{}:/opt/nixuv/python:ro", dist.display());
+    let out = start_init_with(&pod, &vols, &[], &["--mount".into(), image_pythons.clone(), "--no-net".into()])
+        .wait_with_output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let script = "python -c 'import sys, nixuvdemo; print(nixuvdemo.VALUE, sys.base_prefix)'";
+    let app = run_app(&pod, &vols, script, true);
+    let stdout = String::from_utf8_lossy(&app.stdout).into_owned();
+    assert!(stdout.starts_with("42 /nixuv/uv/python/cpython-"), "{}", text(&app));
+    // A version the image does not carry fails naming it and what to do.
+    let mut other = fx.pod("", "nixuvdemo==1.0");
+    other["metadata"]["annotations"]["nixuv.io/python"] = json!("3.9");
+    let other = fx.mutate(&other);
+    let out = start_init_with(&other, &vols, &[], &["--mount".into(), image_pythons, "--no-net".into()])
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("python \"3.9\"") && err.contains("interpreters this init image carries"), "{err}");
+}
+
+#[test]
+fn private_index_credentials_come_from_a_secret_and_never_show() {
+    const PASSWORD: &str = "s3cret-Pa55w0rd";
+    let fx = Fixture::new();
+    let index = JsonIndex::start_with_auth(Some(&format!("reader:{PASSWORD}")));
+    let config = |secret: &str| {
+        format!(
+            "storage: {{mode: pvc}}\ninitEnv:\n\
+             - {{name: UV_DEFAULT_INDEX, value: 'private=http://127.0.0.1:{}/simple'}}\n\
+             - {{name: UV_INDEX_PRIVATE_USERNAME, valueFrom: {{secretKeyRef: {{name: {secret}, key: username}}}}}}\n\
+             - {{name: UV_INDEX_PRIVATE_PASSWORD, valueFrom: {{secretKeyRef: {{name: {secret}, key: password}}}}}}\n\
+             - {{name: UV_PYTHON_DOWNLOADS, value: never}}\n- {{name: UV_PYTHON_PREFERENCE, value: only-system}}\n",
+            index.port
+        )
+    };
+    std::fs::write(&fx.config, config("pypi-creds")).unwrap();
+    let pod = fx.mutate(&fx.pod("", "nixuvdep"));
+    // The Pod spec carries references to the Secret, never the credentials.
+    let init = &pod["spec"]["initContainers"][0];
+    let env = init["env"].as_array().unwrap();
+    let by_name = |n: &str| env.iter().find(|e| e["name"] == n).cloned().unwrap();
+    assert_eq!(
+        by_name("UV_INDEX_PRIVATE_PASSWORD")["valueFrom"],
+        json!({"secretKeyRef": {"name": "pypi-creds", "key": "password"}})
+    );
+    assert_eq!(by_name("NIXUV_INDEX_URL")["value"], format!("http://127.0.0.1:{}/simple", index.port));
+    assert_eq!(
+        by_name("NIXUV_SECRET_ENV")["value"],
+        "UV_INDEX_PRIVATE_PASSWORD=pypi-creds/password,UV_INDEX_PRIVATE_USERNAME=pypi-creds/username"
+    );
+    // What the kubelet does with the references: the Secret's values in the container's env.
+    let secrets = [("UV_INDEX_PRIVATE_USERNAME", "reader"), ("UV_INDEX_PRIVATE_PASSWORD", PASSWORD)];
+    let vols = Volumes::new();
+    // Without them the index refuses, and the build fails.
+    let out = run_init(&pod, &vols, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let out = run_init(&pod, &vols, &secrets);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains(PASSWORD), "{}", text(&out));
+    assert_eq!(app_stdout(&pod, &vols, "python -c 'import nixuvdep; print(nixuvdep.BASE)'"), "99\n");
+    // A wrong password fails without printing either password.
+    let wrong = [("UV_INDEX_PRIVATE_USERNAME", "reader"), ("UV_INDEX_PRIVATE_PASSWORD", "not-the-Pa55w0rd")];
+    let out = run_init(&pod, &Volumes::new(), &wrong);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!text(&out).contains("not-the-Pa55w0rd") && !text(&out).contains(PASSWORD), "{}", text(&out));
+    // The id binds which Secret, not its value: another Secret is another env.
+    std::fs::write(&fx.config, config("other-creds")).unwrap();
+    let other = fx.mutate(&fx.pod("", "nixuvdep"));
+    let id = |p: &Value| p["metadata"]["annotations"]["nixuv.io/env"].as_str().unwrap().to_string();
+    assert_ne!(id(&pod), id(&other));
+    // Credentials as a literal value, or the index URL from a Secret, are refused at start-up.
+    for (bad, field) in [
+        (
+            format!("initEnv:\n- {{name: UV_DEFAULT_INDEX, value: 'https://reader:{PASSWORD}@pkgs.example/simple'}}\n"),
+            "initEnv[0].value",
+        ),
+        (
+            "initEnv:\n- {name: UV_DEFAULT_INDEX, valueFrom: {secretKeyRef: {name: s, key: url}}}\n".to_string(),
+            "initEnv[0].valueFrom",
+        ),
+        (
+            "initEnv:\n- {name: UV_INDEX_X_PASSWORD, valueFrom: {configMapKeyRef: {name: s, key: k}}}\n".to_string(),
+            "configMapKeyRef",
+        ),
+    ] {
+        std::fs::write(&fx.config, &bad).unwrap();
+        let out = Command::new(common::bin())
+            .args(["preview", "-f", "/dev/null", "--config"])
+            .arg(&fx.config)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(field) && !err.contains(PASSWORD), "{field}: {err}");
+    }
 }

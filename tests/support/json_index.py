@@ -1,7 +1,11 @@
 """A package index over HTTP with the JSON simple API (PEP 691) and upload times (PEP 700), served
 from a directory of wheels, for the tests of python.excludeNewer: uv reads upload times only from
 such an index. Upload times come from DIR/upload-times.json ({filename: RFC 3339}).
+With NIXUV_TEST_INDEX_AUTH=user:password set, every request needs those HTTP Basic credentials
+(401 otherwise), as a private index does.
 Usage: python3 json_index.py DIR  -> prints the port it listens on (127.0.0.1), then serves."""
+
+import base64
 
 import hashlib
 import http.server
@@ -12,6 +16,7 @@ import sys
 
 ROOT = sys.argv[1]
 TIMES = json.load(open(os.path.join(ROOT, "upload-times.json")))
+AUTH = os.environ.get("NIXUV_TEST_INDEX_AUTH")
 
 
 def normalise(name):
@@ -26,6 +31,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.do_GET(head=True)
 
     def do_GET(self, head=False):
+        if AUTH and self.headers.get("Authorization") != "Basic " + base64.b64encode(AUTH.encode()).decode():
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="private"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
         m = re.fullmatch(r"/simple/([^/]+)/?", self.path)
         if m:
             want = normalise(m.group(1))
