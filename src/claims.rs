@@ -6,6 +6,9 @@
 pub enum ClaimState {
     Present,
     Missing,
+    /// There, but Pending when it should have bound (its class cannot provide it, a quota):
+    /// Pods mounting it would stay Pending.
+    Unbindable,
     /// The cache has not synced (API unreachable or still listing).
     Unknown,
 }

@@ -319,6 +319,12 @@ impl Injector {
                 ));
                 false
             }
+            ClaimState::Unbindable => {
+                warnings.push(format!(
+                    "nixuv: PersistentVolumeClaim {claim:?} in namespace {ns:?} is Pending when it should have bound (its storage class cannot provide it: ReadWriteMany? a quota?); volume {vol:?} is an emptyDir, so this Pod builds its env alone (docs/troubleshooting.md)"
+                ));
+                false
+            }
             ClaimState::Unknown => {
                 warnings.push(format!(
                     "nixuv: could not check PersistentVolumeClaim {claim:?} (the API has not answered yet); using it as configured"

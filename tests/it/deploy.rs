@@ -14,8 +14,14 @@ use serde_json::Value;
 
 use crate::common;
 
-const KUSTOMIZATIONS: &[&str] =
-    &["base", "overlays/cert-manager", "overlays/self-managed", "overlays/stores-example", "overlays/cluster-example"];
+const KUSTOMIZATIONS: &[&str] = &[
+    "base",
+    "overlays/cert-manager",
+    "overlays/self-managed",
+    "overlays/stores-example",
+    "overlays/kind-stores",
+    "overlays/cluster-example",
+];
 const KUBERNETES_VERSION: &str = "1.34.0";
 
 fn root() -> &'static Path {
@@ -181,9 +187,11 @@ fn webhook_deployment_is_restricted_and_highly_available() {
     assert_eq!(pdb["spec"]["minAvailable"], 1);
     // Least privilege: the base ClusterRole only reads PVCs.
     let role = find(&docs, "ClusterRole", "nixuv");
-    assert_eq!(role["rules"].as_array().unwrap().len(), 1);
+    assert_eq!(role["rules"].as_array().unwrap().len(), 2);
     assert_eq!(role["rules"][0]["resources"], serde_json::json!(["persistentvolumeclaims"]));
     assert_eq!(role["rules"][0]["verbs"], serde_json::json!(["get", "list", "watch"]));
+    assert_eq!(role["rules"][1]["resources"], serde_json::json!(["storageclasses"]));
+    assert_eq!(role["rules"][1]["verbs"], serde_json::json!(["list", "watch"]));
     let ns = find(&docs, "Namespace", "nixuv-system");
     assert_eq!(ns["metadata"]["labels"]["nixuv.io/inject"], "disabled");
     assert_eq!(ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "restricted");
@@ -197,6 +205,14 @@ fn stores_component_makes_rwx_claims_in_the_namespace() {
         assert_eq!(pvc["metadata"]["namespace"], "team-a");
         assert_eq!(pvc["spec"]["accessModes"], serde_json::json!(["ReadWriteMany"]));
         assert_eq!(pvc["spec"]["storageClassName"], "nfs-client");
+    }
+    // kind: ReadWriteOnce on its default class, which local-path can provide (one node).
+    let (_, docs) = render("overlays/kind-stores");
+    for name in ["nixuv-nix-store", "nixuv-uv-cache"] {
+        let pvc = find(&docs, "PersistentVolumeClaim", name);
+        assert_eq!(pvc["metadata"]["namespace"], "team-a");
+        assert_eq!(pvc["spec"]["accessModes"], serde_json::json!(["ReadWriteOnce"]));
+        assert_eq!(pvc["spec"]["storageClassName"], "standard");
     }
     let cfg = nixuv::config::Config::default();
     assert_eq!(cfg.file.storage.nix_claim, "nixuv-nix-store", "component names match the config defaults");

@@ -1,6 +1,7 @@
 //! The Kubernetes API side of `nixuv serve` (`--check-claims`, `--manage-ca-bundle`), against a
-//! local HTTP server that answers with real Kubernetes API JSON — list and watch of
-//! PersistentVolumeClaim metadata, get and JSON-patch of a MutatingWebhookConfiguration — because
+//! local HTTP server that answers with Kubernetes API JSON in the shape of real responses — list
+//! and watch of PersistentVolumeClaims and StorageClasses, get and JSON-patch of a
+//! MutatingWebhookConfiguration — because
 //! no API server can run on the test machines. The claims of a real cluster are documented, not
 //! tested, here.
 
@@ -21,6 +22,10 @@ use crate::common::{self, post_json, Server};
 #[derive(Default)]
 struct Api {
     claims: Vec<(String, String)>,
+    /// Claims with a phase, class and age other than Bound / nfs / old: (namespace, name, phase,
+    /// class, age in seconds).
+    pending: Vec<(String, String, String, String, i64)>,
+    classes: Vec<(String, String)>,
     rv: u64,
     mwc: Value,
     patches: Vec<(String, Value)>,
@@ -29,19 +34,42 @@ struct Api {
 
 type Shared = Arc<Mutex<Api>>;
 
-fn pvc_meta(ns: &str, name: &str, rv: u64) -> Value {
-    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+fn pvc_full(ns: &str, name: &str, phase: &str, class: &str, age_secs: i64, rv: u64) -> Value {
+    let created = std::time::SystemTime::now() - Duration::from_secs(age_secs as u64);
+    let created = humantime::format_rfc3339_seconds(created).to_string();
+    json!({"kind": "PersistentVolumeClaim", "apiVersion": "v1",
            "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}"), "resourceVersion": rv.to_string(),
-                        "creationTimestamp": "2026-11-25T10:00:00Z", "labels": {"app.kubernetes.io/part-of": "nixuv"}}})
+                        "creationTimestamp": created, "labels": {"app.kubernetes.io/part-of": "nixuv"},
+                        "managedFields": [{"manager": "kubectl", "operation": "Apply", "apiVersion": "v1"}]},
+           "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "50Gi"}},
+                    "storageClassName": class, "volumeMode": "Filesystem"},
+           "status": {"phase": phase}})
 }
 
-async fn pvcs(
-    State(api): State<Shared>,
-    Query(q): Query<std::collections::HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    let accept = headers.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    assert!(accept.contains("as=PartialObjectMetadata"), "nixuv asks for metadata only, got Accept: {accept}");
+fn pvc_meta(ns: &str, name: &str, rv: u64) -> Value {
+    pvc_full(ns, name, "Bound", "nfs", 86400, rv)
+}
+
+fn storage_class(name: &str, mode: &str) -> Value {
+    json!({"kind": "StorageClass", "apiVersion": "storage.k8s.io/v1",
+           "metadata": {"name": name, "uid": format!("uid-{name}"), "resourceVersion": "5", "creationTimestamp": "2026-01-01T00:00:00Z"},
+           "provisioner": "example.com/provisioner", "reclaimPolicy": "Delete", "volumeBindingMode": mode})
+}
+
+async fn classes(State(api): State<Shared>, Query(q): Query<std::collections::HashMap<String, String>>) -> Response {
+    if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
+        // Nothing changes: a watch that stays open.
+        let stream = futures_util::stream::pending::<Result<String, std::io::Error>>();
+        return ([("content-type", "application/json")], Body::from_stream(stream)).into_response();
+    }
+    let a = api.lock().unwrap();
+    let items: Vec<Value> = a.classes.iter().map(|(n, m)| storage_class(n, m)).collect();
+    let list = json!({"kind": "StorageClassList", "apiVersion": "storage.k8s.io/v1",
+                      "metadata": {"resourceVersion": a.rv.to_string()}, "items": items});
+    ([("content-type", "application/json")], list.to_string()).into_response()
+}
+
+async fn pvcs(State(api): State<Shared>, Query(q): Query<std::collections::HashMap<String, String>>) -> Response {
     if q.get("watch").map(String::as_str) == Some("true") || q.get("watch").map(String::as_str) == Some("1") {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         api.lock().unwrap().watchers.push(tx);
@@ -51,8 +79,9 @@ async fn pvcs(
         return ([("content-type", "application/json")], Body::from_stream(stream)).into_response();
     }
     let a = api.lock().unwrap();
-    let items: Vec<Value> = a.claims.iter().map(|(ns, n)| pvc_meta(ns, n, a.rv)).collect();
-    let list = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+    let mut items: Vec<Value> = a.claims.iter().map(|(ns, n)| pvc_meta(ns, n, a.rv)).collect();
+    items.extend(a.pending.iter().map(|(ns, n, phase, class, age)| pvc_full(ns, n, phase, class, *age, a.rv)));
+    let list = json!({"kind": "PersistentVolumeClaimList", "apiVersion": "v1",
                       "metadata": {"resourceVersion": a.rv.to_string()}, "items": items});
     ([("content-type", "application/json")], list.to_string()).into_response()
 }
@@ -98,6 +127,7 @@ fn mwc() -> Value {
 async fn start_api(api: Shared) -> std::net::SocketAddr {
     let app = Router::new()
         .route("/api/v1/persistentvolumeclaims", get(pvcs))
+        .route("/apis/storage.k8s.io/v1/storageclasses", get(classes))
         .route(
             "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/nixuv",
             get(mwc_get).patch(mwc_patch),
@@ -195,6 +225,43 @@ async fn claims_cache_falls_back_to_emptydir_and_follows_the_watch() {
     eventually("the watch event to land", async || claim_of(&mutate_in(&server, "team-b").await, "nixuv-uv").is_some())
         .await;
     assert!(mutate_in(&server, "team-b").await["warnings"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_cannot_bind_falls_back_to_emptydir_with_a_warning() {
+    let pending =
+        |ns: &str, name: &str, class: &str, age: i64| (ns.into(), name.into(), "Pending".into(), class.into(), age);
+    let api: Shared = Arc::new(Mutex::new(Api {
+        classes: vec![("nfs".into(), "Immediate".into()), ("standard".into(), "WaitForFirstConsumer".into())],
+        pending: vec![
+            // An Immediate class that has not bound it in ten minutes (no RWX support, a quota).
+            pending("team-a", "nixuv-nix-store", "nfs", 600),
+            // Just created: still provisioning.
+            pending("team-a", "nixuv-uv-cache", "nfs", 2),
+            // WaitForFirstConsumer: Pending until a Pod uses it, which is normal.
+            pending("team-b", "nixuv-nix-store", "standard", 600),
+            pending("team-b", "nixuv-uv-cache", "standard", 600),
+        ],
+        rv: 10,
+        mwc: mwc(),
+        ..Default::default()
+    }));
+    let addr = start_api(api.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(dir.path(), addr);
+    let server = Server::builder().env("KUBECONFIG", kc.to_str().unwrap()).arg("--check-claims").start();
+    eventually("the claim cache to sync", async || {
+        !mutate_in(&server, "team-b").await["warnings"].to_string().contains("could not check")
+    })
+    .await;
+    let a = mutate_in(&server, "team-a").await;
+    assert_eq!(claim_of(&a, "nixuv-nix"), None, "{a}");
+    assert_eq!(claim_of(&a, "nixuv-uv").as_deref(), Some("nixuv-uv-cache"));
+    let w = a["warnings"][0].as_str().unwrap();
+    assert!(w.contains("\"nixuv-nix-store\"") && w.contains("is Pending when it should have bound"), "{w}");
+    let b = mutate_in(&server, "team-b").await;
+    assert_eq!(claim_of(&b, "nixuv-nix").as_deref(), Some("nixuv-nix-store"), "{b}");
+    assert!(b["warnings"].is_null(), "{b}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
