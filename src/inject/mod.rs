@@ -404,9 +404,10 @@ impl Injector {
         };
         let targets = optin::targets(pod, cfg)?;
         let already = pod.annotation(ANN_STATUS) == Some(STATUS_INJECTED);
-        if already {
-            stale_injection(pod, plan)?;
-        } else {
+        // nixuv's own earlier output for another env (made from `nixuv preview`, copied, or
+        // its dependencies edited since): rewritten for this env rather than trusted.
+        let reinject = already && injected_for_another_env(pod, plan);
+        if !already {
             conflicts(pod)?;
         }
         own_store_mounts(pod, cfg, already)?;
@@ -415,7 +416,8 @@ impl Injector {
         for idx in targets {
             let c = &containers[idx];
             match c.env_var(ENV_ID) {
-                Some((_, e)) if already && e.value.as_deref() == Some(plan.id.as_str()) => continue,
+                Some((_, e)) if already && !reinject && e.value.as_deref() == Some(plan.id.as_str()) => continue,
+                Some(_) if reinject => {}
                 Some(_) => {
                     return Err(Denial::conflict(format!(
                         "spec.containers[{:?}].env: NIXUV_ENV is already set; it is reserved for nixuv",
@@ -424,12 +426,12 @@ impl Injector {
                 }
                 None => {}
             }
-            container_conflicts(c, plan)?;
+            container_conflicts(c, plan, reinject)?;
             todo.push(idx);
         }
         let missing = if already { patch::Missing::of(pod) } else { patch::Missing::all() };
         let mut warnings = declaration_warnings;
-        let volumes = if missing.nix_volume || missing.uv_volume {
+        let volumes = if reinject || missing.nix_volume || missing.uv_volume {
             self.storage(ns, claims, &mut warnings)
         } else {
             StoreVolumes { nix_pvc: true, uv_pvc: true }
@@ -465,7 +467,19 @@ impl Injector {
             }
         }
         let at = patch::Placement { stores: volumes, init_index: patch::init_index(pod, placement) };
-        let patch = patch::build(pod, plan, init, &targets, &missing, at, cfg);
+        let patch = if reinject {
+            let was = match pod.annotation(ANN_ENV) {
+                Some(old) => format!("env {old:?}"),
+                None => "an env it does not name".to_string(),
+            };
+            warnings.push(format!(
+                "nixuv: the Pod carries nixuv's injection for {was}, but its dependencies now give env {:?}: re-injected for it",
+                plan.id
+            ));
+            patch::rebuild(pod, plan, init, &targets, at, cfg)
+        } else {
+            patch::build(pod, plan, init, &targets, &missing, at, cfg)
+        };
         let env_id = plan.id.clone();
         let verdict = if patch.is_empty() { Verdict::Unchanged { env_id } } else { Verdict::Inject { env_id, patch } };
         Ok(Decision { verdict, warnings, notes })
@@ -514,35 +528,16 @@ fn python_image_mismatch(
     }
 }
 
-/// nixuv's own earlier output is trusted only when every part of it is for this env: a marker
-/// without the env, or an init container built for another env, would give the app an env that
-/// nothing builds.
-fn stale_injection(pod: &PodView, plan: &EnvPlan) -> Result<(), Denial> {
-    const REDO: &str = "create the Pod from a manifest without nixuv's annotations, volumes and init container";
-    match pod.annotation(ANN_ENV) {
-        None => {
-            return Err(Denial::conflict(format!(
-                "annotation {ANN_STATUS:?} says {STATUS_INJECTED:?} but annotation {ANN_ENV:?} is missing; {REDO}"
-            )))
-        }
-        Some(env) if env != plan.id => {
-            return Err(Denial::conflict(format!(
-                "annotation {ANN_ENV:?}: the Pod was injected for env {env:?} but its dependencies now give env {:?}; {REDO}",
-                plan.id
-            )))
-        }
-        Some(_) => {}
-    }
-    if let Some(init) = pod.init_containers().iter().find(|c| c.name == INIT_CONTAINER) {
-        let built = init.env_var(ENV_ID).and_then(|(_, e)| e.value.as_deref());
-        if built != Some(plan.id.as_str()) {
-            return Err(Denial::conflict(format!(
-                "spec.initContainers[{INIT_CONTAINER:?}].env: NIXUV_ENV is {built:?}, not this Pod's env {:?}; {REDO}",
-                plan.id
-            )));
-        }
-    }
-    Ok(())
+/// Whether nixuv's own earlier output in `pod` is for another env than `plan`: the env
+/// annotation is missing or names another env, or nixuv-init or a container carries another
+/// `NIXUV_ENV`. Such a Pod is re-injected (every part nixuv wrote is rewritten for `plan`): its
+/// old parts would give the app an env that nothing builds.
+fn injected_for_another_env(pod: &PodView, plan: &EnvPlan) -> bool {
+    let other =
+        |c: &pod::ContainerView| c.env_var(ENV_ID).is_some_and(|(_, e)| e.value.as_deref() != Some(plan.id.as_str()));
+    pod.annotation(ANN_ENV) != Some(plan.id.as_str())
+        || pod.init_containers().iter().any(|c| c.name == INIT_CONTAINER && (other(c) || c.env_var(ENV_ID).is_none()))
+        || pod.containers().iter().any(other)
 }
 
 /// Claims whose states in one namespace are already known.
@@ -770,8 +765,12 @@ fn overlaps(a: &str, b: &str) -> bool {
 }
 
 /// A target container must not already mount over the stores or set the variables nixuv owns.
-fn container_conflicts(c: &pod::ContainerView, plan: &EnvPlan) -> Result<(), Denial> {
+fn container_conflicts(c: &pod::ContainerView, plan: &EnvPlan, reinject: bool) -> Result<(), Denial> {
     for m in c.volume_mounts.as_deref().unwrap_or(&[]) {
+        if reinject && (m.name == VOL_NIX || m.name == VOL_UV) {
+            // nixuv's own mounts, replaced by the re-injection.
+            continue;
+        }
         for ours in [NIX_MOUNT, UV_ROOT] {
             if overlaps(&m.mount_path, ours) {
                 return Err(Denial::conflict(format!(
@@ -802,7 +801,11 @@ fn container_conflicts(c: &pod::ContainerView, plan: &EnvPlan) -> Result<(), Den
                 c.name
             )));
         }
-    } else if plan.has_python() && c.env_var("VIRTUAL_ENV").is_some() {
+    } else if plan.has_python()
+        && c.env_var("VIRTUAL_ENV").is_some_and(|(_, e)| {
+            !(reinject && e.value.as_deref().is_some_and(|v| v.starts_with(&format!("{UV_ROOT}/envs/"))))
+        })
+    {
         return Err(Denial::conflict(format!(
             "spec.containers[{:?}].env: VIRTUAL_ENV is already set; nixuv sets it to the env's venv",
             c.name

@@ -18,8 +18,8 @@ use super::StoreVolumes;
 use crate::config::Config;
 use crate::envspec::EnvSpec;
 use crate::names::{
-    ANN_ENV, ANN_IMAGE_PATH, ANN_STATUS, INIT_CONTAINER, INIT_NIX_DIR, NIX_MOUNT, STATUS_INJECTED, UV_ROOT, VOL_NIX,
-    VOL_TMP, VOL_UV, WORK_DIR,
+    ANN_ENV, ANN_IMAGE_PATH, ANN_STATUS, ENV_ID, INIT_CONTAINER, INIT_NIX_DIR, NIX_MOUNT, STATUS_INJECTED, UV_ROOT,
+    VOL_NIX, VOL_TMP, VOL_UV, WORK_DIR,
 };
 use crate::plan::EnvPlan;
 use crate::values::{InitPlacement, Quantity};
@@ -44,23 +44,29 @@ impl Serialize for Text {
     }
 }
 
+/// An RFC 6902 operation. nixuv adds to what it finds; only re-injecting its own earlier output
+/// (see [`rebuild`]) replaces and removes, and only what it wrote itself.
 #[derive(Debug, Clone)]
 struct AddOp {
+    op: &'static str,
     path: PointerBuf,
-    value: Text,
+    value: Option<Text>,
 }
 
 impl Serialize for AddOp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("AddOperation", 3)?;
-        st.serialize_field("op", "add")?;
+        let mut st = s.serialize_struct("Operation", if self.value.is_some() { 3 } else { 2 })?;
+        st.serialize_field("op", self.op)?;
         st.serialize_field("path", self.path.as_str())?;
-        st.serialize_field("value", &self.value)?;
+        if let Some(v) = &self.value {
+            st.serialize_field("value", v)?;
+        }
         st.end()
     }
 }
 
-/// An RFC 6902 patch of `add` operations with their values as JSON text, so that what is the same
+/// An RFC 6902 patch (`add` operations, and for a re-injection `replace` and `remove`) with its
+/// values as JSON text, so that what is the same
 /// for every Pod of an env is serialised once (serde_json writes a `RawValue` as is).
 /// [`AddPatch::to_json`] is the wire form; [`AddPatch::to_patch`] gives a `json_patch::Patch` for
 /// applying it.
@@ -106,7 +112,17 @@ impl Ops {
         self.push(tokens, Text::Owned(text));
     }
     fn push<'t>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>, value: Text) {
-        self.0.push(AddOp { path: PointerBuf::from_tokens(tokens), value });
+        self.0.push(AddOp { op: "add", path: PointerBuf::from_tokens(tokens), value: Some(value) });
+    }
+    fn replace<'t>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>, value: Text) {
+        self.0.push(AddOp { op: "replace", path: PointerBuf::from_tokens(tokens), value: Some(value) });
+    }
+    fn replace_value<'t>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>, value: Value) {
+        let text = serde_json::value::to_raw_value(&value).expect("a JSON value serialises");
+        self.replace(tokens, Text::Owned(text));
+    }
+    fn remove<'t>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>) {
+        self.0.push(AddOp { op: "remove", path: PointerBuf::from_tokens(tokens), value: None });
     }
 }
 
@@ -381,6 +397,165 @@ pub fn build(
     let containers = pod.containers();
     for t in targets {
         patch_container(&mut ops, t, &containers[t.index], plan);
+    }
+    AddPatch(ops.0)
+}
+
+/// Whether `dir` is a directory nixuv puts on PATH for some env (`…/envs/<id>/bin` or the nix
+/// profile's `bin`).
+fn is_env_path_dir(dir: &str) -> bool {
+    let id_then = |rest: &str, tail: &str| {
+        rest.len() == 16 + tail.len()
+            && rest.ends_with(tail)
+            && rest[..16].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    dir.strip_prefix(&format!("{UV_ROOT}/envs/")).is_some_and(|r| id_then(r, "/bin"))
+        || dir.strip_prefix(&format!("{NIX_MOUNT}/var/nix/profiles/nixuv/")).is_some_and(|r| id_then(r, "/bin"))
+}
+
+/// Whether `dir` is an env's overlay directory on PYTHONPATH.
+fn is_env_python_dir(dir: &str) -> bool {
+    dir.strip_prefix(&format!("{UV_ROOT}/envs/"))
+        .is_some_and(|r| r.len() == 16 && r.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
+/// A colon-separated list without the leading entries `ours` recognises (what an earlier
+/// injection put in front).
+fn strip_leading(list: &str, ours: impl Fn(&str) -> bool) -> &str {
+    let mut rest = list;
+    while let Some(first) = rest.split(':').next().filter(|d| ours(d)) {
+        rest = rest.get(first.len() + 1..).unwrap_or("");
+    }
+    rest
+}
+
+/// The patch that turns nixuv's own earlier injection (for another env: the Pod was made from
+/// `nixuv preview` output, or copied, and its dependencies changed since) into the injection for
+/// `plan`: the annotations, nixuv's three volumes and its init container are replaced whole;
+/// in each container, the variables nixuv set are rewritten (its directories taken off the front
+/// of PATH and PYTHONPATH first) and its mounts replaced; containers that are no longer targets
+/// lose nixuv's variables. Everything else is left as it is.
+pub fn rebuild(
+    pod: &PodView,
+    plan: &EnvPlan,
+    init: &Arc<RawValue>,
+    targets: &[Target],
+    at: Placement,
+    cfg: &Config,
+) -> AddPatch {
+    let mut ops = Ops::default();
+    for (k, v) in [(ANN_STATUS, STATUS_INJECTED), (ANN_ENV, plan.id.as_str())] {
+        // The status annotation is there, so the map is; `add` sets or replaces a member.
+        ops.add([key("metadata"), key("annotations"), key(k)], json!(v));
+    }
+    let spec = pod.spec.as_ref();
+    let existing = pod.volumes();
+    let mut appended = Vec::new();
+    for (name, v) in volumes(cfg, at.stores) {
+        match existing.iter().position(|e| e.name == name) {
+            Some(j) => ops.replace_value([key("spec"), key("volumes"), index(j)], v),
+            None => appended.push(v),
+        }
+    }
+    if !appended.is_empty() {
+        if spec.and_then(|s| s.volumes.as_ref()).is_none() {
+            ops.add([key("spec"), key("volumes")], Value::Array(appended));
+        } else {
+            for v in appended {
+                ops.add([key("spec"), key("volumes"), key("-")], v);
+            }
+        }
+    }
+    match pod.init_containers().iter().position(|c| c.name == INIT_CONTAINER) {
+        Some(j) => ops.replace([key("spec"), key("initContainers"), index(j)], Text::Shared(Arc::clone(init))),
+        None if spec.and_then(|s| s.init_containers.as_ref()).is_none() => {
+            ops.push([key("spec"), key("initContainers")], Text::SharedInArray(Arc::clone(init)))
+        }
+        None => ops.push([key("spec"), key("initContainers"), index(at.init_index)], Text::Shared(Arc::clone(init))),
+    }
+    for (k, c) in pod.containers().iter().enumerate() {
+        let target = targets.iter().find(|t| t.index == k);
+        let had = c.env_var(ENV_ID).is_some();
+        match (target, had) {
+            (None, false) => continue,
+            (Some(t), false) => {
+                patch_container(&mut ops, t, c, plan);
+                continue;
+            }
+            _ => {}
+        }
+        let base = [key("spec"), key("containers"), index(k)];
+        let own_path = c.env_var("PATH").and_then(|(_, e)| e.value.as_deref()).unwrap_or("");
+        let tail = strip_leading(own_path, is_env_path_dir);
+        let python_path = c.env_var("PYTHONPATH").and_then(|(_, e)| e.value.as_deref());
+        let python_tail = python_path.map(|p| strip_leading(p, is_env_python_dir));
+        let ours_venv = c.env_var("VIRTUAL_ENV").and_then(|(_, e)| e.value.as_deref()).is_some_and(is_env_python_dir);
+        // What each variable nixuv owns becomes.
+        enum Want {
+            Set(String),
+            Remove,
+            Keep,
+        }
+        let overlay = target.is_some() && plan.is_overlay();
+        let venv = target.is_some() && plan.has_python() && !plan.is_overlay();
+        let path = match target {
+            Some(_) => Want::Set(format!(
+                "{}:{}",
+                plan.path_prefix(),
+                if tail.is_empty() { image_path(pod, c, cfg).0 } else { tail }
+            )),
+            None => Want::Set(tail.to_string()),
+        };
+        let python_path = match (overlay, python_tail) {
+            (true, None | Some("")) => Want::Set(plan.venv_dir()),
+            (true, Some(rest)) => Want::Set(format!("{}:{rest}", plan.venv_dir())),
+            // Only nixuv's directory was there: it set the variable.
+            (false, Some("")) => Want::Remove,
+            (false, Some(rest)) => Want::Set(rest.to_string()),
+            (false, None) => Want::Keep,
+        };
+        let virtual_env = match (venv, ours_venv) {
+            (true, _) => Want::Set(plan.venv_dir()),
+            (false, true) => Want::Remove,
+            (false, false) => Want::Keep,
+        };
+        let id = match target {
+            Some(_) => Want::Set(plan.id.clone()),
+            None => Want::Remove,
+        };
+        let mut removes = Vec::new();
+        for (name, want) in [("PATH", path), ("PYTHONPATH", python_path), ("VIRTUAL_ENV", virtual_env), (ENV_ID, id)] {
+            match (c.env_var(name), want) {
+                (_, Want::Keep) => {}
+                (Some((j, e)), Want::Set(v)) if e.value.as_deref() != Some(v.as_str()) => {
+                    ops.add(base.iter().cloned().chain([key("env"), index(j), key("value")]), json!(v))
+                }
+                (Some(_), Want::Set(_)) => {}
+                (Some((j, _)), Want::Remove) => removes.push(j),
+                (None, Want::Set(v)) if !v.is_empty() => {
+                    ops.add(base.iter().cloned().chain([key("env"), key("-")]), json!({ "name": name, "value": v }))
+                }
+                (None, _) => {}
+            }
+        }
+        // Highest index first, so that each index still names the entry it was computed for.
+        removes.sort_unstable_by(|a, b| b.cmp(a));
+        for j in removes {
+            ops.remove(base.iter().cloned().chain([key("env"), index(j)]));
+        }
+        if target.is_some() {
+            let mounts = c.volume_mounts.as_deref().unwrap_or(&[]);
+            for m in target_mounts() {
+                let name = m["name"].as_str().unwrap_or_default();
+                match mounts.iter().position(|x| x.name == name) {
+                    Some(j) => ops.replace_value(base.iter().cloned().chain([key("volumeMounts"), index(j)]), m),
+                    None if c.volume_mounts.is_none() => {
+                        ops.add(base.iter().cloned().chain([key("volumeMounts")]), json!([m]))
+                    }
+                    None => ops.add(base.iter().cloned().chain([key("volumeMounts"), key("-")]), m),
+                }
+            }
+        }
     }
     AddPatch(ops.0)
 }

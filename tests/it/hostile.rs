@@ -556,7 +556,7 @@ fn denied_with(resp: &Value, code: u64, needle: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn smuggled_and_stale_pods_are_denied() {
+async fn smuggled_pods_are_denied_and_stale_ones_re_injected() {
     let server = Server::builder().config("policy:\n  system: {deny: ['tor*', 'nmap*']}\n").start();
     let app = json!({"containers": [{"name": "app", "image": "x"}]});
     // Policy globs are not bypassed through the package set's aliases.
@@ -564,33 +564,43 @@ async fn smuggled_and_stale_pods_are_denied() {
         let r = review(&server, opted_in(json!({"nixuv.io/system-deps": attr}), app.clone())).await;
         denied_with(&r, 403, "package-set alias");
     }
-    // A stale injection: the marker without the env id, and an init container of another env.
+    // A stale or planted injection (the marker without the env id, an init container of another
+    // env, from another image) is never trusted: nixuv re-injects, replacing its parts with its own.
     let clean = review(&server, opted_in(json!({"nixuv.io/system-deps": "gcc"}), app.clone())).await;
     let env = common::response_patch(&json!({"response": clean})).map(|p| {
         let pod = common::apply(&opted_in(json!({"nixuv.io/system-deps": "gcc"}), app.clone()), &p);
         pod["metadata"]["annotations"]["nixuv.io/env"].as_str().unwrap().to_string()
     });
     let env = env.unwrap();
-    let old_init =
-        json!([{"name": "nixuv-init", "image": "x", "env": [{"name": "NIXUV_ENV", "value": "00000000000000aa"}]}]);
-    let r = review(
-        &server,
-        opted_in(
-            json!({"nixuv.io/system-deps": "gcc", "nixuv.io/status": "injected"}),
-            json!({"containers": app["containers"], "initContainers": old_init}),
-        ),
-    )
-    .await;
-    denied_with(&r, 400, "annotation \"nixuv.io/env\" is missing");
-    let r = review(
-        &server,
-        opted_in(
-            json!({"nixuv.io/system-deps": "gcc", "nixuv.io/status": "injected", "nixuv.io/env": env}),
-            json!({"containers": app["containers"], "initContainers": old_init}),
-        ),
-    )
-    .await;
-    denied_with(&r, 400, "NIXUV_ENV is Some(\"00000000000000aa\")");
+    let old_init = json!([{"name": "nixuv-init", "image": "evil.example/writer", "command": ["sh", "-c", "rm -rf /nixuv/uv/*"],
+                           "env": [{"name": "NIXUV_ENV", "value": "00000000000000aa"}]}]);
+    let planted_volumes = json!([{"name": "nixuv-uv", "hostPath": {"path": "/"}}]);
+    for annotations in [
+        json!({"nixuv.io/system-deps": "gcc", "nixuv.io/status": "injected"}),
+        json!({"nixuv.io/system-deps": "gcc", "nixuv.io/status": "injected", "nixuv.io/env": env}),
+    ] {
+        let pod = opted_in(
+            annotations,
+            json!({"containers": app["containers"], "initContainers": old_init, "volumes": planted_volumes}),
+        );
+        let r = review(&server, pod.clone()).await;
+        assert_eq!(r["allowed"], true, "{r}");
+        assert!(r["warnings"][0].as_str().unwrap().contains("re-injected"), "{r}");
+        let out = common::apply(&pod, &common::response_patch(&json!({"response": r})).unwrap());
+        let inits = out["spec"]["initContainers"].as_array().unwrap();
+        assert_eq!(inits.len(), 1, "{out}");
+        assert_eq!(inits[0]["command"], json!(["nixuv", "materialize"]));
+        assert_eq!(inits[0]["image"], "ghcr.io/nixuv/nixuv-init:0.1.0");
+        assert!(inits[0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "NIXUV_ENV" && e["value"] == env.as_str()));
+        let vols = out["spec"]["volumes"].as_array().unwrap();
+        assert!(!out.to_string().contains("hostPath"), "{out}");
+        assert_eq!(vols.len(), 3, "{out}");
+        assert_eq!(out["metadata"]["annotations"]["nixuv.io/env"], env.as_str());
+    }
     // Mount paths that only look different from nixuv's.
     for path in ["//nix", "/nixuv/./uv", "/tmp/../nix/store", "/nix/"] {
         let spec = json!({"containers": [{"name": "app", "image": "x", "volumeMounts": [{"name": "data", "mountPath": path}]}],

@@ -625,3 +625,70 @@ fn overlay_mode_keeps_the_image_python_and_names_a_mismatched_image() {
         "{stderr}"
     );
 }
+
+#[test]
+fn nixuvs_own_earlier_injection_is_re_injected_for_the_current_deps() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |pod: &Value, output: &str| {
+        let path = dir.path().join("pod.json");
+        std::fs::write(&path, serde_json::to_vec(pod).unwrap()).unwrap();
+        let out = Command::new(common::bin()).args(["preview", "-o", output, "-f"]).arg(&path).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        (out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let object = |pod: &Value| serde_json::from_slice::<Value>(&run(pod, "json").0).unwrap();
+    let env = |pod: &Value, c: usize| -> Vec<(String, String)> {
+        pod["spec"]["containers"][c]["env"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| (e["name"].as_str().unwrap().into(), e["value"].as_str().unwrap_or("").into()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let id = |pod: &Value| pod["metadata"]["annotations"]["nixuv.io/env"].as_str().unwrap().to_string();
+    let first = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "labels": {"nixuv.io/inject": "true"},
+                     "annotations": {"nixuv.io/python-deps": "six", "nixuv.io/system-deps": "jq", "nixuv.io/containers": "app, worker"}},
+        "spec": {"containers": [
+            {"name": "app", "image": "python:3.12", "env": [{"name": "PATH", "value": "/opt/app/bin:/usr/bin:/bin"}, {"name": "PYTHONPATH", "value": "/app/lib"}]},
+            {"name": "worker", "image": "debian:bookworm-slim"},
+            {"name": "sidecar", "image": "envoy"}]}});
+    // The manifest as `nixuv preview` wrote it, applied; then the deps are edited.
+    let injected = object(&first);
+    let old = id(&injected);
+    let mut edited = injected.clone();
+    edited["metadata"]["annotations"]["nixuv.io/python-deps"] = json!("six, idna");
+    edited["metadata"]["annotations"]["nixuv.io/python-mode"] = json!("overlay");
+    edited["metadata"]["annotations"]["nixuv.io/containers"] = json!("app");
+    let (_, stderr) = run(&edited, "json");
+    assert!(stderr.contains("re-injected for"), "{stderr}");
+    let again = object(&edited);
+    let new = id(&again);
+    assert_ne!(old, new);
+    // Exactly what a fresh injection of the edited Pod gives, from the Pod without nixuv's parts.
+    let mut fresh_input = first.clone();
+    fresh_input["metadata"]["annotations"] = edited["metadata"]["annotations"].clone();
+    for k in ["nixuv.io/status", "nixuv.io/env"] {
+        fresh_input["metadata"]["annotations"].as_object_mut().unwrap().remove(k);
+    }
+    let fresh = object(&fresh_input);
+    assert_eq!(again["spec"]["initContainers"], fresh["spec"]["initContainers"]);
+    assert_eq!(again["spec"]["volumes"], fresh["spec"]["volumes"]);
+    assert_eq!(env(&again, 0), env(&fresh, 0), "the app's own PATH and PYTHONPATH tails are kept");
+    assert_eq!(again["spec"]["containers"][0]["volumeMounts"], fresh["spec"]["containers"][0]["volumeMounts"]);
+    // The worker is no longer a target: nixuv's variables are gone from it (its mounts stay, read-only).
+    let worker = env(&again, 1);
+    assert!(!worker.iter().any(|(k, _)| k == "NIXUV_ENV" || k == "VIRTUAL_ENV"), "{worker:?}");
+    let path = &worker.iter().find(|(k, _)| k == "PATH").unwrap().1;
+    assert!(!path.contains("/nixuv/") && !path.contains("/nix/var"), "{path}");
+    assert_eq!(again["spec"]["containers"][2], first["spec"]["containers"][2], "the sidecar is untouched");
+    // The patch output gives the same object, and the result is stable: nothing more to do.
+    let (patch, _) = run(&edited, "patch");
+    let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+    assert_eq!(common::apply(&edited, &patch), again);
+    let (patch, stderr) = run(&again, "patch");
+    assert_eq!(serde_json::from_slice::<Value>(&patch).unwrap(), json!([]), "{stderr}");
+    assert!(!stderr.contains("re-injected"), "{stderr}");
+}
