@@ -7,7 +7,10 @@
 #     one workload arrive: decision-cache hits) and with the cache off (every Pod decided),
 #   - latency percentiles at a fixed 1,000 req/s and at saturation (from h2load's per-request log),
 #   - RSS idle and under load (/proc), and requests per CPU-second,
-#   - materialize cold and warm (real uv, offline, a small Python env).
+#   - materialize cold and warm, with the init container's exact environment from the webhook: a
+#     small offline Python env, and numpy + pandas from the package index with a nix derivation
+#     (skipped with a message when the index is unreachable), and the app's `import pandas` with
+#     and without the bytecode compiled at install (scripts/bench-envs.py).
 # Only loopback traffic; every load run is bounded in count or time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -129,24 +132,8 @@ sat_reqs=$(wc -l <"$work/sat.log")
 hz=$(getconf CLK_TCK)
 per_cpu=$(awk -v n="$sat_reqs" -v t=$((ticks1 - ticks0)) -v hz="$hz" 'BEGIN {printf "%.0f", n / (t / hz)}')
 
-echo "materialize (uv, offline)..." >&2
-mat=$work/mat; mkdir -p "$mat"
-python3 tests/support/make_wheels.py "$mat/wheels" >/dev/null
-pyver=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-cat >"$mat/pod.json" <<JSON
-{"apiVersion":"v1","kind":"Pod","metadata":{"name":"b","labels":{"nixuv.io/inject":"true","python.nixuv.io/nixuvdemo":"1.0"},"annotations":{"nixuv.io/python":"$pyver"}},"spec":{"containers":[{"name":"app","image":"x"}]}}
-JSON
-envid=$($nixuv preview -o json -f "$mat/pod.json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["metadata"]["annotations"]["nixuv.io/env"])')
-materialize() {
-  env NIXUV_ENV="$envid" NIXUV_SYSTEM_DEPS= NIXUV_PYTHON_DEPS='nixuvdemo==1.0' NIXUV_PYTHON="$pyver" \
-    NIXUV_NIXPKGS=github:NixOS/nixpkgs/nixos-25.05 NIXUV_INDEX_URL=https://pypi.org/simple \
-    NIXUV_UV_ROOT="$1" NIXUV_NIX_DIR="$1/np/.nix-portable/nix" UV_OFFLINE=1 UV_NO_INDEX=1 UV_FIND_LINKS="$mat/wheels" \
-    UV_PYTHON_DOWNLOADS=never UV_PYTHON_PREFERENCE=only-system NIXUV_LOG=warn "$nixuv" materialize
-}
-ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1; e=$(date +%s%N); echo $(((e - s) / 1000000)); }
-cold=$(for i in 1 2 3; do ms materialize "$mat/cold-$i"; done | median)
-materialize "$mat/warm" >/dev/null 2>&1
-warm=$(for i in $(seq 20); do ms materialize "$mat/warm"; done | median)
+echo "materialize and imports (real uv and nix)..." >&2
+envs_rows=$(python3 scripts/bench-envs.py "$nixuv" "$work/envs")
 
 crit() { grep -E -A1 "^$1( |$)" "$work/criterion.txt" | grep -o 'time: *\[[^]]*\]' | awk '{print $4, $5}' | head -n1; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}'; }
@@ -170,5 +157,5 @@ nixuv benchmark — $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048
 | latency at saturation (HTTP/1.1, $CONC conns): p50 / p99 / p99.9 | $s50 / $s99 / $s999 ms (failed: ${sat_failed:-?}) |
 | RSS idle / peak under load | $((rss_idle / 1024)) MiB / $((rss_peak / 1024)) MiB |
 | requests per CPU-second (saturation) | $per_cpu |
-| materialize, small Python env: cold / warm (median) | $cold ms / $warm ms |
+$envs_rows
 TABLE

@@ -967,3 +967,26 @@ fn private_index_credentials_come_from_a_secret_and_never_show() {
         assert!(err.contains(field) && !err.contains(PASSWORD), "{field}: {err}");
     }
 }
+
+/// `make bench`'s env timings run the init container as the webhook configures it (a bench that
+/// measured a failing build would report nonsense): the offline row, end to end.
+#[test]
+fn the_env_benchmark_builds_what_it_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench-envs.py"))
+        .arg(common::bin())
+        .arg(dir.path())
+        .arg("--offline")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("| materialize, small Python env (offline): cold / warm (median) | "), "{stdout}");
+    assert!(!text(&out).contains("materialize failed"), "{}", text(&out));
+    // What it timed is there: the env's venv imports the package.
+    let venv = dir.path().join("small-0/uv/envs");
+    let env = std::fs::read_dir(&venv).unwrap().flatten().find(|e| e.file_name().len() == 16).unwrap();
+    let st = Command::new(env.path().join("bin/python")).args(["-c", "import nixuvdemo"]).status().unwrap();
+    assert!(st.success());
+}
