@@ -178,11 +178,11 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXUV_ADDR", default_value = "0.0.0.0:8443")]
     pub addr: SocketAddr,
     /// PEM certificate chain, re-read when it changes.
-    #[arg(long, env = "NIXUV_TLS_CERT")]
-    pub tls_cert: PathBuf,
+    #[arg(long, env = "NIXUV_TLS_CERT", required_unless_present = "manage_stores_once")]
+    pub tls_cert: Option<PathBuf>,
     /// PEM private key, re-read when it changes.
-    #[arg(long, env = "NIXUV_TLS_KEY")]
-    pub tls_key: PathBuf,
+    #[arg(long, env = "NIXUV_TLS_KEY", required_unless_present = "manage_stores_once")]
+    pub tls_key: Option<PathBuf>,
     /// YAML config file (defaults for every key if absent); re-read when it changes.
     #[arg(long, env = "NIXUV_CONFIG")]
     pub config: Option<PathBuf>,
@@ -250,6 +250,14 @@ pub struct ServeArgs {
     /// PEM CA certificate(s) for --manage-ca-bundle (e.g. the ca.crt of the serving Secret).
     #[arg(long, env = "NIXUV_CA_BUNDLE_FILE")]
     pub ca_bundle_file: Option<PathBuf>,
+    /// Keep the shared stores (the two claims and the gc CronJob) in every namespace labelled
+    /// `stores.namespaceLabel`, one replica at a time (a Lease in nixuv's namespace).
+    #[arg(long, env = "NIXUV_MANAGE_STORES")]
+    pub manage_stores: bool,
+    /// One reconcile pass of the managed stores over every selected namespace, then exit (no
+    /// webhook, no leader election): prints `namespace state` per namespace.
+    #[arg(long, conflicts_with = "manage_stores")]
+    pub manage_stores_once: bool,
     /// Tokio worker threads (default: the number of CPUs).
     #[arg(long, env = "NIXUV_WORKER_THREADS")]
     pub worker_threads: Option<usize>,

@@ -49,8 +49,8 @@ impl From<ServeArgs> for ServeOptions {
     fn from(a: ServeArgs) -> Self {
         ServeOptions {
             addr: a.addr,
-            tls_cert: a.tls_cert,
-            tls_key: a.tls_key,
+            tls_cert: a.tls_cert.unwrap_or_default(),
+            tls_key: a.tls_key.unwrap_or_default(),
             config_path: a.config,
             overrides: Overrides { init_image: a.init_image, own_namespace: own_namespace() },
             metrics_addr: a.metrics_addr,
@@ -70,6 +70,7 @@ impl From<ServeArgs> for ServeOptions {
             preview_max_output: a.preview_max_output,
             decision_cache_bytes: a.decision_cache_mib.saturating_mul(1024 * 1024),
             check_claims: a.check_claims,
+            manage_stores: a.manage_stores,
             manage_ca_bundle: a.manage_ca_bundle,
             ca_bundle_file: a.ca_bundle_file,
         }
@@ -83,8 +84,32 @@ pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         rt.worker_threads(n.max(1));
     }
     let rt = rt.enable_all().build()?;
+    if a.manage_stores_once {
+        return rt.block_on(manage_stores_once(a));
+    }
     rt.block_on(crate::server::serve(ServeOptions::from(a)))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `nixuv serve --manage-stores-once`: exit 0 when every selected namespace was reconciled
+/// without an error, 1 otherwise.
+async fn manage_stores_once(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let overrides = Overrides { init_image: a.init_image, own_namespace: own_namespace() };
+    let config = Config::load_with(a.config.as_deref(), &overrides)?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let summary = crate::server::manage_stores_once(client, &config, &crate::server::identity()).await?;
+    let mut failed = false;
+    for (ns, state) in &summary.namespaces {
+        println!("{ns} {}", state.as_str());
+        failed |= *state == crate::stores::StoreState::Error;
+    }
+    for ns in &summary.removed {
+        println!("{ns} removed");
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 /// `nixuv materialize`: exit 0 when the env is ready, 1 with the reason otherwise.

@@ -60,6 +60,50 @@ impl Default for StorageFile {
     }
 }
 
+/// The `stores` section: the shared stores `nixuv serve --manage-stores` keeps in every namespace
+/// labelled `namespaceLabel` (docs/install.md, "Managed stores").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct StoresFile {
+    /// The claims' class (unset: the cluster's default class).
+    pub storage_class_name: Option<String>,
+    pub nix_size: String,
+    pub uv_size: String,
+    pub access_modes: Vec<String>,
+    /// `key=value`: the label that asks for stores in a namespace.
+    pub namespace_label: String,
+    /// The gc CronJob's schedule and `--max-age`.
+    pub gc_schedule: String,
+    pub gc_max_age: String,
+    /// Leader election: how long a lease is valid, and how long the leader keeps trying to renew
+    /// it before it stops reconciling.
+    pub lease_duration_seconds: u64,
+    pub renew_deadline_seconds: u64,
+}
+
+impl Default for StoresFile {
+    fn default() -> Self {
+        Self {
+            storage_class_name: None,
+            nix_size: "50Gi".into(),
+            uv_size: "50Gi".into(),
+            access_modes: vec!["ReadWriteMany".into()],
+            namespace_label: "nixuv.io/stores=enabled".into(),
+            gc_schedule: "17 3 * * *".into(),
+            gc_max_age: "14d".into(),
+            lease_duration_seconds: 15,
+            renew_deadline_seconds: 10,
+        }
+    }
+}
+
+impl StoresFile {
+    /// The namespace label, split.
+    pub fn label(&self) -> (&str, &str) {
+        self.namespace_label.split_once('=').unwrap_or((&self.namespace_label, ""))
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GlobListsFile {
@@ -250,6 +294,64 @@ impl Config {
     }
 }
 
+/// A label key (an optional DNS-subdomain prefix and `/`, then a name of at most 63 characters)
+/// and value, as Kubernetes accepts them.
+fn valid_label(key: &str, value: &str) -> bool {
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 63
+            && n.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && n.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && n.ends_with(|c: char| c.is_ascii_alphanumeric())
+    };
+    let (prefix, name) = key.rsplit_once('/').unwrap_or(("", key));
+    let prefix_ok = prefix.is_empty()
+        || (prefix.len() <= 253
+            && prefix.split('.').all(|p| {
+                !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            }));
+    name_ok(name) && prefix_ok && (value.is_empty() || name_ok(value))
+}
+
+fn validate_stores(s: &StoresFile) -> Result<(), ConfigError> {
+    let invalid = |field: &str, why: String| ConfigError::Invalid { key: format!("stores.{field}"), message: why };
+    for (field, size) in [("nixSize", &s.nix_size), ("uvSize", &s.uv_size)] {
+        if Quantity::parse(size).is_none() {
+            return Err(invalid(field, format!("{size:?} is not a quantity like 50Gi")));
+        }
+    }
+    const MODES: &[&str] = &["ReadWriteMany", "ReadWriteOnce", "ReadOnlyMany", "ReadWriteOncePod"];
+    if s.access_modes.is_empty() || s.access_modes.iter().any(|m| !MODES.contains(&m.as_str())) {
+        return Err(invalid("accessModes", format!("{:?}: each must be one of {MODES:?}", s.access_modes)));
+    }
+    match s.namespace_label.split_once('=') {
+        Some((k, v)) if valid_label(k, v) => {}
+        _ => return Err(invalid("namespaceLabel", format!("{:?} is not a label key=value", s.namespace_label))),
+    }
+    if s.gc_schedule.split_whitespace().count() != 5 {
+        return Err(invalid("gcSchedule", format!("{:?} is not a cron schedule of five fields", s.gc_schedule)));
+    }
+    if humantime::parse_duration(&s.gc_max_age).is_err() {
+        return Err(invalid("gcMaxAge", format!("{:?} is not a duration like 14d", s.gc_max_age)));
+    }
+    if let Some(c) = s.storage_class_name.as_deref().filter(|c| !valid_label(c, "")) {
+        return Err(invalid("storageClassName", format!("{c:?} is not a storage class name")));
+    }
+    if s.lease_duration_seconds == 0
+        || s.renew_deadline_seconds == 0
+        || s.renew_deadline_seconds >= s.lease_duration_seconds
+    {
+        return Err(invalid(
+            "renewDeadlineSeconds",
+            format!(
+                "{} must be at least 1 and less than leaseDurationSeconds ({})",
+                s.renew_deadline_seconds, s.lease_duration_seconds
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Whether `path` is a colon-separated list of absolute directories.
 pub fn valid_path_list(path: &str) -> bool {
     !path.is_empty() && path.split(':').all(|p| p.starts_with('/'))
@@ -294,6 +396,7 @@ pub struct ConfigFile {
     pub python: PythonFile,
     pub init_env: Vec<EnvVarFile>,
     pub init_resources: ResourcesFile,
+    pub stores: StoresFile,
 }
 
 impl Default for ConfigFile {
@@ -323,6 +426,7 @@ impl Default for ConfigFile {
             python: PythonFile::default(),
             init_env: Vec::new(),
             init_resources: ResourcesFile::default(),
+            stores: StoresFile::default(),
         }
     }
 }
@@ -387,6 +491,8 @@ pub struct Config {
     pub file: ConfigFile,
     /// `excludeNamespaces` plus the namespace nixuv runs in.
     pub excluded_namespaces: Vec<String>,
+    /// The namespace nixuv runs in (`namespace`, else the Pod's, else `nixuv-system`).
+    pub own_namespace: String,
     pub system_policy: GlobPolicy,
     pub python_policy: GlobPolicy,
     /// `defaultPython`, parsed.
@@ -601,6 +707,7 @@ impl Config {
                 format!("{t:?} is not an RFC 3339 date-time like 2025-06-01T00:00:00Z"),
             ));
         }
+        validate_stores(&file.stores)?;
         let init_requests = quantities("requests", &file.init_resources.requests)?;
         let init_limits = quantities("limits", &file.init_resources.limits)?;
         let system_policy = GlobPolicy::compile("policy.system", &file.policy.system)?;
@@ -610,7 +717,7 @@ impl Config {
         let own =
             file.namespace.clone().or_else(|| own_namespace.map(String::from)).unwrap_or_else(|| "nixuv-system".into());
         if !excluded_namespaces.contains(&own) {
-            excluded_namespaces.push(own);
+            excluded_namespaces.push(own.clone());
         }
         let mut tool_env: Vec<(String, String)> = file
             .init_env
@@ -637,6 +744,7 @@ impl Config {
         Ok(Self {
             file,
             excluded_namespaces,
+            own_namespace: own,
             system_policy,
             python_policy,
             default_python,

@@ -16,5 +16,6 @@ pub mod plan;
 pub mod preview;
 pub mod review;
 pub mod server;
+pub mod stores;
 pub mod toolenv;
 pub mod values;

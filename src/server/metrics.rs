@@ -42,8 +42,19 @@ pub struct CodeLabels {
     pub code: u16,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    pub namespace: String,
+    /// One of [`crate::stores::StoreState::as_str`].
+    pub state: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// Managed stores per namespace: 1 for the state the last reconcile saw, 0 for the others.
+    pub stores: Family<StoreLabels, Gauge>,
+    /// 1 while this replica holds the stores lease and reconciles.
+    pub stores_leader: Gauge,
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<EndpointLabels, Histogram>,
     pub tls_reloads: Family<ResultLabels, Counter>,
@@ -131,8 +142,22 @@ impl Metrics {
             "TLS handshakes that failed or timed out",
             tls_handshake_failures.clone(),
         );
+        let stores = Family::<StoreLabels, Gauge>::default();
+        registry.register(
+            "stores",
+            "Managed stores by namespace: 1 for the state the last reconcile saw (ready, pending, unbindable, unmanaged, error)",
+            stores.clone(),
+        );
+        let stores_leader = Gauge::default();
+        registry.register(
+            "stores_leader",
+            "1 while this replica holds the stores lease and reconciles",
+            stores_leader.clone(),
+        );
         Self {
             registry,
+            stores,
+            stores_leader,
             requests,
             duration,
             tls_reloads,

@@ -6,8 +6,10 @@ mod cabundle;
 mod cache;
 mod claims;
 mod conn;
+mod leader;
 pub mod metrics;
 mod preview;
+mod stores;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -62,6 +64,7 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
     /// Check that the configured PVCs exist (a watch cache through the Kubernetes API).
     pub check_claims: bool,
+    pub manage_stores: bool,
     /// Bytes of `/mutate` answers kept for byte-identical Pods (replicas); 0 turns the cache off.
     pub decision_cache_bytes: u64,
     /// Keep this MutatingWebhookConfiguration's caBundle equal to `ca_bundle_file`.
@@ -389,6 +392,18 @@ async fn serve_plain(listener: TcpListener, app: Router, shutdown: tokio::sync::
     }
 }
 
+/// This replica's name for leader election and Events: the Pod's name (`POD_NAME`, from the
+/// downward API), else the host name and process id.
+pub fn identity() -> String {
+    if let Some(p) = std::env::var("POD_NAME").ok().filter(|p| !p.is_empty()) {
+        return p;
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    format!("{}-{}", if host.is_empty() { "nixuv" } else { &host }, std::process::id())
+}
+
+pub use stores::{once as manage_stores_once, Summary as StoresSummary};
+
 /// Runs the server until SIGTERM/SIGINT, then drains in-flight requests and returns.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -407,7 +422,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(Arc::clone(&certs))?));
     certs.spawn_reloader(opts.reload_interval, Arc::clone(&metrics));
 
-    let kube_client = if opts.check_claims || opts.manage_ca_bundle.is_some() {
+    let kube_client = if opts.check_claims || opts.manage_stores || opts.manage_ca_bundle.is_some() {
         Some(
             kube::Client::try_default()
                 .await
@@ -432,7 +447,18 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         preview_concurrency: opts.preview_concurrency,
         preview_max_output: opts.preview_max_output,
     };
+    let own_namespace = config.own_namespace.clone();
     let state = Arc::new(AppState::new(Injector::new(config), claims, Arc::clone(&metrics), &limits));
+    if let (Some(c), true) = (&kube_client, opts.manage_stores) {
+        let s = Arc::clone(&state);
+        stores::spawn(
+            c.clone(),
+            move || Arc::new(s.injector.load().config().clone()),
+            &own_namespace,
+            identity(),
+            Arc::clone(&metrics),
+        );
+    }
     if let Some(path) = &opts.config_path {
         spawn_config_reloader(Arc::clone(&state), path.clone(), opts.reload_interval, opts.overrides.clone());
     }

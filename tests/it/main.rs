@@ -15,4 +15,5 @@ mod properties;
 mod router;
 mod store;
 mod store_guard;
+mod stores;
 mod webhook;

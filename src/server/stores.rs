@@ -1,0 +1,292 @@
+//! `nixuv serve --manage-stores`: keeps the shared stores (the two claims and the gc CronJob of
+//! [`crate::stores`]) in every namespace labelled `stores.namespaceLabel`, through the
+//! Kubernetes API. Server-side apply with field manager `nixuv`, so fields an admin sets on those
+//! objects survive; objects of the same name that nixuv does not manage are left alone and
+//! reported; claims are never deleted. One replica at a time writes (the holder of the stores
+//! Lease, [`super::leader`]); the webhook keeps answering on every replica regardless.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::{watch, Notify};
+
+use super::claims::claim_state;
+use super::metrics::{Metrics, StoreLabels};
+use crate::claims::ClaimState;
+use crate::config::Config;
+use crate::stores::{self, StoreState, FIELD_MANAGER, GC_CRONJOB, MANAGED_BY};
+
+/// A full pass runs at least this often, besides on every Namespace change.
+const RESYNC: Duration = Duration::from_secs(60);
+
+/// What a pass saw.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub namespaces: BTreeMap<String, StoreState>,
+    /// Namespaces whose gc CronJob was removed (they left the selector).
+    pub removed: Vec<String>,
+}
+
+pub struct Reconciler {
+    client: Client,
+    recorder: Recorder,
+    metrics: Option<Arc<Metrics>>,
+    /// `None`: write unconditionally (`--manage-stores-once`).
+    leading: Option<watch::Receiver<bool>>,
+}
+
+fn namespace_ref(ns: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Namespace".into()),
+        name: Some(ns.into()),
+        // So that the Event lands in that namespace (`kubectl -n NS get events`).
+        namespace: Some(ns.into()),
+        ..Default::default()
+    }
+}
+
+impl Reconciler {
+    pub fn new(
+        client: Client,
+        identity: &str,
+        metrics: Option<Arc<Metrics>>,
+        leading: Option<watch::Receiver<bool>>,
+    ) -> Self {
+        let reporter = Reporter { controller: "nixuv".into(), instance: Some(identity.into()) };
+        Reconciler { recorder: Recorder::new(client.clone(), reporter), client, metrics, leading }
+    }
+
+    fn may_write(&self) -> bool {
+        self.leading.as_ref().is_none_or(|l| *l.borrow())
+    }
+
+    /// A warning on the namespace: an Event, and a log line.
+    async fn report(&self, ns: &str, reason: &str, note: String) {
+        tracing::warn!(namespace = %ns, reason, "{note}");
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &namespace_ref(ns)).await {
+            tracing::warn!(namespace = %ns, error = %e, "could not record an Event");
+        }
+    }
+
+    fn set_metric(&self, ns: &str, state: Option<StoreState>) {
+        let Some(m) = &self.metrics else { return };
+        for s in StoreState::ALL {
+            let labels = StoreLabels { namespace: ns.to_string(), state: s.as_str() };
+            match state {
+                Some(cur) => {
+                    m.stores.get_or_create(&labels).set(i64::from(s == cur));
+                }
+                None => {
+                    m.stores.remove(&labels);
+                }
+            }
+        }
+    }
+
+    /// One pass over every selected namespace, then the CronJobs of namespaces that left.
+    pub async fn pass(&self, cfg: &Config) -> Result<Summary, kube::Error> {
+        let (k, v) = cfg.file.stores.label();
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let selected: BTreeSet<String> = namespaces
+            .list(&ListParams::default().labels(&format!("{k}={v}")))
+            .await?
+            .items
+            .into_iter()
+            .filter(|n| n.metadata.deletion_timestamp.is_none())
+            .map(|n| n.name_any())
+            .collect();
+        let mut summary = Summary::default();
+        for ns in &selected {
+            if !self.may_write() {
+                return Ok(summary);
+            }
+            let state = self.namespace(ns, cfg).await;
+            self.set_metric(ns, Some(state));
+            summary.namespaces.insert(ns.clone(), state);
+        }
+        let cronjobs: Api<CronJob> = Api::all(self.client.clone());
+        let managed = format!("{}={},app.kubernetes.io/component=gc", MANAGED_BY.0, MANAGED_BY.1);
+        for cj in cronjobs.list(&ListParams::default().labels(&managed)).await?.items {
+            let ns = cj.namespace().unwrap_or_default();
+            if selected.contains(&ns) || cj.name_any() != GC_CRONJOB || !self.may_write() {
+                continue;
+            }
+            // The namespace left the selector: its gc goes, its claims (built envs, maybe data) stay.
+            let api: Api<CronJob> = Api::namespaced(self.client.clone(), &ns);
+            match api.delete(GC_CRONJOB, &DeleteParams::default()).await {
+                Ok(_) => {
+                    tracing::info!(namespace = %ns, "namespace no longer asks for stores: gc CronJob removed, claims kept");
+                    self.set_metric(&ns, None);
+                    summary.removed.push(ns);
+                }
+                Err(e) => tracing::warn!(namespace = %ns, error = %e, "could not remove the gc CronJob"),
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Applies one namespace's claims and CronJob; returns the worst state seen.
+    async fn namespace(&self, ns: &str, cfg: &Config) -> StoreState {
+        let mut state = StoreState::Ready;
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
+        for (name, body) in stores::claims(ns, cfg) {
+            let s = match claims.get_opt(&name).await {
+                Err(e) => self.failed(ns, "PersistentVolumeClaim", &name, &e).await,
+                Ok(Some(existing)) if !stores::is_managed(existing.metadata.labels.as_ref()) => {
+                    self.report(ns, "StoreClaimNotManaged", format!(
+                        "PersistentVolumeClaim {name:?} exists and is not managed by nixuv (no {}={} label): left alone, not adopted; Pods use it as it is",
+                        MANAGED_BY.0, MANAGED_BY.1
+                    )).await;
+                    StoreState::Unmanaged
+                }
+                Ok(_) if !self.may_write() => return state,
+                Ok(_) => match claims.patch(&name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&body)).await {
+                    Ok(pvc) => self.claim_phase(ns, &name, &pvc).await,
+                    Err(e) => self.failed(ns, "PersistentVolumeClaim", &name, &e).await,
+                },
+            };
+            state = state.max(s);
+        }
+        let cronjobs: Api<CronJob> = Api::namespaced(self.client.clone(), ns);
+        let s = match cronjobs.get_opt(GC_CRONJOB).await {
+            Err(e) => self.failed(ns, "CronJob", GC_CRONJOB, &e).await,
+            Ok(Some(existing)) if !stores::is_managed(existing.metadata.labels.as_ref()) => {
+                self.report(
+                    ns,
+                    "StoreGcNotManaged",
+                    format!("CronJob {GC_CRONJOB:?} exists and is not managed by nixuv: left alone, not adopted"),
+                )
+                .await;
+                StoreState::Unmanaged
+            }
+            Ok(_) if !self.may_write() => return state,
+            Ok(_) => {
+                let body = stores::gc_cronjob(ns, cfg);
+                match cronjobs.patch(GC_CRONJOB, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&body)).await {
+                    Ok(_) => StoreState::Ready,
+                    Err(e) => self.failed(ns, "CronJob", GC_CRONJOB, &e).await,
+                }
+            }
+        };
+        state.max(s)
+    }
+
+    async fn failed(&self, ns: &str, kind: &str, name: &str, e: &kube::Error) -> StoreState {
+        let why = match e {
+            kube::Error::Api(s) if s.code == 409 => {
+                " (a field nixuv sets is owned by another field manager: server-side apply conflict)"
+            }
+            kube::Error::Api(s) if s.code == 403 => " (RBAC: see deploy/overlays/managed-stores)",
+            _ => "",
+        };
+        self.report(ns, "StoreApplyFailed", format!("{kind} {name:?}: {e}{why}")).await;
+        StoreState::Error
+    }
+
+    /// The state of an applied claim; a Pending one that should have bound is reported.
+    async fn claim_phase(&self, ns: &str, name: &str, pvc: &PersistentVolumeClaim) -> StoreState {
+        if pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound") {
+            return StoreState::Ready;
+        }
+        let class = pvc.spec.as_ref().and_then(|s| s.storage_class_name.clone()).unwrap_or_default();
+        let mode = match class.is_empty() {
+            true => None,
+            false => Api::<StorageClass>::all(self.client.clone())
+                .get_opt(&class)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|c| c.volume_binding_mode),
+        };
+        match claim_state(pvc, mode.as_deref(), Timestamp::now()) {
+            ClaimState::Unbindable => {
+                self.report(ns, "StoreClaimPending", format!(
+                    "PersistentVolumeClaim {name:?} is still Pending (storage class {class:?}): it cannot bind (no ReadWriteMany support? a quota?); Pods here get emptyDir stores meanwhile and build their envs alone (kubectl describe pvc {name})"
+                )).await;
+                StoreState::Unbindable
+            }
+            _ => StoreState::Pending,
+        }
+    }
+}
+
+/// `--manage-stores-once`: one pass, printed as `namespace state` lines.
+pub async fn once(client: Client, cfg: &Config, identity: &str) -> anyhow::Result<Summary> {
+    let r = Reconciler::new(client, identity, None, None);
+    Ok(r.pass(cfg).await?)
+}
+
+/// `--manage-stores`: elect, then reconcile on every Namespace change and every [`RESYNC`] while
+/// leading.
+pub fn spawn(
+    client: Client,
+    config: impl Fn() -> Arc<Config> + Send + Sync + 'static,
+    own_namespace: &str,
+    identity: String,
+    metrics: Arc<Metrics>,
+) {
+    let cfg = config();
+    let election = super::leader::Election {
+        name: stores::LEASE_NAME.into(),
+        identity: identity.clone(),
+        lease_duration: Duration::from_secs(cfg.file.stores.lease_duration_seconds),
+        renew_deadline: Duration::from_secs(cfg.file.stores.renew_deadline_seconds),
+    };
+    let (tx, mut leading) = watch::channel(false);
+    let m = Arc::clone(&metrics);
+    super::leader::spawn(Api::namespaced(client.clone(), own_namespace), election, tx, move |l| {
+        m.stores_leader.set(i64::from(l));
+    });
+    let changed = Arc::new(Notify::new());
+    let notify = Arc::clone(&changed);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    tokio::spawn(async move {
+        let stream = watcher(namespaces, watcher::Config::default()).default_backoff().touched_objects();
+        futures_util::pin_mut!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(_) => notify.notify_one(),
+                Err(e) => tracing::warn!(error = %e, "Namespace watch failed; retrying"),
+            }
+        }
+    });
+    let reconciler = Reconciler::new(client, &identity, Some(metrics), Some(leading.clone()));
+    tokio::spawn(async move {
+        loop {
+            while !*leading.borrow_and_update() {
+                if leading.changed().await.is_err() {
+                    return;
+                }
+            }
+            match reconciler.pass(&config()).await {
+                Ok(s) => {
+                    tracing::debug!(namespaces = s.namespaces.len(), removed = s.removed.len(), "stores reconciled")
+                }
+                Err(e) => tracing::warn!(error = %e, "stores reconcile pass failed; retrying"),
+            }
+            tokio::select! {
+                _ = changed.notified() => {}
+                _ = tokio::time::sleep(RESYNC) => {}
+                r = leading.changed() => if r.is_err() { return },
+            }
+        }
+    });
+}

@@ -1,0 +1,487 @@
+//! Managed stores (`nixuv serve --manage-stores` and `--manage-stores-once`) against a local HTTP
+//! server that answers like the Kubernetes API: it keeps objects in memory and serves list and
+//! watch of Namespaces, get and server-side apply (PATCH `application/apply-patch+yaml`) of
+//! PersistentVolumeClaims and CronJobs, list and delete of CronJobs, get/create/replace of Leases
+//! with resourceVersion checks (409 on a stale one), Events, and StorageClasses. The JSON is
+//! written in the shape of real API responses, not captured from a cluster; what only a real
+//! cluster can show is in docs/install.md.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::{json, Value};
+
+use crate::common::{self, Server};
+
+#[derive(Default)]
+struct Fake {
+    /// Objects by collection path (`/api/v1/namespaces/team-a/persistentvolumeclaims`) and name.
+    objects: BTreeMap<String, BTreeMap<String, Value>>,
+    rv: u64,
+    /// Writes: (method, path, bearer token, content type, query).
+    writes: Vec<(String, String, String, String, String)>,
+    namespace_watchers: Vec<tokio::sync::mpsc::UnboundedSender<String>>,
+}
+
+type Shared = Arc<Mutex<Fake>>;
+
+fn status(code: u16, reason: &str, message: &str) -> Response {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                      "message": message, "reason": reason, "code": code});
+    (StatusCode::from_u16(code).unwrap(), [("content-type", "application/json")], body.to_string()).into_response()
+}
+
+fn ok(v: &Value) -> Response {
+    ([("content-type", "application/json")], v.to_string()).into_response()
+}
+
+/// Maps merge, everything else is replaced: enough of server-side apply for these objects.
+fn merge(into: &mut Value, from: &Value) {
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b.clone(),
+    }
+}
+
+fn matches(obj: &Value, selector: Option<&String>) -> bool {
+    selector.into_iter().flat_map(|s| s.split(',')).filter(|t| !t.is_empty()).all(|term| {
+        let (k, v) = term.split_once('=').unwrap_or((term, ""));
+        obj["metadata"]["labels"][k].as_str() == Some(v)
+    })
+}
+
+impl Fake {
+    fn put(&mut self, collection: &str, mut obj: Value) -> Value {
+        self.rv += 1;
+        obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        let name = obj["metadata"]["name"].as_str().unwrap().to_string();
+        if obj["metadata"].get("uid").is_none() {
+            obj["metadata"]["uid"] = json!(format!("uid-{}", self.rv));
+            obj["metadata"]["creationTimestamp"] = json!("2026-11-26T10:00:00Z");
+        }
+        self.objects.entry(collection.to_string()).or_default().insert(name, obj.clone());
+        if collection == "/api/v1/namespaces" {
+            let ev = json!({"type": "MODIFIED", "object": obj}).to_string() + "\n";
+            self.namespace_watchers.retain(|w| w.send(ev.clone()).is_ok());
+        }
+        obj
+    }
+
+    fn get(&self, collection: &str, name: &str) -> Option<Value> {
+        self.objects.get(collection)?.get(name).cloned()
+    }
+
+    fn namespace(&mut self, name: &str, labels: Value) {
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels},
+                        "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
+        self.put("/api/v1/namespaces", ns);
+    }
+
+    /// Paths of PVCs and CronJobs written by the holder of `token`.
+    fn writes_by(&self, token: &str) -> Vec<String> {
+        self.writes
+            .iter()
+            .filter(|w| w.2 == token && (w.1.contains("persistentvolumeclaims") || w.1.contains("cronjobs")))
+            .map(|w| w.1.clone())
+            .collect()
+    }
+}
+
+/// The phase a new claim gets: Pending on the class `no-rwx` (which cannot provide
+/// ReadWriteMany), Bound otherwise.
+fn new_claim_status(obj: &mut Value) {
+    let class = obj["spec"]["storageClassName"].as_str().unwrap_or("").to_string();
+    obj["status"] = json!({"phase": if class == "no-rwx" { "Pending" } else { "Bound" }});
+}
+
+async fn handle(
+    State(fake): State<Shared>,
+    method: Method,
+    uri: Uri,
+    Query(q): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let path = uri.path().to_string();
+    let token = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let ctype = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let mut f = fake.lock().unwrap();
+    if method != Method::GET {
+        f.writes.push((method.to_string(), path.clone(), token, ctype.clone(), uri.query().unwrap_or("").to_string()));
+    }
+    // A collection path has an even number of segments after the group/version prefix.
+    let prefix_len = if path.starts_with("/api/") { 2 } else { 3 };
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let is_item = (segs.len() - prefix_len) % 2 == 0 && segs.len() > prefix_len;
+    let (collection, name) = if is_item {
+        (format!("/{}", segs[..segs.len() - 1].join("/")), segs[segs.len() - 1].to_string())
+    } else {
+        (path.clone(), String::new())
+    };
+    match (method.clone(), is_item) {
+        (Method::GET, false) => {
+            if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
+                if collection != "/api/v1/namespaces" {
+                    // Nothing else is watched; keep the stream open.
+                    let s = futures_util::stream::pending::<Result<String, std::io::Error>>();
+                    return ([("content-type", "application/json")], Body::from_stream(s)).into_response();
+                }
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+                f.namespace_watchers.push(tx);
+                let s = futures_util::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|s| (Ok::<_, std::io::Error>(s), rx))
+                });
+                return ([("content-type", "application/json")], Body::from_stream(s)).into_response();
+            }
+            // A cluster-wide list of a namespaced kind gathers every namespace's collection.
+            let kind = segs.last().copied().unwrap_or_default();
+            let items: Vec<Value> = f
+                .objects
+                .iter()
+                .filter(|(c, _)| {
+                    **c == collection
+                        || (c.ends_with(&format!("/{kind}"))
+                            && c.starts_with(&path.replace(&format!("/{kind}"), "/namespaces/")))
+                })
+                .flat_map(|(_, objs)| objs.values().cloned())
+                .filter(|o| matches(o, q.get("labelSelector")))
+                .collect();
+            ok(
+                &json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": f.rv.to_string()}, "items": items}),
+            )
+        }
+        (Method::GET, true) => match f.get(&collection, &name) {
+            Some(o) => ok(&o),
+            None => status(404, "NotFound", &format!("{name} not found")),
+        },
+        (Method::POST, false) => {
+            let mut obj: Value = serde_json::from_str(&body).unwrap();
+            let name = obj["metadata"]["name"].as_str().map(String::from).unwrap_or_else(|| {
+                let n = format!("generated-{}", f.rv + 1);
+                obj["metadata"]["name"] = json!(n);
+                n
+            });
+            if f.get(&collection, &name).is_some() {
+                return status(409, "AlreadyExists", &format!("{name} already exists"));
+            }
+            ok(&f.put(&collection, obj))
+        }
+        (Method::PUT, true) => {
+            let obj: Value = serde_json::from_str(&body).unwrap();
+            let current = f.get(&collection, &name);
+            let Some(current) = current else { return status(404, "NotFound", &name) };
+            if obj["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
+                return status(
+                    409,
+                    "Conflict",
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                );
+            }
+            let mut obj = obj;
+            obj["metadata"]["uid"] = current["metadata"]["uid"].clone();
+            ok(&f.put(&collection, obj))
+        }
+        (Method::PATCH, true) => {
+            let patch: Value = serde_json::from_str(&body).unwrap();
+            let mut obj = match f.get(&collection, &name) {
+                Some(o) => o,
+                None if ctype.starts_with("application/apply-patch") => {
+                    let mut o = json!({"metadata": {"name": name}});
+                    if collection.ends_with("/persistentvolumeclaims") {
+                        let mut p = patch.clone();
+                        new_claim_status(&mut p);
+                        o["status"] = p["status"].clone();
+                    }
+                    o
+                }
+                None => return status(404, "NotFound", &name),
+            };
+            merge(&mut obj, &patch);
+            if ctype.starts_with("application/apply-patch") {
+                obj["metadata"]["managedFields"] =
+                    json!([{"manager": q.get("fieldManager").cloned().unwrap_or_default(), "operation": "Apply"}]);
+            }
+            ok(&f.put(&collection, obj))
+        }
+        (Method::DELETE, true) => match f.objects.get_mut(&collection).and_then(|c| c.remove(&name)) {
+            Some(_) => ok(&json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}})),
+            None => status(404, "NotFound", &name),
+        },
+        _ => status(405, "MethodNotAllowed", "not served by this test server"),
+    }
+}
+
+async fn start(fake: Shared) -> std::net::SocketAddr {
+    let app = Router::new().fallback(handle).with_state(fake);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+fn kubeconfig(dir: &std::path::Path, addr: std::net::SocketAddr, token: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("kubeconfig-{token}"));
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster: {{server: 'http://{addr}'}}\nusers:\n- name: u\n  user: {{token: {token}}}\ncontexts:\n- name: c\n  context: {{cluster: local, user: u, namespace: nixuv-system}}\ncurrent-context: c\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const PVCS: &str = "persistentvolumeclaims";
+
+fn pvc_path(ns: &str) -> String {
+    format!("/api/v1/namespaces/{ns}/{PVCS}")
+}
+
+fn cronjob_path(ns: &str) -> String {
+    format!("/apis/batch/v1/namespaces/{ns}/cronjobs")
+}
+
+fn events_in(f: &Fake, ns: &str) -> Vec<Value> {
+    f.objects
+        .get(&format!("/apis/events.k8s.io/v1/namespaces/{ns}/events"))
+        .map(|e| e.values().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn once(config: &std::path::Path, kc: &std::path::Path) -> (i32, String, String) {
+    let out = std::process::Command::new(common::bin())
+        .args(["serve", "--manage-stores-once", "--config"])
+        .arg(config)
+        .env("KUBECONFIG", kc)
+        .env("NIXUV_LOG", "info")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+const CONFIG: &str =
+    "stores: {storageClassName: nfs-client, nixSize: 80Gi, uvSize: 20Gi, gcSchedule: '0 4 * * 0', gcMaxAge: 7d}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labelled_namespaces_get_their_stores_and_lose_only_the_cronjob() {
+    let fake: Shared = Arc::default();
+    {
+        let mut f = fake.lock().unwrap();
+        f.namespace("team-a", json!({"nixuv.io/stores": "enabled"}));
+        f.namespace("team-b", json!({}));
+        f.namespace("team-c", json!({"nixuv.io/stores": "enabled"}));
+        // An admin's own claim in team-c, made before.
+        let admin = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "nixuv-nix-store", "namespace": "team-c", "labels": {"owner": "platform"}},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "cephfs", "resources": {"requests": {"storage": "500Gi"}}},
+            "status": {"phase": "Bound"}});
+        f.put(&pvc_path("team-c"), admin);
+    }
+    let addr = start(fake.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(dir.path(), addr, "admin");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking({
+        let (c, k) = (config.clone(), kc.clone());
+        move || once(&c, &k)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(stdout, "team-a ready\nteam-c unmanaged\n");
+    {
+        let f = fake.lock().unwrap();
+        // team-a: both claims with the configured class and sizes, and the CronJob, all labelled.
+        for (name, size) in [("nixuv-nix-store", "80Gi"), ("nixuv-uv-cache", "20Gi")] {
+            let pvc = f.get(&pvc_path("team-a"), name).unwrap_or_else(|| panic!("{name} in team-a"));
+            assert_eq!(pvc["spec"]["storageClassName"], "nfs-client");
+            assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], size);
+            assert_eq!(pvc["spec"]["accessModes"], json!(["ReadWriteMany"]));
+            assert_eq!(pvc["metadata"]["labels"]["app.kubernetes.io/managed-by"], "nixuv");
+            assert_eq!(pvc["metadata"]["managedFields"][0]["manager"], "nixuv");
+        }
+        let cj = f.get(&cronjob_path("team-a"), "nixuv-gc").unwrap();
+        assert_eq!(cj["spec"]["schedule"], "0 4 * * 0");
+        let c = &cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["args"], json!(["gc", "--max-age", "7d"]));
+        // Written by server-side apply, field manager nixuv.
+        let applies: Vec<_> = f.writes.iter().filter(|w| w.0 == "PATCH").collect();
+        assert!(!applies.is_empty());
+        for w in &applies {
+            assert!(w.3.starts_with("application/apply-patch"), "{w:?}");
+            assert!(w.4.contains("fieldManager=nixuv"), "{w:?}");
+        }
+        // team-b: not labelled, nothing.
+        assert!(!f.objects.contains_key(&pvc_path("team-b")) && !f.objects.contains_key(&cronjob_path("team-b")));
+        // team-c: the admin's claim untouched and reported; the other claim created.
+        let admin = f.get(&pvc_path("team-c"), "nixuv-nix-store").unwrap();
+        assert_eq!(admin["spec"]["storageClassName"], "cephfs");
+        assert!(admin["metadata"].get("managedFields").is_none());
+        assert!(!f.writes.iter().any(|w| w.1.ends_with("team-c/persistentvolumeclaims/nixuv-nix-store")));
+        assert!(f.get(&pvc_path("team-c"), "nixuv-uv-cache").is_some());
+        let events = events_in(&f, "team-c");
+        assert!(
+            events.iter().any(|e| e["reason"] == "StoreClaimNotManaged" && e["regarding"]["name"] == "team-c"),
+            "{events:?}"
+        );
+    }
+    assert!(stderr.contains("not managed by nixuv"), "{stderr}");
+    // An admin's own field on a managed claim survives the next pass (apply merges what nixuv sets).
+    {
+        let mut f = fake.lock().unwrap();
+        let mut pvc = f.get(&pvc_path("team-a"), "nixuv-uv-cache").unwrap();
+        pvc["metadata"]["annotations"] = json!({"backup.example.com/policy": "nightly"});
+        f.put(&pvc_path("team-a"), pvc);
+        // The label is removed from team-a.
+        f.namespace("team-a", json!({}));
+    }
+    let (code, stdout, _) = tokio::task::spawn_blocking({
+        let (c, k) = (config.clone(), kc.clone());
+        move || once(&c, &k)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(stdout, "team-c unmanaged\nteam-a removed\n");
+    let f = fake.lock().unwrap();
+    assert!(f.get(&cronjob_path("team-a"), "nixuv-gc").is_none(), "the CronJob goes");
+    for name in ["nixuv-nix-store", "nixuv-uv-cache"] {
+        assert!(f.get(&pvc_path("team-a"), name).is_some(), "the claims stay: {name}");
+    }
+    assert_eq!(
+        f.get(&pvc_path("team-a"), "nixuv-uv-cache").unwrap()["metadata"]["annotations"]["backup.example.com/policy"],
+        "nightly"
+    );
+    assert!(!f.writes.iter().any(|w| w.0 == "DELETE" && w.1.contains(PVCS)), "claims are never deleted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_claim_raises_an_event_and_the_metric() {
+    let fake: Shared = Arc::default();
+    {
+        let mut f = fake.lock().unwrap();
+        f.namespace("team-d", json!({"nixuv.io/stores": "enabled"}));
+        f.put(
+            "/apis/storage.k8s.io/v1/storageclasses",
+            json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "no-rwx"}, "provisioner": "rancher.io/local-path", "volumeBindingMode": "Immediate"}),
+        );
+        // nixuv's claims from an earlier pass, Pending for ten minutes on a class without RWX.
+        for name in ["nixuv-nix-store", "nixuv-uv-cache"] {
+            let pvc = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": name, "namespace": "team-d", "labels": {"app.kubernetes.io/managed-by": "nixuv"},
+                             "uid": format!("u-{name}"),
+                             "creationTimestamp": humantime::format_rfc3339_seconds(std::time::SystemTime::now() - Duration::from_secs(600)).to_string()},
+                "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "no-rwx", "resources": {"requests": {"storage": "50Gi"}}},
+                "status": {"phase": "Pending"}});
+            f.put(&pvc_path("team-d"), pvc);
+        }
+    }
+    let addr = start(fake.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(dir.path(), addr, "a");
+    let server = Server::builder()
+        .config("stores: {storageClassName: no-rwx, leaseDurationSeconds: 3, renewDeadlineSeconds: 2}\n")
+        .env("KUBECONFIG", kc.to_str().unwrap())
+        .env("POD_NAME", "nixuv-a")
+        .arg("--manage-stores")
+        .separate_metrics()
+        .start();
+    let metrics_url = format!("http://{}/metrics", server.metrics_addr.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
+        if text.contains("nixuv_stores{namespace=\"team-d\",state=\"unbindable\"} 1") {
+            assert!(text.contains("nixuv_stores_leader 1"), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no unbindable state in the metrics: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let f = fake.lock().unwrap();
+    let events = events_in(&f, "team-d");
+    let pending: Vec<_> = events.iter().filter(|e| e["reason"] == "StoreClaimPending").collect();
+    assert!(!pending.is_empty(), "{events:?}");
+    assert!(pending[0]["note"].as_str().unwrap().contains("cannot bind"), "{events:?}");
+    assert!(server.logs().iter().any(|l| l.contains("is still Pending")));
+    // The lease names this replica.
+    let lease = f.get("/apis/coordination.k8s.io/v1/namespaces/nixuv-system/leases", "nixuv-stores").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "nixuv-a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_writes_and_another_takes_over_when_it_is_killed() {
+    let fake: Shared = Arc::default();
+    fake.lock().unwrap().namespace("team-e", json!({"nixuv.io/stores": "enabled"}));
+    let addr = start(fake.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = "stores: {leaseDurationSeconds: 3, renewDeadlineSeconds: 2}\n";
+    let start_replica = |token: &str| {
+        Server::builder()
+            .config(config)
+            .env("KUBECONFIG", kubeconfig(dir.path(), addr, token).to_str().unwrap())
+            .env("POD_NAME", &format!("nixuv-{token}"))
+            .arg("--manage-stores")
+            .start()
+    };
+    let replicas = [start_replica("a"), start_replica("b")];
+    let wait_for = |what: &str, f: &dyn Fn(&Fake) -> bool, limit: Duration| {
+        let deadline = Instant::now() + limit;
+        loop {
+            if f(&fake.lock().unwrap()) {
+                return Instant::now();
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("team-e's stores", &|f| f.get(&cronjob_path("team-e"), "nixuv-gc").is_some(), Duration::from_secs(20));
+    // Both replicas run for a while (several renewals): only the holder of the lease writes.
+    std::thread::sleep(Duration::from_secs(4));
+    let lease_of =
+        |f: &Fake| f.get("/apis/coordination.k8s.io/v1/namespaces/nixuv-system/leases", "nixuv-stores").unwrap();
+    let holder = lease_of(&fake.lock().unwrap())["spec"]["holderIdentity"].as_str().unwrap().to_string();
+    let (leader, other) = if holder == "nixuv-a" { (0, 1) } else { (1, 0) };
+    let token = |i: usize| format!("Bearer {}", ["a", "b"][i]);
+    {
+        let f = fake.lock().unwrap();
+        assert!(!f.writes_by(&token(leader)).is_empty());
+        assert!(
+            f.writes_by(&token(other)).is_empty(),
+            "the replica without the lease wrote: {:?}",
+            f.writes_by(&token(other))
+        );
+    }
+    // The webhook answers on both.
+    for s in &replicas {
+        assert_eq!(s.h1().get(s.url("/readyz")).send().await.unwrap().status(), 200);
+    }
+    // The holder is killed (SIGKILL: it releases nothing); the other takes over once the lease
+    // has gone unrenewed for its duration (3 s), and reconciles a namespace labelled meanwhile.
+    replicas[leader].signal("KILL");
+    let killed = Instant::now();
+    fake.lock().unwrap().namespace("team-f", json!({"nixuv.io/stores": "enabled"}));
+    let done = wait_for(
+        "the other replica to take over",
+        &|f| f.writes.iter().any(|w| w.2 == token(other) && w.1.contains("team-f")),
+        Duration::from_secs(20),
+    );
+    let took = done - killed;
+    assert!(took < Duration::from_secs(8), "takeover took {took:?}");
+    assert!(fake.lock().unwrap().get(&pvc_path("team-f"), "nixuv-uv-cache").is_some());
+    let lease = lease_of(&fake.lock().unwrap());
+    assert_ne!(lease["spec"]["holderIdentity"], holder.as_str());
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+}
