@@ -270,6 +270,14 @@ fn once(config: &std::path::Path, kc: &std::path::Path) -> (i32, String, String)
     )
 }
 
+fn wait_for_logs(s: &Server, f: &dyn Fn(&Server) -> bool, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !f(s) {
+        assert!(Instant::now() < deadline, "timed out; logs: {:?}", s.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 const CONFIG: &str =
     "stores: {storageClassName: nfs-client, nixSize: 80Gi, uvSize: 20Gi, gcSchedule: '0 4 * * 0', gcMaxAge: 7d}\n";
 
@@ -484,4 +492,22 @@ async fn one_replica_writes_and_another_takes_over_when_it_is_killed() {
     let lease = lease_of(&fake.lock().unwrap());
     assert_ne!(lease["spec"]["holderIdentity"], holder.as_str());
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
+    eprintln!("takeover after SIGKILL: {took:?} (lease 3 s)");
+    // Someone else takes the Lease (as a replica that won a race would): the holder sees it at its
+    // next renewal and stops writing; a namespace labelled afterwards is left to the new holder.
+    {
+        let mut f = fake.lock().unwrap();
+        let mut l = lease_of(&f);
+        l["spec"]["holderIdentity"] = json!("intruder");
+        l["spec"]["renewTime"] = json!("2026-11-26T10:00:00.000000Z");
+        f.put("/apis/coordination.k8s.io/v1/namespaces/nixuv-system/leases", l);
+    }
+    let stolen = Instant::now();
+    let stepped_down = |s: &Server| s.logs().iter().any(|l| l.contains("stores lease lost"));
+    wait_for_logs(&replicas[other], &stepped_down, Duration::from_secs(5));
+    eprintln!("stepped down after {:?}", stolen.elapsed());
+    fake.lock().unwrap().namespace("team-g", json!({"nixuv.io/stores": "enabled"}));
+    // (Well within the 3 s after which the intruder's unrenewed Lease may be taken back.)
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!fake.lock().unwrap().writes.iter().any(|w| w.1.contains("team-g")), "a replica without the lease wrote");
 }
