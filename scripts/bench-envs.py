@@ -30,18 +30,9 @@ SUPPORT = os.path.join(ROOT, "tests", "support")
 ARGS = [a for a in sys.argv[1:] if a != "--offline"]
 NIXUV, WORK = os.path.abspath(ARGS[0]), os.path.abspath(ARGS[1])
 PY = "%d.%d" % sys.version_info[:2]
-FLAKE = r"""{
-  outputs = { self }:
-    let
-      system = "SYSTEM";
-      mk = name: text: derivation {
-        inherit name system;
-        builder = "/bin/sh";
-        args = [ "-c" "/bin/mkdir -p $out/bin && /bin/cp ${builtins.toFile name text} $out/bin/${name} && /bin/chmod +x $out/bin/${name}" ];
-      };
-    in { legacyPackages.${system}.hello-nixuv = mk "hello-nixuv" "#!/bin/sh\necho hello from nixuv\n"; };
-}
-"""
+# The tests' flake of tiny derivations (SYSTEM is replaced by the machine's).
+with open(os.path.join(SUPPORT, "flake.nix.in")) as f:
+    FLAKE = f.read()
 
 
 def log(msg):

@@ -166,6 +166,14 @@ async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// `nixuv serve --check-claims` against the local API server of `api`.
+async fn claim_checking_server(api: Shared) -> (Server, tempfile::TempDir) {
+    let addr = start_api(api).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(dir.path(), addr);
+    (Server::builder().env("KUBECONFIG", kc.to_str().unwrap()).arg("--check-claims").start(), dir)
+}
+
 fn claim_of(v: &Value, vol: &str) -> Option<String> {
     v["volumes"].as_array()?.iter().find(|x| x["name"] == vol)?["persistentVolumeClaim"]["claimName"]
         .as_str()
@@ -184,10 +192,7 @@ async fn claims_cache_falls_back_to_emptydir_and_follows_the_watch() {
         mwc: mwc(),
         ..Default::default()
     }));
-    let addr = start_api(api.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let kc = kubeconfig(dir.path(), addr);
-    let server = Server::builder().env("KUBECONFIG", kc.to_str().unwrap()).arg("--check-claims").start();
+    let (server, _dir) = claim_checking_server(api.clone()).await;
     // Synced: team-a has both claims, no warning.
     eventually("the claim cache to sync", async || mutate_in(&server, "team-a").await["warnings"].is_null()).await;
     let a = mutate_in(&server, "team-a").await;
@@ -246,10 +251,7 @@ async fn a_claim_that_cannot_bind_falls_back_to_emptydir_with_a_warning() {
         mwc: mwc(),
         ..Default::default()
     }));
-    let addr = start_api(api.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let kc = kubeconfig(dir.path(), addr);
-    let server = Server::builder().env("KUBECONFIG", kc.to_str().unwrap()).arg("--check-claims").start();
+    let (server, _dir) = claim_checking_server(api.clone()).await;
     eventually("the claim cache to sync", async || {
         !mutate_in(&server, "team-b").await["warnings"].to_string().contains("could not check")
     })

@@ -31,23 +31,8 @@ pub struct Fixture {
     pub python: String,
 }
 
-const FLAKE: &str = r##"{
-  outputs = { self }:
-    let
-      system = "SYSTEM";
-      mk = name: text: derivation {
-        inherit name system;
-        builder = "/bin/sh";
-        args = [ "-c" "/bin/mkdir -p $out/bin && /bin/cp ${builtins.toFile name text} $out/bin/${name} && /bin/chmod +x $out/bin/${name}" ];
-      };
-    in {
-      legacyPackages.${system} = {
-        hello-nixuv = mk "hello-nixuv" "#!/bin/sh\necho hello from nixuv\n";
-        tools = { greet = mk "greet" "#!/bin/sh\necho greetings\n"; };
-      };
-    };
-}
-"##;
+/// A flake of tiny derivations built from /bin tools (`SYSTEM` is replaced by the machine's).
+const FLAKE: &str = include_str!("../support/flake.nix.in");
 
 impl Fixture {
     pub fn new() -> Self {

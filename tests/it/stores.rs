@@ -255,13 +255,15 @@ fn events_in(f: &Fake, ns: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-fn once(config: &std::path::Path, kc: &std::path::Path) -> (i32, String, String) {
-    let out = std::process::Command::new(common::bin())
+/// `nixuv serve --manage-stores-once` with `config`, against the API of kubeconfig `kc`.
+async fn once(config: &std::path::Path, kc: &std::path::Path) -> (i32, String, String) {
+    let out = tokio::process::Command::new(common::bin())
         .args(["serve", "--manage-stores-once", "--config"])
         .arg(config)
         .env("KUBECONFIG", kc)
         .env("NIXUV_LOG", "info")
         .output()
+        .await
         .unwrap();
     (
         out.status.code().unwrap_or(-1),
@@ -301,12 +303,7 @@ async fn labelled_namespaces_get_their_stores_and_lose_only_the_cronjob() {
     let kc = kubeconfig(dir.path(), addr, "admin");
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, CONFIG).unwrap();
-    let (code, stdout, stderr) = tokio::task::spawn_blocking({
-        let (c, k) = (config.clone(), kc.clone());
-        move || once(&c, &k)
-    })
-    .await
-    .unwrap();
+    let (code, stdout, stderr) = once(&config, &kc).await;
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert_eq!(stdout, "team-a ready\nteam-c unmanaged\n");
     {
@@ -355,12 +352,7 @@ async fn labelled_namespaces_get_their_stores_and_lose_only_the_cronjob() {
         // The label is removed from team-a.
         f.namespace("team-a", json!({}));
     }
-    let (code, stdout, _) = tokio::task::spawn_blocking({
-        let (c, k) = (config.clone(), kc.clone());
-        move || once(&c, &k)
-    })
-    .await
-    .unwrap();
+    let (code, stdout, _) = once(&config, &kc).await;
     assert_eq!(code, 0);
     assert_eq!(stdout, "team-c unmanaged\nteam-a removed\n");
     let f = fake.lock().unwrap();
