@@ -605,6 +605,7 @@ fn overlay_mode_keeps_the_image_python_and_names_a_mismatched_image() {
     let init = &overlay["spec"]["initContainers"][0]["env"];
     assert!(init.as_array().unwrap().iter().any(|e| e["name"] == "NIXUV_PYTHON_MODE" && e["value"] == "overlay"));
     assert!(!stderr.contains("Python 3.11"), "{stderr}");
+    assert!(!stderr.contains("not a key nixuv knows"), "nixuv.io/python-mode is a known key: {stderr}");
     // The same by config default; a mismatched official image is a warning in overlay mode.
     let cfg = write("config.yaml", "python: {mode: overlay}\n");
     let (code, by_config, stderr) =
