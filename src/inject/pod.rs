@@ -52,8 +52,75 @@ pub struct MetaView {
     pub name: Option<String>,
     pub generate_name: Option<String>,
     pub namespace: Option<String>,
+    /// nixuv's own labels only (see [`own_entries`]).
+    #[serde(deserialize_with = "own_entries")]
     pub labels: Option<BTreeMap<String, String>>,
+    /// nixuv's own annotations only.
+    #[serde(deserialize_with = "own_entries")]
     pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// A map key, borrowed from the input where it has no escapes: most keys are not nixuv's and
+/// are looked at once, never kept.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A labels or annotations object, keeping only nixuv's keys ([`super::nearmiss::is_nixuv_key`]:
+/// `nixuv.io/…` and the dependency prefixes): nothing in nixuv reads the others, and a Pod's
+/// other annotations (a `kubectl.kubernetes.io/last-applied-configuration` of kilobytes) would
+/// otherwise be copied on every admission. Their values are skipped, whatever their type. The map
+/// is there (perhaps empty) exactly when the object is: the patch adds to an existing one.
+fn own_entries<'de, D: Deserializer<'de>>(d: D) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<BTreeMap<String, String>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object of strings")
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
+                if super::nearmiss::is_nixuv_key(&k) {
+                    let v: String = map.next_value()?;
+                    out.insert(k.into_owned(), v);
+                } else {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+            Ok(Some(out))
+        }
+    }
+    d.deserialize_option(V)
 }
 
 #[derive(Debug, Default, Deserialize)]
