@@ -107,8 +107,10 @@ impl Serialize for AddPatch {
 struct Ops(Vec<AddOp>);
 
 impl Ops {
-    fn add<'t>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>, value: Value) {
-        let text = serde_json::value::to_raw_value(&value).expect("a JSON value serialises");
+    /// Adds `value`, serialised straight from its type (the per-Pod values are small structs in
+    /// the key order `serde_json::Value` would give, never `Value`s built to be serialised).
+    fn add<'t, T: Serialize + ?Sized>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>, value: &T) {
+        let text = serde_json::value::to_raw_value(value).expect("a JSON value serialises");
         self.push(tokens, Text::Owned(text));
     }
     fn push<'t>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>, value: Text) {
@@ -117,8 +119,8 @@ impl Ops {
     fn replace<'t>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>, value: Text) {
         self.0.push(AddOp { op: "replace", path: PointerBuf::from_tokens(tokens), value: Some(value) });
     }
-    fn replace_value<'t>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>, value: Value) {
-        let text = serde_json::value::to_raw_value(&value).expect("a JSON value serialises");
+    fn replace_value<'t, T: Serialize + ?Sized>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>, value: &T) {
+        let text = serde_json::value::to_raw_value(value).expect("a JSON value serialises");
         self.replace(tokens, Text::Owned(text));
     }
     fn remove<'t>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>) {
@@ -136,21 +138,46 @@ fn index(n: usize) -> Token<'static> {
     Token::from(n)
 }
 
+/// A volume nixuv adds, serialised with its keys in the order `serde_json::Value` gives (sorted):
+/// the patch is byte for byte what `json_patch` would write for it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(untagged)]
+pub enum Volume<'a> {
+    Claim {
+        name: &'static str,
+        #[serde(rename = "persistentVolumeClaim")]
+        claim: ClaimName<'a>,
+    },
+    Empty {
+        #[serde(rename = "emptyDir")]
+        empty_dir: EmptyDir,
+        name: &'static str,
+    },
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClaimName<'a> {
+    #[serde(rename = "claimName")]
+    claim_name: &'a str,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EmptyDir {}
+
 /// The Pod's volumes for the stores: the claims where `stores` says so, emptyDirs otherwise, plus
 /// the init container's scratch emptyDir.
-pub fn volumes(cfg: &Config, stores: StoreVolumes) -> [(&'static str, Value); 3] {
-    let store = |claim: &str, pvc: bool| match pvc {
-        true => json!({ "persistentVolumeClaim": { "claimName": claim } }),
-        false => json!({ "emptyDir": {} }),
-    };
-    let with_name = |name: &'static str, mut v: Value| {
-        v["name"] = json!(name);
-        (name, v)
-    };
+pub fn volumes(cfg: &Config, stores: StoreVolumes) -> [(&'static str, Volume<'_>); 3] {
+    fn store<'a>(name: &'static str, claim: &'a str, pvc: bool) -> Volume<'a> {
+        match pvc {
+            true => Volume::Claim { name, claim: ClaimName { claim_name: claim } },
+            false => Volume::Empty { empty_dir: EmptyDir {}, name },
+        }
+    }
+    let storage = &cfg.file.storage;
     [
-        with_name(VOL_NIX, store(&cfg.file.storage.nix_claim, stores.nix_pvc)),
-        with_name(VOL_UV, store(&cfg.file.storage.uv_claim, stores.uv_pvc)),
-        with_name(VOL_TMP, json!({ "emptyDir": {} })),
+        (VOL_NIX, store(VOL_NIX, &storage.nix_claim, stores.nix_pvc)),
+        (VOL_UV, store(VOL_UV, &storage.uv_claim, stores.uv_pvc)),
+        (VOL_TMP, Volume::Empty { empty_dir: EmptyDir {}, name: VOL_TMP }),
     ]
 }
 
@@ -214,11 +241,34 @@ fn quantities(q: &[(String, Quantity)]) -> Value {
     Value::Object(q.iter().map(|(k, v)| (k.clone(), json!(v.as_str()))).collect())
 }
 
-fn target_mounts() -> [Value; 2] {
-    [
-        json!({ "name": VOL_NIX, "mountPath": NIX_MOUNT, "readOnly": true }),
-        json!({ "name": VOL_UV, "mountPath": UV_ROOT, "readOnly": true }),
-    ]
+/// A read-only store mount of a target container (keys sorted, as above).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct Mount {
+    #[serde(rename = "mountPath")]
+    mount_path: &'static str,
+    name: &'static str,
+    #[serde(rename = "readOnly")]
+    read_only: bool,
+}
+
+const TARGET_MOUNTS: [Mount; 2] = [
+    Mount { mount_path: NIX_MOUNT, name: VOL_NIX, read_only: true },
+    Mount { mount_path: UV_ROOT, name: VOL_UV, read_only: true },
+];
+
+/// The target mounts serialised once: the same for every container of every Pod.
+static MOUNT_TEXTS: std::sync::LazyLock<[Arc<RawValue>; 3]> = std::sync::LazyLock::new(|| {
+    fn raw<T: Serialize + ?Sized>(v: &T) -> Arc<RawValue> {
+        Arc::from(serde_json::value::to_raw_value(v).expect("a JSON value serialises"))
+    }
+    [raw(&TARGET_MOUNTS[0]), raw(&TARGET_MOUNTS[1]), raw(&TARGET_MOUNTS[..])]
+});
+
+/// An env entry with a value (keys sorted, as above).
+#[derive(Debug, serde::Serialize)]
+struct Var<'a> {
+    name: &'a str,
+    value: &'a str,
 }
 
 /// The variables a target container gets, in order: PATH, then VIRTUAL_ENV (venv) or PYTHONPATH
@@ -271,29 +321,26 @@ impl<'a> Target<'a> {
 fn patch_container(ops: &mut Ops, t: &Target, c: &ContainerView, plan: &EnvPlan) {
     let base = [key("spec"), key("containers"), index(t.index)];
     match &c.volume_mounts {
-        None => ops.add(base.iter().cloned().chain([key("volumeMounts")]), Value::Array(target_mounts().to_vec())),
+        None => ops.push(base.iter().cloned().chain([key("volumeMounts")]), Text::Shared(Arc::clone(&MOUNT_TEXTS[2]))),
         Some(_) => {
-            for m in target_mounts() {
-                ops.add(base.iter().cloned().chain([key("volumeMounts"), key("-")]), m);
+            for m in &MOUNT_TEXTS[..2] {
+                ops.push(base.iter().cloned().chain([key("volumeMounts"), key("-")]), Text::Shared(Arc::clone(m)));
             }
         }
     }
     let path = format!("{}:{}", plan.path_prefix(), t.path_tail);
     let env = target_env(plan, c, path);
-    let var = |name: &str, value: String| json!({ "name": name, "value": value });
     match &c.env {
-        None => ops.add(
-            base.iter().cloned().chain([key("env")]),
-            Value::Array(env.into_iter().map(|(n, v)| var(n, v)).collect()),
-        ),
+        None => {
+            let vars: Vec<Var> = env.iter().map(|(name, value)| Var { name, value }).collect();
+            ops.add(base.iter().cloned().chain([key("env")]), &vars)
+        }
         Some(_) => {
-            for (name, value) in env {
+            for (name, value) in &env {
                 match c.env_var(name) {
                     // Only PATH and PYTHONPATH can be there (the others are refused before).
-                    Some((j, _)) => {
-                        ops.add(base.iter().cloned().chain([key("env"), index(j), key("value")]), json!(value))
-                    }
-                    None => ops.add(base.iter().cloned().chain([key("env"), key("-")]), var(name, value)),
+                    Some((j, _)) => ops.add(base.iter().cloned().chain([key("env"), index(j), key("value")]), value),
+                    None => ops.add(base.iter().cloned().chain([key("env"), key("-")]), &Var { name, value }),
                 }
             }
         }
@@ -357,22 +404,30 @@ pub fn build(
     let stores = at.stores;
     let mut ops = Ops::default();
     if missing.annotations {
-        let values = [(ANN_STATUS, STATUS_INJECTED), (ANN_ENV, plan.id.as_str())];
+        // Sorted keys, as above.
+        #[derive(serde::Serialize)]
+        struct Annotations<'a> {
+            #[serde(rename = "nixuv.io/env")]
+            env: &'a str,
+            #[serde(rename = "nixuv.io/status")]
+            status: &'a str,
+        }
+        #[derive(serde::Serialize)]
+        struct Metadata<'a> {
+            annotations: Annotations<'a>,
+        }
+        let annotations = Annotations { env: &plan.id, status: STATUS_INJECTED };
         match (&pod.metadata, pod.annotations()) {
-            (None, _) => {
-                ops.add([key("metadata")], json!({ "annotations": { ANN_STATUS: STATUS_INJECTED, ANN_ENV: plan.id } }))
-            }
-            (Some(_), None) => {
-                ops.add([key("metadata"), key("annotations")], json!({ ANN_STATUS: STATUS_INJECTED, ANN_ENV: plan.id }))
-            }
+            (None, _) => ops.add([key("metadata")], &Metadata { annotations }),
+            (Some(_), None) => ops.add([key("metadata"), key("annotations")], &annotations),
             (Some(_), Some(_)) => {
-                for (k, v) in values {
-                    ops.add([key("metadata"), key("annotations"), key(k)], json!(v));
+                for (k, v) in [(ANN_STATUS, STATUS_INJECTED), (ANN_ENV, plan.id.as_str())] {
+                    ops.add([key("metadata"), key("annotations"), key(k)], v);
                 }
             }
         }
     }
-    let vols: Vec<Value> = volumes(cfg, stores)
+    let vols: Vec<Volume> = volumes(cfg, stores)
         .into_iter()
         .zip([missing.nix_volume, missing.uv_volume, missing.tmp_volume])
         .filter_map(|((_, v), miss)| miss.then_some(v))
@@ -380,9 +435,9 @@ pub fn build(
     let spec = pod.spec.as_ref();
     if !vols.is_empty() {
         if spec.and_then(|s| s.volumes.as_ref()).is_none() {
-            ops.add([key("spec"), key("volumes")], Value::Array(vols));
+            ops.add([key("spec"), key("volumes")], &vols);
         } else {
-            for v in vols {
+            for v in &vols {
                 ops.add([key("spec"), key("volumes"), key("-")], v);
             }
         }
@@ -446,22 +501,22 @@ pub fn rebuild(
     let mut ops = Ops::default();
     for (k, v) in [(ANN_STATUS, STATUS_INJECTED), (ANN_ENV, plan.id.as_str())] {
         // The status annotation is there, so the map is; `add` sets or replaces a member.
-        ops.add([key("metadata"), key("annotations"), key(k)], json!(v));
+        ops.add([key("metadata"), key("annotations"), key(k)], v);
     }
     let spec = pod.spec.as_ref();
     let existing = pod.volumes();
     let mut appended = Vec::new();
     for (name, v) in volumes(cfg, at.stores) {
         match existing.iter().position(|e| e.name == name) {
-            Some(j) => ops.replace_value([key("spec"), key("volumes"), index(j)], v),
+            Some(j) => ops.replace_value([key("spec"), key("volumes"), index(j)], &v),
             None => appended.push(v),
         }
     }
     if !appended.is_empty() {
         if spec.and_then(|s| s.volumes.as_ref()).is_none() {
-            ops.add([key("spec"), key("volumes")], Value::Array(appended));
+            ops.add([key("spec"), key("volumes")], &appended);
         } else {
-            for v in appended {
+            for v in &appended {
                 ops.add([key("spec"), key("volumes"), key("-")], v);
             }
         }
@@ -528,12 +583,12 @@ pub fn rebuild(
             match (c.env_var(name), want) {
                 (_, Want::Keep) => {}
                 (Some((j, e)), Want::Set(v)) if e.value.as_deref() != Some(v.as_str()) => {
-                    ops.add(base.iter().cloned().chain([key("env"), index(j), key("value")]), json!(v))
+                    ops.add(base.iter().cloned().chain([key("env"), index(j), key("value")]), &v)
                 }
                 (Some(_), Want::Set(_)) => {}
                 (Some((j, _)), Want::Remove) => removes.push(j),
                 (None, Want::Set(v)) if !v.is_empty() => {
-                    ops.add(base.iter().cloned().chain([key("env"), key("-")]), json!({ "name": name, "value": v }))
+                    ops.add(base.iter().cloned().chain([key("env"), key("-")]), &Var { name, value: &v })
                 }
                 (None, _) => {}
             }
@@ -545,14 +600,20 @@ pub fn rebuild(
         }
         if target.is_some() {
             let mounts = c.volume_mounts.as_deref().unwrap_or(&[]);
-            for m in target_mounts() {
-                let name = m["name"].as_str().unwrap_or_default();
-                match mounts.iter().position(|x| x.name == name) {
-                    Some(j) => ops.replace_value(base.iter().cloned().chain([key("volumeMounts"), index(j)]), m),
-                    None if c.volume_mounts.is_none() => {
-                        ops.add(base.iter().cloned().chain([key("volumeMounts")]), json!([m]))
+            let mut appended = Vec::new();
+            for m in TARGET_MOUNTS {
+                match mounts.iter().position(|x| x.name == m.name) {
+                    Some(j) => ops.replace_value(base.iter().cloned().chain([key("volumeMounts"), index(j)]), &m),
+                    None => appended.push(m),
+                }
+            }
+            match (appended.is_empty(), c.volume_mounts.is_none()) {
+                (true, _) => {}
+                (false, true) => ops.add(base.iter().cloned().chain([key("volumeMounts")]), &appended),
+                (false, false) => {
+                    for m in &appended {
+                        ops.add(base.iter().cloned().chain([key("volumeMounts"), key("-")]), m);
                     }
-                    None => ops.add(base.iter().cloned().chain([key("volumeMounts"), key("-")]), m),
                 }
             }
         }
