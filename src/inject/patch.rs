@@ -123,6 +123,24 @@ impl Ops {
         let text = serde_json::value::to_raw_value(value).expect("a JSON value serialises");
         self.replace(tokens, Text::Owned(text));
     }
+    /// Appends `items` to the array at `array`, or adds the array whole where `exists` is false
+    /// (RFC 6902 cannot append to a missing array).
+    fn append<'t, T: Serialize>(
+        &mut self,
+        array: impl IntoIterator<Item = Token<'t>> + Clone,
+        exists: bool,
+        items: &[T],
+    ) {
+        match (items.is_empty(), exists) {
+            (true, _) => {}
+            (false, false) => self.add(array, items),
+            (false, true) => {
+                for item in items {
+                    self.add(array.clone().into_iter().chain([Token::from("-")]), item);
+                }
+            }
+        }
+    }
     fn remove<'t>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>) {
         self.0.push(AddOp { op: "remove", path: PointerBuf::from_tokens(tokens), value: None });
     }
@@ -433,15 +451,7 @@ pub fn build(
         .filter_map(|((_, v), miss)| miss.then_some(v))
         .collect();
     let spec = pod.spec.as_ref();
-    if !vols.is_empty() {
-        if spec.and_then(|s| s.volumes.as_ref()).is_none() {
-            ops.add([key("spec"), key("volumes")], &vols);
-        } else {
-            for v in &vols {
-                ops.add([key("spec"), key("volumes"), key("-")], v);
-            }
-        }
-    }
+    ops.append([key("spec"), key("volumes")], spec.and_then(|s| s.volumes.as_ref()).is_some(), &vols);
     if missing.init_container {
         if spec.and_then(|s| s.init_containers.as_ref()).is_none() {
             ops.push([key("spec"), key("initContainers")], Text::SharedInArray(Arc::clone(init)));
@@ -512,15 +522,7 @@ pub fn rebuild(
             None => appended.push(v),
         }
     }
-    if !appended.is_empty() {
-        if spec.and_then(|s| s.volumes.as_ref()).is_none() {
-            ops.add([key("spec"), key("volumes")], &appended);
-        } else {
-            for v in &appended {
-                ops.add([key("spec"), key("volumes"), key("-")], v);
-            }
-        }
-    }
+    ops.append([key("spec"), key("volumes")], spec.and_then(|s| s.volumes.as_ref()).is_some(), &appended);
     match pod.init_containers().iter().position(|c| c.name == INIT_CONTAINER) {
         Some(j) => ops.replace([key("spec"), key("initContainers"), index(j)], Text::Shared(Arc::clone(init))),
         None if spec.and_then(|s| s.init_containers.as_ref()).is_none() => {
@@ -607,15 +609,7 @@ pub fn rebuild(
                     None => appended.push(m),
                 }
             }
-            match (appended.is_empty(), c.volume_mounts.is_none()) {
-                (true, _) => {}
-                (false, true) => ops.add(base.iter().cloned().chain([key("volumeMounts")]), &appended),
-                (false, false) => {
-                    for m in &appended {
-                        ops.add(base.iter().cloned().chain([key("volumeMounts"), key("-")]), m);
-                    }
-                }
-            }
+            ops.append(base.iter().cloned().chain([key("volumeMounts")]), c.volume_mounts.is_some(), &appended);
         }
     }
     AddPatch(ops.0)
