@@ -87,6 +87,18 @@ fn bench(c: &mut Criterion) {
         b.iter_batched_ref(|| Injector::new(Config::default()), |inj| handle(body, inj), BatchSize::SmallInput)
     });
     g.finish();
+    // The parts of one new Pod's request, for the profile in docs/performance.md: the envelope
+    // alone (what the cached path pays) and the Pod's fields read from its object.
+    let mut g = c.benchmark_group("parts");
+    let body = review_body(5 * 1024, 1);
+    g.bench_with_input(BenchmarkId::new("decode-envelope", "5KB"), &body, |b, body| {
+        b.iter(|| review::decode(body).unwrap().request.object.map(|o| o.get().len()))
+    });
+    let object = review::decode(&body).unwrap().request.object.unwrap().get().to_string();
+    g.bench_with_input(BenchmarkId::new("read-pod", "5KB"), &object, |b, object| {
+        b.iter(|| serde_json::from_str::<nixuv::inject::pod::PodView>(object).unwrap().containers().len())
+    });
+    g.finish();
     let mut g = c.benchmark_group("containers");
     for n in [1, 4, 16, 64] {
         let body = review_body(0, n);

@@ -48,8 +48,9 @@ pub struct GroupVersionResource {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AdmissionRequest<'a> {
-    #[serde(default)]
-    pub uid: String,
+    /// Borrowed from the body unless it holds an escape ([`uid_span_of`]).
+    #[serde(borrow, default)]
+    pub uid: std::borrow::Cow<'a, str>,
     #[serde(default)]
     pub kind: GroupVersionKind,
     #[serde(default)]
@@ -84,6 +85,44 @@ struct ReviewIn<'a> {
 pub struct AdmissionReview<'a> {
     pub api_version: &'static str,
     pub request: AdmissionRequest<'a>,
+}
+
+/// The places in `body` where a review's request uid may stand: the contents of each
+/// `"uid":"…"` string (compact JSON, as the API server writes it) that holds no escape, quote or
+/// control character, at most [`MAX_UID_CANDIDATES`] of them, the one after `"request":{` (the
+/// API server's field order) first. Which of them (if any) is the request's uid is not known
+/// without parsing; the decision cache only ever matches one against a body whose uid was found
+/// there by the parser ([`uid_span_of`]). Written by hand because it is a byte search, the point
+/// being not to parse.
+pub fn uid_candidates(body: &[u8]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    const KEY: &[u8] = br#""uid":""#;
+    let mut spans: Vec<std::ops::Range<usize>> = memchr::memmem::find_iter(body, KEY)
+        .take(MAX_UID_CANDIDATES)
+        .filter_map(|at| {
+            let start = at + KEY.len();
+            let len = memchr::memchr(b'"', &body[start..])?;
+            let s = &body[start..start + len];
+            (!s.is_empty() && s.iter().all(|&b| b >= 0x20 && b != b'\\') && std::str::from_utf8(s).is_ok())
+                .then_some(start..start + len)
+        })
+        .collect();
+    if let Some(i) = spans.iter().position(|s| body[..s.start - KEY.len()].ends_with(br#""request":{"#)) {
+        spans.swap(0, i);
+    }
+    spans.into_iter()
+}
+
+/// At most this many `"uid":"` strings are tried as the request's uid (a Pod has one per owner
+/// reference; the review's `userInfo` has one).
+pub const MAX_UID_CANDIDATES: usize = 4;
+
+/// Where the parsed request uid `uid` stands in `body`, if the parser borrowed it from there
+/// (it does unless the uid holds an escape).
+#[allow(clippy::ptr_arg)] // the Cow's variant is the point: only a borrowed uid stands in `body`
+pub fn uid_span_of(body: &[u8], uid: &std::borrow::Cow<'_, str>) -> Option<std::ops::Range<usize>> {
+    let std::borrow::Cow::Borrowed(uid) = uid else { return None };
+    let start = (uid.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    (start + uid.len() <= body.len() && !uid.is_empty()).then(|| start..start + uid.len())
 }
 
 pub fn decode(body: &[u8]) -> Result<AdmissionReview<'_>, ReviewError> {

@@ -32,7 +32,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
-use crate::inject::{self, Decision, Injector, Outcome};
+use crate::inject::{self, Injector, Outcome};
 use crate::review;
 use metrics::{CodeLabels, Endpoint, Metrics, ResultLabels};
 
@@ -192,6 +192,28 @@ async fn mutate(State(state): State<Arc<AppState>>, req: Request) -> Response {
         Err(resp) => return resp,
     };
     let start = Instant::now();
+    // A replica of a review seen before: answered without parsing it (see `cache`).
+    if let Some((hit, uid)) = cached(&state, &bytes) {
+        let body = hit.prepared.body(hit.api_version, uid);
+        let elapsed = start.elapsed();
+        state.metrics.count(Endpoint::mutate, hit.outcome.as_str());
+        state.metrics.observe(Endpoint::mutate, elapsed);
+        tracing::event!(
+            target: ADMISSION_LOG,
+            tracing::Level::DEBUG,
+            uid,
+            namespace = &*hit.namespace,
+            name = &*hit.name,
+            decision = hit.outcome.as_str(),
+            env = hit.env_id.as_deref().unwrap_or(""),
+            message = hit.message.as_deref().unwrap_or(""),
+            dry_run = hit.dry_run,
+            cached = true,
+            elapsed_us = elapsed.as_micros() as u64,
+            "admission"
+        );
+        return ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
+    }
     let review = match review::decode(&bytes) {
         Ok(r) => r,
         Err(e) => {
@@ -200,11 +222,16 @@ async fn mutate(State(state): State<Arc<AppState>>, req: Request) -> Response {
         }
     };
     let req = &review.request;
-    let (answer, cached) = answer(&state, req);
+    let answer = answer(&state, &review, &bytes);
     let body = answer.prepared.body(review.api_version, &req.uid);
     let elapsed = start.elapsed();
     state.metrics.count(Endpoint::mutate, answer.outcome.as_str());
     state.metrics.observe(Endpoint::mutate, elapsed);
+    // One info line per decision made; the replicas answered from the cache repeat it word for
+    // word but for the uid, so they are debug lines (counted in the metrics either way). At
+    // saturation a line per request cost ~15 % of the server's CPU (docs/performance.md).
+    let noteworthy = matches!(answer.outcome, Outcome::Injected | Outcome::Denied | Outcome::AlreadyInjected);
+    let level = if noteworthy { tracing::Level::INFO } else { tracing::Level::DEBUG };
     macro_rules! admission_line {
         ($level:expr) => {
             tracing::event!(
@@ -217,17 +244,13 @@ async fn mutate(State(state): State<Arc<AppState>>, req: Request) -> Response {
                 env = answer.env_id.as_deref().unwrap_or(""),
                 message = answer.message.as_deref().unwrap_or(""),
                 dry_run = req.dry_run.unwrap_or(false),
-                cached,
+                cached = false,
                 elapsed_us = elapsed.as_micros() as u64,
                 "admission"
             )
         };
     }
-    // One info line per decision made; the replicas answered from the cache repeat it word for
-    // word but for the uid, so they are debug lines (counted in the metrics either way). At
-    // saturation a line per request cost ~15 % of the server's CPU (docs/performance.md).
-    let noteworthy = matches!(answer.outcome, Outcome::Injected | Outcome::Denied | Outcome::AlreadyInjected);
-    if noteworthy && !cached {
+    if level == tracing::Level::INFO {
         admission_line!(tracing::Level::INFO);
     } else {
         admission_line!(tracing::Level::DEBUG);
@@ -235,42 +258,59 @@ async fn mutate(State(state): State<Arc<AppState>>, req: Request) -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
 
-/// The answer to one review: from the decision cache for a Pod CREATE seen before (same object
-/// bytes, namespace, config and claim states), else decided now (and kept).
-/// The flag says whether the answer came from the cache.
-fn answer(state: &AppState, req: &review::AdmissionRequest<'_>) -> (Arc<cache::Answer>, bool) {
+/// The cached answer for a review byte-identical, but for its uid, to one decided before under
+/// this config and the claim states that still hold; with the uid.
+fn cached<'b>(state: &AppState, body: &'b [u8]) -> Option<(Arc<cache::Answer>, &'b str)> {
+    if !state.decisions.enabled() || body.len() > cache::MAX_REVIEW {
+        return None;
+    }
     let injector = state.injector.load();
-    let keep = |d: Decision| {
-        Arc::new(cache::Answer {
-            prepared: review::Prepared::new(d.to_response()),
-            outcome: d.outcome(),
-            env_id: d.env_id().map(String::from),
-            message: d.denial().map(|x| x.message.clone()),
-        })
-    };
-    let (Some(object), Some(ns)) = (req.object, req.namespace.as_deref()) else {
-        return (keep(injector.decide(req, &*state.claims)), false);
-    };
-    if !state.decisions.enabled() || ns.is_empty() || !inject::optin::is_pod_create(req) {
-        return (keep(injector.decide(req, &*state.claims)), false);
-    }
-    // The claims' states are read once, by the core's own function, and the decision is made
-    // with exactly those: key and answer cannot disagree.
-    let states = injector.store_claims(ns, &*state.claims);
-    let key = cache::KeyRef {
-        generation: injector.generation(),
-        claims: states,
-        namespace: ns,
-        object: object.get().as_bytes(),
-    };
-    if let Some(hit) = state.decisions.get(key) {
+    for uid in review::uid_candidates(body) {
+        let key = cache::KeyRef { generation: injector.generation(), review: body, uid: uid.clone() };
+        let Some(hit) = state.decisions.get(&key) else { continue };
+        // Claims created, deleted or bound since: decided again (and the entry replaced).
+        if injector.store_claims(&hit.namespace, &*state.claims) != hit.claims {
+            return None;
+        }
         state.metrics.decision_cache.get_or_create(&ResultLabels { result: "hit" }).inc();
-        return (hit, true);
+        return Some((hit, std::str::from_utf8(&body[uid]).ok()?));
     }
-    state.metrics.decision_cache.get_or_create(&ResultLabels { result: "miss" }).inc();
-    let answer = keep(injector.decide_with_states(req, states));
-    state.decisions.insert(key, Arc::clone(&answer));
-    (answer, false)
+    None
+}
+
+/// The answer to one review, decided now; a Pod CREATE whose uid the parser found in the body is
+/// kept for its replicas (see [`cached`]).
+fn answer(state: &AppState, review: &review::AdmissionReview<'_>, body: &[u8]) -> Arc<cache::Answer> {
+    let req = &review.request;
+    let injector = state.injector.load();
+    let ns = req.namespace.as_deref().unwrap_or("");
+    let cacheable =
+        state.decisions.enabled() && !ns.is_empty() && req.object.is_some() && inject::optin::is_pod_create(req);
+    // The claims' states are read once, by the core's own function, and the decision is made
+    // with exactly those: entry and answer cannot disagree.
+    let states = injector.store_claims(ns, &*state.claims);
+    let d = if cacheable { injector.decide_with_states(req, states) } else { injector.decide(req, &*state.claims) };
+    let answer = Arc::new(cache::Answer {
+        prepared: review::Prepared::new(d.to_response()),
+        outcome: d.outcome(),
+        env_id: d.env_id().map(String::from),
+        message: d.denial().map(|x| x.message.clone()),
+        api_version: review.api_version,
+        namespace: ns.into(),
+        name: req.name.as_deref().unwrap_or("").into(),
+        dry_run: req.dry_run.unwrap_or(false),
+        claims: states,
+    });
+    if cacheable {
+        state.metrics.decision_cache.get_or_create(&ResultLabels { result: "miss" }).inc();
+        // Only where a later lookup will try it: the parser's uid among the byte search's.
+        let found = review::uid_span_of(body, &req.uid).filter(|u| review::uid_candidates(body).any(|c| c == *u));
+        if let Some(uid) = found {
+            let key = cache::KeyRef { generation: injector.generation(), review: body, uid };
+            state.decisions.insert(&key, Arc::clone(&answer));
+        }
+    }
+    answer
 }
 
 async fn healthz() -> &'static str {

@@ -287,9 +287,10 @@ async fn metrics_on_their_own_address() {
     assert_eq!(reqwest::get(format!("http://{m}/readyz")).await.unwrap().status().as_u16(), 200);
 }
 
-/// Replicas of one workload arrive as the same object bytes with their own uids. Each gets its own
+/// Replicas of one workload arrive as the same review bytes but for their uids. Each gets its own
 /// uid back and the same answer as a server without the decision cache; the second and later are
-/// cache hits; a Pod that differs by one byte, or the same Pod in another namespace, is decided anew.
+/// cache hits (found before the review is parsed); a Pod that differs by one byte, the same Pod in
+/// another namespace, or a uid with an escape in it (the API server's are UUIDs), is decided anew.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_are_answered_from_the_decision_cache() {
     let cached = Server::builder().separate_metrics().start();
@@ -306,13 +307,16 @@ async fn replicas_are_answered_from_the_decision_cache() {
     let mut variants = Vec::new();
     for (i, ns) in ["team-a", "team-a", "team-a", "team-b"].into_iter().enumerate() {
         let mut r = review.clone();
-        r["request"]["uid"] = json!(format!("replica-{i}-\"quoted\""));
+        r["request"]["uid"] = json!(format!("2c8a7b1e-1111-2222-3333-44445555000{i}"));
         r["request"]["namespace"] = json!(ns);
         variants.push(r);
     }
     let mut other = variants[0].clone();
     other["request"]["object"]["metadata"]["labels"]["extra"] = json!("1");
     variants.push(other);
+    let mut quoted = variants[0].clone();
+    quoted["request"]["uid"] = json!("replica-\"quoted\"");
+    variants.push(quoted);
     for r in &variants {
         let (_, a) = post_json(&cached.h2(), &cached.url("/mutate"), r).await;
         let (_, b) = post_json(&uncached.h1(), &uncached.url("/mutate"), r).await;
@@ -321,11 +325,13 @@ async fn replicas_are_answered_from_the_decision_cache() {
         assert!(response_patch(&a).is_some());
     }
     assert_eq!(lookups(&cached, "hit").await, 2.0, "replicas 2 and 3 in team-a");
-    assert_eq!(lookups(&cached, "miss").await, 3.0, "first replica, team-b, the changed Pod");
+    assert_eq!(lookups(&cached, "miss").await, 4.0, "first replica, team-b, the changed Pod, the quoted uid");
     assert_eq!(lookups(&uncached, "hit").await + lookups(&uncached, "miss").await, 0.0);
     // Decided answers are logged at info; cached replicas only at debug.
     let logs = cached.logs().join("\n");
-    for (uid, logged) in [("replica-0-", true), ("replica-1-", false), ("replica-2-", false), ("replica-3-", true)] {
+    for (uid, logged) in
+        [("444455550000", true), ("444455550001", false), ("444455550002", false), ("444455550003", true)]
+    {
         assert_eq!(logs.contains(uid), logged, "{uid}: {logs}");
     }
 }
