@@ -88,31 +88,47 @@ pub struct AdmissionReview<'a> {
 }
 
 /// The places in `body` where a review's request uid may stand: the contents of each
-/// `"uid":"…"` string (compact JSON, as the API server writes it) that holds no escape, quote or
+/// `"uid":"…"` string (whitespace allowed around the colon) that holds no escape, quote or
 /// control character, at most [`MAX_UID_CANDIDATES`] of them, the one after `"request":{` (the
 /// API server's field order) first. Which of them (if any) is the request's uid is not known
 /// without parsing; the decision cache only ever matches one against a body whose uid was found
 /// there by the parser ([`uid_span_of`]). Written by hand because it is a byte search, the point
 /// being not to parse.
 pub fn uid_candidates(body: &[u8]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
-    const KEY: &[u8] = br#""uid":""#;
-    let mut spans: Vec<std::ops::Range<usize>> = memchr::memmem::find_iter(body, KEY)
-        .take(MAX_UID_CANDIDATES)
+    const KEY: &[u8] = br#""uid""#;
+    let ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let mut spans: Vec<(usize, std::ops::Range<usize>)> = memchr::memmem::find_iter(body, KEY)
         .filter_map(|at| {
-            let start = at + KEY.len();
+            // `"uid"`, optional whitespace, `:`, optional whitespace, `"`: a key and a string value.
+            let mut i = at + KEY.len();
+            while body.get(i).is_some_and(ws) {
+                i += 1;
+            }
+            (body.get(i) == Some(&b':')).then_some(())?;
+            i += 1;
+            while body.get(i).is_some_and(ws) {
+                i += 1;
+            }
+            (body.get(i) == Some(&b'"')).then_some(())?;
+            let start = i + 1;
             let len = memchr::memchr(b'"', &body[start..])?;
             let s = &body[start..start + len];
             (!s.is_empty() && s.iter().all(|&b| b >= 0x20 && b != b'\\') && std::str::from_utf8(s).is_ok())
-                .then_some(start..start + len)
+                .then_some((at, start..start + len))
         })
+        .take(MAX_UID_CANDIDATES)
         .collect();
-    if let Some(i) = spans.iter().position(|s| body[..s.start - KEY.len()].ends_with(br#""request":{"#)) {
+    let after_request = |at: usize| {
+        let head = body[..at].trim_ascii_end();
+        head.ends_with(b"{") && head[..head.len() - 1].trim_ascii_end().ends_with(br#""request":"#)
+    };
+    if let Some(i) = spans.iter().position(|(at, _)| after_request(*at)) {
         spans.swap(0, i);
     }
-    spans.into_iter()
+    spans.into_iter().map(|(_, s)| s)
 }
 
-/// At most this many `"uid":"` strings are tried as the request's uid (a Pod has one per owner
+/// At most this many `"uid"` strings are tried as the request's uid (a Pod has one per owner
 /// reference; the review's `userInfo` has one).
 pub const MAX_UID_CANDIDATES: usize = 4;
 

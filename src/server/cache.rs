@@ -217,5 +217,9 @@ mod tests {
         let body = br#"{"a":{"uid":"own\"er"},"b":{"uid":"owner"},"request":{"uid":"req","x":1}}"#;
         let spans: Vec<&[u8]> = crate::review::uid_candidates(body).map(|r| &body[r]).collect();
         assert_eq!(spans, [b"req".as_slice(), b"owner"], "escaped strings are never candidates");
+        // As pretty-printers and other clients write it, too.
+        let body = b"{\n  \"request\": {\n    \"uid\" : \"req\",\n    \"name\": \"uid\"\n  }\n}";
+        let spans: Vec<&[u8]> = crate::review::uid_candidates(body).map(|r| &body[r]).collect();
+        assert_eq!(spans, [b"req".as_slice()], "a string \"uid\" that is not a key is not a candidate");
     }
 }
