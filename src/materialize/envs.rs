@@ -3,8 +3,6 @@
 //! directory left behind. Reads the store as gc does: through no-follow directory handles.
 
 use std::collections::HashSet;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -12,7 +10,7 @@ use serde::Serialize;
 use super::layout::{self, Layout};
 use super::lease;
 use super::lock::Lock;
-use super::store::Kind;
+use super::store::{self, Kind, StoreDir};
 use super::{read_marker, resolve_in_store, MaterializeError};
 
 #[derive(Debug, Clone, Serialize)]
@@ -44,21 +42,47 @@ pub struct EnvInfo {
     pub last_used_unix: Option<u64>,
 }
 
-/// Bytes of the regular files under `dir`, each inode once (links never followed).
-fn disk_bytes(dir: &Path, seen: &mut HashSet<(u64, u64)>) -> u64 {
+/// At most this many entries are looked at for one env's size (a numpy + pandas venv has ~10,000
+/// files): a planted tree of millions cannot make `envs list` run for ever.
+const MAX_ENTRIES: usize = 1_000_000;
+
+/// Bytes of the regular files under `dir`, each inode once: every directory opened without
+/// following a link (a directory swapped for a link mid-walk is not entered), nothing opened
+/// for reading (a FIFO cannot block it), at most [`MAX_ENTRIES`] entries.
+fn disk_bytes(dir: Option<StoreDir>, seen: &mut HashSet<(u64, u64)>) -> u64 {
     let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
+    let mut visited = 0;
+    let mut stack: Vec<StoreDir> = dir.into_iter().collect();
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let Ok(m) = std::fs::symlink_metadata(e.path()) else { continue };
-            if m.is_dir() {
-                stack.push(e.path());
-            } else if m.is_file() && seen.insert((m.dev(), m.ino())) {
-                total += m.len();
+        for name in d.names().unwrap_or_default() {
+            visited += 1;
+            if visited > MAX_ENTRIES {
+                return total;
+            }
+            match d.kind(&name) {
+                Kind::Dir => stack.extend(d.subdir(&name)),
+                Kind::File => {
+                    if let Some((dev, ino, len)) = d.file_identity(&name) {
+                        if seen.insert((dev, ino)) {
+                            total += len;
+                        }
+                    }
+                }
+                _ => {}
             }
         }
     }
     total
+}
+
+/// The directory of a nix store path named in a marker (`/nix/store/<name>`), opened in the
+/// store without following links; anything else (a planted `/nix/../etc`) is `None`.
+fn store_path_dir(layout: &Layout, path: &str) -> Option<StoreDir> {
+    let name = path.strip_prefix("/nix/store/")?;
+    if !store::plain_name(name) {
+        return None;
+    }
+    StoreDir::open(&layout.nix_dir, "store", false).ok()??.subdir(name)
 }
 
 fn unix(age: Option<Duration>) -> Option<u64> {
@@ -97,10 +121,9 @@ pub fn list(layout: &Layout, lease_ttl: Duration) -> Result<Vec<EnvInfo>, Materi
         let mut bytes = 0;
         let venv_ok = match (&marker, &link) {
             (Some(m), Some(l)) if m.venv.as_deref() == Some(l.as_str()) && layout::is_venv_name(id, l) => {
-                let ok = envs.as_ref().and_then(|e| e.subdir(l)).is_some();
-                if ok {
-                    bytes += disk_bytes(&layout.uv_root.join(layout::ENVS).join(l), &mut seen);
-                }
+                let venv = envs.as_ref().and_then(|e| e.subdir(l));
+                let ok = venv.is_some();
+                bytes += disk_bytes(venv, &mut seen);
                 ok
             }
             (Some(m), _) => m.python.is_empty(),
@@ -110,9 +133,7 @@ pub fn list(layout: &Layout, lease_ttl: Duration) -> Result<Vec<EnvInfo>, Materi
         let nix_ok = marker.as_ref().is_some_and(|m| m.system.is_empty()) || profile.is_some();
         if let Some(m) = &marker {
             for p in &m.lock.nix {
-                if let Some(rest) = p.strip_prefix("/nix/") {
-                    bytes += disk_bytes(&layout.nix_dir.join(rest), &mut seen);
-                }
+                bytes += disk_bytes(store_path_dir(layout, p), &mut seen);
             }
         }
         let state_name = match (&marker, building) {
@@ -159,7 +180,7 @@ pub fn list(layout: &Layout, lease_ttl: Duration) -> Result<Vec<EnvInfo>, Materi
                 python: Vec::new(),
                 python_version: None,
                 lock: None,
-                bytes: disk_bytes(&layout.uv_root.join(layout::ENVS).join(&n), &mut seen),
+                bytes: disk_bytes(envs.subdir(&n), &mut seen),
                 venv: Some(n.clone()),
                 built_at_unix: None,
                 build_seconds: None,

@@ -194,6 +194,13 @@ impl StoreDir {
         }
     }
 
+    /// A regular file's device, inode and length, looked at without following a link.
+    pub fn file_identity(&self, name: impl AsRef<Path>) -> Option<(u64, u64, u64)> {
+        use cap_std::fs::MetadataExt;
+        let m = self.dir.symlink_metadata(name).ok()?;
+        m.is_file().then(|| (m.dev(), m.ino(), m.len()))
+    }
+
     /// How long ago the entry itself (not what it links to) was modified.
     pub fn age(&self, name: impl AsRef<Path>) -> Option<Duration> {
         let m = self.dir.symlink_metadata(name).ok()?.modified().ok()?.into_std();

@@ -369,3 +369,41 @@ fn a_hand_written_init_container_cannot_publish_other_content_under_an_id() {
     assert!(text(&out).contains("NIXUV_INDEX_URL"), "{}", text(&out));
     assert!(fs::read_dir(vols.path("nixuv-uv")).map(|d| d.count()).unwrap_or(0) == 0, "nothing built");
 }
+
+/// `nixuv envs list` sizes an env from its marker's store paths and its venv: a planted marker
+/// naming paths outside the store (`/nix/store/../..`), a store path that is a link out of it, or
+/// a venv swapped for a link, never makes it count (or walk) anything outside.
+#[test]
+fn envs_list_never_walks_outside_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (uv, nix, outside) = (dir.path().join("uv"), dir.path().join("nix"), dir.path().join("outside"));
+    for d in [uv.join(".nixuv/envs"), uv.join("envs"), nix.join("store/good"), outside.join("deep")] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(nix.join("store/good/bin"), vec![0u8; 100]).unwrap();
+    std::fs::write(outside.join("deep/secret"), vec![0u8; 5_000_000]).unwrap();
+    std::os::unix::fs::symlink(&outside, nix.join("store/evil")).unwrap();
+    let id = "0123456789abcdef";
+    let venv = format!(".{id}.1111111111111111");
+    std::os::unix::fs::symlink(&outside, uv.join("envs").join(&venv)).unwrap();
+    std::os::unix::fs::symlink(&venv, uv.join("envs").join(id)).unwrap();
+    let climb = format!("/nix/store/../../{}", outside.strip_prefix("/").unwrap().display());
+    let marker = serde_json::json!({
+        "env": id, "system": ["x"], "python": ["six"], "pythonVersion": "3.12", "nixpkgs": "path:/x",
+        "venv": venv, "builtAtUnix": 1, "buildSeconds": 0.1,
+        "lock": {"interpreter": null, "python": [], "nix": ["/nix/store/good", "/nix/store/evil", climb, "/etc"]}
+    });
+    std::fs::write(uv.join(format!(".nixuv/envs/{id}.json")), serde_json::to_vec(&marker).unwrap()).unwrap();
+    let out = std::process::Command::new(crate::common::bin())
+        .args(["envs", "list", "-o", "json", "--uv-root"])
+        .arg(&uv)
+        .arg("--nix-dir")
+        .arg(&nix)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let env = list.iter().find(|e| e["id"] == id).unwrap();
+    assert_eq!(env["bytes"], 100, "only the store path inside the store counts: {env}");
+    assert_eq!(env["state"], "incomplete", "a venv that is a link is not a venv: {env}");
+}
