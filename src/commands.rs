@@ -206,6 +206,15 @@ pub fn envs(a: EnvsArgs) -> anyhow::Result<ExitCode> {
         })
         .unwrap_or_else(|| "-".into())
     };
+    // Markers are read from a store any Pod of the namespace can write: what they say reaches the
+    // terminal with control characters escaped (no planted escape sequences).
+    let safe = |s: &str| -> String {
+        match s.chars().any(char::is_control) {
+            true => s.escape_debug().to_string(),
+            false => s.to_string(),
+        }
+    };
+    let safe_all = |v: &[String], sep: &str| v.iter().map(|x| safe(x)).collect::<Vec<_>>().join(sep);
     for e in &shown {
         println!(
             "{}  {:<10}  {:>10} bytes  built {}  ({:.1}s)  last used {}{}",
@@ -215,25 +224,25 @@ pub fn envs(a: EnvsArgs) -> anyhow::Result<ExitCode> {
             when(e.built_at_unix),
             e.build_seconds.unwrap_or(0.0),
             when(e.last_used_unix),
-            e.holder.as_deref().map(|h| format!("  by {h}")).unwrap_or_default()
+            e.holder.as_deref().map(|h| format!("  by {}", safe(h))).unwrap_or_default()
         );
         if a.action == "show" {
-            println!("  system: {}", e.system.join(" "));
-            println!("  python {}: {}", e.python_version.as_deref().unwrap_or("-"), e.python.join(", "));
+            println!("  system: {}", safe_all(&e.system, " "));
+            println!("  python {}: {}", safe(e.python_version.as_deref().unwrap_or("-")), safe_all(&e.python, ", "));
             if let Some(lock) = &e.lock {
                 if let Some(i) = &lock.interpreter {
-                    println!("  interpreter: {} at {}", i.version, i.home);
+                    println!("  interpreter: {} at {}", safe(&i.version), safe(&i.home));
                 }
                 for d in &lock.python {
                     println!(
                         "    {}=={}  RECORD sha256:{}",
-                        d.name,
-                        d.version,
-                        d.record_sha256.as_deref().unwrap_or("-")
+                        safe(&d.name),
+                        safe(&d.version),
+                        safe(d.record_sha256.as_deref().unwrap_or("-"))
                     );
                 }
                 for p in &lock.nix {
-                    println!("    {p}");
+                    println!("    {}", safe(p));
                 }
             }
         }

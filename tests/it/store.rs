@@ -389,9 +389,10 @@ fn envs_list_never_walks_outside_the_store() {
     std::os::unix::fs::symlink(&venv, uv.join("envs").join(id)).unwrap();
     let climb = format!("/nix/store/../../{}", outside.strip_prefix("/").unwrap().display());
     let marker = serde_json::json!({
-        "env": id, "system": ["x"], "python": ["six"], "pythonVersion": "3.12", "nixpkgs": "path:/x",
+        "env": id, "system": ["x\u{1b}]0;owned\u{7}\u{1b}[2J"], "python": ["six"], "pythonVersion": "3.12", "nixpkgs": "path:/x",
         "venv": venv, "builtAtUnix": 1, "buildSeconds": 0.1,
-        "lock": {"interpreter": null, "python": [], "nix": ["/nix/store/good", "/nix/store/evil", climb, "/etc"]}
+        "lock": {"interpreter": {"version": "3.12\u{1b}[31m", "home": "/x"}, "python": [{"name": "six\u{1b}[1m", "version": "1"}],
+                 "nix": ["/nix/store/good", "/nix/store/evil", climb, "/etc"]}
     });
     std::fs::write(uv.join(format!(".nixuv/envs/{id}.json")), serde_json::to_vec(&marker).unwrap()).unwrap();
     let out = std::process::Command::new(crate::common::bin())
@@ -406,4 +407,19 @@ fn envs_list_never_walks_outside_the_store() {
     let env = list.iter().find(|e| e["id"] == id).unwrap();
     assert_eq!(env["bytes"], 100, "only the store path inside the store counts: {env}");
     assert_eq!(env["state"], "incomplete", "a venv that is a link is not a venv: {env}");
+    // What a planted marker says reaches the terminal with its escape sequences defused.
+    let out = std::process::Command::new(crate::common::bin())
+        .args(["envs", "show", id, "--uv-root"])
+        .arg(&uv)
+        .arg("--nix-dir")
+        .arg(&nix)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!out.stdout.contains(&0x1b) && !out.stdout.contains(&0x07), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("x\\u{1b}]0;owned"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
