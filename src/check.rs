@@ -84,10 +84,24 @@ impl Report {
                 Level::Warn => "warn",
                 Level::Fail => "FAIL",
             };
-            out.push_str(&format!("  [{mark}] {}: {}\n", f.check, f.message));
+            out.push_str(&format!("  [{mark}] {}: {}\n", f.check, one_line(&f.message)));
         }
         out
     }
+}
+
+/// A message on one line, its control characters escaped: messages quote what Pods say about
+/// themselves (nixuv-init's termination message is whatever its container wrote), and that must
+/// not reach the terminal as escape sequences.
+fn one_line(s: &str) -> String {
+    s.trim()
+        .chars()
+        .map(|c| match c {
+            '\n' => " | ".to_string(),
+            c if c.is_control() => c.escape_debug().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 /// The API path of a namespaced object of a kind `check` reads.

@@ -277,12 +277,22 @@ async fn check_answers_each_question_about_a_live_cluster() {
     pod["status"]["initContainerStatuses"] = json!([{"name": "nixuv-init", "ready": false, "restartCount": 1, "image": "x",
         "state": {"waiting": {"reason": "CrashLoopBackOff"}},
         "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
-            "message": "nixuv materialize: system dep \"gcc\": nix-portable: error: cannot connect to cache.nixos.org\n"}}}]);
+            "message": "nixuv materialize: system dep \"gcc\": nix-portable: error: cannot connect to cache.nixos.org\n\u{1b}]0;owned\u{7}"}}}]);
     set("/api/v1/namespaces/team-a/pods/job-1", pod);
     let (code, r) = check.run(&["pod", "job-1", "--connect", &connect]);
     assert_eq!(code, 1);
     finding(&r, "pod", "fail", "was not injected");
     finding(&r, "nixuv-init", "fail", "cannot connect to cache.nixos.org");
+    // For people: one line, and what the container wrote cannot drive the terminal.
+    let out = Command::new(common::bin())
+        .args(["check", "pod", "job-1", "--connect", &connect])
+        .env("KUBECONFIG", &check.kubeconfig)
+        .current_dir(check.dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.stdout.contains(&0x1b) && !out.stdout.contains(&0x07), "{text}");
+    assert!(text.contains("cache.nixos.org | \\u{1b}]0;owned"), "{text}");
     // An object that does not exist; a cluster that cannot be asked.
     let (code, r) = check.run(&["pod", "nope"]);
     assert_eq!(code, 1);
