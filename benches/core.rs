@@ -67,8 +67,10 @@ pub fn review_body(target: usize, containers: usize) -> Vec<u8> {
     .unwrap()
 }
 
+/// What `/mutate` does for a review it has not seen: the envelope and the Pod's fields read in one
+/// pass, decide, patch, encode.
 fn handle(body: &[u8], inj: &Injector) -> Vec<u8> {
-    let r = review::decode(body).unwrap();
+    let r = review::decode_as::<nixuv::inject::pod::PodView>(body).unwrap();
     let d = inj.decide(&r.request, &nixuv::claims::AssumePresent);
     assert!(d.patch().is_some());
     review::Prepared::new(d.to_response()).body(r.api_version, &r.request.uid)

@@ -44,10 +44,11 @@ pub struct GroupVersionResource {
     pub resource: String,
 }
 
-/// The parts of an `AdmissionRequest` that nixuv reads.
+/// The parts of an `AdmissionRequest` that nixuv reads. The object is kept as raw JSON by default
+/// ([`decode`]); [`decode_as`] reads it as `O` in the same pass.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AdmissionRequest<'a> {
+#[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
+pub struct AdmissionRequest<'a, O = &'a RawValue> {
     /// Borrowed from the body unless it holds an escape ([`uid_span_of`]).
     #[serde(borrow, default)]
     pub uid: std::borrow::Cow<'a, str>,
@@ -65,26 +66,47 @@ pub struct AdmissionRequest<'a> {
     pub operation: String,
     #[serde(default)]
     pub dry_run: Option<bool>,
-    #[serde(borrow, default)]
-    pub object: Option<&'a RawValue>,
+    #[serde(default = "none")]
+    pub object: Option<O>,
+}
+
+impl<'a, O> AdmissionRequest<'a, O> {
+    /// The request without its object (what is left to answer and log once it is decided).
+    pub fn without_object(self) -> AdmissionRequest<'a, ()> {
+        AdmissionRequest {
+            uid: self.uid,
+            kind: self.kind,
+            resource: self.resource,
+            sub_resource: self.sub_resource,
+            name: self.name,
+            namespace: self.namespace,
+            operation: self.operation,
+            dry_run: self.dry_run,
+            object: None,
+        }
+    }
+}
+
+fn none<O>() -> Option<O> {
+    None
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ReviewIn<'a> {
+#[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
+struct ReviewIn<'a, O> {
     #[serde(default)]
     api_version: String,
     #[serde(default)]
     kind: String,
-    #[serde(borrow, default)]
-    request: Option<AdmissionRequest<'a>>,
+    #[serde(borrow, default = "none")]
+    request: Option<AdmissionRequest<'a, O>>,
 }
 
 /// A decoded review: its apiVersion (echoed in the response) and its request.
 #[derive(Debug)]
-pub struct AdmissionReview<'a> {
+pub struct AdmissionReview<'a, O = &'a RawValue> {
     pub api_version: &'static str,
-    pub request: AdmissionRequest<'a>,
+    pub request: AdmissionRequest<'a, O>,
 }
 
 /// The places in `body` where a review's request uid may stand: the contents of each
@@ -142,7 +164,13 @@ pub fn uid_span_of(body: &[u8], uid: &std::borrow::Cow<'_, str>) -> Option<std::
 }
 
 pub fn decode(body: &[u8]) -> Result<AdmissionReview<'_>, ReviewError> {
-    let review: ReviewIn<'_> = serde_json::from_slice(body).map_err(|e| ReviewError::NotJson(e.to_string()))?;
+    decode_as(body)
+}
+
+/// [`decode`], reading the object as `O` in the same pass (an error in the object is an error of
+/// the whole review).
+pub fn decode_as<'a, O: Deserialize<'a>>(body: &'a [u8]) -> Result<AdmissionReview<'a, O>, ReviewError> {
+    let review: ReviewIn<'a, O> = serde_json::from_slice(body).map_err(|e| ReviewError::NotJson(e.to_string()))?;
     if review.kind != "AdmissionReview" {
         return Err(ReviewError::WrongKind(review.kind));
     }

@@ -22,6 +22,24 @@ use crate::review::{AdmissionRequest, AdmissionResponse, Status};
 use crate::values::InitPlacement;
 use pod::PodView;
 
+/// A review's object as the core takes it: raw JSON (read here), or a [`PodView`] read in the same
+/// pass as the review (`review::decode_as`).
+pub trait PodSource {
+    fn decide_in(&self, inj: &Injector, namespace: Option<&str>, claims: &dyn Claims) -> Decision;
+}
+
+impl PodSource for &serde_json::value::RawValue {
+    fn decide_in(&self, inj: &Injector, namespace: Option<&str>, claims: &dyn Claims) -> Decision {
+        inj.decide_pod_with(self.get(), namespace, claims)
+    }
+}
+
+impl PodSource for PodView {
+    fn decide_in(&self, inj: &Injector, namespace: Option<&str>, claims: &dyn Claims) -> Decision {
+        inj.decide_view(self, namespace, claims)
+    }
+}
+
 /// What happened, for logs and the `decision` metric label (a closed, low-cardinality set).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -258,13 +276,13 @@ impl Injector {
         self.memo.weight()
     }
 
-    /// The webhook's decision for one admission request.
-    pub fn decide(&self, req: &AdmissionRequest<'_>, claims: &dyn Claims) -> Decision {
+    /// The webhook's decision for one admission request, its object as raw JSON or already read.
+    pub fn decide<O: PodSource>(&self, req: &AdmissionRequest<'_, O>, claims: &dyn Claims) -> Decision {
         if !optin::is_pod_create(req) {
             return Decision::pass(Pass::Skipped);
         }
-        let Some(object) = req.object else { return Decision::pass(Pass::Skipped) };
-        self.decide_pod_with(object.get(), req.namespace.as_deref(), claims)
+        let Some(object) = &req.object else { return Decision::pass(Pass::Skipped) };
+        object.decide_in(self, req.namespace.as_deref(), claims)
     }
 
     /// The decision for a Pod given as JSON text, in `namespace` (the request's; a Pod made by a
@@ -293,7 +311,7 @@ impl Injector {
 
     /// [`Self::decide`] with the store claims' states given (as a cache key was built from them,
     /// with [`Self::store_claims`]), so that the decision and its key cannot disagree.
-    pub fn decide_with_states(&self, req: &AdmissionRequest<'_>, states: StoreClaims) -> Decision {
+    pub fn decide_with_states<O: PodSource>(&self, req: &AdmissionRequest<'_, O>, states: StoreClaims) -> Decision {
         let storage = &self.config.file.storage;
         let known = Known {
             namespace: req.namespace.as_deref().unwrap_or(""),

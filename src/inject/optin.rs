@@ -8,7 +8,7 @@ use crate::names::{ANN_CONTAINERS, LABEL_INJECT};
 use crate::review::AdmissionRequest;
 
 /// Only CREATE of core/v1 `pods` (not a subresource such as `pods/ephemeralcontainers`).
-pub fn is_pod_create(req: &AdmissionRequest<'_>) -> bool {
+pub fn is_pod_create<O>(req: &AdmissionRequest<'_, O>) -> bool {
     req.operation == "CREATE"
         && req.kind.group.is_empty()
         && req.kind.version == "v1"

@@ -214,15 +214,25 @@ async fn mutate(State(state): State<Arc<AppState>>, req: Request) -> Response {
         );
         return ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
     }
-    let review = match review::decode(&bytes) {
-        Ok(r) => r,
-        Err(e) => {
-            state.metrics.count(Endpoint::mutate, "invalid");
-            return json_error(&state, StatusCode::BAD_REQUEST, &e.to_string());
+    // A new review: its envelope and its Pod's fields read in one pass; only an object that is not
+    // a Pod nixuv can read (a denial, with the parser's message) is read again as raw JSON.
+    let (review, answer) = match review::decode_as::<inject::pod::PodView>(&bytes) {
+        Ok(r) => {
+            let a = answer(&state, &r, &bytes);
+            (review::AdmissionReview { api_version: r.api_version, request: r.request.without_object() }, a)
         }
+        Err(_) => match review::decode(&bytes) {
+            Ok(r) => {
+                let a = answer(&state, &r, &bytes);
+                (review::AdmissionReview { api_version: r.api_version, request: r.request.without_object() }, a)
+            }
+            Err(e) => {
+                state.metrics.count(Endpoint::mutate, "invalid");
+                return json_error(&state, StatusCode::BAD_REQUEST, &e.to_string());
+            }
+        },
     };
     let req = &review.request;
-    let answer = answer(&state, &review, &bytes);
     let body = answer.prepared.body(review.api_version, &req.uid);
     let elapsed = start.elapsed();
     state.metrics.count(Endpoint::mutate, answer.outcome.as_str());
@@ -280,7 +290,11 @@ fn cached<'b>(state: &AppState, body: &'b [u8]) -> Option<(Arc<cache::Answer>, &
 
 /// The answer to one review, decided now; a Pod CREATE whose uid the parser found in the body is
 /// kept for its replicas (see [`cached`]).
-fn answer(state: &AppState, review: &review::AdmissionReview<'_>, body: &[u8]) -> Arc<cache::Answer> {
+fn answer<O: inject::PodSource>(
+    state: &AppState,
+    review: &review::AdmissionReview<'_, O>,
+    body: &[u8],
+) -> Arc<cache::Answer> {
     let req = &review.request;
     let injector = state.injector.load();
     let ns = req.namespace.as_deref().unwrap_or("");
