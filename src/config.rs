@@ -305,12 +305,7 @@ fn valid_label(key: &str, value: &str) -> bool {
             && n.ends_with(|c: char| c.is_ascii_alphanumeric())
     };
     let (prefix, name) = key.rsplit_once('/').unwrap_or(("", key));
-    let prefix_ok = prefix.is_empty()
-        || (prefix.len() <= 253
-            && prefix.split('.').all(|p| {
-                !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            }));
-    name_ok(name) && prefix_ok && (value.is_empty() || name_ok(value))
+    (prefix.is_empty() || is_dns1123_subdomain(prefix)) && name_ok(name) && (value.is_empty() || name_ok(value))
 }
 
 fn validate_stores(s: &StoresFile) -> Result<(), ConfigError> {
@@ -334,7 +329,7 @@ fn validate_stores(s: &StoresFile) -> Result<(), ConfigError> {
     if humantime::parse_duration(&s.gc_max_age).is_err() {
         return Err(invalid("gcMaxAge", format!("{:?} is not a duration like 14d", s.gc_max_age)));
     }
-    if let Some(c) = s.storage_class_name.as_deref().filter(|c| !valid_label(c, "")) {
+    if let Some(c) = s.storage_class_name.as_deref().filter(|c| !is_dns1123_subdomain(c)) {
         return Err(invalid("storageClassName", format!("{c:?} is not a storage class name")));
     }
     if s.lease_duration_seconds == 0
@@ -642,14 +637,7 @@ impl Config {
                         format!("{}: where packages come from is part of the env id, so it is given as value; only credentials come from a Secret (UV_INDEX_<NAME>_USERNAME / _PASSWORD)", e.name),
                     ));
                 }
-                let dns = |s: &str| {
-                    !s.is_empty()
-                        && s.len() <= 253
-                        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-                        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-                        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
-                };
-                if !dns(&r.name) {
+                if !is_dns1123_subdomain(&r.name) {
                     return Err(invalid(
                         format!("initEnv[{i}].valueFrom.secretKeyRef.name"),
                         format!("{:?} is not a Secret name", r.name),

@@ -70,23 +70,6 @@ pub struct AdmissionRequest<'a, O = &'a RawValue> {
     pub object: Option<O>,
 }
 
-impl<'a, O> AdmissionRequest<'a, O> {
-    /// The request without its object (what is left to answer and log once it is decided).
-    pub fn without_object(self) -> AdmissionRequest<'a, ()> {
-        AdmissionRequest {
-            uid: self.uid,
-            kind: self.kind,
-            resource: self.resource,
-            sub_resource: self.sub_resource,
-            name: self.name,
-            namespace: self.namespace,
-            operation: self.operation,
-            dry_run: self.dry_run,
-            object: None,
-        }
-    }
-}
-
 fn none<O>() -> Option<O> {
     None
 }

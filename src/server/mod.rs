@@ -192,90 +192,88 @@ async fn mutate(State(state): State<Arc<AppState>>, req: Request) -> Response {
         Err(resp) => return resp,
     };
     let start = Instant::now();
-    // A replica of a review seen before: answered without parsing it (see `cache`).
-    if let Some((hit, uid)) = cached(&state, &bytes) {
-        let body = hit.prepared.body(hit.api_version, uid);
-        let elapsed = start.elapsed();
-        state.metrics.count(Endpoint::mutate, hit.outcome.as_str());
-        state.metrics.observe(Endpoint::mutate, elapsed);
-        tracing::event!(
-            target: ADMISSION_LOG,
-            tracing::Level::DEBUG,
-            uid,
-            namespace = &*hit.namespace,
-            name = &*hit.name,
-            decision = hit.outcome.as_str(),
-            env = hit.env_id.as_deref().unwrap_or(""),
-            message = hit.message.as_deref().unwrap_or(""),
-            dry_run = hit.dry_run,
-            cached = true,
-            elapsed_us = elapsed.as_micros() as u64,
-            "admission"
-        );
-        return ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
-    }
-    // A new review: its envelope and its Pod's fields read in one pass; only an object that is not
-    // a Pod nixuv can read (a denial, with the parser's message) is read again as raw JSON.
-    let (review, answer) = match review::decode_as::<inject::pod::PodView>(&bytes) {
-        Ok(r) => {
-            let a = answer(&state, &r, &bytes);
-            (review::AdmissionReview { api_version: r.api_version, request: r.request.without_object() }, a)
-        }
-        Err(_) => match review::decode(&bytes) {
-            Ok(r) => {
-                let a = answer(&state, &r, &bytes);
-                (review::AdmissionReview { api_version: r.api_version, request: r.request.without_object() }, a)
-            }
+    // Where the request uid may stand, looked for once: for the lookup, and for the entry made if
+    // the review is new.
+    let uids: Vec<std::ops::Range<usize>> = match state.decisions.enabled() && bytes.len() <= cache::MAX_REVIEW {
+        true => review::uid_candidates(&bytes).collect(),
+        false => Vec::new(),
+    };
+    // A replica of a review seen before is answered without parsing it (see `cache`).
+    let (answer, uid, cached) = match cached(&state, &bytes, &uids) {
+        Some((hit, uid)) => (hit, std::borrow::Cow::Borrowed(uid), true),
+        None => match decide_new(&state, &bytes, &uids) {
+            Ok((answer, uid)) => (answer, uid, false),
             Err(e) => {
                 state.metrics.count(Endpoint::mutate, "invalid");
                 return json_error(&state, StatusCode::BAD_REQUEST, &e.to_string());
             }
         },
     };
-    let req = &review.request;
-    let body = answer.prepared.body(review.api_version, &req.uid);
+    let body = answer.prepared.body(answer.api_version, &uid);
     let elapsed = start.elapsed();
     state.metrics.count(Endpoint::mutate, answer.outcome.as_str());
     state.metrics.observe(Endpoint::mutate, elapsed);
-    // One info line per decision made; the replicas answered from the cache repeat it word for
-    // word but for the uid, so they are debug lines (counted in the metrics either way). At
-    // saturation a line per request cost ~15 % of the server's CPU (docs/performance.md).
-    let noteworthy = matches!(answer.outcome, Outcome::Injected | Outcome::Denied | Outcome::AlreadyInjected);
-    let level = if noteworthy { tracing::Level::INFO } else { tracing::Level::DEBUG };
-    macro_rules! admission_line {
+    log_admission(&uid, &answer, cached, elapsed);
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
+/// One info line per decision made; the replicas answered from the cache repeat it word for word
+/// but for the uid, so they are debug lines (counted in the metrics either way). At saturation a
+/// line per request cost ~15 % of the server's CPU (docs/performance.md).
+fn log_admission(uid: &str, a: &cache::Answer, cached: bool, elapsed: Duration) {
+    let noteworthy = !cached && matches!(a.outcome, Outcome::Injected | Outcome::Denied | Outcome::AlreadyInjected);
+    // `tracing::event!` takes its level as a constant.
+    macro_rules! line {
         ($level:expr) => {
             tracing::event!(
                 target: ADMISSION_LOG,
                 $level,
-                uid = %req.uid,
-                namespace = req.namespace.as_deref().unwrap_or(""),
-                name = req.name.as_deref().unwrap_or(""),
-                decision = answer.outcome.as_str(),
-                env = answer.env_id.as_deref().unwrap_or(""),
-                message = answer.message.as_deref().unwrap_or(""),
-                dry_run = req.dry_run.unwrap_or(false),
-                cached = false,
+                uid,
+                namespace = &*a.namespace,
+                name = &*a.name,
+                decision = a.outcome.as_str(),
+                env = a.env_id.as_deref().unwrap_or(""),
+                message = a.message.as_deref().unwrap_or(""),
+                dry_run = a.dry_run,
+                cached,
                 elapsed_us = elapsed.as_micros() as u64,
                 "admission"
             )
         };
     }
-    if level == tracing::Level::INFO {
-        admission_line!(tracing::Level::INFO);
+    if noteworthy {
+        line!(tracing::Level::INFO);
     } else {
-        admission_line!(tracing::Level::DEBUG);
+        line!(tracing::Level::DEBUG);
     }
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
 
-/// The cached answer for a review byte-identical, but for its uid, to one decided before under
-/// this config and the claim states that still hold; with the uid.
-fn cached<'b>(state: &AppState, body: &'b [u8]) -> Option<(Arc<cache::Answer>, &'b str)> {
-    if !state.decisions.enabled() || body.len() > cache::MAX_REVIEW {
-        return None;
+/// A review not answered from the cache: its envelope and its Pod's fields read in one pass; only
+/// an object that is not a Pod nixuv can read (a denial, with the parser's message) is read again
+/// as raw JSON. The answer, and the request uid.
+fn decide_new<'b>(
+    state: &AppState,
+    body: &'b [u8],
+    uids: &[std::ops::Range<usize>],
+) -> Result<(Arc<cache::Answer>, std::borrow::Cow<'b, str>), review::ReviewError> {
+    match review::decode_as::<inject::pod::PodView>(body) {
+        Ok(r) => Ok((answer(state, &r, body, uids), r.request.uid)),
+        Err(_) => {
+            let r = review::decode(body)?;
+            Ok((answer(state, &r, body, uids), r.request.uid))
+        }
     }
+}
+
+/// The cached answer for a review byte-identical, but for its uid (at one of `uids`), to one
+/// decided before under this config and the claim states that still hold; with the uid.
+fn cached<'b>(
+    state: &AppState,
+    body: &'b [u8],
+    uids: &[std::ops::Range<usize>],
+) -> Option<(Arc<cache::Answer>, &'b str)> {
     let injector = state.injector.load();
-    for uid in review::uid_candidates(body) {
+    for uid in uids {
         let key = cache::KeyRef { generation: injector.generation(), review: body, uid: uid.clone() };
         let Some(hit) = state.decisions.get(&key) else { continue };
         // Claims created, deleted or bound since: decided again (and the entry replaced).
@@ -283,17 +281,18 @@ fn cached<'b>(state: &AppState, body: &'b [u8]) -> Option<(Arc<cache::Answer>, &
             return None;
         }
         state.metrics.decision_cache.get_or_create(&ResultLabels { result: "hit" }).inc();
-        return Some((hit, std::str::from_utf8(&body[uid]).ok()?));
+        return Some((hit, std::str::from_utf8(&body[uid.clone()]).ok()?));
     }
     None
 }
 
-/// The answer to one review, decided now; a Pod CREATE whose uid the parser found in the body is
-/// kept for its replicas (see [`cached`]).
+/// The answer to one review, decided now; a Pod CREATE whose uid the parser found at one of
+/// `uids` is kept for its replicas (see [`cached`]).
 fn answer<O: inject::PodSource>(
     state: &AppState,
     review: &review::AdmissionReview<'_, O>,
     body: &[u8],
+    uids: &[std::ops::Range<usize>],
 ) -> Arc<cache::Answer> {
     let req = &review.request;
     let injector = state.injector.load();
@@ -318,8 +317,7 @@ fn answer<O: inject::PodSource>(
     if cacheable {
         state.metrics.decision_cache.get_or_create(&ResultLabels { result: "miss" }).inc();
         // Only where a later lookup will try it: the parser's uid among the byte search's.
-        let found = review::uid_span_of(body, &req.uid).filter(|u| review::uid_candidates(body).any(|c| c == *u));
-        if let Some(uid) = found {
+        if let Some(uid) = review::uid_span_of(body, &req.uid).filter(|u| uids.contains(u)) {
             let key = cache::KeyRef { generation: injector.generation(), review: body, uid };
             state.decisions.insert(&key, Arc::clone(&answer));
         }

@@ -29,6 +29,15 @@ use crate::stores::{self, StoreState, FIELD_MANAGER, GC_CRONJOB, MANAGED_BY};
 /// A full pass runs at least this often, besides on every Namespace change.
 const RESYNC: Duration = Duration::from_secs(60);
 
+/// What [`Reconciler::apply`] came to.
+enum Applied<K> {
+    Done(K),
+    /// Not applied: the object's state for the namespace (unmanaged, error).
+    Not(StoreState),
+    /// The lease was lost: nothing more is written.
+    NotLeading,
+}
+
 /// What a pass saw.
 #[derive(Debug, Default)]
 pub struct Summary {
@@ -148,45 +157,51 @@ impl Reconciler {
         let mut state = StoreState::Ready;
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
         for (name, body) in stores::claims(ns, cfg) {
-            let s = match claims.get_opt(&name).await {
-                Err(e) => self.failed(ns, "PersistentVolumeClaim", &name, &e).await,
-                Ok(Some(existing)) if !stores::is_managed(existing.metadata.labels.as_ref()) => {
-                    self.report(ns, "StoreClaimNotManaged", format!(
-                        "PersistentVolumeClaim {name:?} exists and is not managed by nixuv (no {}={} label): left alone, not adopted; Pods use it as it is",
-                        MANAGED_BY.0, MANAGED_BY.1
-                    )).await;
-                    StoreState::Unmanaged
-                }
-                Ok(_) if !self.may_write() => return state,
-                Ok(_) => match claims.patch(&name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&body)).await {
-                    Ok(pvc) => self.claim_phase(ns, &name, &pvc).await,
-                    Err(e) => self.failed(ns, "PersistentVolumeClaim", &name, &e).await,
-                },
+            let s = match self.apply(&claims, ns, &name, &body, "StoreClaimNotManaged").await {
+                Applied::Done(pvc) => self.claim_phase(ns, &name, &pvc).await,
+                Applied::Not(s) => s,
+                Applied::NotLeading => return state,
             };
             state = state.max(s);
         }
         let cronjobs: Api<CronJob> = Api::namespaced(self.client.clone(), ns);
-        let s = match cronjobs.get_opt(GC_CRONJOB).await {
-            Err(e) => self.failed(ns, "CronJob", GC_CRONJOB, &e).await,
-            Ok(Some(existing)) if !stores::is_managed(existing.metadata.labels.as_ref()) => {
-                self.report(
-                    ns,
-                    "StoreGcNotManaged",
-                    format!("CronJob {GC_CRONJOB:?} exists and is not managed by nixuv: left alone, not adopted"),
-                )
-                .await;
-                StoreState::Unmanaged
-            }
-            Ok(_) if !self.may_write() => return state,
-            Ok(_) => {
-                let body = stores::gc_cronjob(ns, cfg);
-                match cronjobs.patch(GC_CRONJOB, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&body)).await {
-                    Ok(_) => StoreState::Ready,
-                    Err(e) => self.failed(ns, "CronJob", GC_CRONJOB, &e).await,
-                }
-            }
+        let body = stores::gc_cronjob(ns, cfg);
+        let s = match self.apply(&cronjobs, ns, GC_CRONJOB, &body, "StoreGcNotManaged").await {
+            Applied::Done(_) => StoreState::Ready,
+            Applied::Not(s) => s,
+            Applied::NotLeading => return state,
         };
         state.max(s)
+    }
+
+    /// Server-side applies `body` as `name`, unless an object of that name that nixuv does not
+    /// manage is there (left alone, reported with `reason`) or this replica no longer leads.
+    async fn apply<K>(&self, api: &Api<K>, ns: &str, name: &str, body: &serde_json::Value, reason: &str) -> Applied<K>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let kind = K::kind(&());
+        match api.get_opt(name).await {
+            Err(e) => return Applied::Not(self.failed(ns, &kind, name, &e).await),
+            Ok(Some(existing)) if !stores::is_managed(existing.meta().labels.as_ref()) => {
+                self.report(
+                    ns,
+                    reason,
+                    format!(
+                        "{kind} {name:?} exists and is not managed by nixuv (no {}={} label): left alone, not adopted",
+                        MANAGED_BY.0, MANAGED_BY.1
+                    ),
+                )
+                .await;
+                return Applied::Not(StoreState::Unmanaged);
+            }
+            Ok(_) if !self.may_write() => return Applied::NotLeading,
+            Ok(_) => {}
+        }
+        match api.patch(name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(body)).await {
+            Ok(obj) => Applied::Done(obj),
+            Err(e) => Applied::Not(self.failed(ns, &kind, name, &e).await),
+        }
     }
 
     async fn failed(&self, ns: &str, kind: &str, name: &str, e: &kube::Error) -> StoreState {

@@ -395,27 +395,26 @@ fn envs_list_never_walks_outside_the_store() {
                  "nix": ["/nix/store/good", "/nix/store/evil", climb, "/etc"]}
     });
     std::fs::write(uv.join(format!(".nixuv/envs/{id}.json")), serde_json::to_vec(&marker).unwrap()).unwrap();
-    let out = std::process::Command::new(crate::common::bin())
-        .args(["envs", "list", "-o", "json", "--uv-root"])
-        .arg(&uv)
-        .arg("--nix-dir")
-        .arg(&nix)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let envs = |args: &[&str]| {
+        let out = std::process::Command::new(crate::common::bin())
+            .arg("envs")
+            .args(args)
+            .arg("--uv-root")
+            .arg(&uv)
+            .arg("--nix-dir")
+            .arg(&nix)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out
+    };
+    let out = envs(&["list", "-o", "json"]);
     let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     let env = list.iter().find(|e| e["id"] == id).unwrap();
     assert_eq!(env["bytes"], 100, "only the store path inside the store counts: {env}");
     assert_eq!(env["state"], "incomplete", "a venv that is a link is not a venv: {env}");
     // What a planted marker says reaches the terminal with its escape sequences defused.
-    let out = std::process::Command::new(crate::common::bin())
-        .args(["envs", "show", id, "--uv-root"])
-        .arg(&uv)
-        .arg("--nix-dir")
-        .arg(&nix)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = envs(&["show", id]);
     assert!(!out.stdout.contains(&0x1b) && !out.stdout.contains(&0x07), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("x\\u{1b}]0;owned"),
