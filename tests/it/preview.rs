@@ -495,6 +495,8 @@ fn unquoted_yaml_numbers_are_named_and_materialize_help_lists_its_inputs() {
         nixuv::names::ENV_TOOL_ENV,
         nixuv::names::ENV_SOURCE_BUILDS,
         nixuv::names::ENV_EXCLUDE_NEWER,
+        nixuv::names::ENV_PYTHON_MODE,
+        nixuv::names::ENV_SECRET_ENV,
         nixuv::names::ENV_UV_ROOT,
         nixuv::names::ENV_NIX_DIR,
         "NIXUV_LEASE_TTL",
