@@ -11,23 +11,16 @@ use crate::inject::Injector;
 use crate::server::ServeOptions;
 
 /// Logs go to stderr. `serve` logs one line per injection, so there a dedicated thread writes them
-/// through a buffer flushed whenever its queue is empty (one write per burst, not per line; lines
-/// are never dropped: a full queue makes the request thread wait). The queue holds 8,192 lines: its
-/// slots are allocated up front, and the crate's default of 128,000 cost 4 MiB of idle RSS. The
-/// guard flushes at exit.
-pub fn init_logging(format: LogFormat, buffered: bool) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+/// in bursts (`server::logbuf`: one `write` per burst, not per line; lines are never dropped, a
+/// full buffer makes the request thread wait). The guard flushes at exit.
+pub fn init_logging(format: LogFormat, buffered: bool) -> Option<crate::server::logbuf::Flusher> {
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter = tracing_subscriber::EnvFilter::try_from_env("NIXUV_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = if buffered {
-        let (w, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-            .lossy(false)
-            .thread_name("nixuv-log")
-            .buffered_lines_limit(8192)
-            .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
-        (BoxMakeWriter::new(w), Some(guard))
-    } else {
-        (BoxMakeWriter::new(std::io::stderr), None)
+    // A thread that cannot be started leaves the plain writer (a write a line): still every line.
+    let (writer, guard) = match buffered.then(|| crate::server::logbuf::spawn("nixuv-log", std::io::stderr())) {
+        Some(Ok((w, guard))) => (BoxMakeWriter::new(w), Some(guard)),
+        _ => (BoxMakeWriter::new(std::io::stderr), None),
     };
     // Colour only on a terminal, and never with NO_COLOR set: `kubectl logs` and files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();

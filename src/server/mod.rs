@@ -7,6 +7,7 @@ mod cache;
 mod claims;
 mod conn;
 mod leader;
+pub mod logbuf;
 pub mod metrics;
 mod preview;
 mod stores;
