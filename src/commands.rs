@@ -26,7 +26,7 @@ pub fn init_logging(format: LogFormat, buffered: bool) -> Option<crate::server::
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => builder.event_format(crate::logjson::JsonLines).init(),
         LogFormat::Text => builder.with_target(false).init(),
     }
     guard

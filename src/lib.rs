@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod envspec;
 pub mod inject;
+pub mod logjson;
 pub mod materialize;
 pub mod names;
 pub mod plan;

@@ -234,7 +234,7 @@ fn log_admission(uid: &str, a: &cache::Answer, cached: bool, elapsed: Duration) 
                 name = &*a.name,
                 decision = a.outcome.as_str(),
                 env = a.env_id.as_deref().unwrap_or(""),
-                message = a.message.as_deref().unwrap_or(""),
+                denial = a.message.as_deref().unwrap_or(""),
                 dry_run = a.dry_run,
                 cached,
                 elapsed_us = elapsed.as_micros() as u64,

@@ -326,5 +326,5 @@ async fn ca_bundle_follows_the_ca_file() {
     let n = api.lock().unwrap().patches.len();
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(api.lock().unwrap().patches.len(), n);
-    assert!(server.logs().iter().any(|l| l.contains("caBundle updated")));
+    server.log_line("caBundle updated").await;
 }

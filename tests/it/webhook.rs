@@ -327,7 +327,9 @@ async fn replicas_are_answered_from_the_decision_cache() {
     assert_eq!(lookups(&cached, "hit").await, 2.0, "replicas 2 and 3 in team-a");
     assert_eq!(lookups(&cached, "miss").await, 4.0, "first replica, team-b, the changed Pod, the quoted uid");
     assert_eq!(lookups(&uncached, "hit").await + lookups(&uncached, "miss").await, 0.0);
-    // Decided answers are logged at info; cached replicas only at debug.
+    // Decided answers are logged at info; cached replicas only at debug. Lines keep their order,
+    // so once the last decided one is written, the others are.
+    cached.log_line("444455550003").await;
     let logs = cached.logs().join("\n");
     for (uid, logged) in
         [("444455550000", true), ("444455550001", false), ("444455550002", false), ("444455550003", true)]
@@ -497,4 +499,72 @@ async fn image_paths_keep_the_images_own_path() {
             .await;
     assert_eq!(v["response"]["allowed"], false);
     assert!(v["response"]["status"]["message"].as_str().unwrap().contains("nixuv.io/image-path"));
+}
+
+/// A log line's keys in order, duplicates kept, and values.
+fn log_entries(line: &str) -> Vec<(String, Value)> {
+    struct Entries;
+    impl<'de> serde::de::Visitor<'de> for Entries {
+        type Value = Vec<(String, Value)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(e) = m.next_entry()? {
+                out.push(e);
+            }
+            Ok(out)
+        }
+    }
+    serde::Deserializer::deserialize_map(&mut serde_json::Deserializer::from_str(line), Entries)
+        .unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+#[tokio::test]
+async fn admission_lines_have_the_documented_fields_once_each() {
+    let server = Server::builder().config("policy: {system: {deny: ['gcc*']}}\n").start();
+    let mut injected = common::fixture("reviews/bare-pod.json");
+    injected["request"]["uid"] = json!("7f3e0000-0000-4000-8000-00000000inje");
+    let mut denied = injected.clone();
+    denied["request"]["uid"] = json!("7f3e0000-0000-4000-8000-00000000deny");
+    denied["request"]["object"]["metadata"]["annotations"] = json!({"nixuv.io/system-deps": "gcc13, \"jq\"\n"});
+    for r in [&injected, &denied] {
+        post_json(&server.h2(), &server.url("/mutate"), r).await;
+    }
+    let keys = [
+        "timestamp",
+        "level",
+        "message",
+        "uid",
+        "namespace",
+        "name",
+        "decision",
+        "env",
+        "denial",
+        "dry_run",
+        "cached",
+        "elapsed_us",
+        "target",
+    ];
+    for (uid, decision) in [("00000000inje", "injected"), ("00000000deny", "denied")] {
+        let line = log_entries(&server.log_line(uid).await);
+        assert_eq!(line.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), keys, "{line:?}");
+        let v: serde_json::Map<String, Value> = line.into_iter().collect();
+        assert!(humantime::parse_rfc3339(v["timestamp"].as_str().unwrap()).is_ok(), "{v:?}");
+        assert_eq!((v["level"].as_str(), v["message"].as_str()), (Some("INFO"), Some("admission")));
+        assert_eq!(v["target"], "nixuv::admission");
+        assert_eq!(v["decision"], decision);
+        assert_eq!(v["namespace"], injected["request"]["namespace"]);
+        assert_eq!((v["dry_run"].as_bool(), v["cached"].as_bool()), (Some(false), Some(false)));
+        assert!(v["elapsed_us"].is_u64(), "{v:?}");
+        if decision == "injected" {
+            assert_eq!(v["env"].as_str().unwrap().len(), 16, "{v:?}");
+            assert_eq!(v["denial"], "");
+        } else {
+            // The denial's message, its quotes and all, as one JSON string.
+            let denial = v["denial"].as_str().unwrap();
+            assert!(denial.contains("nixuv.io/system-deps") && denial.contains("\"\\\"jq\\\"\""), "{denial}");
+        }
+    }
 }

@@ -172,6 +172,18 @@ impl Server {
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
     }
+    /// The first log line containing `needle`, waited for: the server writes its lines in bursts,
+    /// up to 10 ms after they are logged.
+    pub async fn log_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(l) = self.logs.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            assert!(Instant::now() < deadline, "no log line with {needle:?}: {:?}", self.logs());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     pub fn signal(&self, sig: &str) {
         let st = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap();
         assert!(st.success());
