@@ -206,7 +206,7 @@ impl Decision {
             // Serialised whole, then encoded in one call: streaming serde_json's many small writes
             // through base64's writer was measured at twice the cost.
             Some(p) => (
-                Some(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, p.to_json())),
+                Some(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, p.json())),
                 Some("JSONPatch".to_string()),
             ),
             None => (None, None),

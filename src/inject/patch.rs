@@ -8,8 +8,7 @@
 
 use std::sync::Arc;
 
-use jsonptr::{PointerBuf, Token};
-use serde::ser::{Serialize, SerializeStruct, Serializer};
+use serde::ser::{Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
@@ -24,104 +23,147 @@ use crate::names::{
 use crate::plan::EnvPlan;
 use crate::values::{InitPlacement, Quantity};
 
-/// A JSON value kept as its text: shared (the init container, the same for every Pod of an env
-/// and serialised once per env), shared inside a one-element array (the init container when the
-/// Pod has no `initContainers` yet), or owned (the small per-Pod values).
+/// An RFC 6902 patch (`add` operations, and for a re-injection `replace` and `remove`), kept as
+/// its JSON text: each operation is written into one buffer as it is made, its value serialised
+/// straight from its type or copied from text serialised before (the init container, the same
+/// for every Pod of an env). [`AddPatch::json`] is the wire form, byte for byte what serde_json
+/// writes for the equivalent `json_patch::Patch`; [`AddPatch::to_patch`] gives that patch.
 #[derive(Debug, Clone)]
-enum Text {
-    Shared(Arc<RawValue>),
-    SharedInArray(Arc<RawValue>),
-    Owned(Box<RawValue>),
+pub struct AddPatch {
+    json: Vec<u8>,
+    len: usize,
 }
-
-impl Serialize for Text {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Text::Shared(r) => r.serialize(s),
-            Text::SharedInArray(r) => s.collect_seq(std::iter::once(&**r)),
-            Text::Owned(r) => r.serialize(s),
-        }
-    }
-}
-
-/// An RFC 6902 operation. nixuv adds to what it finds; only re-injecting its own earlier output
-/// (see [`rebuild`]) replaces and removes, and only what it wrote itself.
-#[derive(Debug, Clone)]
-struct AddOp {
-    op: &'static str,
-    path: PointerBuf,
-    value: Option<Text>,
-}
-
-impl Serialize for AddOp {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("Operation", if self.value.is_some() { 3 } else { 2 })?;
-        st.serialize_field("op", self.op)?;
-        st.serialize_field("path", self.path.as_str())?;
-        if let Some(v) = &self.value {
-            st.serialize_field("value", v)?;
-        }
-        st.end()
-    }
-}
-
-/// An RFC 6902 patch (`add` operations, and for a re-injection `replace` and `remove`) with its
-/// values as JSON text, so that what is the same
-/// for every Pod of an env is serialised once (serde_json writes a `RawValue` as is).
-/// [`AddPatch::to_json`] is the wire form; [`AddPatch::to_patch`] gives a `json_patch::Patch` for
-/// applying it.
-#[derive(Debug, Clone, Default)]
-pub struct AddPatch(Vec<AddOp>);
 
 impl AddPatch {
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len == 0
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.len
     }
 
     /// The operations' paths, in order.
-    pub fn paths(&self) -> impl Iterator<Item = &jsonptr::Pointer> {
-        self.0.iter().map(|op| op.path.as_ptr())
+    pub fn paths(&self) -> Vec<String> {
+        self.to_patch().0.iter().map(|op| op.path().to_string()).collect()
     }
 
-    /// The patch as JSON, exactly as `serde_json` serialises the equivalent `json_patch::Patch`.
-    pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.0).expect("a patch serialises")
+    /// The patch as JSON.
+    pub fn json(&self) -> &[u8] {
+        &self.json
     }
 
     pub fn to_patch(&self) -> json_patch::Patch {
-        serde_json::from_slice(&self.to_json()).expect("nixuv's own patch parses")
+        serde_json::from_slice(&self.json).expect("nixuv's own patch parses")
     }
 }
 
 impl Serialize for AddPatch {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
+        self.to_patch().serialize(s)
     }
 }
 
+/// A JSON-pointer token: a key, an array index, or `-` (the end of an array).
+#[derive(Debug, Clone, Copy)]
+enum Token<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// A pointer token for a key.
+fn key(s: &str) -> Token<'_> {
+    Token::Key(s)
+}
+
+/// A pointer token for an array index.
+fn index(n: usize) -> Token<'static> {
+    Token::Index(n)
+}
+
+/// The operations of a patch being written. Pointers and operations are written here by hand
+/// rather than built as `jsonptr` pointers and values and serialised afterwards: that cost an
+/// allocation or two an operation and a second pass over every value (docs/performance.md).
 #[derive(Default)]
-struct Ops(Vec<AddOp>);
+struct Ops {
+    json: Vec<u8>,
+    len: usize,
+    /// The pointer being written, reused from one operation to the next.
+    pointer: String,
+}
 
 impl Ops {
-    /// Adds `value`, serialised straight from its type (the per-Pod values are small structs in
-    /// the key order `serde_json::Value` would give, never `Value`s built to be serialised).
+    fn op<'t>(&mut self, op: &str, tokens: impl IntoIterator<Item = Token<'t>>) {
+        self.pointer.clear();
+        for t in tokens {
+            self.pointer.push('/');
+            match t {
+                // RFC 6901: `~` is written `~0` and `/` is written `~1`.
+                Token::Key(k) if k.contains(['~', '/']) => {
+                    self.pointer.push_str(&k.replace('~', "~0").replace('/', "~1"))
+                }
+                Token::Key(k) => self.pointer.push_str(k),
+                Token::Index(n) => {
+                    use std::fmt::Write;
+                    let _ = write!(self.pointer, "{n}");
+                }
+            }
+        }
+        self.json.push(if self.len == 0 { b'[' } else { b',' });
+        self.len += 1;
+        self.json.extend_from_slice(br#"{"op":""#);
+        self.json.extend_from_slice(op.as_bytes());
+        self.json.extend_from_slice(br#"","path":"#);
+        serde_json::to_writer(&mut self.json, self.pointer.as_str()).expect("a string serialises");
+    }
+    /// An operation with `value` serialised straight from its type (the per-Pod values are small
+    /// structs in the key order `serde_json::Value` would give, never `Value`s built to be
+    /// serialised).
+    fn with_value<'t, T: Serialize + ?Sized>(
+        &mut self,
+        op: &str,
+        tokens: impl IntoIterator<Item = Token<'t>>,
+        value: &T,
+    ) {
+        self.op(op, tokens);
+        self.json.extend_from_slice(br#","value":"#);
+        serde_json::to_writer(&mut self.json, value).expect("a JSON value serialises");
+        self.json.push(b'}');
+    }
+    /// An operation whose value is JSON text serialised before, alone or as a one-element array.
+    fn with_text<'t>(
+        &mut self,
+        op: &str,
+        tokens: impl IntoIterator<Item = Token<'t>>,
+        text: &RawValue,
+        in_array: bool,
+    ) {
+        self.op(op, tokens);
+        self.json.extend_from_slice(br#","value":"#);
+        match in_array {
+            true => {
+                self.json.push(b'[');
+                self.json.extend_from_slice(text.get().as_bytes());
+                self.json.push(b']');
+            }
+            false => self.json.extend_from_slice(text.get().as_bytes()),
+        }
+        self.json.push(b'}');
+    }
     fn add<'t, T: Serialize + ?Sized>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>, value: &T) {
-        let text = serde_json::value::to_raw_value(value).expect("a JSON value serialises");
-        self.push(tokens, Text::Owned(text));
+        self.with_value("add", tokens, value);
     }
-    fn push<'t>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>, value: Text) {
-        self.0.push(AddOp { op: "add", path: PointerBuf::from_tokens(tokens), value: Some(value) });
+    fn push<'t>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>, text: &RawValue) {
+        self.with_text("add", tokens, text, false);
     }
-    fn replace<'t>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>, value: Text) {
-        self.0.push(AddOp { op: "replace", path: PointerBuf::from_tokens(tokens), value: Some(value) });
+    fn push_in_array<'t>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>, text: &RawValue) {
+        self.with_text("add", tokens, text, true);
+    }
+    fn replace<'t>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>, text: &RawValue) {
+        self.with_text("replace", tokens, text, false);
     }
     fn replace_value<'t, T: Serialize + ?Sized>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>, value: &T) {
-        let text = serde_json::value::to_raw_value(value).expect("a JSON value serialises");
-        self.replace(tokens, Text::Owned(text));
+        self.with_value("replace", tokens, value);
     }
     /// Appends `items` to the array at `array`, or adds the array whole where `exists` is false
     /// (RFC 6902 cannot append to a missing array).
@@ -136,24 +178,22 @@ impl Ops {
             (false, false) => self.add(array, items),
             (false, true) => {
                 for item in items {
-                    self.add(array.clone().into_iter().chain([Token::from("-")]), item);
+                    self.add(array.clone().into_iter().chain([key("-")]), item);
                 }
             }
         }
     }
     fn remove<'t>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>) {
-        self.0.push(AddOp { op: "remove", path: PointerBuf::from_tokens(tokens), value: None });
+        self.op("remove", tokens);
+        self.json.push(b'}');
     }
-}
-
-/// A pointer token for a key.
-fn key<'a>(s: &'a str) -> Token<'a> {
-    Token::from(s)
-}
-
-/// A pointer token for an array index.
-fn index(n: usize) -> Token<'static> {
-    Token::from(n)
+    fn finish(mut self) -> AddPatch {
+        if self.len == 0 {
+            self.json.push(b'[');
+        }
+        self.json.push(b']');
+        AddPatch { json: self.json, len: self.len }
+    }
 }
 
 /// A volume nixuv adds, serialised with its keys in the order `serde_json::Value` gives (sorted):
@@ -339,10 +379,10 @@ impl<'a> Target<'a> {
 fn patch_container(ops: &mut Ops, t: &Target, c: &ContainerView, plan: &EnvPlan) {
     let base = [key("spec"), key("containers"), index(t.index)];
     match &c.volume_mounts {
-        None => ops.push(base.iter().cloned().chain([key("volumeMounts")]), Text::Shared(Arc::clone(&MOUNT_TEXTS[2]))),
+        None => ops.push(base.iter().cloned().chain([key("volumeMounts")]), &MOUNT_TEXTS[2]),
         Some(_) => {
             for m in &MOUNT_TEXTS[..2] {
-                ops.push(base.iter().cloned().chain([key("volumeMounts"), key("-")]), Text::Shared(Arc::clone(m)));
+                ops.push(base.iter().cloned().chain([key("volumeMounts"), key("-")]), m);
             }
         }
     }
@@ -454,16 +494,16 @@ pub fn build(
     ops.append([key("spec"), key("volumes")], spec.and_then(|s| s.volumes.as_ref()).is_some(), &vols);
     if missing.init_container {
         if spec.and_then(|s| s.init_containers.as_ref()).is_none() {
-            ops.push([key("spec"), key("initContainers")], Text::SharedInArray(Arc::clone(init)));
+            ops.push_in_array([key("spec"), key("initContainers")], init);
         } else {
-            ops.push([key("spec"), key("initContainers"), index(at.init_index)], Text::Shared(Arc::clone(init)));
+            ops.push([key("spec"), key("initContainers"), index(at.init_index)], init);
         }
     }
     let containers = pod.containers();
     for t in targets {
         patch_container(&mut ops, t, &containers[t.index], plan);
     }
-    AddPatch(ops.0)
+    ops.finish()
 }
 
 /// Whether `dir` is a directory nixuv puts on PATH for some env (`…/envs/<id>/bin` or the nix
@@ -524,11 +564,11 @@ pub fn rebuild(
     }
     ops.append([key("spec"), key("volumes")], spec.and_then(|s| s.volumes.as_ref()).is_some(), &appended);
     match pod.init_containers().iter().position(|c| c.name == INIT_CONTAINER) {
-        Some(j) => ops.replace([key("spec"), key("initContainers"), index(j)], Text::Shared(Arc::clone(init))),
+        Some(j) => ops.replace([key("spec"), key("initContainers"), index(j)], init),
         None if spec.and_then(|s| s.init_containers.as_ref()).is_none() => {
-            ops.push([key("spec"), key("initContainers")], Text::SharedInArray(Arc::clone(init)))
+            ops.push_in_array([key("spec"), key("initContainers")], init)
         }
-        None => ops.push([key("spec"), key("initContainers"), index(at.init_index)], Text::Shared(Arc::clone(init))),
+        None => ops.push([key("spec"), key("initContainers"), index(at.init_index)], init),
     }
     for (k, c) in pod.containers().iter().enumerate() {
         let target = targets.iter().find(|t| t.index == k);
@@ -612,7 +652,7 @@ pub fn rebuild(
             ops.append(base.iter().cloned().chain([key("volumeMounts")]), c.volume_mounts.is_some(), &appended);
         }
     }
-    AddPatch(ops.0)
+    ops.finish()
 }
 
 #[cfg(test)]
@@ -633,11 +673,29 @@ mod tests {
             let d = inj.decide_pod(pod, Some("ns"));
             let p = d.patch().expect("a patch");
             let typed = p.to_patch();
-            assert_eq!(p.to_json(), serde_json::to_vec(&typed).unwrap());
+            assert_eq!(p.json(), serde_json::to_vec(&typed).unwrap());
             assert_eq!(serde_json::to_value(p).unwrap(), serde_json::to_value(&typed).unwrap());
             assert_eq!(p.len(), typed.0.len());
-            escaped |= p.paths().any(|ptr| ptr.as_str().contains("~1"));
+            escaped |= p.paths().iter().any(|ptr| ptr.contains("~1"));
         }
         assert!(escaped, "a key with '/' was escaped");
+    }
+
+    /// Pointers written by hand: `~` and `/` escaped per RFC 6901, then the pointer escaped as a
+    /// JSON string; the patch applies where the keys say.
+    #[test]
+    fn pointers_escape_tilde_and_slash() {
+        let mut ops = super::Ops::default();
+        ops.add([super::key("metadata"), super::key("annotations"), super::key("a~b/c\"d~1")], "v");
+        ops.remove([super::key("spec"), super::index(3)]);
+        let p = ops.finish();
+        let typed = p.to_patch();
+        assert_eq!(p.json(), serde_json::to_vec(&typed).unwrap());
+        assert_eq!(p.paths(), ["/metadata/annotations/a~0b~1c\"d~01", "/spec/3"]);
+        let mut doc = serde_json::json!({"metadata": {"annotations": {}}, "spec": [0, 1, 2, 3]});
+        json_patch::patch(&mut doc, &typed).unwrap();
+        assert_eq!(doc, serde_json::json!({"metadata": {"annotations": {"a~b/c\"d~1": "v"}}, "spec": [0, 1, 2]}));
+        let empty = super::Ops::default().finish();
+        assert!(empty.is_empty() && empty.to_patch().0.is_empty());
     }
 }

@@ -111,7 +111,6 @@ pub fn preview(
             .map(|p| {
                 let mut names = Vec::new();
                 for path in p.paths() {
-                    let path = path.to_string();
                     if let Some(rest) = path.strip_prefix("/spec/containers/") {
                         if let Some(idx) = rest.split('/').next().and_then(|s| s.parse::<usize>().ok()) {
                             let n = pod["spec"]["containers"][idx]["name"].as_str().unwrap_or("").to_string();
