@@ -34,7 +34,7 @@ impl PodSource for &serde_json::value::RawValue {
     }
 }
 
-impl PodSource for PodView {
+impl PodSource for PodView<'_> {
     fn decide_in(&self, inj: &Injector, namespace: Option<&str>, claims: &dyn Claims) -> Decision {
         inj.decide_view(self, namespace, claims)
     }

@@ -53,8 +53,9 @@ pub fn targets(pod: &PodView, cfg: &Config) -> Result<Vec<usize>, Denial> {
             Ok(out)
         }
         None => {
-            let out: Vec<usize> =
-                (0..containers.len()).filter(|&i| !cfg.file.sidecars.contains(&containers[i].name)).collect();
+            let out: Vec<usize> = (0..containers.len())
+                .filter(|&i| !cfg.file.sidecars.iter().any(|s| containers[i].name == *s))
+                .collect();
             if out.is_empty() {
                 return Err(Denial::invalid(format!(
                     "spec.containers: every container ({}) is a known sidecar; name the targets in annotation {ANN_CONTAINERS:?}",

@@ -39,19 +39,22 @@ fn objects<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
-pub struct PodView {
-    #[serde(deserialize_with = "object")]
-    pub metadata: Option<MetaView>,
-    #[serde(deserialize_with = "object")]
-    pub spec: Option<SpecView>,
+pub struct PodView<'a> {
+    #[serde(borrow, deserialize_with = "object")]
+    pub metadata: Option<MetaView<'a>>,
+    #[serde(borrow, deserialize_with = "object")]
+    pub spec: Option<SpecView<'a>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
-pub struct MetaView {
-    pub name: Option<String>,
-    pub generate_name: Option<String>,
-    pub namespace: Option<String>,
+pub struct MetaView<'a> {
+    #[serde(borrow)]
+    pub name: Option<Str<'a>>,
+    #[serde(borrow)]
+    pub generate_name: Option<Str<'a>>,
+    #[serde(borrow)]
+    pub namespace: Option<Str<'a>>,
     /// nixuv's own labels only (see [`own_entries`]).
     #[serde(deserialize_with = "own_entries")]
     pub labels: Option<BTreeMap<String, String>>,
@@ -60,26 +63,71 @@ pub struct MetaView {
     pub annotations: Option<BTreeMap<String, String>>,
 }
 
-/// A map key, borrowed from the input where it has no escapes: most keys are not nixuv's and
-/// are looked at once, never kept.
-struct Key<'de>(std::borrow::Cow<'de, str>);
+/// A string of the object, borrowed from the input where it has no escapes (most have none):
+/// a new Pod's names, images and variables are looked at once and never copied.
+#[derive(Default, Clone, PartialEq, Eq)]
+pub struct Str<'a>(pub std::borrow::Cow<'a, str>);
 
-impl<'de> Deserialize<'de> for Key<'de> {
+/// As a `str` (quoted and escaped): messages quote names with `{:?}`.
+impl std::fmt::Debug for Str<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::ops::Deref for Str<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Str<'_> {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<String> for Str<'_> {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<str> for Str<'_> {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for Str<'_> {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl std::fmt::Display for Str<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
+            type Value = Str<'de>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a string")
             }
-            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Str<'de>, E> {
+                Ok(Str(std::borrow::Cow::Borrowed(v)))
             }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Owned(v.to_string())))
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Str<'de>, E> {
+                Ok(Str(std::borrow::Cow::Owned(v.to_string())))
             }
-            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Owned(v)))
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Str<'de>, E> {
+                Ok(Str(std::borrow::Cow::Owned(v)))
             }
         }
         d.deserialize_str(V)
@@ -109,7 +157,7 @@ fn own_entries<'de, D: Deserializer<'de>>(d: D) -> Result<Option<BTreeMap<String
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut out = BTreeMap::new();
-            while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
+            while let Some(Str(k)) = map.next_key::<Str<'de>>()? {
                 if super::nearmiss::is_nixuv_key(&k) {
                     let v: String = map.next_value()?;
                     out.insert(k.into_owned(), v);
@@ -125,65 +173,77 @@ fn own_entries<'de, D: Deserializer<'de>>(d: D) -> Result<Option<BTreeMap<String
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
-pub struct SpecView {
-    #[serde(deserialize_with = "objects")]
-    pub volumes: Option<Vec<VolumeView>>,
-    #[serde(deserialize_with = "objects")]
-    pub init_containers: Option<Vec<ContainerView>>,
-    #[serde(deserialize_with = "objects")]
-    pub containers: Option<Vec<ContainerView>>,
-    pub ephemeral_containers: Option<Vec<Named>>,
+pub struct SpecView<'a> {
+    #[serde(borrow, deserialize_with = "objects")]
+    pub volumes: Option<Vec<VolumeView<'a>>>,
+    #[serde(borrow, deserialize_with = "objects")]
+    pub init_containers: Option<Vec<ContainerView<'a>>>,
+    #[serde(borrow, deserialize_with = "objects")]
+    pub containers: Option<Vec<ContainerView<'a>>>,
+    #[serde(borrow)]
+    pub ephemeral_containers: Option<Vec<Named<'a>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-pub struct Named {
-    pub name: String,
+pub struct Named<'a> {
+    #[serde(borrow)]
+    pub name: Str<'a>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
-pub struct VolumeView {
-    pub name: String,
-    pub persistent_volume_claim: Option<ClaimRefView>,
+pub struct VolumeView<'a> {
+    #[serde(borrow)]
+    pub name: Str<'a>,
+    #[serde(borrow)]
+    pub persistent_volume_claim: Option<ClaimRefView<'a>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
-pub struct ClaimRefView {
-    pub claim_name: String,
+pub struct ClaimRefView<'a> {
+    #[serde(borrow)]
+    pub claim_name: Str<'a>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
-pub struct ContainerView {
-    pub name: String,
-    pub image: Option<String>,
+pub struct ContainerView<'a> {
+    #[serde(borrow)]
+    pub name: Str<'a>,
+    #[serde(borrow)]
+    pub image: Option<Str<'a>>,
     /// `Always` on an init container makes it a native sidecar.
-    pub restart_policy: Option<String>,
-    #[serde(deserialize_with = "objects")]
-    pub env: Option<Vec<EnvView>>,
-    #[serde(deserialize_with = "objects")]
-    pub volume_mounts: Option<Vec<MountView>>,
+    #[serde(borrow)]
+    pub restart_policy: Option<Str<'a>>,
+    #[serde(borrow, deserialize_with = "objects")]
+    pub env: Option<Vec<EnvView<'a>>>,
+    #[serde(borrow, deserialize_with = "objects")]
+    pub volume_mounts: Option<Vec<MountView<'a>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
-pub struct EnvView {
-    pub name: String,
-    pub value: Option<String>,
+pub struct EnvView<'a> {
+    #[serde(borrow)]
+    pub name: Str<'a>,
+    #[serde(borrow)]
+    pub value: Option<Str<'a>>,
     pub value_from: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
-pub struct MountView {
-    pub name: String,
-    pub mount_path: String,
+pub struct MountView<'a> {
+    #[serde(borrow)]
+    pub name: Str<'a>,
+    #[serde(borrow)]
+    pub mount_path: Str<'a>,
     pub read_only: Option<bool>,
 }
 
-impl PodView {
+impl<'a> PodView<'a> {
     pub fn labels(&self) -> Option<&BTreeMap<String, String>> {
         self.metadata.as_ref()?.labels.as_ref()
     }
@@ -196,16 +256,16 @@ impl PodView {
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.annotations()?.get(key).map(String::as_str)
     }
-    pub fn containers(&self) -> &[ContainerView] {
+    pub fn containers(&self) -> &[ContainerView<'a>] {
         self.spec.as_ref().and_then(|s| s.containers.as_deref()).unwrap_or(&[])
     }
-    pub fn init_containers(&self) -> &[ContainerView] {
+    pub fn init_containers(&self) -> &[ContainerView<'a>] {
         self.spec.as_ref().and_then(|s| s.init_containers.as_deref()).unwrap_or(&[])
     }
-    pub fn volumes(&self) -> &[VolumeView] {
+    pub fn volumes(&self) -> &[VolumeView<'a>] {
         self.spec.as_ref().and_then(|s| s.volumes.as_deref()).unwrap_or(&[])
     }
-    pub fn ephemeral_containers(&self) -> &[Named] {
+    pub fn ephemeral_containers(&self) -> &[Named<'a>] {
         self.spec.as_ref().and_then(|s| s.ephemeral_containers.as_deref()).unwrap_or(&[])
     }
     /// A short name for logs and messages: `name`, else `generateName*`, else `<unnamed>`.
@@ -219,10 +279,10 @@ impl PodView {
     }
 }
 
-impl ContainerView {
+impl<'a> ContainerView<'a> {
     /// The variable `name` as the container will see it: the last entry of that name (the
     /// kubelet applies them in order, so a later duplicate wins).
-    pub fn env_var(&self, name: &str) -> Option<(usize, &EnvView)> {
+    pub fn env_var(&self, name: &str) -> Option<(usize, &EnvView<'a>)> {
         self.env.as_deref()?.iter().enumerate().rev().find(|(_, e)| e.name == name)
     }
 }
@@ -247,5 +307,22 @@ mod tests {
             serde_json::from_str(r#"{"metadata": null, "spec": {"containers": [{"name": "a", "env": null}]}}"#)
                 .unwrap();
         assert_eq!(ok.containers()[0].name, "a");
+    }
+
+    #[test]
+    fn strings_are_borrowed_from_the_input_unless_escaped() {
+        use std::borrow::Cow;
+        let json =
+            r#"{"spec":{"containers":[{"name":"app","image":"r.io\/app","env":[{"name":"PATH","value":"/bin"}]}]}}"#;
+        let pod: PodView = serde_json::from_str(json).unwrap();
+        let c = &pod.containers()[0];
+        assert!(matches!(c.name.0, Cow::Borrowed("app")));
+        assert!(matches!(&c.image.as_ref().unwrap().0, Cow::Owned(s) if s == "r.io/app"));
+        assert!(matches!(c.env_var("PATH").unwrap().1.value.as_ref().unwrap().0, Cow::Borrowed("/bin")));
+        // From a `Value` (previews) they borrow from it.
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        let pod = PodView::deserialize(&v).unwrap();
+        assert!(matches!(pod.containers()[0].image.as_ref().unwrap().0, Cow::Borrowed("r.io/app")));
+        assert_eq!(format!("{:?}", pod.containers()[0].name), "\"app\"");
     }
 }
