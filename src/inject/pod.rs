@@ -8,6 +8,8 @@ use std::marker::PhantomData;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
+pub use crate::review::Str;
+
 /// Accepts only a JSON object for `T`. serde's derived structs also accept an array (fields by
 /// position); a Kubernetes object never is one, and a patch built for an object cannot apply to an
 /// array (found by fuzzing), so the parts the patch writes into must be objects.
@@ -61,77 +63,6 @@ pub struct MetaView<'a> {
     /// nixuv's own annotations only.
     #[serde(deserialize_with = "own_entries")]
     pub annotations: Option<BTreeMap<String, String>>,
-}
-
-/// A string of the object, borrowed from the input where it has no escapes (most have none):
-/// a new Pod's names, images and variables are looked at once and never copied.
-#[derive(Default, Clone, PartialEq, Eq)]
-pub struct Str<'a>(pub std::borrow::Cow<'a, str>);
-
-/// As a `str` (quoted and escaped): messages quote names with `{:?}`.
-impl std::fmt::Debug for Str<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(&*self.0, f)
-    }
-}
-
-impl std::ops::Deref for Str<'_> {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Str<'_> {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl PartialEq<String> for Str<'_> {
-    fn eq(&self, other: &String) -> bool {
-        *self.0 == **other
-    }
-}
-
-impl PartialEq<str> for Str<'_> {
-    fn eq(&self, other: &str) -> bool {
-        *self.0 == *other
-    }
-}
-
-impl PartialEq<&str> for Str<'_> {
-    fn eq(&self, other: &&str) -> bool {
-        *self.0 == **other
-    }
-}
-
-impl std::fmt::Display for Str<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Str<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Str<'de>, E> {
-                Ok(Str(std::borrow::Cow::Borrowed(v)))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Str<'de>, E> {
-                Ok(Str(std::borrow::Cow::Owned(v.to_string())))
-            }
-            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Str<'de>, E> {
-                Ok(Str(std::borrow::Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V)
-    }
 }
 
 /// A labels or annotations object, keeping only nixuv's keys ([`super::nearmiss::is_nixuv_key`]:
