@@ -203,12 +203,10 @@ impl Decision {
             message: d.message.clone(),
         });
         let (patch, patch_type) = match self.patch() {
-            // Serialised whole, then encoded in one call: streaming serde_json's many small writes
-            // through base64's writer was measured at twice the cost.
-            Some(p) => (
-                Some(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, p.json())),
-                Some("JSONPatch".to_string()),
-            ),
+            // Written whole, then encoded in a few calls (streaming serde_json's many small writes
+            // through base64's writer was measured at twice the cost), the init container's share
+            // encoded once per env.
+            Some(p) => (Some(p.base64()), Some("JSONPatch".to_string())),
             None => (None, None),
         };
         AdmissionResponse {
@@ -620,7 +618,7 @@ pub enum EnvOutcome {
     Deny(Denial),
     Env {
         plan: Box<EnvPlan>,
-        init_container: Arc<serde_json::value::RawValue>,
+        init_container: Arc<patch::InitText>,
         /// Warnings about the declaration itself (e.g. a nix Python package as a system dep).
         warnings: Vec<String>,
     },
@@ -637,7 +635,7 @@ impl EnvOutcome {
                 let strings = plan.system.iter().chain(&plan.python).map(|s| s.len() + 24).sum::<usize>();
                 let tool =
                     plan.tool_env.iter().chain(&plan.secret_env).map(|(k, v)| k.len() + v.len() + 48).sum::<usize>();
-                strings + tool + warned + plan.nixpkgs.len() + plan.index_url.len() + init_container.get().len() + 128
+                strings + tool + warned + plan.nixpkgs.len() + plan.index_url.len() + init_container.heap_bytes() + 128
             }
         }
     }

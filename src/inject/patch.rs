@@ -32,6 +32,8 @@ use crate::values::{InitPlacement, Quantity};
 pub struct AddPatch {
     json: Vec<u8>,
     len: usize,
+    /// Where the init container's text begins in `json`, if the patch has it.
+    init: Option<(usize, Arc<InitText>)>,
 }
 
 impl AddPatch {
@@ -55,6 +57,60 @@ impl AddPatch {
 
     pub fn to_patch(&self) -> json_patch::Patch {
         serde_json::from_slice(&self.json).expect("nixuv's own patch parses")
+    }
+
+    /// The patch in base64, as the AdmissionResponse carries it: the init container's share
+    /// (~70 % of the bytes) taken from [`InitText`], which encoded it once for all the Pods of its
+    /// env; only the Pod's own bytes around it are encoded here. Exactly `STANDARD.encode(json)`.
+    pub fn base64(&self) -> String {
+        use base64::Engine;
+        let engine = &base64::engine::general_purpose::STANDARD;
+        let Some((at, text)) = &self.init else { return engine.encode(&self.json) };
+        // The text's first `skip` bytes complete the 3-byte group the Pod's bytes before it began.
+        let skip = (3 - at % 3) % 3;
+        let n = text.get().len();
+        if n < skip + 3 {
+            return engine.encode(&self.json);
+        }
+        let mut out = String::with_capacity(self.json.len().div_ceil(3) * 4);
+        engine.encode_string(&self.json[..at + skip], &mut out);
+        out.push_str(text.encoded(skip));
+        engine.encode_string(&self.json[at + skip + (n - skip) / 3 * 3..], &mut out);
+        out
+    }
+}
+
+/// The `nixuv-init` container as JSON text, shared by the patches of all the Pods of an env, and
+/// its base64 at each of the three phases it can begin at in a patch (each computed when first
+/// needed). base64 encodes 3 bytes at a time, so a piece of a text can be encoded once for every
+/// text it appears in at the same phase.
+#[derive(Debug)]
+pub struct InitText {
+    raw: Box<RawValue>,
+    encoded: [std::sync::OnceLock<Box<str>>; 3],
+}
+
+impl InitText {
+    pub fn new(raw: Box<RawValue>) -> Self {
+        InitText { raw, encoded: Default::default() }
+    }
+
+    pub fn get(&self) -> &str {
+        self.raw.get()
+    }
+
+    /// Bytes held with all three encodings made, for the memo's byte bound.
+    pub fn heap_bytes(&self) -> usize {
+        self.get().len() * 5
+    }
+
+    /// The base64 of the text from byte `skip` on, cut to a multiple of 3 bytes (no padding).
+    fn encoded(&self, skip: usize) -> &str {
+        self.encoded[skip].get_or_init(|| {
+            use base64::Engine;
+            let bytes = &self.get().as_bytes()[skip..];
+            base64::engine::general_purpose::STANDARD.encode(&bytes[..bytes.len() / 3 * 3]).into()
+        })
     }
 }
 
@@ -90,6 +146,7 @@ struct Ops {
     len: usize,
     /// The pointer being written, reused from one operation to the next.
     pointer: String,
+    init: Option<(usize, Arc<InitText>)>,
 }
 
 impl Ops {
@@ -130,37 +187,35 @@ impl Ops {
         serde_json::to_writer(&mut self.json, value).expect("a JSON value serialises");
         self.json.push(b'}');
     }
-    /// An operation whose value is JSON text serialised before, alone or as a one-element array.
-    fn with_text<'t>(
-        &mut self,
-        op: &str,
-        tokens: impl IntoIterator<Item = Token<'t>>,
-        text: &RawValue,
-        in_array: bool,
-    ) {
-        self.op(op, tokens);
+    /// An `add` whose value is JSON text serialised before (the store mounts).
+    fn push<'t>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>, text: &RawValue) {
+        self.op("add", tokens);
         self.json.extend_from_slice(br#","value":"#);
-        match in_array {
-            true => {
-                self.json.push(b'[');
-                self.json.extend_from_slice(text.get().as_bytes());
-                self.json.push(b']');
-            }
-            false => self.json.extend_from_slice(text.get().as_bytes()),
-        }
+        self.json.extend_from_slice(text.get().as_bytes());
         self.json.push(b'}');
     }
     fn add<'t, T: Serialize + ?Sized>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>, value: &T) {
         self.with_value("add", tokens, value);
     }
-    fn push<'t>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>, text: &RawValue) {
-        self.with_text("add", tokens, text, false);
-    }
-    fn push_in_array<'t>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>, text: &RawValue) {
-        self.with_text("add", tokens, text, true);
-    }
-    fn replace<'t>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>, text: &RawValue) {
-        self.with_text("replace", tokens, text, false);
+    /// The init container, added or replacing nixuv's own (`op`), alone or as a one-element array.
+    fn init<'t>(
+        &mut self,
+        op: &str,
+        tokens: impl IntoIterator<Item = Token<'t>>,
+        init: &Arc<InitText>,
+        in_array: bool,
+    ) {
+        self.op(op, tokens);
+        self.json.extend_from_slice(br#","value":"#);
+        if in_array {
+            self.json.push(b'[');
+        }
+        self.init = Some((self.json.len(), Arc::clone(init)));
+        self.json.extend_from_slice(init.get().as_bytes());
+        if in_array {
+            self.json.push(b']');
+        }
+        self.json.push(b'}');
     }
     fn replace_value<'t, T: Serialize + ?Sized>(&mut self, tokens: impl IntoIterator<Item = Token<'t>>, value: &T) {
         self.with_value("replace", tokens, value);
@@ -192,7 +247,7 @@ impl Ops {
             self.json.push(b'[');
         }
         self.json.push(b']');
-        AddPatch { json: self.json, len: self.len }
+        AddPatch { json: self.json, len: self.len, init: self.init }
     }
 }
 
@@ -241,8 +296,10 @@ pub fn volumes(cfg: &Config, stores: StoreVolumes) -> [(&'static str, Volume<'_>
 
 /// The `nixuv-init` container, serialised: built once per env and config (see
 /// [`super::EnvOutcome`]) and shared by the patches of all its Pods.
-pub fn init_container_text(plan: &EnvPlan, cfg: &Config) -> Arc<RawValue> {
-    Arc::from(serde_json::value::to_raw_value(&init_container(plan, cfg)).expect("a JSON value serialises"))
+pub fn init_container_text(plan: &EnvPlan, cfg: &Config) -> Arc<InitText> {
+    Arc::new(InitText::new(
+        serde_json::value::to_raw_value(&init_container(plan, cfg)).expect("a JSON value serialises"),
+    ))
 }
 
 /// The `nixuv-init` container: `nixuv materialize` with the plan in its env, no shell, and a
@@ -453,7 +510,7 @@ pub fn init_index(pod: &PodView, placement: InitPlacement) -> usize {
 pub fn build(
     pod: &PodView,
     plan: &EnvPlan,
-    init: &Arc<RawValue>,
+    init: &Arc<InitText>,
     targets: &[Target],
     missing: &Missing,
     at: Placement,
@@ -494,9 +551,9 @@ pub fn build(
     ops.append([key("spec"), key("volumes")], spec.and_then(|s| s.volumes.as_ref()).is_some(), &vols);
     if missing.init_container {
         if spec.and_then(|s| s.init_containers.as_ref()).is_none() {
-            ops.push_in_array([key("spec"), key("initContainers")], init);
+            ops.init("add", [key("spec"), key("initContainers")], init, true);
         } else {
-            ops.push([key("spec"), key("initContainers"), index(at.init_index)], init);
+            ops.init("add", [key("spec"), key("initContainers"), index(at.init_index)], init, false);
         }
     }
     let containers = pod.containers();
@@ -543,7 +600,7 @@ fn strip_leading(list: &str, ours: impl Fn(&str) -> bool) -> &str {
 pub fn rebuild(
     pod: &PodView,
     plan: &EnvPlan,
-    init: &Arc<RawValue>,
+    init: &Arc<InitText>,
     targets: &[Target],
     at: Placement,
     cfg: &Config,
@@ -564,11 +621,11 @@ pub fn rebuild(
     }
     ops.append([key("spec"), key("volumes")], spec.and_then(|s| s.volumes.as_ref()).is_some(), &appended);
     match pod.init_containers().iter().position(|c| c.name == INIT_CONTAINER) {
-        Some(j) => ops.replace([key("spec"), key("initContainers"), index(j)], init),
+        Some(j) => ops.init("replace", [key("spec"), key("initContainers"), index(j)], init, false),
         None if spec.and_then(|s| s.init_containers.as_ref()).is_none() => {
-            ops.push_in_array([key("spec"), key("initContainers")], init)
+            ops.init("add", [key("spec"), key("initContainers")], init, true)
         }
-        None => ops.push([key("spec"), key("initContainers"), index(at.init_index)], init),
+        None => ops.init("add", [key("spec"), key("initContainers"), index(at.init_index)], init, false),
     }
     for (k, c) in pod.containers().iter().enumerate() {
         let target = targets.iter().find(|t| t.index == k);
@@ -681,6 +738,34 @@ mod tests {
         assert!(escaped, "a key with '/' was escaped");
     }
 
+    /// The patch's base64 with the init container's share encoded once is exactly the encoding
+    /// of the whole, whatever the phase the text begins at, its length, and the bytes after it.
+    #[test]
+    fn base64_with_the_shared_share_is_the_plain_encoding() {
+        use base64::Engine;
+        use std::sync::Arc;
+        for len in [0, 1, 2, 3, 4, 5, 6, 7, 100, 2501] {
+            let text =
+                Arc::new(super::InitText::new(serde_json::value::to_raw_value(&"i".repeat(len.max(1) - 1)).unwrap()));
+            for key_len in 0..6 {
+                for in_array in [false, true] {
+                    for after in 0..4 {
+                        let mut ops = super::Ops::default();
+                        ops.add([super::key(&"k".repeat(key_len))], "v");
+                        ops.init("add", [super::key("spec"), super::key("initContainers")], &text, in_array);
+                        for _ in 0..after {
+                            ops.add([super::key("x")], &"y".repeat(after));
+                        }
+                        let p = ops.finish();
+                        let want = base64::engine::general_purpose::STANDARD.encode(p.json());
+                        assert_eq!(p.base64(), want, "{len} {key_len} {in_array} {after}");
+                        assert_eq!(p.base64(), want, "encoded again from the stored share");
+                    }
+                }
+            }
+        }
+    }
+
     /// Pointers written by hand: `~` and `/` escaped per RFC 6901, then the pointer escaped as a
     /// JSON string; the patch applies where the keys say.
     #[test]
@@ -696,6 +781,7 @@ mod tests {
         json_patch::patch(&mut doc, &typed).unwrap();
         assert_eq!(doc, serde_json::json!({"metadata": {"annotations": {"a~b/c\"d~1": "v"}}, "spec": [0, 1, 2]}));
         let empty = super::Ops::default().finish();
+        assert_eq!(empty.base64(), "W10=");
         assert!(empty.is_empty() && empty.to_patch().0.is_empty());
     }
 }
