@@ -154,10 +154,10 @@ fn none<O>() -> Option<O> {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
 struct ReviewIn<'a, O> {
-    #[serde(default)]
-    api_version: String,
-    #[serde(default)]
-    kind: String,
+    #[serde(borrow, default)]
+    api_version: Str<'a>,
+    #[serde(borrow, default)]
+    kind: Str<'a>,
     #[serde(borrow, default = "none")]
     request: Option<AdmissionRequest<'a, O>>,
 }
@@ -230,9 +230,12 @@ pub fn decode(body: &[u8]) -> Result<AdmissionReview<'_>, ReviewError> {
 /// [`decode`], reading the object as `O` in the same pass (an error in the object is an error of
 /// the whole review).
 pub fn decode_as<'a, O: Deserialize<'a>>(body: &'a [u8]) -> Result<AdmissionReview<'a, O>, ReviewError> {
-    let review: ReviewIn<'a, O> = serde_json::from_slice(body).map_err(|e| ReviewError::NotJson(e.to_string()))?;
+    // The body checked as UTF-8 once, as a whole (a word at a time), rather than each string as
+    // the parser meets it.
+    let text = std::str::from_utf8(body).map_err(|e| ReviewError::NotJson(format!("not UTF-8: {e}")))?;
+    let review: ReviewIn<'a, O> = serde_json::from_str(text).map_err(|e| ReviewError::NotJson(e.to_string()))?;
     if review.kind != "AdmissionReview" {
-        return Err(ReviewError::WrongKind(review.kind));
+        return Err(ReviewError::WrongKind(review.kind.to_string()));
     }
     let api_version = match review.api_version.as_str() {
         API_V1 => API_V1,
