@@ -150,6 +150,9 @@ struct Ops {
 }
 
 impl Ops {
+    fn with_capacity(bytes: usize) -> Self {
+        Ops { json: Vec::with_capacity(bytes), ..Ops::default() }
+    }
     fn op<'t>(&mut self, op: &str, tokens: impl IntoIterator<Item = Token<'t>>) {
         self.pointer.clear();
         for t in tokens {
@@ -443,7 +446,8 @@ fn patch_container(ops: &mut Ops, t: &Target, c: &ContainerView, plan: &EnvPlan)
             }
         }
     }
-    let path = format!("{}:{}", plan.path_prefix(), t.path_tail);
+    let mut path = plan.path_prefix();
+    path.extend([":", t.path_tail]);
     let env = target_env(plan, c, path);
     match &c.env {
         None => {
@@ -517,7 +521,8 @@ pub fn build(
     cfg: &Config,
 ) -> AddPatch {
     let stores = at.stores;
-    let mut ops = Ops::default();
+    // Room for the init container and the Pod's own operations, so the buffer is not grown.
+    let mut ops = Ops::with_capacity(init.get().len() + 512 + 768 * targets.len());
     if missing.annotations {
         // Sorted keys, as above.
         #[derive(serde::Serialize)]
@@ -605,7 +610,7 @@ pub fn rebuild(
     at: Placement,
     cfg: &Config,
 ) -> AddPatch {
-    let mut ops = Ops::default();
+    let mut ops = Ops::with_capacity(init.get().len() + 512 + 768 * targets.len());
     for (k, v) in [(ANN_STATUS, STATUS_INJECTED), (ANN_ENV, plan.id.as_str())] {
         // The status annotation is there, so the map is; `add` sets or replaces a member.
         ops.add([key("metadata"), key("annotations"), key(k)], v);

@@ -155,15 +155,19 @@ impl EnvPlan {
 
     /// The directories put in front of PATH, venv first so its `python` wins (an overlay's `bin`
     /// holds console scripts only, so the image's `python` still wins there).
+    /// Written into one string (this runs for every target container of every new Pod).
     pub fn path_prefix(&self) -> String {
-        let mut dirs = Vec::with_capacity(2);
+        let mut out = String::with_capacity(160);
         if self.has_python() {
-            dirs.push(format!("{}/bin", self.venv_dir()));
+            out.extend([UV_ROOT, "/envs/", &self.id, "/bin"]);
         }
         if self.has_system() {
-            dirs.push(format!("{}/bin", self.profile_dir()));
+            if !out.is_empty() {
+                out.push(':');
+            }
+            out.extend([NIX_MOUNT, "/var/nix/profiles/nixuv/", &self.id, "/bin"]);
         }
-        dirs.join(":")
+        out
     }
 }
 
