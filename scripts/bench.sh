@@ -14,7 +14,7 @@
 # Only loopback traffic; every load run is bounded in count or time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${RUNS:-3}
+RUNS=${RUNS:-5}
 N=${N:-20000}
 CONC=${CONC:-16}
 
