@@ -63,9 +63,9 @@ pids+=($!); nixuv_pid=$!
 # The same server with the decision cache off: every request is decided from scratch.
 MIMALLOC_ARENA_EAGER_COMMIT=0 $nixuv --log-format json serve --addr 127.0.0.1:0 --tls-cert "$work/certs/tls.crt" --tls-key "$work/certs/tls.key" \
   --metrics-addr 127.0.0.1:0 --decision-cache-mib 0 2>"$work/nocache.log" &
-pids+=($!)
+pids+=($!); nocache_pid=$!
 $ceiling --serve 127.0.0.1:0 "$work/certs/tls.crt" "$work/certs/tls.key" 2>"$work/ceiling.log" &
-pids+=($!)
+pids+=($!); ceiling_pid=$!
 listening() { grep '"listening"' "$1" | grep -o '127.0.0.1:[0-9]*' | head -n1; }
 for _ in $(seq 100); do [ -n "$(listening "$work/nixuv.log")" ] && [ -n "$(listening "$work/nocache.log")" ] && [ -n "$(port_of "$work/ceiling.log")" ] && break; sleep 0.1; done
 nixuv_addr=$(listening "$work/nixuv.log")
@@ -97,17 +97,26 @@ failed() { awk '/^requests:/ {print $10 + $12}' "$1"; }
 # The servers take turns within each run, so that drift in the machine's speed hits them alike.
 echo "throughput..." >&2
 declare -A tput addr=([nixuv]=$nixuv_addr [nocache]=$nocache_addr [ceiling]=$ceiling_addr [bytes]=$bytes_addr)
+# The server's own CPU (user + system ticks) over all its runs of a protocol, per request: unlike
+# the rates, it does not depend on how the client shares the CPUs.
+declare -A pid=([nixuv]=$nixuv_pid [nocache]=$nocache_pid [ceiling]=$ceiling_pid) cpu_us
 for proto in h1 h2; do
   flags=(-n "$N" -c "$CONC")
   if [ "$proto" = h1 ]; then flags+=(--h1); else flags+=(-m 10); fi
-  declare -A samples=()
+  declare -A samples=() ticks=()
   for _ in $(seq "$RUNS"); do
     for s in nixuv nocache ceiling bytes; do
+      t0=$([ -n "${pid[$s]:-}" ] && cpu_ticks "${pid[$s]}" || echo 0)
       r=$(rate "${flags[@]}" "https://${addr[$s]}/mutate")
+      t1=$([ -n "${pid[$s]:-}" ] && cpu_ticks "${pid[$s]}" || echo 0)
       samples[$s]+="${r:-0}"$'\n'
+      ticks[$s]=$((${ticks[$s]:-0} + t1 - t0))
     done
   done
   for s in nixuv nocache ceiling bytes; do tput[$s-$proto]=$(printf '%s' "${samples[$s]}" | median); done
+  for s in nixuv nocache ceiling; do
+    cpu_us[$s-$proto]=$(awk -v t="${ticks[$s]}" -v hz="$(getconf CLK_TCK)" -v n=$((N * RUNS)) 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+  done
 done
 
 # Latency: per-request durations from --log-file -> p50 p99 p99.9 in ms.
@@ -157,5 +166,7 @@ nixuv benchmark — $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048
 | latency at saturation (HTTP/1.1, $CONC conns): p50 / p99 / p99.9 | $s50 / $s99 / $s999 ms (failed: ${sat_failed:-?}) |
 | RSS idle / peak under load | $((rss_idle / 1024)) MiB / $((rss_peak / 1024)) MiB |
 | requests per CPU-second (saturation) | $per_cpu |
+| server CPU per request, HTTP/1.1: as deployed / every Pod new / ceiling | ${cpu_us[nixuv-h1]} / ${cpu_us[nocache-h1]} / ${cpu_us[ceiling-h1]} µs |
+| server CPU per request, HTTP/2: as deployed / every Pod new / ceiling | ${cpu_us[nixuv-h2]} / ${cpu_us[nocache-h2]} / ${cpu_us[ceiling-h2]} µs |
 $envs_rows
 TABLE
