@@ -1,44 +1,31 @@
-//! The Kubernetes API side of `nixuv serve` (`--check-claims`, `--manage-ca-bundle`), against a
-//! local HTTP server that answers with Kubernetes API JSON in the shape of real responses — list
-//! and watch of PersistentVolumeClaims and StorageClasses, get and JSON-patch of a
-//! MutatingWebhookConfiguration — because
-//! no API server can run on the test machines. The claims of a real cluster are documented, not
-//! tested, here.
+//! The Kubernetes API side of `nixuv serve` (`--check-claims`, `--manage-ca-bundle`), against the
+//! local server of `common::kubeapi` that answers with Kubernetes API JSON in the shape of real
+//! responses (list and watch of PersistentVolumeClaims and StorageClasses, get and JSON-patch of a
+//! MutatingWebhookConfiguration), because no API server can run on the test machines. The claims
+//! of a real cluster are documented, not tested, here.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use base64::Engine;
 use serde_json::{json, Value};
 
+use crate::common::kubeapi::{self, Shared};
 use crate::common::{self, post_json, Server};
 
-#[derive(Default)]
-struct Api {
-    claims: Vec<(String, String)>,
-    /// Claims with a phase, class and age other than Bound / nfs / old: (namespace, name, phase,
-    /// class, age in seconds).
-    pending: Vec<(String, String, String, String, i64)>,
-    classes: Vec<(String, String)>,
-    rv: u64,
-    mwc: Value,
-    patches: Vec<(String, Value)>,
-    watchers: Vec<tokio::sync::mpsc::UnboundedSender<String>>,
+const PVCS: &str = "persistentvolumeclaims";
+const CLASSES: &str = "/apis/storage.k8s.io/v1/storageclasses";
+const MWCS: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations";
+
+fn pvc_path(ns: &str) -> String {
+    format!("/api/v1/namespaces/{ns}/{PVCS}")
 }
 
-type Shared = Arc<Mutex<Api>>;
-
-fn pvc_full(ns: &str, name: &str, phase: &str, class: &str, age_secs: i64, rv: u64) -> Value {
+fn pvc_full(ns: &str, name: &str, phase: &str, class: &str, age_secs: i64) -> Value {
     let created = std::time::SystemTime::now() - Duration::from_secs(age_secs as u64);
     let created = humantime::format_rfc3339_seconds(created).to_string();
     json!({"kind": "PersistentVolumeClaim", "apiVersion": "v1",
-           "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}"), "resourceVersion": rv.to_string(),
+           "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}"),
                         "creationTimestamp": created, "labels": {"app.kubernetes.io/part-of": "nixuv"},
                         "managedFields": [{"manager": "kubectl", "operation": "Apply", "apiVersion": "v1"}]},
            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "50Gi"}},
@@ -46,68 +33,15 @@ fn pvc_full(ns: &str, name: &str, phase: &str, class: &str, age_secs: i64, rv: u
            "status": {"phase": phase}})
 }
 
-fn pvc_meta(ns: &str, name: &str, rv: u64) -> Value {
-    pvc_full(ns, name, "Bound", "nfs", 86400, rv)
+/// A claim that bound a day ago.
+fn bound(f: &mut kubeapi::Fake, ns: &str, name: &str) {
+    f.put(&pvc_path(ns), pvc_full(ns, name, "Bound", "nfs", 86400));
 }
 
 fn storage_class(name: &str, mode: &str) -> Value {
     json!({"kind": "StorageClass", "apiVersion": "storage.k8s.io/v1",
-           "metadata": {"name": name, "uid": format!("uid-{name}"), "resourceVersion": "5", "creationTimestamp": "2026-01-01T00:00:00Z"},
+           "metadata": {"name": name, "uid": format!("uid-{name}"), "creationTimestamp": "2026-01-01T00:00:00Z"},
            "provisioner": "example.com/provisioner", "reclaimPolicy": "Delete", "volumeBindingMode": mode})
-}
-
-async fn classes(State(api): State<Shared>, Query(q): Query<std::collections::HashMap<String, String>>) -> Response {
-    if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
-        // Nothing changes: a watch that stays open.
-        let stream = futures_util::stream::pending::<Result<String, std::io::Error>>();
-        return ([("content-type", "application/json")], Body::from_stream(stream)).into_response();
-    }
-    let a = api.lock().unwrap();
-    let items: Vec<Value> = a.classes.iter().map(|(n, m)| storage_class(n, m)).collect();
-    let list = json!({"kind": "StorageClassList", "apiVersion": "storage.k8s.io/v1",
-                      "metadata": {"resourceVersion": a.rv.to_string()}, "items": items});
-    ([("content-type", "application/json")], list.to_string()).into_response()
-}
-
-async fn pvcs(State(api): State<Shared>, Query(q): Query<std::collections::HashMap<String, String>>) -> Response {
-    if q.get("watch").map(String::as_str) == Some("true") || q.get("watch").map(String::as_str) == Some("1") {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        api.lock().unwrap().watchers.push(tx);
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|s| (Ok::<_, std::io::Error>(s), rx))
-        });
-        return ([("content-type", "application/json")], Body::from_stream(stream)).into_response();
-    }
-    let a = api.lock().unwrap();
-    let mut items: Vec<Value> = a.claims.iter().map(|(ns, n)| pvc_meta(ns, n, a.rv)).collect();
-    items.extend(a.pending.iter().map(|(ns, n, phase, class, age)| pvc_full(ns, n, phase, class, *age, a.rv)));
-    let list = json!({"kind": "PersistentVolumeClaimList", "apiVersion": "v1",
-                      "metadata": {"resourceVersion": a.rv.to_string()}, "items": items});
-    ([("content-type", "application/json")], list.to_string()).into_response()
-}
-
-async fn mwc_get(State(api): State<Shared>) -> Response {
-    ([("content-type", "application/json")], api.lock().unwrap().mwc.to_string()).into_response()
-}
-
-async fn mwc_patch(State(api): State<Shared>, headers: HeaderMap, body: String) -> Response {
-    let ctype = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let patch: json_patch::Patch = match serde_json::from_str(&body) {
-        Ok(p) => p,
-        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
-    };
-    let mut a = api.lock().unwrap();
-    let mut doc = a.mwc.clone();
-    if let Err(e) = json_patch::patch(&mut doc, &patch.0) {
-        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": e.to_string(), "reason": "Invalid", "code": 422});
-        return (StatusCode::UNPROCESSABLE_ENTITY, [("content-type", "application/json")], status.to_string())
-            .into_response();
-    }
-    a.rv += 1;
-    doc["metadata"]["resourceVersion"] = json!(a.rv.to_string());
-    a.mwc = doc.clone();
-    a.patches.push((ctype, serde_json::from_str(&body).unwrap()));
-    ([("content-type", "application/json")], doc.to_string()).into_response()
 }
 
 fn mwc() -> Value {
@@ -124,28 +58,14 @@ fn mwc() -> Value {
            "webhooks": [hook("pods.nixuv.io"), hook("pods-reinvoked.nixuv.io")]})
 }
 
-async fn start_api(api: Shared) -> std::net::SocketAddr {
-    let app = Router::new()
-        .route("/api/v1/persistentvolumeclaims", get(pvcs))
-        .route("/apis/storage.k8s.io/v1/storageclasses", get(classes))
-        .route(
-            "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/nixuv",
-            get(mwc_get).patch(mwc_patch),
-        )
-        .with_state(api);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
+/// The local API server with the webhook configuration in it.
+async fn start_api(api: &Shared) -> std::net::SocketAddr {
+    api.lock().unwrap().put(MWCS, mwc());
+    kubeapi::start(api.clone()).await
 }
 
 fn kubeconfig(dir: &std::path::Path, addr: std::net::SocketAddr) -> std::path::PathBuf {
-    let path = dir.join("kubeconfig");
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster: {{server: 'http://{addr}'}}\nusers:\n- name: u\n  user: {{token: test}}\ncontexts:\n- name: c\n  context: {{cluster: local, user: u, namespace: nixuv-system}}\ncurrent-context: c\n"
-    );
-    std::fs::write(&path, text).unwrap();
-    path
+    kubeapi::kubeconfig(dir, addr, "test")
 }
 
 async fn mutate_in(server: &Server, ns: &str) -> Value {
@@ -167,7 +87,7 @@ async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
 }
 
 /// `nixuv serve --check-claims` against the local API server of `api`.
-async fn claim_checking_server(api: Shared) -> (Server, tempfile::TempDir) {
+async fn claim_checking_server(api: &Shared) -> (Server, tempfile::TempDir) {
     let addr = start_api(api).await;
     let dir = tempfile::tempdir().unwrap();
     let kc = kubeconfig(dir.path(), addr);
@@ -182,17 +102,14 @@ fn claim_of(v: &Value, vol: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_cache_falls_back_to_emptydir_and_follows_the_watch() {
-    let api: Shared = Arc::new(Mutex::new(Api {
-        claims: vec![
-            ("team-a".into(), "nixuv-nix-store".into()),
-            ("team-a".into(), "nixuv-uv-cache".into()),
-            ("team-b".into(), "nixuv-nix-store".into()),
-        ],
-        rv: 10,
-        mwc: mwc(),
-        ..Default::default()
-    }));
-    let (server, _dir) = claim_checking_server(api.clone()).await;
+    let api: Shared = Arc::default();
+    {
+        let mut f = api.lock().unwrap();
+        bound(&mut f, "team-a", "nixuv-nix-store");
+        bound(&mut f, "team-a", "nixuv-uv-cache");
+        bound(&mut f, "team-b", "nixuv-nix-store");
+    }
+    let (server, _dir) = claim_checking_server(&api).await;
     // Synced: team-a has both claims, no warning.
     eventually("the claim cache to sync", async || mutate_in(&server, "team-a").await["warnings"].is_null()).await;
     let a = mutate_in(&server, "team-a").await;
@@ -221,37 +138,40 @@ async fn claims_cache_falls_back_to_emptydir_and_follows_the_watch() {
     assert_eq!(r["warnings"][0].as_str(), Some(w));
     // The claim is created: a watch event, no new list.
     {
-        let mut a = api.lock().unwrap();
-        a.rv += 1;
-        let ev = json!({"type": "ADDED", "object": pvc_meta("team-b", "nixuv-uv-cache", a.rv)}).to_string() + "\n";
-        assert!(!a.watchers.is_empty(), "nixuv is watching");
-        a.watchers.retain(|w| w.send(ev.clone()).is_ok());
+        let mut f = api.lock().unwrap();
+        assert!(f.watched(PVCS), "nixuv is watching");
+        bound(&mut f, "team-b", "nixuv-uv-cache");
     }
     eventually("the watch event to land", async || claim_of(&mutate_in(&server, "team-b").await, "nixuv-uv").is_some())
         .await;
     assert!(mutate_in(&server, "team-b").await["warnings"].is_null());
+    // A claim deleted: the watch says so, and that volume falls back to an emptyDir again.
+    api.lock().unwrap().delete(&pvc_path("team-a"), "nixuv-uv-cache").unwrap();
+    eventually("the deletion to land", async || claim_of(&mutate_in(&server, "team-a").await, "nixuv-uv").is_none())
+        .await;
+    assert_eq!(claim_of(&mutate_in(&server, "team-a").await, "nixuv-nix").as_deref(), Some("nixuv-nix-store"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_that_cannot_bind_falls_back_to_emptydir_with_a_warning() {
-    let pending =
-        |ns: &str, name: &str, class: &str, age: i64| (ns.into(), name.into(), "Pending".into(), class.into(), age);
-    let api: Shared = Arc::new(Mutex::new(Api {
-        classes: vec![("nfs".into(), "Immediate".into()), ("standard".into(), "WaitForFirstConsumer".into())],
-        pending: vec![
+    let api: Shared = Arc::default();
+    {
+        let mut f = api.lock().unwrap();
+        f.put(CLASSES, storage_class("nfs", "Immediate"));
+        f.put(CLASSES, storage_class("standard", "WaitForFirstConsumer"));
+        for (ns, name, class, age) in [
             // An Immediate class that has not bound it in ten minutes (no RWX support, a quota).
-            pending("team-a", "nixuv-nix-store", "nfs", 600),
+            ("team-a", "nixuv-nix-store", "nfs", 600),
             // Just created: still provisioning.
-            pending("team-a", "nixuv-uv-cache", "nfs", 2),
+            ("team-a", "nixuv-uv-cache", "nfs", 2),
             // WaitForFirstConsumer: Pending until a Pod uses it, which is normal.
-            pending("team-b", "nixuv-nix-store", "standard", 600),
-            pending("team-b", "nixuv-uv-cache", "standard", 600),
-        ],
-        rv: 10,
-        mwc: mwc(),
-        ..Default::default()
-    }));
-    let (server, _dir) = claim_checking_server(api.clone()).await;
+            ("team-b", "nixuv-nix-store", "standard", 600),
+            ("team-b", "nixuv-uv-cache", "standard", 600),
+        ] {
+            f.put(&pvc_path(ns), pvc_full(ns, name, "Pending", class, age));
+        }
+    }
+    let (server, _dir) = claim_checking_server(&api).await;
     eventually("the claim cache to sync", async || {
         !mutate_in(&server, "team-b").await["warnings"].to_string().contains("could not check")
     })
@@ -282,8 +202,8 @@ async fn api_unreachable_keeps_serving_with_the_configured_claims() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ca_bundle_follows_the_ca_file() {
-    let api: Shared = Arc::new(Mutex::new(Api { rv: 1, mwc: mwc(), ..Default::default() }));
-    let addr = start_api(api.clone()).await;
+    let api: Shared = Arc::default();
+    let addr = start_api(&api).await;
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("tls");
     common::make_certs(&certs);
@@ -299,7 +219,7 @@ async fn ca_bundle_follows_the_ca_file() {
         .arg("200ms")
         .start();
     let bundle = |api: &Shared| -> Vec<String> {
-        api.lock().unwrap().mwc["webhooks"]
+        api.lock().unwrap().get(MWCS, "nixuv").unwrap()["webhooks"]
             .as_array()
             .unwrap()
             .iter()
@@ -309,7 +229,12 @@ async fn ca_bundle_follows_the_ca_file() {
     let b64 = |p: &std::path::Path| base64::engine::general_purpose::STANDARD.encode(std::fs::read(p).unwrap());
     let want = b64(&certs.join("ca.crt"));
     eventually("the caBundle to be set", async || bundle(&api) == vec![want.clone(), want.clone()]).await;
-    let (ctype, first) = api.lock().unwrap().patches[0].clone();
+    let patches = |api: &Shared| -> Vec<(String, Value)> {
+        let f = api.lock().unwrap();
+        let writes = f.writes.iter().filter(|w| w.method == "PATCH" && w.path == format!("{MWCS}/nixuv"));
+        writes.map(|w| (w.content_type.clone(), serde_json::from_str(&w.body).unwrap())).collect()
+    };
+    let (ctype, first) = patches(&api)[0].clone();
     assert_eq!(ctype, "application/json-patch+json");
     assert_eq!(first[0]["op"], "test", "the patch checks the webhook it changes: {first}");
     // Rotation: a new CA in the file (as kubelet updates a Secret) reaches the configuration.
@@ -323,8 +248,8 @@ async fn ca_bundle_follows_the_ca_file() {
     assert_ne!(want, want2);
     eventually("the rotated caBundle", async || bundle(&api) == vec![want2.clone(), want2.clone()]).await;
     // In step: no further patches once equal.
-    let n = api.lock().unwrap().patches.len();
+    let n = patches(&api).len();
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(api.lock().unwrap().patches.len(), n);
+    assert_eq!(patches(&api).len(), n);
     server.log_line("caBundle updated").await;
 }

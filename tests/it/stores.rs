@@ -1,242 +1,15 @@
-//! Managed stores (`nixuv serve --manage-stores` and `--manage-stores-once`) against a local HTTP
-//! server that answers like the Kubernetes API: it keeps objects in memory and serves list and
-//! watch of Namespaces, get and server-side apply (PATCH `application/apply-patch+yaml`) of
-//! PersistentVolumeClaims and CronJobs, list and delete of CronJobs, get/create/replace of Leases
-//! with resourceVersion checks (409 on a stale one), Events, and StorageClasses. The JSON is
-//! written in the shape of real API responses, not captured from a cluster; what only a real
-//! cluster can show is in docs/install.md.
+//! Managed stores (`nixuv serve --manage-stores` and `--manage-stores-once`) against the local
+//! server of `common::kubeapi` that answers like the Kubernetes API: Namespaces listed and
+//! watched, PersistentVolumeClaims and CronJobs applied server-side, CronJobs listed and deleted,
+//! Leases created and replaced with resourceVersion checks, Events, StorageClasses.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
-use axum::Router;
 use serde_json::{json, Value};
 
+use crate::common::kubeapi::{kubeconfig, start, Fake, Shared};
 use crate::common::{self, Server};
-
-#[derive(Default)]
-struct Fake {
-    /// Objects by collection path (`/api/v1/namespaces/team-a/persistentvolumeclaims`) and name.
-    objects: BTreeMap<String, BTreeMap<String, Value>>,
-    rv: u64,
-    /// Writes: (method, path, bearer token, content type, query).
-    writes: Vec<(String, String, String, String, String)>,
-    namespace_watchers: Vec<tokio::sync::mpsc::UnboundedSender<String>>,
-}
-
-type Shared = Arc<Mutex<Fake>>;
-
-fn status(code: u16, reason: &str, message: &str) -> Response {
-    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                      "message": message, "reason": reason, "code": code});
-    (StatusCode::from_u16(code).unwrap(), [("content-type", "application/json")], body.to_string()).into_response()
-}
-
-fn ok(v: &Value) -> Response {
-    ([("content-type", "application/json")], v.to_string()).into_response()
-}
-
-/// Maps merge, everything else is replaced: enough of server-side apply for these objects.
-fn merge(into: &mut Value, from: &Value) {
-    match (into, from) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-        (a, b) => *a = b.clone(),
-    }
-}
-
-fn matches(obj: &Value, selector: Option<&String>) -> bool {
-    selector.into_iter().flat_map(|s| s.split(',')).filter(|t| !t.is_empty()).all(|term| {
-        let (k, v) = term.split_once('=').unwrap_or((term, ""));
-        obj["metadata"]["labels"][k].as_str() == Some(v)
-    })
-}
-
-impl Fake {
-    fn put(&mut self, collection: &str, mut obj: Value) -> Value {
-        self.rv += 1;
-        obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-        let name = obj["metadata"]["name"].as_str().unwrap().to_string();
-        if obj["metadata"].get("uid").is_none() {
-            obj["metadata"]["uid"] = json!(format!("uid-{}", self.rv));
-            obj["metadata"]["creationTimestamp"] = json!("2026-11-26T10:00:00Z");
-        }
-        self.objects.entry(collection.to_string()).or_default().insert(name, obj.clone());
-        if collection == "/api/v1/namespaces" {
-            let ev = json!({"type": "MODIFIED", "object": obj}).to_string() + "\n";
-            self.namespace_watchers.retain(|w| w.send(ev.clone()).is_ok());
-        }
-        obj
-    }
-
-    fn get(&self, collection: &str, name: &str) -> Option<Value> {
-        self.objects.get(collection)?.get(name).cloned()
-    }
-
-    fn namespace(&mut self, name: &str, labels: Value) {
-        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels},
-                        "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
-        self.put("/api/v1/namespaces", ns);
-    }
-
-    /// Paths of PVCs and CronJobs written by the holder of `token`.
-    fn writes_by(&self, token: &str) -> Vec<String> {
-        self.writes
-            .iter()
-            .filter(|w| w.2 == token && (w.1.contains("persistentvolumeclaims") || w.1.contains("cronjobs")))
-            .map(|w| w.1.clone())
-            .collect()
-    }
-}
-
-/// The phase a new claim gets: Pending on the class `no-rwx` (which cannot provide
-/// ReadWriteMany), Bound otherwise.
-fn new_claim_status(obj: &mut Value) {
-    let class = obj["spec"]["storageClassName"].as_str().unwrap_or("").to_string();
-    obj["status"] = json!({"phase": if class == "no-rwx" { "Pending" } else { "Bound" }});
-}
-
-async fn handle(
-    State(fake): State<Shared>,
-    method: Method,
-    uri: Uri,
-    Query(q): Query<BTreeMap<String, String>>,
-    headers: HeaderMap,
-    body: String,
-) -> Response {
-    let path = uri.path().to_string();
-    let token = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let ctype = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let mut f = fake.lock().unwrap();
-    if method != Method::GET {
-        f.writes.push((method.to_string(), path.clone(), token, ctype.clone(), uri.query().unwrap_or("").to_string()));
-    }
-    // A collection path has an even number of segments after the group/version prefix.
-    let prefix_len = if path.starts_with("/api/") { 2 } else { 3 };
-    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let is_item = (segs.len() - prefix_len) % 2 == 0 && segs.len() > prefix_len;
-    let (collection, name) = if is_item {
-        (format!("/{}", segs[..segs.len() - 1].join("/")), segs[segs.len() - 1].to_string())
-    } else {
-        (path.clone(), String::new())
-    };
-    match (method.clone(), is_item) {
-        (Method::GET, false) => {
-            if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
-                if collection != "/api/v1/namespaces" {
-                    // Nothing else is watched; keep the stream open.
-                    let s = futures_util::stream::pending::<Result<String, std::io::Error>>();
-                    return ([("content-type", "application/json")], Body::from_stream(s)).into_response();
-                }
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-                f.namespace_watchers.push(tx);
-                let s = futures_util::stream::unfold(rx, |mut rx| async move {
-                    rx.recv().await.map(|s| (Ok::<_, std::io::Error>(s), rx))
-                });
-                return ([("content-type", "application/json")], Body::from_stream(s)).into_response();
-            }
-            // A cluster-wide list of a namespaced kind gathers every namespace's collection.
-            let kind = segs.last().copied().unwrap_or_default();
-            let items: Vec<Value> = f
-                .objects
-                .iter()
-                .filter(|(c, _)| {
-                    **c == collection
-                        || (c.ends_with(&format!("/{kind}"))
-                            && c.starts_with(&path.replace(&format!("/{kind}"), "/namespaces/")))
-                })
-                .flat_map(|(_, objs)| objs.values().cloned())
-                .filter(|o| matches(o, q.get("labelSelector")))
-                .collect();
-            ok(
-                &json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": f.rv.to_string()}, "items": items}),
-            )
-        }
-        (Method::GET, true) => match f.get(&collection, &name) {
-            Some(o) => ok(&o),
-            None => status(404, "NotFound", &format!("{name} not found")),
-        },
-        (Method::POST, false) => {
-            let mut obj: Value = serde_json::from_str(&body).unwrap();
-            let name = obj["metadata"]["name"].as_str().map(String::from).unwrap_or_else(|| {
-                let n = format!("generated-{}", f.rv + 1);
-                obj["metadata"]["name"] = json!(n);
-                n
-            });
-            if f.get(&collection, &name).is_some() {
-                return status(409, "AlreadyExists", &format!("{name} already exists"));
-            }
-            ok(&f.put(&collection, obj))
-        }
-        (Method::PUT, true) => {
-            let obj: Value = serde_json::from_str(&body).unwrap();
-            let current = f.get(&collection, &name);
-            let Some(current) = current else { return status(404, "NotFound", &name) };
-            if obj["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
-                return status(
-                    409,
-                    "Conflict",
-                    "the object has been modified; please apply your changes to the latest version and try again",
-                );
-            }
-            let mut obj = obj;
-            obj["metadata"]["uid"] = current["metadata"]["uid"].clone();
-            ok(&f.put(&collection, obj))
-        }
-        (Method::PATCH, true) => {
-            let patch: Value = serde_json::from_str(&body).unwrap();
-            let mut obj = match f.get(&collection, &name) {
-                Some(o) => o,
-                None if ctype.starts_with("application/apply-patch") => {
-                    let mut o = json!({"metadata": {"name": name}});
-                    if collection.ends_with("/persistentvolumeclaims") {
-                        let mut p = patch.clone();
-                        new_claim_status(&mut p);
-                        o["status"] = p["status"].clone();
-                    }
-                    o
-                }
-                None => return status(404, "NotFound", &name),
-            };
-            merge(&mut obj, &patch);
-            if ctype.starts_with("application/apply-patch") {
-                obj["metadata"]["managedFields"] =
-                    json!([{"manager": q.get("fieldManager").cloned().unwrap_or_default(), "operation": "Apply"}]);
-            }
-            ok(&f.put(&collection, obj))
-        }
-        (Method::DELETE, true) => match f.objects.get_mut(&collection).and_then(|c| c.remove(&name)) {
-            Some(_) => ok(&json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}})),
-            None => status(404, "NotFound", &name),
-        },
-        _ => status(405, "MethodNotAllowed", "not served by this test server"),
-    }
-}
-
-async fn start(fake: Shared) -> std::net::SocketAddr {
-    let app = Router::new().fallback(handle).with_state(fake);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
-}
-
-fn kubeconfig(dir: &std::path::Path, addr: std::net::SocketAddr, token: &str) -> std::path::PathBuf {
-    let path = dir.join(format!("kubeconfig-{token}"));
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster: {{server: 'http://{addr}'}}\nusers:\n- name: u\n  user: {{token: {token}}}\ncontexts:\n- name: c\n  context: {{cluster: local, user: u, namespace: nixuv-system}}\ncurrent-context: c\n"
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 const PVCS: &str = "persistentvolumeclaims";
 
@@ -322,11 +95,11 @@ async fn labelled_namespaces_get_their_stores_and_lose_only_the_cronjob() {
         let c = &cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(c["args"], json!(["gc", "--max-age", "7d"]));
         // Written by server-side apply, field manager nixuv.
-        let applies: Vec<_> = f.writes.iter().filter(|w| w.0 == "PATCH").collect();
+        let applies: Vec<_> = f.writes.iter().filter(|w| w.method == "PATCH").collect();
         assert!(!applies.is_empty());
         for w in &applies {
-            assert!(w.3.starts_with("application/apply-patch"), "{w:?}");
-            assert!(w.4.contains("fieldManager=nixuv"), "{w:?}");
+            assert!(w.content_type.starts_with("application/apply-patch"), "{w:?}");
+            assert!(w.query.contains("fieldManager=nixuv"), "{w:?}");
         }
         // team-b: not labelled, nothing.
         assert!(!f.objects.contains_key(&pvc_path("team-b")) && !f.objects.contains_key(&cronjob_path("team-b")));
@@ -334,7 +107,7 @@ async fn labelled_namespaces_get_their_stores_and_lose_only_the_cronjob() {
         let admin = f.get(&pvc_path("team-c"), "nixuv-nix-store").unwrap();
         assert_eq!(admin["spec"]["storageClassName"], "cephfs");
         assert!(admin["metadata"].get("managedFields").is_none());
-        assert!(!f.writes.iter().any(|w| w.1.ends_with("team-c/persistentvolumeclaims/nixuv-nix-store")));
+        assert!(!f.writes.iter().any(|w| w.path.ends_with("team-c/persistentvolumeclaims/nixuv-nix-store")));
         assert!(f.get(&pvc_path("team-c"), "nixuv-uv-cache").is_some());
         let events = events_in(&f, "team-c");
         assert!(
@@ -364,7 +137,7 @@ async fn labelled_namespaces_get_their_stores_and_lose_only_the_cronjob() {
         f.get(&pvc_path("team-a"), "nixuv-uv-cache").unwrap()["metadata"]["annotations"]["backup.example.com/policy"],
         "nightly"
     );
-    assert!(!f.writes.iter().any(|w| w.0 == "DELETE" && w.1.contains(PVCS)), "claims are never deleted");
+    assert!(!f.writes.iter().any(|w| w.method == "DELETE" && w.path.contains(PVCS)), "claims are never deleted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -475,7 +248,7 @@ async fn one_replica_writes_and_another_takes_over_when_it_is_killed() {
     fake.lock().unwrap().namespace("team-f", json!({"nixuv.io/stores": "enabled"}));
     let done = wait_for(
         "the other replica to take over",
-        &|f| f.writes.iter().any(|w| w.2 == token(other) && w.1.contains("team-f")),
+        &|f| f.writes.iter().any(|w| w.token == token(other) && w.path.contains("team-f")),
         Duration::from_secs(20),
     );
     let took = done - killed;
@@ -501,5 +274,8 @@ async fn one_replica_writes_and_another_takes_over_when_it_is_killed() {
     fake.lock().unwrap().namespace("team-g", json!({"nixuv.io/stores": "enabled"}));
     // (Well within the 3 s after which the intruder's unrenewed Lease may be taken back.)
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(!fake.lock().unwrap().writes.iter().any(|w| w.1.contains("team-g")), "a replica without the lease wrote");
+    assert!(
+        !fake.lock().unwrap().writes.iter().any(|w| w.path.contains("team-g")),
+        "a replica without the lease wrote"
+    );
 }

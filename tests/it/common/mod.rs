@@ -2,6 +2,7 @@
 //! fixtures, and patch application.
 #![allow(dead_code)]
 
+pub mod kubeapi;
 pub mod pss;
 
 use std::io::{BufRead, BufReader};
