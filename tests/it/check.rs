@@ -1,42 +1,29 @@
-//! `nixuv check` against a local HTTP server that answers with Kubernetes API JSON (the shapes of
-//! real API responses: objects with their apiVersion, kind, metadata and status; 404 Status
-//! objects), because no API server runs on the test machines; the webhook itself is a real
+//! `nixuv check` against the local server of `common::kubeapi` that answers with Kubernetes API
+//! JSON (the shapes of real API responses: objects with their apiVersion, kind, metadata and
+//! status; 404 Status objects), because no API server runs on the test machines; the webhook itself is a real
 //! `nixuv serve` with a certificate for its Service's DNS name, reached through `--connect` as a
 //! port-forward would. One case per answer `check` can give.
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Router;
 use base64::Engine;
 use serde_json::{json, Value};
 
+use crate::common::kubeapi::{self, Shared};
 use crate::common::{self, Server};
 
-type Objects = Arc<Mutex<BTreeMap<String, Value>>>;
+const MWC: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/nixuv";
+const SLICE: &str = "/apis/discovery.k8s.io/v1/namespaces/nixuv-system/endpointslices/nixuv-abcde";
 
-async fn serve_object(State(objs): State<Objects>, req: Request) -> Response {
-    let key = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
-    match objs.lock().unwrap().get(&key) {
-        Some(v) => ([("content-type", "application/json")], v.to_string()).into_response(),
-        None => {
-            let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": format!("{key} not found"), "reason": "NotFound", "code": 404});
-            (StatusCode::NOT_FOUND, [("content-type", "application/json")], status.to_string()).into_response()
-        }
+/// The API holds exactly the objects of `objects` (by path).
+fn load(api: &Shared, objects: &BTreeMap<String, Value>) {
+    let mut f = api.lock().unwrap();
+    f.objects.clear();
+    for (path, obj) in objects {
+        f.put_at(path, obj.clone());
     }
-}
-
-async fn start_api(objs: Objects) -> std::net::SocketAddr {
-    let app = Router::new().fallback(serve_object).with_state(objs);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -56,17 +43,18 @@ fn cluster(ca: &[u8], tls_crt: &[u8]) -> BTreeMap<String, Value> {
             "namespaceSelector": {"matchExpressions": [
                 {"key": "nixuv.io/inject", "operator": "NotIn", "values": ["disabled"]},
                 {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "kube-public"]}]}}]});
-    m.insert("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/nixuv".into(), mwc);
+    m.insert(MWC.into(), mwc);
     m.insert("/api/v1/namespaces/team-a".into(), json!({"apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": "team-a", "labels": {"kubernetes.io/metadata.name": "team-a"}}, "status": {"phase": "Active"}}));
-    m.insert(
-        "/apis/discovery.k8s.io/v1/namespaces/nixuv-system/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3Dnixuv".into(),
-        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSliceList", "metadata": {"resourceVersion": "9"},
-            "items": [{"metadata": {"name": "nixuv-abcde", "namespace": "nixuv-system", "labels": {"kubernetes.io/service-name": "nixuv"}},
-                "addressType": "IPv4", "ports": [{"name": "https", "port": 8443, "protocol": "TCP"}],
-                "endpoints": [{"addresses": ["10.0.0.5"], "conditions": {"ready": true, "serving": true, "terminating": false}},
-                              {"addresses": ["10.0.1.7"], "conditions": {"ready": true, "serving": true, "terminating": false}}]}]}),
-    );
+    m.insert(SLICE.into(), json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "nixuv-abcde", "namespace": "nixuv-system", "labels": {"kubernetes.io/service-name": "nixuv"}},
+        "addressType": "IPv4", "ports": [{"name": "https", "port": 8443, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["10.0.0.5"], "conditions": {"ready": true, "serving": true, "terminating": false}},
+                      {"addresses": ["10.0.1.7"], "conditions": {"ready": true, "serving": true, "terminating": false}}]}));
+    // Another Service's slice in the same namespace: `check` must select nixuv's by label.
+    m.insert("/apis/discovery.k8s.io/v1/namespaces/nixuv-system/endpointslices/other-xyz".into(), json!({"apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice", "metadata": {"name": "other-xyz", "namespace": "nixuv-system", "labels": {"kubernetes.io/service-name": "other"}},
+        "addressType": "IPv4", "endpoints": [{"addresses": ["10.0.2.9"], "conditions": {"ready": true}}]}));
     let config =
         std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/configmap.yaml"))
             .unwrap();
@@ -158,15 +146,17 @@ async fn check_answers_each_question_about_a_live_cluster() {
     let webhook = Server::builder().cert_dir(certs.path()).start();
     let ca = std::fs::read(certs.path().join("ca.crt")).unwrap();
     let crt = std::fs::read(certs.path().join("tls.crt")).unwrap();
-    let objs: Objects = Arc::new(Mutex::new(cluster(&ca, &crt)));
-    let api = start_api(Arc::clone(&objs)).await;
+    let full = cluster(&ca, &crt);
+    let objs: Shared = Arc::default();
+    load(&objs, &full);
+    let api = kubeapi::start(Arc::clone(&objs)).await;
     let check = Check::new(api);
     let connect = webhook.addr.to_string();
     let set = |path: &str, v: Value| {
-        objs.lock().unwrap().insert(path.to_string(), v);
+        objs.lock().unwrap().put_at(path, v);
     };
     let remove = |path: &str| {
-        objs.lock().unwrap().remove(path);
+        objs.lock().unwrap().delete_at(path);
     };
 
     // A healthy cluster and an injected Pod: nothing in the way.
@@ -184,7 +174,8 @@ async fn check_answers_each_question_about_a_live_cluster() {
     finding(&r, "config", "ok", "does not exclude namespace team-a");
     finding(&r, "stores", "ok", "nixuv-uv-cache is Bound");
     finding(&r, "preview", "ok", "nixuv injects env");
-    let env = objs.lock().unwrap()["/api/v1/namespaces/team-a/pods/job-1"]["metadata"]["annotations"]["nixuv.io/env"]
+    let env = objs.lock().unwrap().get_at("/api/v1/namespaces/team-a/pods/job-1").unwrap()["metadata"]["annotations"]
+        ["nixuv.io/env"]
         .as_str()
         .unwrap()
         .to_string();
@@ -225,31 +216,29 @@ async fn check_answers_each_question_about_a_live_cluster() {
     // A caBundle of another CA: the Service's certificate does not verify.
     let other = tempfile::tempdir().unwrap();
     common::make_certs(other.path());
-    let mut mwc =
-        objs.lock().unwrap()["/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/nixuv"].clone();
+    let mut mwc = objs.lock().unwrap().get_at(MWC).unwrap();
     mwc["webhooks"][0]["clientConfig"]["caBundle"] = json!(b64(&std::fs::read(other.path().join("ca.crt")).unwrap()));
-    set("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/nixuv", mwc.clone());
+    set(MWC, mwc.clone());
     let (code, r) = check.run(&["pod", "job-1", "--connect", &connect]);
     assert_eq!(code, 1);
     finding(&r, "certificate", "fail", "the caBundle does not verify");
     // An empty caBundle.
     mwc["webhooks"][0]["clientConfig"]["caBundle"] = json!("");
-    set("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/nixuv", mwc);
+    set(MWC, mwc);
     let (_, r) = check.run(&["pod", "job-1", "--connect", &connect]);
     finding(&r, "caBundle", "fail", "caBundle is empty");
 
     // No webhook configuration at all.
-    remove("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/nixuv");
+    remove(MWC);
     let (code, r) = check.run(&["pod", "job-1"]);
     assert_eq!(code, 1);
     finding(&r, "webhook", "fail", "does not exist");
-    let full = cluster(&ca, &crt);
-    *objs.lock().unwrap() = full.clone();
+    load(&objs, &full);
 
     // No ready endpoint, a Pending store, an excluded namespace.
-    set("/apis/discovery.k8s.io/v1/namespaces/nixuv-system/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3Dnixuv",
-        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSliceList", "metadata": {}, "items": [{"metadata": {"name": "nixuv-abcde"},
-            "addressType": "IPv4", "endpoints": [{"addresses": ["10.0.0.5"], "conditions": {"ready": false}}]}]}));
+    let mut slice = full[SLICE].clone();
+    slice["endpoints"] = json!([{"addresses": ["10.0.0.5"], "conditions": {"ready": false}}]);
+    set(SLICE, slice);
     set(
         "/api/v1/namespaces/team-a/persistentvolumeclaims/nixuv-uv-cache",
         json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
@@ -269,7 +258,7 @@ async fn check_answers_each_question_about_a_live_cluster() {
     finding(&r, "stores", "warn", "nixuv-uv-cache is Pending");
     finding(&r, "stores", "warn", "nixuv-nix-store does not exist");
     finding(&r, "config", "fail", "excludes namespace team-a");
-    *objs.lock().unwrap() = full.clone();
+    load(&objs, &full);
 
     // A Pod created before nixuv, and one whose nixuv-init failed.
     let mut pod = full["/api/v1/namespaces/team-a/pods/job-1"].clone();

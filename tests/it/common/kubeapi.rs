@@ -113,6 +113,24 @@ impl Fake {
         Some(obj)
     }
 
+    /// [`Self::put`] by the object's path (`/api/v1/namespaces/team-a/pods/job-1`).
+    pub fn put_at(&mut self, path: &str, obj: Value) -> Value {
+        let (collection, _) = path.rsplit_once('/').expect("an object path");
+        self.put(collection, obj)
+    }
+
+    /// [`Self::delete`] by the object's path.
+    pub fn delete_at(&mut self, path: &str) -> Option<Value> {
+        let (collection, name) = path.rsplit_once('/')?;
+        self.delete(collection, name)
+    }
+
+    /// The object at `path`.
+    pub fn get_at(&self, path: &str) -> Option<Value> {
+        let (collection, name) = path.rsplit_once('/')?;
+        self.get(collection, name)
+    }
+
     pub fn get(&self, collection: &str, name: &str) -> Option<Value> {
         self.objects.get(collection)?.get(name).cloned()
     }
