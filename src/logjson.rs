@@ -50,10 +50,10 @@ struct Fields<'a, 'w> {
 }
 
 impl Fields<'_, '_> {
-    /// `,"name":` then the value as `value` writes it; the `log.*` fields tracing-log adds are
-    /// left out (their content is the normalised metadata).
+    /// `,"name":` then the value as `value` writes it (the `log.*` fields of a `log` record
+    /// included, as in that format).
     fn entry(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
-        if self.result.is_err() || field.name().starts_with("log.") {
+        if self.result.is_err() {
             return;
         }
         self.result = self.w.write_char(',').and_then(|()| string(self.w, field.name())).and_then(|()| {
@@ -167,6 +167,20 @@ mod tests {
         tracing::error!(ratio = 0.25, nan = f64::NAN, inf = f64::INFINITY, whole = 3.0, thing = ?Thing { name: "a\"b", n: 1 }, "{tricky}");
         tracing::info!(shown = %tricky);
         tracing::debug!(error = &std::io::Error::other("disk \"full\"") as &dyn std::error::Error, "failed");
+        // A record of the `log` crate (rustls and kube's dependencies log through it): its own
+        // level and target.
+        let emit = |args: std::fmt::Arguments<'_>| {
+            let record = log::Record::builder()
+                .args(args)
+                .level(log::Level::Warn)
+                .target("rustls::conn")
+                .module_path_static(Some("rustls::conn"))
+                .file_static(Some("src/conn.rs"))
+                .line(Some(7))
+                .build();
+            tracing_log::format_trace(&record).unwrap();
+        };
+        emit(format_args!("from the log crate: {tricky}"));
     }
 
     fn capture(ours: bool) -> String {
@@ -208,7 +222,12 @@ mod tests {
     fn lines_are_the_json_format_of_tracing_subscriber() {
         let (ours, theirs) = (capture(true), capture(false));
         let (ours, theirs): (Vec<&str>, Vec<&str>) = (ours.lines().collect(), theirs.lines().collect());
-        assert_eq!(ours.len(), 5);
+        assert_eq!(ours.len(), 6);
+        assert!(
+            ours[5].contains(r#""level":"WARN""#) && ours[5].ends_with(r#""target":"rustls::conn"}"#),
+            "{}",
+            ours[5]
+        );
         assert_eq!(ours.len(), theirs.len());
         for (o, t) in ours.iter().zip(&theirs) {
             let (mut o, mut t) = (entries(o), entries(t));
