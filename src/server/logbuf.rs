@@ -3,7 +3,7 @@
 //! Written by hand rather than taken from tracing-appender's non-blocking writer (used before):
 //! that writer hands every line to its thread through a channel, and with a stream of new Pods the
 //! thread is asleep between two lines, so each line cost a wake-up (a futex call and two context
-//! switches) and a `write` of its own: about a fifth of the server's CPU a request
+//! switches) and a `write` of its own: ~5 µs of the server's ~44 µs of CPU a request
 //! (docs/performance.md). Here a line is appended to a shared buffer under a lock; only the line
 //! that finds the buffer empty wakes the thread, which then waits [`LINGER`] for the rest of the
 //! burst and writes all of it in one call. Lines are never dropped: a request that finds
