@@ -128,7 +128,7 @@ pub struct GroupVersionResource<'a> {
 pub struct AdmissionRequest<'a, O = &'a RawValue> {
     /// Borrowed from the body unless it holds an escape ([`uid_span_of`]).
     #[serde(borrow, default)]
-    pub uid: std::borrow::Cow<'a, str>,
+    pub uid: Str<'a>,
     #[serde(borrow, default)]
     pub kind: GroupVersionKind<'a>,
     #[serde(borrow, default)]
@@ -220,9 +220,8 @@ pub const MAX_UID_CANDIDATES: usize = 4;
 
 /// Where the parsed request uid `uid` stands in `body`, if the parser borrowed it from there
 /// (it does unless the uid holds an escape).
-#[allow(clippy::ptr_arg)] // the Cow's variant is the point: only a borrowed uid stands in `body`
-pub fn uid_span_of(body: &[u8], uid: &std::borrow::Cow<'_, str>) -> Option<std::ops::Range<usize>> {
-    let std::borrow::Cow::Borrowed(uid) = uid else { return None };
+pub fn uid_span_of(body: &[u8], uid: &Str<'_>) -> Option<std::ops::Range<usize>> {
+    let std::borrow::Cow::Borrowed(uid) = uid.0 else { return None };
     let start = (uid.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
     (start + uid.len() <= body.len() && !uid.is_empty()).then(|| start..start + uid.len())
 }

@@ -120,7 +120,7 @@ impl Serialize for AddPatch {
     }
 }
 
-/// A JSON-pointer token: a key, an array index, or `-` (the end of an array).
+/// A JSON-pointer token: a key (`-` for the end of an array) or an array index.
 #[derive(Debug, Clone, Copy)]
 enum Token<'a> {
     Key(&'a str),
@@ -150,8 +150,9 @@ struct Ops {
 }
 
 impl Ops {
-    fn with_capacity(bytes: usize) -> Self {
-        Ops { json: Vec::with_capacity(bytes), ..Ops::default() }
+    /// Room for the init container and the Pod's own operations, so the buffer is not grown.
+    fn for_patch(init: &InitText, targets: &[Target]) -> Self {
+        Ops { json: Vec::with_capacity(init.get().len() + 512 + 768 * targets.len()), ..Ops::default() }
     }
     fn op<'t>(&mut self, op: &str, tokens: impl IntoIterator<Item = Token<'t>>) {
         self.pointer.clear();
@@ -375,9 +376,9 @@ const TARGET_MOUNTS: [Mount; 2] = [
 ];
 
 /// The target mounts serialised once: the same for every container of every Pod.
-static MOUNT_TEXTS: std::sync::LazyLock<[Arc<RawValue>; 3]> = std::sync::LazyLock::new(|| {
-    fn raw<T: Serialize + ?Sized>(v: &T) -> Arc<RawValue> {
-        Arc::from(serde_json::value::to_raw_value(v).expect("a JSON value serialises"))
+static MOUNT_TEXTS: std::sync::LazyLock<[Box<RawValue>; 3]> = std::sync::LazyLock::new(|| {
+    fn raw<T: Serialize + ?Sized>(v: &T) -> Box<RawValue> {
+        serde_json::value::to_raw_value(v).expect("a JSON value serialises")
     }
     [raw(&TARGET_MOUNTS[0]), raw(&TARGET_MOUNTS[1]), raw(&TARGET_MOUNTS[..])]
 });
@@ -521,8 +522,7 @@ pub fn build(
     cfg: &Config,
 ) -> AddPatch {
     let stores = at.stores;
-    // Room for the init container and the Pod's own operations, so the buffer is not grown.
-    let mut ops = Ops::with_capacity(init.get().len() + 512 + 768 * targets.len());
+    let mut ops = Ops::for_patch(init, targets);
     if missing.annotations {
         // Sorted keys, as above.
         #[derive(serde::Serialize)]
@@ -610,7 +610,7 @@ pub fn rebuild(
     at: Placement,
     cfg: &Config,
 ) -> AddPatch {
-    let mut ops = Ops::with_capacity(init.get().len() + 512 + 768 * targets.len());
+    let mut ops = Ops::for_patch(init, targets);
     for (k, v) in [(ANN_STATUS, STATUS_INJECTED), (ANN_ENV, plan.id.as_str())] {
         // The status annotation is there, so the map is; `add` sets or replaces a member.
         ops.add([key("metadata"), key("annotations"), key(k)], v);

@@ -258,10 +258,10 @@ fn decide_new<'b>(
     uids: &[std::ops::Range<usize>],
 ) -> Result<(Arc<cache::Answer>, std::borrow::Cow<'b, str>), review::ReviewError> {
     match review::decode_as::<inject::pod::PodView>(body) {
-        Ok(r) => Ok((answer(state, &r, body, uids), r.request.uid)),
+        Ok(r) => Ok((answer(state, &r, body, uids), r.request.uid.0)),
         Err(_) => {
             let r = review::decode(body)?;
-            Ok((answer(state, &r, body, uids), r.request.uid))
+            Ok((answer(state, &r, body, uids), r.request.uid.0))
         }
     }
 }

@@ -81,7 +81,7 @@ fn check_review_bytes(bytes: &[u8], inj: &Injector) {
     if let Ok(r) = review::decode(bytes) {
         let d = inj.decide(&r.request, &AssumePresent);
         let out = review::respond(r.api_version, &r.request.uid, d.to_response());
-        assert_eq!(out.response.uid, r.request.uid);
+        assert_eq!(out.response.uid, r.request.uid.as_str());
         if let (Some(p), Some(obj)) = (d.patch(), r.request.object) {
             let mut doc: Value = serde_json::from_str(obj.get()).unwrap();
             json_patch::patch(&mut doc, &p.to_patch().0).unwrap_or_else(|e| panic!("patch does not apply: {e}"));

@@ -10,27 +10,19 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::common::kubeapi::{self, Shared};
+use crate::common::kubeapi::{self, pvc_path, Shared};
 use crate::common::{self, post_json, Server};
 
 const PVCS: &str = "persistentvolumeclaims";
 const CLASSES: &str = "/apis/storage.k8s.io/v1/storageclasses";
 const MWCS: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations";
 
-fn pvc_path(ns: &str) -> String {
-    format!("/api/v1/namespaces/{ns}/{PVCS}")
-}
-
-fn pvc_full(ns: &str, name: &str, phase: &str, class: &str, age_secs: i64) -> Value {
-    let created = std::time::SystemTime::now() - Duration::from_secs(age_secs as u64);
-    let created = humantime::format_rfc3339_seconds(created).to_string();
-    json!({"kind": "PersistentVolumeClaim", "apiVersion": "v1",
-           "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}"),
-                        "creationTimestamp": created, "labels": {"app.kubernetes.io/part-of": "nixuv"},
-                        "managedFields": [{"manager": "kubectl", "operation": "Apply", "apiVersion": "v1"}]},
-           "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "50Gi"}},
-                    "storageClassName": class, "volumeMode": "Filesystem"},
-           "status": {"phase": phase}})
+/// A claim as a user's `kubectl apply` made it.
+fn pvc_full(ns: &str, name: &str, phase: &str, class: &str, age_secs: u64) -> Value {
+    let mut c = kubeapi::claim(ns, name, class, phase, age_secs);
+    c["metadata"]["labels"] = json!({"app.kubernetes.io/part-of": "nixuv"});
+    c["metadata"]["managedFields"] = json!([{"manager": "kubectl", "operation": "Apply", "apiVersion": "v1"}]);
+    c
 }
 
 /// A claim that bound a day ago.

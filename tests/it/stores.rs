@@ -8,14 +8,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::kubeapi::{kubeconfig, start, Fake, Shared};
+use crate::common::kubeapi::{claim, kubeconfig, pvc_path, start, Fake, Shared};
 use crate::common::{self, Server};
 
 const PVCS: &str = "persistentvolumeclaims";
-
-fn pvc_path(ns: &str) -> String {
-    format!("/api/v1/namespaces/{ns}/{PVCS}")
-}
 
 fn cronjob_path(ns: &str) -> String {
     format!("/apis/batch/v1/namespaces/{ns}/cronjobs")
@@ -65,10 +61,9 @@ async fn labelled_namespaces_get_their_stores_and_lose_only_the_cronjob() {
         f.namespace("team-b", json!({}));
         f.namespace("team-c", json!({"nixuv.io/stores": "enabled"}));
         // An admin's own claim in team-c, made before.
-        let admin = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "nixuv-nix-store", "namespace": "team-c", "labels": {"owner": "platform"}},
-            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "cephfs", "resources": {"requests": {"storage": "500Gi"}}},
-            "status": {"phase": "Bound"}});
+        let mut admin = claim("team-c", "nixuv-nix-store", "cephfs", "Bound", 86400);
+        admin["metadata"]["labels"] = json!({"owner": "platform"});
+        admin["spec"]["resources"]["requests"]["storage"] = json!("500Gi");
         f.put(&pvc_path("team-c"), admin);
     }
     let addr = start(fake.clone()).await;
@@ -153,12 +148,8 @@ async fn a_pending_claim_raises_an_event_and_the_metric() {
         );
         // nixuv's claims from an earlier pass, Pending for ten minutes on a class without RWX.
         for name in ["nixuv-nix-store", "nixuv-uv-cache"] {
-            let pvc = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                "metadata": {"name": name, "namespace": "team-d", "labels": {"app.kubernetes.io/managed-by": "nixuv"},
-                             "uid": format!("u-{name}"),
-                             "creationTimestamp": humantime::format_rfc3339_seconds(std::time::SystemTime::now() - Duration::from_secs(600)).to_string()},
-                "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "no-rwx", "resources": {"requests": {"storage": "50Gi"}}},
-                "status": {"phase": "Pending"}});
+            let mut pvc = claim("team-d", name, "no-rwx", "Pending", 600);
+            pvc["metadata"]["labels"] = json!({"app.kubernetes.io/managed-by": "nixuv"});
             f.put(&pvc_path("team-d"), pvc);
         }
     }

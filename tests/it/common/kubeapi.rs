@@ -72,6 +72,22 @@ fn matches(obj: &Value, selector: Option<&String>) -> bool {
     })
 }
 
+/// The collection path of the PersistentVolumeClaims of namespace `ns`.
+pub fn pvc_path(ns: &str) -> String {
+    format!("/api/v1/namespaces/{ns}/persistentvolumeclaims")
+}
+
+/// A PersistentVolumeClaim as the API returns it (ReadWriteMany, 50Gi), created `age_secs` ago.
+pub fn claim(ns: &str, name: &str, class: &str, phase: &str, age_secs: u64) -> Value {
+    let created = std::time::SystemTime::now() - std::time::Duration::from_secs(age_secs);
+    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+           "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}"),
+                        "creationTimestamp": humantime::format_rfc3339_seconds(created).to_string()},
+           "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "50Gi"}},
+                    "storageClassName": class, "volumeMode": "Filesystem"},
+           "status": {"phase": phase}})
+}
+
 /// The kind a collection path holds: its last segment.
 fn kind_of(collection: &str) -> &str {
     collection.rsplit('/').next().unwrap_or_default()
