@@ -5,7 +5,7 @@
 mod argo;
 pub mod output;
 
-use json_patch::{AddOperation, Patch, PatchOperation};
+use json_patch::{Patch, PatchOperation};
 use jsonptr::PointerBuf;
 use serde::Deserialize;
 use serde_json::Value;
@@ -150,18 +150,46 @@ fn get<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
     path.iter().try_fold(v, |v, k| v.get(*k))
 }
 
+/// The patch of a Pod moved under `prefix` (a workload's pod template): every operation's path,
+/// and the `from` of a move or copy, so that a re-injection's `replace` and `remove` land in the
+/// template as its `add`s do.
 fn prefixed(patch: Patch, prefix: &[&str]) -> Patch {
+    let under = |p: &jsonptr::Pointer| {
+        let mut path = PointerBuf::from_tokens(prefix.iter().copied());
+        path.append(p);
+        path
+    };
     Patch(
         patch
             .0
             .into_iter()
             .map(|op| match op {
-                PatchOperation::Add(a) => {
-                    let mut path = PointerBuf::from_tokens(prefix.iter().copied());
-                    path.append(&a.path);
-                    PatchOperation::Add(AddOperation { path, value: a.value })
+                PatchOperation::Add(mut o) => {
+                    o.path = under(&o.path);
+                    PatchOperation::Add(o)
                 }
-                other => other,
+                PatchOperation::Remove(mut o) => {
+                    o.path = under(&o.path);
+                    PatchOperation::Remove(o)
+                }
+                PatchOperation::Replace(mut o) => {
+                    o.path = under(&o.path);
+                    PatchOperation::Replace(o)
+                }
+                PatchOperation::Test(mut o) => {
+                    o.path = under(&o.path);
+                    PatchOperation::Test(o)
+                }
+                PatchOperation::Move(mut o) => {
+                    o.path = under(&o.path);
+                    o.from = under(&o.from);
+                    PatchOperation::Move(o)
+                }
+                PatchOperation::Copy(mut o) => {
+                    o.path = under(&o.path);
+                    o.from = under(&o.from);
+                    PatchOperation::Copy(o)
+                }
             })
             .collect(),
     )

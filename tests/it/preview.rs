@@ -695,3 +695,70 @@ fn nixuvs_own_earlier_injection_is_re_injected_for_the_current_deps() {
     assert_eq!(serde_json::from_slice::<Value>(&patch).unwrap(), json!([]), "{stderr}");
     assert!(!stderr.contains("re-injected"), "{stderr}");
 }
+
+/// A workload whose pod template carries an earlier injection (preview output, edited and
+/// previewed again) is re-injected inside its template: the `replace` and `remove` operations of
+/// a re-injection land under the template as the `add`s do, and the result is the injection a
+/// fresh template with the new deps gets.
+#[test]
+fn workloads_with_a_stale_injection_are_reinjected_in_their_template() {
+    let workloads = std::fs::read_to_string(common::fixture_path("preview/deployment.yaml")).unwrap()
+        + "---\n"
+        + &std::fs::read_to_string(common::fixture_path("preview/workloads.yaml")).unwrap();
+    let first = preview(&["-f", "-", "-o", "json"], Some(&workloads));
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    let first: Value = serde_json::from_str(&first.stdout).unwrap();
+    let items = first["items"].as_array().unwrap_or_else(|| panic!("a List: {first}")).clone();
+    let mut checked = Vec::new();
+    for obj in items {
+        let kind = obj["kind"].as_str().unwrap().to_string();
+        let tpl_path: &[&str] = match kind.as_str() {
+            "CronJob" => &["spec", "jobTemplate", "spec", "template"],
+            "Deployment" | "Job" | "StatefulSet" | "DaemonSet" | "ReplicaSet" => &["spec", "template"],
+            _ => continue,
+        };
+        let tpl = tpl_path.iter().fold(&obj, |v, k| &v[*k]);
+        if tpl["metadata"]["annotations"]["nixuv.io/status"] != "injected" {
+            continue;
+        }
+        // Edit the deps of the injected template: its env changes.
+        let mut stale = obj.clone();
+        let ann = tpl_path.iter().fold(&mut stale, |v, k| &mut v[*k]);
+        ann["metadata"]["annotations"]["nixuv.io/system-deps"] = json!("hello");
+        let again = preview(&["-f", "-", "-o", "json"], Some(&stale.to_string()));
+        assert_eq!(again.code, 0, "{kind}: {}", again.stderr);
+        let out: Value = serde_json::from_str(&again.stdout).unwrap();
+        let patch = preview(&["-f", "-", "-o", "patch"], Some(&stale.to_string()));
+        assert_eq!(patch.code, 0, "{kind}: {}", patch.stderr);
+        let ops: Value = serde_json::from_str(&patch.stdout).unwrap();
+        let prefix = format!("/{}/", tpl_path.join("/"));
+        let ops = ops.as_array().unwrap();
+        assert!(ops.iter().any(|o| o["op"] == "replace"), "{kind}: a re-injection replaces: {ops:?}");
+        for o in ops {
+            assert!(o["path"].as_str().unwrap().starts_with(&prefix), "{kind}: {o}");
+        }
+        // The same template, never injected, with the new deps: the same env, the same Pod.
+        let out_tpl = tpl_path.iter().fold(&out, |v, k| &v[*k]);
+        let mut fresh = obj.clone();
+        let fresh_tpl = tpl_path.iter().fold(&mut fresh, |v, k| &mut v[*k]);
+        let orig = tpl_path
+            .iter()
+            .fold(&yaml_docs(&workloads).into_iter().find(|d| d["kind"] == kind.as_str()).unwrap(), |v, k| &v[*k])
+            .clone();
+        *fresh_tpl = orig;
+        fresh_tpl["metadata"]["annotations"]["nixuv.io/system-deps"] = json!("hello");
+        let fresh_out = preview(&["-f", "-", "-o", "json"], Some(&fresh.to_string()));
+        let fresh_out: Value = serde_json::from_str(&fresh_out.stdout).unwrap();
+        let fresh_tpl = tpl_path.iter().fold(&fresh_out, |v, k| &v[*k]);
+        assert_eq!(
+            out_tpl["metadata"]["annotations"]["nixuv.io/env"], fresh_tpl["metadata"]["annotations"]["nixuv.io/env"],
+            "{kind}"
+        );
+        assert_eq!(out_tpl["spec"]["initContainers"], fresh_tpl["spec"]["initContainers"], "{kind}");
+        assert_eq!(out_tpl["spec"]["containers"], fresh_tpl["spec"]["containers"], "{kind}");
+        checked.push(kind);
+    }
+    for k in ["Deployment", "Job", "CronJob"] {
+        assert!(checked.iter().any(|c| c == k), "{k} checked: {checked:?}");
+    }
+}
