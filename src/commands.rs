@@ -5,32 +5,11 @@
 use std::process::ExitCode;
 
 use crate::claims::AssumePresent;
-use crate::cli::{CertsArgs, CheckArgs, EnvsArgs, GcArgs, LogFormat, PreviewArgs, ServeArgs};
+use crate::cli::{CertsArgs, CheckArgs, EnvsArgs, GcArgs, PreviewArgs, ServeArgs};
+pub use crate::logging::init_logging;
 use crate::config::{Config, Overrides};
 use crate::inject::Injector;
 use crate::server::ServeOptions;
-
-/// Logs go to stderr. `serve` logs one line per injection, so there a dedicated thread writes them
-/// in bursts (`server::logbuf`: one `write` per burst, not per line; lines are never dropped, a
-/// full buffer makes the request thread wait). The guard flushes at exit.
-pub fn init_logging(format: LogFormat, buffered: bool) -> Option<crate::server::logbuf::Flusher> {
-    use tracing_subscriber::fmt::writer::BoxMakeWriter;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NIXUV_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // A thread that cannot be started leaves the plain writer (a write a line): still every line.
-    let (writer, guard) = match buffered.then(|| crate::server::logbuf::spawn("nixuv-log", std::io::stderr())) {
-        Some(Ok((w, guard))) => (BoxMakeWriter::new(w), Some(guard)),
-        _ => (BoxMakeWriter::new(std::io::stderr), None),
-    };
-    // Colour only on a terminal, and never with NO_COLOR set: `kubectl logs` and files get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
-    match format {
-        LogFormat::Json => builder.event_format(crate::logjson::JsonLines).init(),
-        LogFormat::Text => builder.with_target(false).init(),
-    }
-    guard
-}
 
 /// The namespace nixuv runs in, from the downward API.
 fn own_namespace() -> Option<String> {
@@ -97,7 +76,7 @@ async fn manage_stores_once(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut failed = false;
     for (ns, state) in &summary.namespaces {
         println!("{ns} {}", state.as_str());
-        failed |= *state == crate::stores::StoreState::Error;
+        failed |= *state == crate::managed::StoreState::Error;
     }
     for ns in &summary.removed {
         println!("{ns} removed");

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::layout::{self, Layout};
 use super::lease;
-use super::lock::Lock;
+use super::installed::Lock;
 use super::store::{self, Kind, StoreDir};
 use super::{read_marker, resolve_in_store, MaterializeError};
 

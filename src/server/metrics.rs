@@ -45,7 +45,7 @@ pub struct CodeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StoreLabels {
     pub namespace: String,
-    /// One of [`crate::stores::StoreState::as_str`].
+    /// One of [`crate::managed::StoreState::as_str`].
     pub state: &'static str,
 }
 

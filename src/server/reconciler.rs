@@ -20,11 +20,11 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::{watch, Notify};
 
-use super::claims::claim_state;
+use super::claim_watch::claim_state;
 use super::metrics::{Metrics, StoreLabels};
 use crate::claims::ClaimState;
 use crate::config::Config;
-use crate::stores::{self, StoreState, FIELD_MANAGER, GC_CRONJOB, MANAGED_BY};
+use crate::managed::{self, StoreState, FIELD_MANAGER, GC_CRONJOB, MANAGED_BY};
 
 /// A full pass runs at least this often, besides on every Namespace change.
 const RESYNC: Duration = Duration::from_secs(60);
@@ -156,7 +156,7 @@ impl Reconciler {
     async fn namespace(&self, ns: &str, cfg: &Config) -> StoreState {
         let mut state = StoreState::Ready;
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
-        for (name, body) in stores::claims(ns, cfg) {
+        for (name, body) in managed::claims(ns, cfg) {
             let s = match self.apply(&claims, ns, &name, &body, "StoreClaimNotManaged").await {
                 Applied::Done(pvc) => self.claim_phase(ns, &name, &pvc).await,
                 Applied::Not(s) => s,
@@ -165,7 +165,7 @@ impl Reconciler {
             state = state.max(s);
         }
         let cronjobs: Api<CronJob> = Api::namespaced(self.client.clone(), ns);
-        let body = stores::gc_cronjob(ns, cfg);
+        let body = managed::gc_cronjob(ns, cfg);
         let s = match self.apply(&cronjobs, ns, GC_CRONJOB, &body, "StoreGcNotManaged").await {
             Applied::Done(_) => StoreState::Ready,
             Applied::Not(s) => s,
@@ -183,7 +183,7 @@ impl Reconciler {
         let kind = K::kind(&());
         match api.get_opt(name).await {
             Err(e) => return Applied::Not(self.failed(ns, &kind, name, &e).await),
-            Ok(Some(existing)) if !stores::is_managed(existing.meta().labels.as_ref()) => {
+            Ok(Some(existing)) if !managed::is_managed(existing.meta().labels.as_ref()) => {
                 self.report(
                     ns,
                     reason,
@@ -260,7 +260,7 @@ pub fn spawn(
 ) {
     let cfg = config();
     let election = super::leader::Election {
-        name: stores::LEASE_NAME.into(),
+        name: managed::LEASE_NAME.into(),
         identity: identity.clone(),
         lease_duration: Duration::from_secs(cfg.file.stores.lease_duration_seconds),
         renew_deadline: Duration::from_secs(cfg.file.stores.renew_deadline_seconds),

@@ -4,13 +4,12 @@
 
 mod cabundle;
 mod cache;
-mod claims;
+mod claim_watch;
 mod conn;
 mod leader;
-pub mod logbuf;
 pub mod metrics;
-mod preview;
-mod stores;
+mod handle_preview;
+mod reconciler;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -363,7 +362,7 @@ pub fn router(state: Arc<AppState>, with_metrics: bool, with_preview: bool) -> R
     let mut r =
         Router::new().route("/mutate", post(mutate)).route("/healthz", get(healthz)).route("/readyz", get(readyz));
     if with_preview {
-        r = r.route("/preview", post(preview::preview));
+        r = r.route("/preview", post(handle_preview::preview));
     }
     if with_metrics {
         r = r.route("/metrics", get(metrics_text));
@@ -377,7 +376,7 @@ fn admin_router(state: Arc<AppState>, with_preview: bool) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     if with_preview {
-        r = r.route("/preview", post(preview::preview));
+        r = r.route("/preview", post(handle_preview::preview));
     }
     r.with_state(state)
 }
@@ -455,7 +454,7 @@ pub fn identity() -> String {
     format!("{}-{}", if host.is_empty() { "nixuv" } else { &host }, std::process::id())
 }
 
-pub use stores::{once as manage_stores_once, Summary as StoresSummary};
+pub use reconciler::{once as manage_stores_once, Summary as StoresSummary};
 
 /// Runs the server until SIGTERM/SIGINT, then drains in-flight requests and returns.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
@@ -485,7 +484,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         None
     };
     let claims: Arc<dyn crate::claims::Claims> = match (&kube_client, opts.check_claims) {
-        (Some(c), true) => claims::ClaimCache::start(c.clone()),
+        (Some(c), true) => claim_watch::ClaimCache::start(c.clone()),
         _ => Arc::new(crate::claims::AssumePresent),
     };
     if let (Some(c), Some(name)) = (&kube_client, &opts.manage_ca_bundle) {
@@ -504,7 +503,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let state = Arc::new(AppState::new(Injector::new(config), claims, Arc::clone(&metrics), &limits));
     if let (Some(c), true) = (&kube_client, opts.manage_stores) {
         let s = Arc::clone(&state);
-        stores::spawn(
+        reconciler::spawn(
             c.clone(),
             move || Arc::new(s.injector.load().config().clone()),
             &own_namespace,

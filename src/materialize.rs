@@ -11,7 +11,7 @@ pub mod envs;
 pub mod gc;
 pub mod layout;
 pub mod lease;
-pub mod lock;
+pub mod installed;
 pub mod store;
 mod tool;
 
@@ -74,7 +74,7 @@ pub struct Marker {
     pub build_seconds: f64,
     /// What was installed (absent in markers of earlier releases).
     #[serde(default)]
-    pub lock: lock::Lock,
+    pub lock: installed::Lock,
     /// Venv or overlay (absent in markers of earlier releases: venv).
     #[serde(default)]
     pub python_mode: crate::values::PythonMode,
@@ -424,10 +424,10 @@ fn build(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<(), Material
     if spec.plan.has_system() {
         build_system(layout, spec, opts, &strip)?;
     }
-    let mut lock = lock::Lock::default();
+    let mut lock = installed::Lock::default();
     if spec.plan.has_system() {
         if let Some(dir) = resolve_in_store(&layout.nix_dir, &layout.profile(id)) {
-            lock.nix = lock::nix(&dir);
+            lock.nix = installed::nix(&dir);
         }
     }
     let venv = if spec.plan.has_python() {
@@ -435,7 +435,7 @@ fn build(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<(), Material
         let uv = Tool::from_env("uv", "NIXUV_UV", "uv");
         let env = uv_env(layout, spec);
         let overlay = spec.plan.is_overlay().then_some(spec.plan.python_version.as_str());
-        match lock::python(&uv, &layout.uv_root.join(layout::ENVS).join(&name), overlay, &env, &strip) {
+        match installed::python(&uv, &layout.uv_root.join(layout::ENVS).join(&name), overlay, &env, &strip) {
             Ok((interpreter, dists)) => {
                 lock.interpreter = interpreter;
                 lock.python = dists;
