@@ -18,7 +18,8 @@ use serde_json::Value;
 use crate::claims::AssumePresent;
 use crate::config::{Config, Overrides};
 use crate::inject::Injector;
-use crate::names::{ANN_ENV, ANN_STATUS, INIT_CONTAINER, STATUS_INJECTED};
+use crate::keys::{ANN_ENV, ANN_STATUS, STATUS_INJECTED};
+use crate::names::INIT_CONTAINER;
 
 /// What is checked.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use crate::claims::AssumePresent;
 use crate::cli::{CertsArgs, CheckArgs, EnvsArgs, GcArgs, PreviewArgs, ServeArgs};
-pub use crate::logging::init_logging;
 use crate::config::{Config, Overrides};
 use crate::inject::Injector;
+pub use crate::logging::init_logging;
 use crate::server::ServeOptions;
 
 /// The namespace nixuv runs in, from the downward API.

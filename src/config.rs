@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::names::RESERVED_INIT_ENV_PREFIX;
 use crate::plan::PlanInputs;
 use crate::toolenv::{effective_index, tool_scope, valid_index_url, FIXED_TOOL_ENV};
-pub use crate::values::{is_dns1123_label, is_dns1123_subdomain};
+pub use crate::values::{is_dns1123_label, is_dns1123_subdomain, valid_path_list};
 use crate::values::{InitPlacement, PullPolicy, PythonMode, PythonVersion, Quantity};
 
 /// The default PATH given to a target container that does not set PATH itself. Images set PATH in
@@ -345,11 +345,6 @@ fn validate_stores(s: &StoresFile) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
-}
-
-/// Whether `path` is a colon-separated list of absolute directories.
-pub fn valid_path_list(path: &str) -> bool {
-    !path.is_empty() && path.split(':').all(|p| p.starts_with('/'))
 }
 
 /// `imagePaths`, compiled.

@@ -2,11 +2,13 @@
 //! `nixuv-init`, written by [`crate::inject`] and read back by `nixuv materialize`. One type on
 //! both sides, so the contract is checked by the compiler and a round-trip test.
 
-use crate::names::{ANN_PYTHON, INIT_NIX_DIR, UV_ROOT};
+use crate::envid::EnvId;
+use crate::keys::ANN_PYTHON;
 pub use crate::names::{
     ENV_EXCLUDE_NEWER, ENV_ID, ENV_INDEX_URL, ENV_NIXPKGS, ENV_NIX_DIR, ENV_PYTHON, ENV_PYTHON_DEPS, ENV_PYTHON_MODE,
     ENV_SECRET_ENV, ENV_SOURCE_BUILDS, ENV_SYSTEM_DEPS, ENV_TOOL_ENV, ENV_UV_ROOT,
 };
+use crate::names::{INIT_NIX_DIR, UV_ROOT};
 use crate::plan::deps::{self, Source};
 use crate::plan::EnvPlan;
 use crate::toolenv::{effective_index, tool_scope, valid_index_url};
@@ -38,7 +40,7 @@ impl EnvSpec {
     /// The variables, in a stable order. Lists are newline-separated: no dep can contain one.
     pub fn to_env(&self) -> Vec<(&'static str, String)> {
         let mut env = vec![
-            (ENV_ID, self.plan.id.clone()),
+            (ENV_ID, self.plan.id.to_string()),
             (ENV_SYSTEM_DEPS, self.plan.system.join("\n")),
             (ENV_PYTHON_DEPS, self.plan.python.join("\n")),
             (ENV_PYTHON, self.plan.python_version.clone()),
@@ -76,10 +78,8 @@ impl EnvSpec {
             value: value.to_string(),
             reason,
         };
-        let id = req(ENV_ID)?;
-        if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            return Err(bad(ENV_ID, &id, "is not a 16-hex-char env id"));
-        }
+        let given = req(ENV_ID)?;
+        let id = EnvId::parse(&given).ok_or_else(|| bad(ENV_ID, &given, "is not a 16-hex-char env id"))?;
         let lines = |s: String| -> Vec<String> {
             s.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
         };
@@ -203,7 +203,7 @@ mod tests {
         let back = EnvSpec::from_env(|k| env.get(k).cloned()).unwrap();
         assert_eq!(back, spec);
         // The id still matches the deps after the trip.
-        assert_eq!(crate::plan::env_id(&back.plan.canonical()), back.plan.id);
+        assert_eq!(EnvId::of(&back.plan.canonical()), back.plan.id);
         // So does an overlay's.
         let mut ann = ann;
         ann.insert("nixuv.io/python-mode".into(), "overlay".into());
@@ -258,13 +258,13 @@ mod tests {
         }
         let back = EnvSpec::from_env(|k| env.get(k).cloned()).unwrap();
         assert_eq!(back.plan, plan);
-        assert_eq!(crate::plan::env_id(&back.plan.canonical()), plan.id);
+        assert_eq!(EnvId::of(&back.plan.canonical()), plan.id);
         // Another index in the container's env gives another id, which the materialize refuses.
         env.insert("UV_DEFAULT_INDEX", "https://evil.example/simple".into());
         let err = EnvSpec::from_env(|k| env.get(k).cloned()).unwrap_err();
         assert!(err.to_string().contains(ENV_INDEX_URL), "{err}");
         env.insert(ENV_INDEX_URL, "https://evil.example/simple".into());
         let tampered = EnvSpec::from_env(|k| env.get(k).cloned()).unwrap();
-        assert_ne!(crate::plan::env_id(&tampered.plan.canonical()), plan.id);
+        assert_ne!(EnvId::of(&tampered.plan.canonical()), plan.id);
     }
 }

@@ -9,6 +9,7 @@ pub(crate) mod optin;
 pub mod patch;
 pub mod pod;
 mod policy;
+pub mod vars;
 
 use std::sync::Arc;
 
@@ -16,11 +17,14 @@ use patch::AddPatch;
 
 use crate::claims::{AssumePresent, ClaimState, Claims};
 use crate::config::{Config, StorageMode};
+use crate::envid::EnvId;
+use crate::keys::KeyKind;
+use crate::keys::*;
 use crate::names::*;
-use crate::plan::{deps, EnvPlan};
+use crate::plan::{deps, options, EnvPlan};
 use crate::review::{AdmissionRequest, AdmissionResponse, Status};
-use crate::values::InitPlacement;
 use pod::PodView;
+use vars::TargetVar;
 
 /// A review's object as the core takes it: raw JSON (read here), or a [`PodView`] read in the same
 /// pass as the review (`review::decode_as`).
@@ -132,11 +136,11 @@ pub enum Verdict {
     Pass(Pass),
     /// Allowed unchanged: it already carries nixuv's output for this env.
     Unchanged {
-        env_id: String,
+        env_id: EnvId,
     },
     /// Allowed with nixuv's patch for this env.
     Inject {
-        env_id: String,
+        env_id: EnvId,
         patch: AddPatch,
     },
     Deny(Denial),
@@ -175,7 +179,7 @@ impl Decision {
             Verdict::Deny(_) => Outcome::Denied,
         }
     }
-    pub fn env_id(&self) -> Option<&str> {
+    pub fn env_id(&self) -> Option<&EnvId> {
         match &self.verdict {
             Verdict::Unchanged { env_id } | Verdict::Inject { env_id, .. } => Some(env_id),
             _ => None,
@@ -398,7 +402,8 @@ impl Injector {
         let key = declaration_key(pod);
         if key.len() > MAX_DECLARATION_BYTES {
             return Err(Denial::invalid(format!(
-                "the dependency declaration ({ANN_SYSTEM}, {ANN_PYTHON}, {ANN_PYTHON_VERSION}, {ANN_PYTHON_MODE}, {LABEL_SYSTEM_PREFIX}*, {LABEL_PYTHON_PREFIX}*) is {} bytes, over the limit of {MAX_DECLARATION_BYTES}",
+                "the dependency declaration ({}) is {} bytes, over the limit of {MAX_DECLARATION_BYTES}",
+                crate::keys::declaration_list(false),
                 key.len()
             )));
         }
@@ -413,12 +418,14 @@ impl Injector {
             EnvOutcome::NoDeps => {
                 let mut d = Decision::pass(Pass::NoDeps);
                 d.warnings.push(format!(
-                    "nixuv: Pod is labelled {LABEL_INJECT}=true but declares no dependencies ({ANN_SYSTEM}, {ANN_PYTHON}, {LABEL_SYSTEM_PREFIX}*, {LABEL_PYTHON_PREFIX}*); nothing injected"
+                    "nixuv: Pod is labelled {LABEL_INJECT}=true but declares no dependencies ({}); nothing injected",
+                    crate::keys::declaration_list(true)
                 ));
                 return Ok(d);
             }
         };
-        let targets = optin::targets(pod, cfg)?;
+        let options = options::parse(pod.annotations()).map_err(|e| Denial::invalid(e.to_string()))?;
+        let targets = optin::targets(pod, options.containers.as_deref(), cfg)?;
         let already = pod.annotation(ANN_STATUS) == Some(STATUS_INJECTED);
         // nixuv's own earlier output for another env (made from `nixuv preview`, copied, or
         // its dependencies edited since): rewritten for this env rather than trusted.
@@ -434,12 +441,7 @@ impl Injector {
             match c.env_var(ENV_ID) {
                 Some((_, e)) if already && !reinject && e.value.as_deref() == Some(plan.id.as_str()) => continue,
                 Some(_) if reinject => {}
-                Some(_) => {
-                    return Err(Denial::conflict(format!(
-                        "spec.containers[{:?}].env: NIXUV_ENV is already set; it is reserved for nixuv",
-                        c.name
-                    )))
-                }
+                Some(_) => return Err(Denial::conflict(TargetVar::EnvId.conflict(&c.name))),
                 None => {}
             }
             container_conflicts(c, plan, reinject)?;
@@ -452,24 +454,12 @@ impl Injector {
         } else {
             StoreVolumes { nix_pvc: true, uv_pvc: true }
         };
-        let placement = match pod.annotation(ANN_INIT_PLACEMENT) {
-            None => cfg.file.init_placement,
-            Some(v) => InitPlacement::parse(v).ok_or_else(|| {
-                Denial::invalid(format!(
-                    "annotation {ANN_INIT_PLACEMENT:?}: {v:?} is not \"first\" or \"afterSidecars\""
-                ))
-            })?,
-        };
-        if let Some(p) = pod.annotation(ANN_IMAGE_PATH).filter(|p| !crate::config::valid_path_list(p)) {
-            return Err(Denial::invalid(format!(
-                "annotation {ANN_IMAGE_PATH:?}: {p:?} must be a colon-separated list of absolute directories"
-            )));
-        }
+        let placement = options.init_placement.unwrap_or(cfg.file.init_placement);
         let mut notes = Vec::new();
         let mut targets = Vec::with_capacity(todo.len());
         for idx in todo {
             let c = &containers[idx];
-            let (target, defaulted) = patch::Target::new(idx, pod, c, cfg);
+            let (target, defaulted) = patch::Target::new(idx, options.image_path, c, cfg);
             targets.push(target);
             if let Some(image) = c.image.as_deref() {
                 python_image_mismatch(image, &c.name, plan, &mut warnings, &mut notes);
@@ -684,17 +674,26 @@ fn declaration_key(pod: &PodView) -> Vec<u8> {
         key.extend_from_slice(&(s.len() as u64).to_le_bytes());
         key.extend_from_slice(s.as_bytes());
     };
-    if let Some(ann) = pod.annotations() {
-        for (tag, k) in [(1, ANN_SYSTEM), (2, ANN_PYTHON), (3, ANN_PYTHON_VERSION), (6, ANN_PYTHON_MODE)] {
-            if let Some(v) = ann.get(k) {
-                put(tag, v);
+    // Tagged by the key's place in the registry: a value under one key never reads as another's.
+    for (tag, k) in crate::keys::KEYS.iter().enumerate().filter(|(_, k)| k.changes_env) {
+        let tag = tag as u8;
+        match k.kind {
+            KeyKind::Annotation => {
+                if let Some(v) = pod.annotations().and_then(|a| a.get(k.name)) {
+                    put(tag, v);
+                }
             }
-        }
-    }
-    for (k, v) in pod.labels().into_iter().flatten() {
-        if k.starts_with(LABEL_SYSTEM_PREFIX) || k.starts_with(LABEL_PYTHON_PREFIX) {
-            put(4, k);
-            put(5, v);
+            KeyKind::Label => {
+                if let Some(v) = pod.labels().and_then(|l| l.get(k.name)) {
+                    put(tag, v);
+                }
+            }
+            KeyKind::LabelPrefix => {
+                for (name, v) in pod.labels().into_iter().flatten().filter(|(name, _)| k.matches(name)) {
+                    put(tag, name);
+                    put(tag | 0x80, v);
+                }
+            }
         }
     }
     key
@@ -802,30 +801,18 @@ fn container_conflicts(c: &pod::ContainerView, plan: &EnvPlan, reinject: bool) -
             )));
         }
     }
-    if let Some((_, e)) = c.env_var("PATH") {
-        if e.value_from.is_some() {
-            return Err(Denial::conflict(format!(
-                "spec.containers[{:?}].env: PATH is set with valueFrom, so nixuv cannot put the env's directories in front of it; set PATH as a value or leave it unset",
-                c.name
-            )));
+    // NIXUV_ENV is checked by the caller: it also says whether the container is done.
+    for v in TargetVar::ALL.into_iter().filter(|v| v.set_for(plan) && *v != TargetVar::EnvId) {
+        let Some((_, e)) = c.env_var(v.name()) else { continue };
+        let refused = match v.prepends() {
+            // nixuv puts its entries in front of a value, which it cannot do to a reference.
+            true => e.value_from.is_some(),
+            // A value nixuv owns whole: only its own, on a re-injection, may be there.
+            false => !(reinject && e.value.as_deref().is_some_and(|x| v.is_ours(x))),
+        };
+        if refused {
+            return Err(Denial::conflict(v.conflict(&c.name)));
         }
-    }
-    if plan.is_overlay() {
-        if c.env_var("PYTHONPATH").is_some_and(|(_, e)| e.value_from.is_some()) {
-            return Err(Denial::conflict(format!(
-                "spec.containers[{:?}].env: PYTHONPATH is set with valueFrom, so nixuv cannot put the env's packages in front of it (python mode overlay); set PYTHONPATH as a value or leave it unset",
-                c.name
-            )));
-        }
-    } else if plan.has_python()
-        && c.env_var("VIRTUAL_ENV").is_some_and(|(_, e)| {
-            !(reinject && e.value.as_deref().is_some_and(|v| v.starts_with(&format!("{UV_ROOT}/envs/"))))
-        })
-    {
-        return Err(Denial::conflict(format!(
-            "spec.containers[{:?}].env: VIRTUAL_ENV is already set; nixuv sets it to the env's venv",
-            c.name
-        )));
     }
     Ok(())
 }
@@ -899,7 +886,7 @@ mod tests {
             let memo = shared.decide_pod(p, Some("ns"));
             let fresh = Injector::new(Config::default()).decide_pod(p, Some("ns"));
             assert_eq!(format!("{memo:?}"), format!("{fresh:?}"), "{p}");
-            ids.push(memo.env_id().map(String::from));
+            ids.push(memo.env_id().map(ToString::to_string));
         }
         assert_eq!(ids[0], ids[7]);
         assert_ne!(ids[0], ids[1]);

@@ -32,4 +32,3 @@ pub fn init_logging(format: LogFormat, buffered: bool) -> Option<burst::Flusher>
     }
     guard
 }
-

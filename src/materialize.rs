@@ -9,9 +9,9 @@
 
 pub mod envs;
 pub mod gc;
+pub mod installed;
 pub mod layout;
 pub mod lease;
-pub mod installed;
 pub mod store;
 mod tool;
 
@@ -22,8 +22,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::envid::EnvId;
 use crate::envspec::{EnvSpec, EnvSpecError};
-use crate::plan::env_id;
 use layout::Layout;
 use lease::{Lease, LeaseError};
 use store::{Contents, Kind, StoreDir, StoreError};
@@ -449,7 +449,7 @@ fn build(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<(), Material
         None
     };
     let marker = Marker {
-        env: id.clone(),
+        env: id.to_string(),
         system: spec.plan.system.clone(),
         python: spec.plan.python.clone(),
         python_version: spec.plan.python_version.clone(),
@@ -467,9 +467,9 @@ fn build(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<(), Material
 /// Realises `spec` in `layout`.
 pub fn materialize(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<Outcome, MaterializeError> {
     let id = &spec.plan.id;
-    let computed = env_id(&spec.plan.canonical());
+    let computed = EnvId::of(&spec.plan.canonical());
     if computed != *id {
-        return Err(MaterializeError::IdMismatch { given: id.clone(), computed });
+        return Err(MaterializeError::IdMismatch { given: id.to_string(), computed: computed.to_string() });
     }
     if spec.plan.has_system() && layout.np_location().is_none() {
         return Err(MaterializeError::NixDir(layout.nix_dir.clone()));

@@ -1,20 +1,7 @@
-//! The names nixuv's contract is made of: labels, annotations, the volumes, container and paths it
-//! adds, and the variables that carry an env to the init container (docs/annotations.md). The
+//! The names nixuv's contract is made of besides its keys ([`crate::keys`]): the volumes,
+//! container and paths it adds, and the variables that carry an env to the init container. The
 //! bottom layer: it depends on nothing in the crate, and everything else takes names from here.
 
-pub const LABEL_INJECT: &str = "nixuv.io/inject";
-pub const ANN_SYSTEM: &str = "nixuv.io/system-deps";
-pub const ANN_PYTHON: &str = "nixuv.io/python-deps";
-pub const ANN_PYTHON_VERSION: &str = "nixuv.io/python";
-pub const ANN_PYTHON_MODE: &str = "nixuv.io/python-mode";
-pub const ANN_CONTAINERS: &str = "nixuv.io/containers";
-pub const ANN_INIT_PLACEMENT: &str = "nixuv.io/init-placement";
-pub const ANN_IMAGE_PATH: &str = "nixuv.io/image-path";
-pub const ANN_STATUS: &str = "nixuv.io/status";
-pub const ANN_ENV: &str = "nixuv.io/env";
-pub const STATUS_INJECTED: &str = "injected";
-pub const LABEL_SYSTEM_PREFIX: &str = "system.nixuv.io/";
-pub const LABEL_PYTHON_PREFIX: &str = "python.nixuv.io/";
 pub const INIT_CONTAINER: &str = "nixuv-init";
 pub const VOL_NIX: &str = "nixuv-nix";
 pub const VOL_UV: &str = "nixuv-uv";

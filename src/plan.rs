@@ -1,10 +1,10 @@
 //! The env plan: everything the webhook decided about a Pod's env, and everything the init
 //! container needs to build it.
 
-use sha2::{Digest, Sha256};
-
 pub mod deps;
+pub mod options;
 
+use crate::envid::EnvId;
 use crate::names::{NIX_MOUNT, UV_ROOT};
 use crate::toolenv::{tool_scope, ToolScope};
 use crate::values::{PythonMode, PythonVersion};
@@ -34,8 +34,8 @@ const CANONICAL_VERSION: &str = "nixuv-env-v1";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvPlan {
-    /// The env id `H`: 16 hex chars.
-    pub id: String,
+    /// The env id `H`.
+    pub id: EnvId,
     /// nixpkgs attribute paths, as declared (order kept).
     pub system: Vec<String>,
     /// Normalised PEP 508 requirements, as declared (order kept).
@@ -63,7 +63,7 @@ pub struct EnvPlan {
 impl EnvPlan {
     pub fn new(declared: &Declared, inputs: PlanInputs<'_>) -> Self {
         let mut plan = EnvPlan {
-            id: String::new(),
+            id: EnvId::of(""),
             system: declared.system.iter().map(|d| d.attr.clone()).collect(),
             python: declared.python.iter().map(|d| d.requirement.clone()).collect(),
             python_version: declared
@@ -82,7 +82,7 @@ impl EnvPlan {
                 false => declared.python_mode.unwrap_or(inputs.default_python_mode),
             },
         };
-        plan.id = env_id(&plan.canonical());
+        plan.id = EnvId::of(&plan.canonical());
         plan
     }
 
@@ -146,11 +146,11 @@ impl EnvPlan {
     /// The venv (or, in overlay mode, the PYTHONPATH directory) for this env as target containers
     /// see it (a symlink published atomically).
     pub fn venv_dir(&self) -> String {
-        format!("{UV_ROOT}/envs/{}", self.id)
+        self.id.venv_dir()
     }
     /// The nix profile for this env as target containers see it.
     pub fn profile_dir(&self) -> String {
-        format!("{NIX_MOUNT}/var/nix/profiles/nixuv/{}", self.id)
+        self.id.profile_dir()
     }
 
     /// The directories put in front of PATH, venv first so its `python` wins (an overlay's `bin`
@@ -201,12 +201,6 @@ fn push_sorted(out: &mut String, key: &str, items: &[String]) {
     }
 }
 
-/// The first 16 hex chars of the SHA-256 of the canonical form.
-pub fn env_id(canonical: &str) -> String {
-    let digest = Sha256::digest(canonical.as_bytes());
-    hex::encode(&digest[..8])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,7 +240,7 @@ mod tests {
             "nixuv-env-v1\nnixpkgs=github:NixOS/nixpkgs/8fd9daa3db09ced9700431c5b7ad0e8ba199b575\nsystem=ffmpeg-headless\nsystem=gcc\n\
              python-version=3.12\nindex=https://pypi.org/simple\npython=numpy==1.26.4\npython=pandas>=2,<3\n"
         );
-        assert_eq!(p.id, env_id(&p.canonical()));
+        assert_eq!(p.id, EnvId::of(&p.canonical()));
         assert_eq!(p.id, "238f9abbc854cf1c");
     }
 
@@ -271,7 +265,7 @@ mod tests {
         let mut overlay = plan("gcc", "numpy", None);
         overlay.python_mode = PythonMode::Overlay;
         assert!(overlay.canonical().ends_with("python-mode=overlay\n"));
-        assert_ne!(env_id(&overlay.canonical()), base.id);
+        assert_ne!(EnvId::of(&overlay.canonical()), base.id);
         assert!(!base.canonical().contains("python-mode"));
     }
 
@@ -280,7 +274,7 @@ mod tests {
         let with = |env: &[(&str, &str)], sys: &str, py: &str| {
             let mut p = plan(sys, py, None);
             p.tool_env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-            env_id(&p.canonical())
+            EnvId::of(&p.canonical())
         };
         let base = with(&[], "gcc", "numpy");
         assert_ne!(base, with(&[("UV_INDEX", "https://evil.example/simple")], "gcc", "numpy"));

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::claims::Claims;
 use crate::inject::pod::PodView;
-use crate::inject::{nearmiss, Decision, Denial, Injector, Outcome};
+use crate::inject::{Decision, Denial, Injector, Outcome};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -317,7 +317,7 @@ pub fn preview_object(
             let tpl_meta = template.get("metadata");
             for section in ["labels", "annotations"] {
                 let own = get(obj, &["metadata", section]).and_then(Value::as_object);
-                for key in own.into_iter().flat_map(|m| m.keys()).filter(|k| nearmiss::is_nixuv_key(k)) {
+                for key in own.into_iter().flat_map(|m| m.keys()).filter(|k| crate::keys::is_nixuv_key(k)) {
                     if tpl_meta.and_then(|m| m.get(section)).and_then(|m| m.get(key)).is_none() {
                         out.warnings.push(format!(
                             "nixuv: metadata.{section}[{key:?}] is on the {k} itself; nixuv reads the Pod template: move it to {field}.metadata.{section}"

@@ -6,9 +6,9 @@ mod cabundle;
 mod cache;
 mod claim_watch;
 mod conn;
+mod handle_preview;
 mod leader;
 pub mod metrics;
-mod handle_preview;
 mod reconciler;
 pub mod tls;
 
@@ -306,7 +306,7 @@ fn answer<O: inject::PodSource>(
     let answer = Arc::new(cache::Answer {
         prepared: review::Prepared::new(d.to_response()),
         outcome: d.outcome(),
-        env_id: d.env_id().map(String::from),
+        env_id: d.env_id().map(ToString::to_string),
         message: d.denial().map(|x| x.message.clone()),
         api_version: review.api_version,
         namespace: ns.into(),

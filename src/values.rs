@@ -94,6 +94,11 @@ impl InitPlacement {
     }
 }
 
+/// Whether `path` is a colon-separated list of absolute directories.
+pub fn valid_path_list(path: &str) -> bool {
+    !path.is_empty() && path.split(':').all(|p| p.starts_with('/'))
+}
+
 /// An RFC 3339 date-time (`2025-06-01T00:00:00Z`), as uv's `--exclude-newer` takes it.
 pub fn valid_rfc3339(s: &str) -> bool {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).is_ok()

@@ -6,29 +6,11 @@
 
 use std::collections::BTreeMap;
 
-use crate::names::{
-    ANN_CONTAINERS, ANN_ENV, ANN_IMAGE_PATH, ANN_INIT_PLACEMENT, ANN_PYTHON, ANN_PYTHON_MODE, ANN_PYTHON_VERSION,
-    ANN_STATUS, ANN_SYSTEM, LABEL_INJECT, LABEL_PYTHON_PREFIX, LABEL_SYSTEM_PREFIX,
-};
+use crate::keys::{self, KeyKind, ANN_ENV, ANN_STATUS, LABEL_INJECT, LABEL_PYTHON_PREFIX, LABEL_SYSTEM_PREFIX};
 
-/// The annotation keys nixuv reads or writes under `nixuv.io/`.
-const KNOWN_ANNOTATIONS: &[&str] = &[
-    ANN_SYSTEM,
-    ANN_PYTHON,
-    ANN_PYTHON_VERSION,
-    ANN_PYTHON_MODE,
-    ANN_CONTAINERS,
-    ANN_INIT_PLACEMENT,
-    ANN_IMAGE_PATH,
-    ANN_STATUS,
-    ANN_ENV,
-];
-/// The label keys under `nixuv.io/` (the dependency labels have prefixes of their own).
-const KNOWN_LABELS: &[&str] = &[LABEL_INJECT];
-
-/// A key of nixuv's: under `nixuv.io/` or a dependency label prefix.
-pub fn is_nixuv_key(k: &str) -> bool {
-    k.starts_with("nixuv.io/") || k.starts_with(LABEL_SYSTEM_PREFIX) || k.starts_with(LABEL_PYTHON_PREFIX)
+/// The registry's names of one kind.
+fn known(kind: KeyKind) -> Vec<&'static str> {
+    keys::KEYS.iter().filter(|k| k.kind == kind).map(|k| k.name).collect()
 }
 
 /// The known key closest to `key`, if it is close enough to be a slip.
@@ -47,7 +29,7 @@ pub fn declares_deps(
     annotations: Option<&BTreeMap<String, String>>,
 ) -> bool {
     let dep_label = |k: &String| k.starts_with(LABEL_SYSTEM_PREFIX) || k.starts_with(LABEL_PYTHON_PREFIX);
-    annotations.is_some_and(|a| a.contains_key(ANN_SYSTEM) || a.contains_key(ANN_PYTHON))
+    annotations.is_some_and(|a| a.contains_key(keys::ANN_SYSTEM) || a.contains_key(keys::ANN_PYTHON))
         || labels.is_some_and(|l| l.keys().any(dep_label))
 }
 
@@ -56,7 +38,7 @@ pub fn mentions_nixuv(
     labels: Option<&BTreeMap<String, String>>,
     annotations: Option<&BTreeMap<String, String>>,
 ) -> bool {
-    labels.into_iter().chain(annotations).flat_map(|m| m.keys()).any(|k| is_nixuv_key(k))
+    labels.into_iter().chain(annotations).flat_map(|m| m.keys()).any(|k| keys::is_nixuv_key(k))
 }
 
 /// The near misses of one object's metadata. `at` is where that metadata sits
@@ -66,6 +48,7 @@ pub fn metadata_warnings(
     labels: Option<&BTreeMap<String, String>>,
     annotations: Option<&BTreeMap<String, String>>,
 ) -> Vec<String> {
+    let (known_annotations, known_labels) = (known(KeyKind::Annotation), known(KeyKind::Label));
     let mut out = Vec::new();
     let label = labels.and_then(|l| l.get(LABEL_INJECT));
     let opted_in = label.map(String::as_str) == Some("true");
@@ -87,16 +70,16 @@ pub fn metadata_warnings(
     for (k, _) in annotations.into_iter().flatten() {
         if k.starts_with(LABEL_SYSTEM_PREFIX) || k.starts_with(LABEL_PYTHON_PREFIX) {
             out.push(format!("nixuv: {k} is an annotation ({at}.annotations); dependency keys with this prefix are read from {at}.labels only"));
-        } else if k.starts_with("nixuv.io/") && !KNOWN_ANNOTATIONS.contains(&k.as_str()) && k != LABEL_INJECT {
-            out.push(unknown(at, "annotations", k, KNOWN_ANNOTATIONS));
+        } else if k.starts_with("nixuv.io/") && !known_annotations.contains(&k.as_str()) && k != LABEL_INJECT {
+            out.push(unknown(at, "annotations", k, &known_annotations));
         }
     }
     for (k, _) in labels.into_iter().flatten() {
-        if k.starts_with("nixuv.io/") && !KNOWN_LABELS.contains(&k.as_str()) {
-            if KNOWN_ANNOTATIONS.contains(&k.as_str()) && k != ANN_STATUS && k != ANN_ENV {
+        if k.starts_with("nixuv.io/") && !known_labels.contains(&k.as_str()) {
+            if known_annotations.contains(&k.as_str()) && k != ANN_STATUS && k != ANN_ENV {
                 out.push(format!("nixuv: {k} is a label ({at}.labels); it is read from {at}.annotations (label values cannot hold lists)"));
             } else {
-                out.push(unknown(at, "labels", k, KNOWN_LABELS));
+                out.push(unknown(at, "labels", k, &known_labels));
             }
         }
     }
@@ -104,7 +87,7 @@ pub fn metadata_warnings(
 }
 
 fn unknown(at: &str, field: &str, key: &str, known: &[&'static str]) -> String {
-    let all: Vec<&'static str> = KNOWN_ANNOTATIONS.iter().chain(KNOWN_LABELS).copied().collect();
+    let all: Vec<&'static str> = keys::KEYS.iter().filter(|k| k.kind != KeyKind::LabelPrefix).map(|k| k.name).collect();
     match closest(key, known).or_else(|| closest(key, &all)) {
         Some(k) => format!("nixuv: {at}.{field}[{key:?}] is not a key nixuv knows; did you mean {k:?}?"),
         None => format!("nixuv: {at}.{field}[{key:?}] is not a key nixuv knows (docs/annotations.md lists them)"),

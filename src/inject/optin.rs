@@ -4,7 +4,7 @@
 use super::pod::PodView;
 use super::Denial;
 use crate::config::Config;
-use crate::names::{ANN_CONTAINERS, LABEL_INJECT};
+use crate::keys::{ANN_CONTAINERS, LABEL_INJECT};
 use crate::review::AdmissionRequest;
 
 /// Only CREATE of core/v1 `pods` (not a subresource such as `pods/ephemeralcontainers`).
@@ -24,19 +24,20 @@ pub fn opted_in(pod: &PodView) -> bool {
     pod.label(LABEL_INJECT) == Some("true")
 }
 
-/// Indices of the containers that receive the env: those named in `nixuv.io/containers`, else
-/// every container except the known sidecars of the config.
-pub fn targets(pod: &PodView, cfg: &Config) -> Result<Vec<usize>, Denial> {
+/// Indices of the containers that receive the env: those named in `nixuv.io/containers`
+/// (`named`, from [`crate::plan::options`]), else every container except the known sidecars of
+/// the config.
+pub fn targets(pod: &PodView, named: Option<&[&str]>, cfg: &Config) -> Result<Vec<usize>, Denial> {
     let containers = pod.containers();
     if containers.is_empty() {
         return Err(Denial::invalid("spec.containers: the Pod has no containers"));
     }
     let names = || containers.iter().map(|c| format!("{:?}", c.name)).collect::<Vec<_>>().join(", ");
-    match pod.annotation(ANN_CONTAINERS) {
+    match named {
         Some(list) => {
-            let mut out = Vec::new();
-            for want in list.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty()) {
-                let idx = containers.iter().position(|c| c.name == want).ok_or_else(|| {
+            let mut out = Vec::with_capacity(list.len());
+            for want in list {
+                let idx = containers.iter().position(|c| c.name == *want).ok_or_else(|| {
                     Denial::invalid(format!(
                         "annotation {ANN_CONTAINERS:?}: {want:?} is not a container of this Pod (containers: {})",
                         names()
@@ -45,9 +46,6 @@ pub fn targets(pod: &PodView, cfg: &Config) -> Result<Vec<usize>, Denial> {
                 if !out.contains(&idx) {
                     out.push(idx);
                 }
-            }
-            if out.is_empty() {
-                return Err(Denial::invalid(format!("annotation {ANN_CONTAINERS:?}: names no container")));
             }
             out.sort_unstable();
             Ok(out)

@@ -13,13 +13,12 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::pod::{ContainerView, PodView};
+use super::vars::TargetVar;
 use super::StoreVolumes;
 use crate::config::Config;
 use crate::envspec::EnvSpec;
-use crate::names::{
-    ANN_ENV, ANN_IMAGE_PATH, ANN_STATUS, ENV_ID, INIT_CONTAINER, INIT_NIX_DIR, NIX_MOUNT, STATUS_INJECTED, UV_ROOT,
-    VOL_NIX, VOL_TMP, VOL_UV, WORK_DIR,
-};
+use crate::keys::{ANN_ENV, ANN_STATUS, STATUS_INJECTED};
+use crate::names::{ENV_ID, INIT_CONTAINER, INIT_NIX_DIR, NIX_MOUNT, UV_ROOT, VOL_NIX, VOL_TMP, VOL_UV, WORK_DIR};
 use crate::plan::EnvPlan;
 use crate::values::{InitPlacement, Quantity};
 
@@ -390,26 +389,28 @@ struct Var<'a> {
     value: &'a str,
 }
 
-/// The variables a target container gets, in order: PATH, then VIRTUAL_ENV (venv) or PYTHONPATH
-/// (overlay), then NIXUV_ENV. PATH and PYTHONPATH keep a value the container sets, after ours.
-fn target_env(plan: &EnvPlan, c: &ContainerView, path: String) -> Vec<(&'static str, String)> {
-    let mut env = Vec::with_capacity(3);
-    env.push(("PATH", path));
-    if plan.is_overlay() {
-        let own = c.env_var("PYTHONPATH").and_then(|(_, e)| e.value.as_deref()).filter(|v| !v.is_empty());
-        env.push(("PYTHONPATH", own.map_or_else(|| plan.venv_dir(), |p| format!("{}:{p}", plan.venv_dir()))));
-    } else if plan.has_python() {
-        env.push(("VIRTUAL_ENV", plan.venv_dir()));
-    }
-    env.push(("NIXUV_ENV", plan.id.clone()));
-    env
+/// The variables a target container gets, in [`TargetVar::ALL`]'s order; PATH keeps the value the
+/// container sets (or its images' PATH), PYTHONPATH a non-empty one, after nixuv's part.
+fn target_env(plan: &EnvPlan, c: &ContainerView, t: &Target) -> Vec<(&'static str, String)> {
+    TargetVar::ALL
+        .into_iter()
+        .filter(|v| v.set_for(plan))
+        .map(|v| {
+            let rest = match v {
+                TargetVar::Path => t.path_tail,
+                TargetVar::PythonPath => c.env_var(v.name()).and_then(|(_, e)| e.value.as_deref()).unwrap_or(""),
+                TargetVar::VirtualEnv | TargetVar::EnvId => "",
+            };
+            (v.name(), v.value(plan, rest))
+        })
+        .collect()
 }
 
 /// The PATH a container that sets none gets after the env's directories: the Pod's
-/// `nixuv.io/image-path`, else the `imagePaths` entry of its image, else `defaultPath`. The flag
-/// says whether it came from `defaultPath` for want of anything better.
-pub fn image_path<'a>(pod: &'a PodView, c: &ContainerView, cfg: &'a Config) -> (&'a str, bool) {
-    if let Some(p) = pod.annotation(ANN_IMAGE_PATH) {
+/// `nixuv.io/image-path` (`pod_path`), else the `imagePaths` entry of its image, else
+/// `defaultPath`. The flag says whether it came from `defaultPath` for want of anything better.
+pub fn image_path<'a>(pod_path: Option<&'a str>, c: &ContainerView, cfg: &'a Config) -> (&'a str, bool) {
+    if let Some(p) = pod_path {
         return (p, false);
     }
     match c.image.as_deref().and_then(|i| cfg.image_paths.for_image(i)) {
@@ -422,18 +423,21 @@ pub fn image_path<'a>(pod: &'a PodView, c: &ContainerView, cfg: &'a Config) -> (
 pub struct Target<'a> {
     pub index: usize,
     pub path_tail: &'a str,
+    /// [`image_path`]'s PATH, for when the container's own is empty (a re-injection strips
+    /// nixuv's directories off its PATH and may leave nothing).
+    pub image_path: &'a str,
 }
 
 impl<'a> Target<'a> {
     /// The target for container `index`: its own non-empty PATH is kept, else [`image_path`]'s.
     /// The flag is [`image_path`]'s, false when the container's PATH is kept.
-    pub fn new(index: usize, pod: &'a PodView, c: &'a ContainerView, cfg: &'a Config) -> (Self, bool) {
+    pub fn new(index: usize, pod_path: Option<&'a str>, c: &'a ContainerView, cfg: &'a Config) -> (Self, bool) {
         let own = c.env_var("PATH").and_then(|(_, e)| e.value.as_deref()).filter(|v| !v.is_empty());
-        let (path_tail, defaulted) = match own {
-            Some(p) => (p, false),
-            None => image_path(pod, c, cfg),
-        };
-        (Target { index, path_tail }, defaulted)
+        let (image_path, defaulted) = image_path(pod_path, c, cfg);
+        match own {
+            Some(p) => (Target { index, path_tail: p, image_path }, false),
+            None => (Target { index, path_tail: image_path, image_path }, defaulted),
+        }
     }
 }
 
@@ -447,9 +451,7 @@ fn patch_container(ops: &mut Ops, t: &Target, c: &ContainerView, plan: &EnvPlan)
             }
         }
     }
-    let mut path = plan.path_prefix();
-    path.extend([":", t.path_tail]);
-    let env = target_env(plan, c, path);
+    let env = target_env(plan, c, t);
     match &c.env {
         None => {
             let vars: Vec<Var> = env.iter().map(|(name, value)| Var { name, value }).collect();
@@ -568,34 +570,6 @@ pub fn build(
     ops.finish()
 }
 
-/// Whether `dir` is a directory nixuv puts on PATH for some env (`…/envs/<id>/bin` or the nix
-/// profile's `bin`).
-fn is_env_path_dir(dir: &str) -> bool {
-    let id_then = |rest: &str, tail: &str| {
-        rest.len() == 16 + tail.len()
-            && rest.ends_with(tail)
-            && rest[..16].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    dir.strip_prefix(&format!("{UV_ROOT}/envs/")).is_some_and(|r| id_then(r, "/bin"))
-        || dir.strip_prefix(&format!("{NIX_MOUNT}/var/nix/profiles/nixuv/")).is_some_and(|r| id_then(r, "/bin"))
-}
-
-/// Whether `dir` is an env's overlay directory on PYTHONPATH.
-fn is_env_python_dir(dir: &str) -> bool {
-    dir.strip_prefix(&format!("{UV_ROOT}/envs/"))
-        .is_some_and(|r| r.len() == 16 && r.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-}
-
-/// A colon-separated list without the leading entries `ours` recognises (what an earlier
-/// injection put in front).
-fn strip_leading(list: &str, ours: impl Fn(&str) -> bool) -> &str {
-    let mut rest = list;
-    while let Some(first) = rest.split(':').next().filter(|d| ours(d)) {
-        rest = rest.get(first.len() + 1..).unwrap_or("");
-    }
-    rest
-}
-
 /// The patch that turns nixuv's own earlier injection (for another env: the Pod was made from
 /// `nixuv preview` output, or copied, and its dependencies changed since) into the injection for
 /// `plan`: the annotations, nixuv's three volumes and its init container are replaced whole;
@@ -644,55 +618,36 @@ pub fn rebuild(
             _ => {}
         }
         let base = [key("spec"), key("containers"), index(k)];
-        let own_path = c.env_var("PATH").and_then(|(_, e)| e.value.as_deref()).unwrap_or("");
-        let tail = strip_leading(own_path, is_env_path_dir);
-        let python_path = c.env_var("PYTHONPATH").and_then(|(_, e)| e.value.as_deref());
-        let python_tail = python_path.map(|p| strip_leading(p, is_env_python_dir));
-        let ours_venv = c.env_var("VIRTUAL_ENV").and_then(|(_, e)| e.value.as_deref()).is_some_and(is_env_python_dir);
-        // What each variable nixuv owns becomes.
-        enum Want {
-            Set(String),
-            Remove,
-            Keep,
-        }
-        let overlay = target.is_some() && plan.is_overlay();
-        let venv = target.is_some() && plan.has_python() && !plan.is_overlay();
-        let path = match target {
-            Some(_) => Want::Set(format!(
-                "{}:{}",
-                plan.path_prefix(),
-                if tail.is_empty() { image_path(pod, c, cfg).0 } else { tail }
-            )),
-            None => Want::Set(tail.to_string()),
-        };
-        let python_path = match (overlay, python_tail) {
-            (true, None | Some("")) => Want::Set(plan.venv_dir()),
-            (true, Some(rest)) => Want::Set(format!("{}:{rest}", plan.venv_dir())),
-            // Only nixuv's directory was there: it set the variable.
-            (false, Some("")) => Want::Remove,
-            (false, Some(rest)) => Want::Set(rest.to_string()),
-            (false, None) => Want::Keep,
-        };
-        let virtual_env = match (venv, ours_venv) {
-            (true, _) => Want::Set(plan.venv_dir()),
-            (false, true) => Want::Remove,
-            (false, false) => Want::Keep,
-        };
-        let id = match target {
-            Some(_) => Want::Set(plan.id.clone()),
-            None => Want::Remove,
-        };
         let mut removes = Vec::new();
-        for (name, want) in [("PATH", path), ("PYTHONPATH", python_path), ("VIRTUAL_ENV", virtual_env), (ENV_ID, id)] {
-            match (c.env_var(name), want) {
-                (_, Want::Keep) => {}
-                (Some((j, e)), Want::Set(v)) if e.value.as_deref() != Some(v.as_str()) => {
-                    ops.add(base.iter().cloned().chain([key("env"), index(j), key("value")]), &v)
+        for v in TargetVar::ALL {
+            let own = c.env_var(v.name());
+            let own_value = own.and_then(|(_, e)| e.value.as_deref());
+            let rest = v.strip_ours(own_value.unwrap_or(""));
+            // What the variable becomes: set, removed (nixuv set it and the container no longer
+            // gets it), or left as it is (None).
+            let want = match target.filter(|_| v.set_for(plan)) {
+                Some(t) => {
+                    let rest = if rest.is_empty() && v == TargetVar::Path { t.image_path } else { rest };
+                    Some(Some(v.value(plan, rest)))
                 }
-                (Some(_), Want::Set(_)) => {}
-                (Some((j, _)), Want::Remove) => removes.push(j),
-                (None, Want::Set(v)) if !v.is_empty() => {
-                    ops.add(base.iter().cloned().chain([key("env"), key("-")]), &Var { name, value: &v })
+                None => match own_value {
+                    None => None,
+                    // PATH stays a variable, with whatever is left of it.
+                    Some(_) if v == TargetVar::Path => Some(Some(rest.to_string())),
+                    Some(_) if rest.is_empty() => Some(None),
+                    Some(val) if rest.len() == val.len() => None,
+                    Some(_) => Some(Some(rest.to_string())),
+                },
+            };
+            match (own, want) {
+                (_, None) => {}
+                (Some((j, e)), Some(Some(value))) if e.value.as_deref() != Some(value.as_str()) => {
+                    ops.add(base.iter().cloned().chain([key("env"), index(j), key("value")]), &value)
+                }
+                (Some(_), Some(Some(_))) => {}
+                (Some((j, _)), Some(None)) => removes.push(j),
+                (None, Some(Some(value))) if !value.is_empty() => {
+                    ops.add(base.iter().cloned().chain([key("env"), key("-")]), &Var { name: v.name(), value: &value })
                 }
                 (None, _) => {}
             }

@@ -65,7 +65,7 @@ pub struct MetaView<'a> {
     pub annotations: Option<BTreeMap<String, String>>,
 }
 
-/// A labels or annotations object, keeping only nixuv's keys ([`super::nearmiss::is_nixuv_key`]:
+/// A labels or annotations object, keeping only nixuv's keys ([`crate::keys::is_nixuv_key`]:
 /// `nixuv.io/…` and the dependency prefixes): nothing in nixuv reads the others, and a Pod's
 /// other annotations (a `kubectl.kubernetes.io/last-applied-configuration` of kilobytes) would
 /// otherwise be copied on every admission. Their values are skipped, whatever their type. The map
@@ -89,7 +89,7 @@ fn own_entries<'de, D: Deserializer<'de>>(d: D) -> Result<Option<BTreeMap<String
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut out = BTreeMap::new();
             while let Some(Str(k)) = map.next_key::<Str<'de>>()? {
-                if super::nearmiss::is_nixuv_key(&k) {
+                if crate::keys::is_nixuv_key(&k) {
                     let v: String = map.next_value()?;
                     out.insert(k.into_owned(), v);
                 } else {

@@ -7,11 +7,12 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use super::installed::Lock;
 use super::layout::{self, Layout};
 use super::lease;
-use super::installed::Lock;
 use super::store::{self, Kind, StoreDir};
 use super::{read_marker, resolve_in_store, MaterializeError};
+use crate::envid::EnvId;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -99,7 +100,7 @@ pub fn list(layout: &Layout, lease_ttl: Duration) -> Result<Vec<EnvInfo>, Materi
     for dir in [&state, &locks].into_iter().flatten() {
         for n in dir.names()? {
             if let Some(id) =
-                n.strip_suffix(".json").or_else(|| n.strip_suffix(".lease")).filter(|i| layout::is_env_id(i))
+                n.strip_suffix(".json").or_else(|| n.strip_suffix(".lease")).filter(|i| EnvId::parse(i).is_some())
             {
                 ids.push(id.to_string());
             }
@@ -163,8 +164,8 @@ pub fn list(layout: &Layout, lease_ttl: Duration) -> Result<Vec<EnvInfo>, Materi
         for n in envs.names()? {
             let Some((id, tail)) = n.strip_prefix('.').and_then(|r| r.split_once('.')) else { continue };
             let live = locks.as_ref().is_some_and(|l| lease::is_held(l, &layout::lease_name(id), lease_ttl));
-            if !layout::is_env_id(id)
-                || !layout::is_env_id(tail)
+            if !EnvId::parse(id).is_some()
+                || !EnvId::parse(tail).is_some()
                 || claimed.contains(&n)
                 || live
                 || envs.kind(&n) != Kind::Dir

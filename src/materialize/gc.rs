@@ -10,6 +10,7 @@ use super::lease::{self, Lease};
 use super::store::{Kind, StoreDir};
 use super::tool::Tool;
 use super::{io, MaterializeError};
+use crate::envid::EnvId;
 
 #[derive(Debug, Clone)]
 pub struct GcOptions {
@@ -76,8 +77,8 @@ fn sweep_orphans(envs: &StoreDir, locks: Option<&StoreDir>, opts: &GcOptions) ->
     for name in &names {
         let Some(rest) = name.strip_prefix('.') else { continue };
         let Some((id, tail)) = rest.split_once('.') else { continue };
-        let ours = layout::is_env_id(id)
-            && (layout::is_env_id(tail) || tail.strip_prefix("link-").is_some_and(layout::is_env_id));
+        let ours = EnvId::parse(id).is_some()
+            && (EnvId::parse(tail).is_some() || tail.strip_prefix("link-").is_some_and(|n| EnvId::parse(n).is_some()));
         let old = envs.age(name).is_some_and(|a| a > opts.lease_ttl * 2);
         let busy = locks.is_some_and(|l| lease::is_held(l, &layout::lease_name(id), opts.lease_ttl));
         if !ours || !old || busy || published.iter().any(|p| p == Path::new(name)) {
@@ -108,7 +109,7 @@ pub fn gc(layout: &Layout, opts: &GcOptions) -> Result<GcReport, MaterializeErro
             .names()?
             .into_iter()
             .filter_map(|n| n.strip_suffix(".json").map(String::from))
-            .filter(|id| layout::is_env_id(id))
+            .filter(|id| EnvId::parse(id).is_some())
             .collect(),
         None => Vec::new(),
     };

@@ -20,6 +20,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::envid::EnvId;
+
 use super::store::{StoreDir, StoreError};
 
 /// The layout directories, relative to their volume; opened through [`StoreDir`] only.
@@ -41,15 +43,14 @@ pub fn lease_name(id: &str) -> String {
     format!("{id}.lease")
 }
 
-/// True for a 16-hex-char env id (lower case, as nixuv writes them).
-pub fn is_env_id(s: &str) -> bool {
-    s.len() == 16 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// True for the name of a venv directory that nixuv builds for env `id`: `.<id>.<16 hex>`. A
+/// True for the name of a venv directory that nixuv builds for env `id`: `.<id>.<nonce>`, the
+/// nonce in an env id's format (16 hex). A
 /// published `envs/<id>` link is trusted only when it names exactly this.
 pub fn is_venv_name(id: &str, name: &str) -> bool {
-    name.strip_prefix('.').and_then(|r| r.strip_prefix(id)).and_then(|r| r.strip_prefix('.')).is_some_and(is_env_id)
+    name.strip_prefix('.')
+        .and_then(|r| r.strip_prefix(id))
+        .and_then(|r| r.strip_prefix('.'))
+        .is_some_and(|n| EnvId::parse(n).is_some())
 }
 
 #[derive(Debug, Clone)]

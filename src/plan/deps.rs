@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use pep508_rs::{Requirement, VersionOrUrl};
 
-use crate::names::{
+use crate::keys::{
     ANN_PYTHON, ANN_PYTHON_MODE, ANN_PYTHON_VERSION, ANN_SYSTEM, LABEL_PYTHON_PREFIX, LABEL_SYSTEM_PREFIX,
 };
 use crate::values::PythonMode;

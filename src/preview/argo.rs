@@ -9,16 +9,7 @@ use serde_json::{json, Map, Value};
 use super::{decide_pod_value, ObjectPreview, TemplateReport};
 use crate::inject::pod::PodView;
 use crate::inject::Injector;
-use crate::names::{
-    ANN_CONTAINERS, ANN_PYTHON, ANN_PYTHON_VERSION, ANN_SYSTEM, LABEL_INJECT, LABEL_PYTHON_PREFIX, LABEL_SYSTEM_PREFIX,
-};
 use crate::plan::deps;
-
-fn is_nixuv_key(k: &str) -> bool {
-    [LABEL_INJECT, ANN_SYSTEM, ANN_PYTHON, ANN_PYTHON_VERSION, ANN_CONTAINERS].contains(&k)
-        || k.starts_with(LABEL_SYSTEM_PREFIX)
-        || k.starts_with(LABEL_PYTHON_PREFIX)
-}
 
 fn merged(a: Option<&Value>, b: Option<&Value>) -> Map<String, Value> {
     let mut out = a.and_then(Value::as_object).cloned().unwrap_or_default();
@@ -88,7 +79,7 @@ pub fn preview(
     // Lint: Argo does not copy the Workflow's own labels and annotations to its Pods.
     for section in ["labels", "annotations"] {
         let keys = obj.get("metadata").and_then(|m| m.get(section)).and_then(Value::as_object);
-        for key in keys.into_iter().flat_map(|m| m.keys()).filter(|k| is_nixuv_key(k)) {
+        for key in keys.into_iter().flat_map(|m| m.keys()).filter(|k| crate::keys::is_nixuv_key(k)) {
             out.warnings.push(format!(
                 "metadata.{section}[{key:?}] is on the {} itself, which Argo does not copy to its Pods; put it under {spec_field}.podMetadata.{section} or a template's metadata.{section}",
                 out.kind
@@ -138,7 +129,7 @@ pub fn preview(
             template: name,
             allowed: d.allowed(),
             message: d.denial().map(|x| x.message.clone()),
-            env_id: d.env_id().map(String::from),
+            env_id: d.env_id().map(ToString::to_string),
             system_deps: declared.system.iter().map(|s| s.attr.clone()).collect(),
             python_deps: declared.python.iter().map(|p| p.requirement.clone()).collect(),
             targets,

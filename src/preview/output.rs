@@ -220,7 +220,7 @@ pub fn results(previews: &[ObjectPreview]) -> Vec<PreviewResult<'_>> {
             notes: &p.notes,
             patch: p.patch.as_ref(),
             object: &p.object,
-            env_id: p.decision.as_ref().and_then(|d| d.env_id()),
+            env_id: p.decision.as_ref().and_then(|d| d.env_id()).map(crate::envid::EnvId::as_str),
             templates: &p.templates,
         })
         .collect()

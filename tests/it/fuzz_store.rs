@@ -189,7 +189,7 @@ proptest! {
             let _ = gc(&layout, &opts);
             let mut env = EnvPlan::new(&Default::default(), nixuv::config::Config::default().plan_inputs());
             env.python = vec!["six".into()];
-            env.id = ID.into();
+            env.id = nixuv::envid::EnvId::parse(ID).unwrap();
             let spec = EnvSpec::for_plan(&env);
             let _ = nixuv::materialize::is_complete(&layout, &spec);
             if let Ok(locks) = StoreDir::ensure(&r, layout::LOCKS) {

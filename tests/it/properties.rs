@@ -133,7 +133,7 @@ proptest! {
         let v = pss::restricted_violations(&typed, init);
         prop_assert!(v.is_empty(), "{:?}", v);
         // Every target has PATH with the env in front and NIXUV_ENV; sidecars have neither.
-        let env_id = d.env_id().unwrap();
+        let env_id = d.env_id().unwrap().as_str();
         for c in &typed.spec.as_ref().unwrap().containers {
             let has = common::env_of(c, "NIXUV_ENV");
             if cfg.file.sidecars.contains(&c.name) {
