@@ -486,7 +486,7 @@ impl Injector {
         } else {
             patch::build(pod, plan, init, &targets, &missing, at, cfg)
         };
-        let env_id = plan.id.clone();
+        let env_id = plan.id;
         let verdict = if patch.is_empty() { Verdict::Unchanged { env_id } } else { Verdict::Inject { env_id, patch } };
         Ok(Decision { verdict, warnings, notes })
     }

@@ -164,8 +164,8 @@ pub fn list(layout: &Layout, lease_ttl: Duration) -> Result<Vec<EnvInfo>, Materi
         for n in envs.names()? {
             let Some((id, tail)) = n.strip_prefix('.').and_then(|r| r.split_once('.')) else { continue };
             let live = locks.as_ref().is_some_and(|l| lease::is_held(l, &layout::lease_name(id), lease_ttl));
-            if !EnvId::parse(id).is_some()
-                || !EnvId::parse(tail).is_some()
+            if EnvId::parse(id).is_none()
+                || EnvId::parse(tail).is_none()
                 || claimed.contains(&n)
                 || live
                 || envs.kind(&n) != Kind::Dir
