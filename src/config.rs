@@ -7,6 +7,7 @@ use std::path::Path;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
+use crate::ecosystem::Ecosystem;
 use crate::names::RESERVED_INIT_ENV_PREFIX;
 use crate::plan::PlanInputs;
 use crate::toolenv::{effective_index, tool_scope, valid_index_url, FIXED_TOOL_ENV};
@@ -97,7 +98,25 @@ impl Default for StoresFile {
     }
 }
 
+impl StorageFile {
+    /// The claim of `e`'s store.
+    pub fn claim(&self, e: Ecosystem) -> &str {
+        match e {
+            Ecosystem::System => &self.nix_claim,
+            Ecosystem::Python => &self.uv_claim,
+        }
+    }
+}
+
 impl StoresFile {
+    /// The size of the claim of `e`'s store.
+    pub fn size(&self, e: Ecosystem) -> &str {
+        match e {
+            Ecosystem::System => &self.nix_size,
+            Ecosystem::Python => &self.uv_size,
+        }
+    }
+
     /// The namespace label, split.
     pub fn label(&self) -> (&str, &str) {
         self.namespace_label.split_once('=').unwrap_or((&self.namespace_label, ""))

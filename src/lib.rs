@@ -8,6 +8,7 @@ pub mod claims;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod ecosystem;
 pub mod envid;
 pub mod envspec;
 pub mod inject;

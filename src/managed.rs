@@ -5,7 +5,8 @@
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::names::{INIT_NIX_DIR, UV_ROOT, VOL_NIX, VOL_TMP, VOL_UV, WORK_DIR};
+use crate::ecosystem::Ecosystem;
+use crate::names::{VOL_TMP, WORK_DIR};
 
 /// The label on everything nixuv manages: only objects carrying it are changed or deleted.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "nixuv");
@@ -30,8 +31,8 @@ pub fn is_managed(labels: Option<&std::collections::BTreeMap<String, String>>) -
     labels.and_then(|l| l.get(MANAGED_BY.0)).is_some_and(|v| v == MANAGED_BY.1)
 }
 
-/// The two store claims for `namespace`, as server-side apply bodies: (name, object).
-pub fn claims(namespace: &str, cfg: &Config) -> [(String, Value); 2] {
+/// The store claims for `namespace`, one per ecosystem, as server-side apply bodies: (name, object).
+pub fn claims(namespace: &str, cfg: &Config) -> Vec<(String, Value)> {
     let s = &cfg.file.stores;
     let claim = |name: &str, size: &str| {
         let mut spec = json!({
@@ -50,7 +51,7 @@ pub fn claims(namespace: &str, cfg: &Config) -> [(String, Value); 2] {
         (name.to_string(), body)
     };
     let storage = &cfg.file.storage;
-    [claim(&storage.nix_claim, &s.nix_size), claim(&storage.uv_claim, &s.uv_size)]
+    Ecosystem::ALL.into_iter().map(|e| claim(storage.claim(e), s.size(e))).collect()
 }
 
 /// The `nixuv gc` CronJob for `namespace` (docs/materialize.md), as a server-side apply body: the
@@ -71,12 +72,16 @@ pub fn gc_cronjob(namespace: &str, cfg: &Config) -> Value {
             "capabilities": { "drop": ["ALL"] }
         },
         "resources": { "requests": { "cpu": "100m", "memory": "256Mi" }, "limits": { "cpu": "1", "memory": "1Gi" } },
-        "volumeMounts": [
-            { "name": VOL_TMP, "mountPath": WORK_DIR },
-            { "name": VOL_NIX, "mountPath": INIT_NIX_DIR },
-            { "name": VOL_UV, "mountPath": UV_ROOT }
-        ]
+        "volumeMounts": std::iter::once(json!({ "name": VOL_TMP, "mountPath": WORK_DIR }))
+            .chain(Ecosystem::ALL.map(|e| json!({ "name": e.volume(), "mountPath": e.init_mount() })))
+            .collect::<Vec<_>>()
     });
+    let volumes: Vec<Value> = std::iter::once(json!({ "name": VOL_TMP, "emptyDir": {} }))
+        .chain(
+            Ecosystem::ALL
+                .map(|e| json!({ "name": e.volume(), "persistentVolumeClaim": { "claimName": storage.claim(e) } })),
+        )
+        .collect();
     if let Some(p) = cfg.pull_policy {
         container["imagePullPolicy"] = json!(p.as_str());
     }
@@ -102,11 +107,7 @@ pub fn gc_cronjob(namespace: &str, cfg: &Config) -> Value {
                             "seccompProfile": { "type": "RuntimeDefault" }
                         },
                         "containers": [container],
-                        "volumes": [
-                            { "name": VOL_TMP, "emptyDir": {} },
-                            { "name": VOL_NIX, "persistentVolumeClaim": { "claimName": storage.nix_claim } },
-                            { "name": VOL_UV, "persistentVolumeClaim": { "claimName": storage.uv_claim } }
-                        ]
+                        "volumes": volumes
                     }
                 }
             } }
@@ -156,7 +157,7 @@ mod tests {
             "stores: {storageClassName: nfs-client, nixSize: 80Gi, uvSize: 20Gi, gcSchedule: '0 4 * * 0', gcMaxAge: 7d}",
         )
         .unwrap();
-        let [(nix, a), (uv, b)] = claims("team-a", &cfg);
+        let [(nix, a), (uv, b)]: [_; 2] = claims("team-a", &cfg).try_into().unwrap();
         assert_eq!((nix.as_str(), uv.as_str()), ("nixuv-nix-store", "nixuv-uv-cache"));
         let a: PersistentVolumeClaim = serde_json::from_value(a).unwrap();
         let b: PersistentVolumeClaim = serde_json::from_value(b).unwrap();
@@ -180,7 +181,7 @@ mod tests {
             .collect();
         assert_eq!(mounted, ["nixuv-nix-store", "nixuv-uv-cache"]);
         // The cluster's default class when none is configured.
-        let [(_, a), _] = claims("team-a", &Config::default());
+        let (_, a) = &claims("team-a", &Config::default())[0];
         assert!(a["spec"].get("storageClassName").is_none());
     }
 }

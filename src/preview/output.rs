@@ -60,10 +60,7 @@ pub fn warm_jobs(previews: &[ObjectPreview], namespace: Option<&str>) -> String 
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter(|v| {
-                    [crate::names::VOL_NIX, crate::names::VOL_UV, crate::names::VOL_TMP]
-                        .contains(&v["name"].as_str().unwrap_or(""))
-                })
+                .filter(|v| crate::ecosystem::is_nixuv_volume(v["name"].as_str().unwrap_or("")))
                 .cloned()
                 .collect();
             let labels =

@@ -159,7 +159,7 @@ mod tests {
     use crate::claims::ClaimState;
     use crate::inject::{Decision, Denial};
 
-    const PRESENT: StoreClaims = StoreClaims { nix: ClaimState::Present, uv: ClaimState::Present };
+    const PRESENT: StoreClaims = StoreClaims { system: ClaimState::Present, python: ClaimState::Present };
 
     fn answer(msg: &str) -> Arc<Answer> {
         Arc::new(Answer {
