@@ -1,40 +1,43 @@
-//! `nixuv serve`: axum on tokio with rustls (HTTP/1.1 and HTTP/2 by ALPN). Handlers only read the
-//! body, call the pure core and map the result to HTTP; connection handling (limits, timeouts,
-//! graceful drain) is the accept loop's.
+//! `nixuv serve`: axum on tokio with rustls (HTTP/1.1 and HTTP/2 by ALPN). This file is the
+//! start-up (config, TLS, the API watches, the listeners, the accept loop and the drain); the
+//! handlers are one file per route (`handle_*`), share [`AppState`], and return [`ApiError`] for
+//! anything but the core's answer. Connection handling (limits, timeouts) is `conn`'s.
 
 mod cabundle;
 mod cache;
 mod claim_watch;
 mod conn;
+mod error;
+mod handle_mutate;
 mod handle_preview;
+mod handle_probes;
 mod leader;
 pub mod metrics;
 mod reconciler;
+mod state;
 pub mod tls;
+
+pub use error::ApiError;
+pub use handle_mutate::ADMISSION_LOG;
+pub use state::{AppState, HandlerLimits};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
-use crate::inject::{self, Injector, Outcome};
-use crate::review;
-use metrics::{CodeLabels, Endpoint, Metrics, ResultLabels};
+use crate::inject::Injector;
+use handle_probes::{healthz, metrics_text, not_found, readyz};
+use metrics::{Metrics, ResultLabels};
 
 /// Everything `nixuv serve` needs, from flags.
 #[derive(Debug, Clone)]
@@ -72,302 +75,22 @@ pub struct ServeOptions {
     pub ca_bundle_file: Option<PathBuf>,
 }
 
-pub struct AppState {
-    /// The core with its config, swapped whole on reload.
-    pub injector: ArcSwap<Injector>,
-    /// Whether the configured claims exist, per namespace (a watch cache, or "assume present").
-    pub claims: Arc<dyn crate::claims::Claims>,
-    pub metrics: Arc<Metrics>,
-    /// `/mutate` answers for byte-identical Pods.
-    pub decisions: cache::DecisionCache,
-    pub ready: AtomicBool,
-    pub body_limit: usize,
-    pub preview_body_limit: usize,
-    pub request_timeout: Duration,
-    /// `/preview` answers at once for at most this many requests; more get 429. A preview's
-    /// answer is larger than its request (objects and patches), unlike `/mutate`'s.
-    pub preview_slots: tokio::sync::Semaphore,
-    /// The largest `/preview` answer, in bytes; a larger one is refused with 413.
-    pub preview_max_output: usize,
-}
-
-/// What the handlers are bounded by (the flags of the same names).
-#[derive(Debug, Clone)]
-pub struct HandlerLimits {
-    pub body_limit: usize,
-    /// `/preview`'s own, smaller body limit: its answer and its parse outgrow the request.
-    pub preview_body_limit: usize,
-    pub request_timeout: Duration,
-    pub decision_cache_bytes: u64,
-    pub preview_concurrency: usize,
-    pub preview_max_output: usize,
-}
-
-impl Default for HandlerLimits {
-    fn default() -> Self {
-        HandlerLimits {
-            body_limit: 4 * 1024 * 1024,
-            preview_body_limit: 1024 * 1024,
-            request_timeout: Duration::from_secs(10),
-            decision_cache_bytes: 8 * 1024 * 1024,
-            preview_concurrency: 2,
-            preview_max_output: 16 * 1024 * 1024,
-        }
-    }
-}
-
-impl AppState {
-    /// The handlers' state; `ready` starts false (the server sets it once it listens).
-    pub fn new(
-        injector: Injector,
-        claims: Arc<dyn crate::claims::Claims>,
-        metrics: Arc<Metrics>,
-        limits: &HandlerLimits,
-    ) -> Self {
-        AppState {
-            injector: ArcSwap::from_pointee(injector),
-            claims,
-            metrics,
-            decisions: cache::DecisionCache::new(limits.decision_cache_bytes),
-            ready: AtomicBool::new(false),
-            body_limit: limits.body_limit,
-            // Never more than the server's own limit.
-            preview_body_limit: limits.preview_body_limit.min(limits.body_limit),
-            request_timeout: limits.request_timeout,
-            preview_slots: tokio::sync::Semaphore::new(limits.preview_concurrency.max(1)),
-            preview_max_output: limits.preview_max_output,
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-    code: u16,
-}
-
-pub fn json_error(state: &AppState, code: StatusCode, message: &str) -> Response {
-    state.metrics.http_errors.get_or_create(&CodeLabels { code: code.as_u16() }).inc();
-    let body = serde_json::to_vec(&ErrorBody { error: message, code: code.as_u16() }).expect("serialises");
-    (code, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
-}
-
-/// Reads the whole body within the size limit and the request timeout; the error is the response.
-pub async fn read_body(state: &AppState, body: Body, limit: usize) -> Result<Bytes, Response> {
-    let limited = http_body_util::Limited::new(body, limit);
-    let collected = tokio::time::timeout(state.request_timeout, http_body_util::BodyExt::collect(limited)).await;
-    match collected {
-        Err(_) => Err(json_error(state, StatusCode::REQUEST_TIMEOUT, "timed out reading the request body")),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(json_error(
-            state,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("request body exceeds the limit of {limit} bytes"),
-        )),
-        Ok(Err(e)) => Err(json_error(state, StatusCode::BAD_REQUEST, &format!("reading the request body: {e}"))),
-    }
-}
-
-fn too_large_by_header(state: &AppState, req: &Request) -> Option<Response> {
-    let len = req.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse::<u64>().ok()?;
-    (len > state.body_limit as u64).then(|| {
-        json_error(
-            state,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("request body exceeds the limit of {} bytes", state.body_limit),
-        )
-    })
-}
-
-/// The target of the per-request admission lines, so that `NIXUV_LOG` can select them on their
-/// own (e.g. `info,nixuv::admission=warn` keeps every other info line).
-pub const ADMISSION_LOG: &str = "nixuv::admission";
-
-async fn mutate(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    if let Some(resp) = too_large_by_header(&state, &req) {
-        return resp;
-    }
-    let bytes = match read_body(&state, req.into_body(), state.body_limit).await {
-        Ok(b) => b,
-        Err(resp) => return resp,
-    };
-    let start = Instant::now();
-    // Where the request uid may stand, looked for once: for the lookup, and for the entry made if
-    // the review is new.
-    let uids: Vec<std::ops::Range<usize>> = match state.decisions.enabled() && bytes.len() <= cache::MAX_REVIEW {
-        true => review::uid_candidates(&bytes).collect(),
-        false => Vec::new(),
-    };
-    // A replica of a review seen before is answered without parsing it (see `cache`).
-    let (answer, uid, cached) = match cached(&state, &bytes, &uids) {
-        Some((hit, uid)) => (hit, std::borrow::Cow::Borrowed(uid), true),
-        None => match decide_new(&state, &bytes, &uids) {
-            Ok((answer, uid)) => (answer, uid, false),
-            Err(e) => {
-                state.metrics.count(Endpoint::mutate, "invalid");
-                return json_error(&state, StatusCode::BAD_REQUEST, &e.to_string());
-            }
-        },
-    };
-    let body = answer.prepared.body(answer.api_version, &uid);
-    let elapsed = start.elapsed();
-    state.metrics.count(Endpoint::mutate, answer.outcome.as_str());
-    state.metrics.observe(Endpoint::mutate, elapsed);
-    log_admission(&uid, &answer, cached, elapsed);
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
-}
-
-/// One info line per decision made; the replicas answered from the cache repeat it word for word
-/// but for the uid, so they are debug lines (counted in the metrics either way). At saturation a
-/// line per request cost ~15 % of the server's CPU (docs/performance.md).
-fn log_admission(uid: &str, a: &cache::Answer, cached: bool, elapsed: Duration) {
-    let noteworthy = !cached && matches!(a.outcome, Outcome::Injected | Outcome::Denied | Outcome::AlreadyInjected);
-    // `tracing::event!` takes its level as a constant.
-    macro_rules! line {
-        ($level:expr) => {
-            tracing::event!(
-                target: ADMISSION_LOG,
-                $level,
-                uid,
-                namespace = &*a.namespace,
-                name = &*a.name,
-                decision = a.outcome.as_str(),
-                env = a.env_id.as_deref().unwrap_or(""),
-                denial = a.message.as_deref().unwrap_or(""),
-                dry_run = a.dry_run,
-                cached,
-                elapsed_us = elapsed.as_micros() as u64,
-                "admission"
-            )
-        };
-    }
-    if noteworthy {
-        line!(tracing::Level::INFO);
-    } else {
-        line!(tracing::Level::DEBUG);
-    }
-}
-
-/// A review not answered from the cache: its envelope and its Pod's fields read in one pass; only
-/// an object that is not a Pod nixuv can read (a denial, with the parser's message) is read again
-/// as raw JSON. The answer, and the request uid.
-fn decide_new<'b>(
-    state: &AppState,
-    body: &'b [u8],
-    uids: &[std::ops::Range<usize>],
-) -> Result<(Arc<cache::Answer>, std::borrow::Cow<'b, str>), review::ReviewError> {
-    match review::decode_as::<inject::pod::PodView>(body) {
-        Ok(r) => Ok((answer(state, &r, body, uids), r.request.uid.0)),
-        Err(_) => {
-            let r = review::decode(body)?;
-            Ok((answer(state, &r, body, uids), r.request.uid.0))
-        }
-    }
-}
-
-/// The cached answer for a review byte-identical, but for its uid (at one of `uids`), to one
-/// decided before under this config and the claim states that still hold; with the uid.
-fn cached<'b>(
-    state: &AppState,
-    body: &'b [u8],
-    uids: &[std::ops::Range<usize>],
-) -> Option<(Arc<cache::Answer>, &'b str)> {
-    let injector = state.injector.load();
-    for uid in uids {
-        let key = cache::KeyRef { generation: injector.generation(), review: body, uid: uid.clone() };
-        let Some(hit) = state.decisions.get(&key) else { continue };
-        // Claims created, deleted or bound since: decided again (and the entry replaced).
-        if injector.store_claims(&hit.namespace, &*state.claims) != hit.claims {
-            return None;
-        }
-        state.metrics.decision_cache.get_or_create(&ResultLabels { result: "hit" }).inc();
-        return Some((hit, std::str::from_utf8(&body[uid.clone()]).ok()?));
-    }
-    None
-}
-
-/// The answer to one review, decided now; a Pod CREATE whose uid the parser found at one of
-/// `uids` is kept for its replicas (see [`cached`]).
-fn answer<O: inject::PodSource>(
-    state: &AppState,
-    review: &review::AdmissionReview<'_, O>,
-    body: &[u8],
-    uids: &[std::ops::Range<usize>],
-) -> Arc<cache::Answer> {
-    let req = &review.request;
-    let injector = state.injector.load();
-    let ns = req.namespace.as_deref().unwrap_or("");
-    let cacheable =
-        state.decisions.enabled() && !ns.is_empty() && req.object.is_some() && inject::optin::is_pod_create(req);
-    // The claims' states are read once, by the core's own function, and the decision is made
-    // with exactly those: entry and answer cannot disagree.
-    let states = injector.store_claims(ns, &*state.claims);
-    let d = if cacheable { injector.decide_with_states(req, states) } else { injector.decide(req, &*state.claims) };
-    let answer = Arc::new(cache::Answer {
-        prepared: review::Prepared::new(d.to_response()),
-        outcome: d.outcome(),
-        env_id: d.env_id().map(ToString::to_string),
-        message: d.denial().map(|x| x.message.clone()),
-        api_version: review.api_version,
-        namespace: ns.into(),
-        name: req.name.as_deref().unwrap_or("").into(),
-        dry_run: req.dry_run.unwrap_or(false),
-        claims: states,
-    });
-    if cacheable {
-        state.metrics.decision_cache.get_or_create(&ResultLabels { result: "miss" }).inc();
-        // Only where a later lookup will try it: the parser's uid among the byte search's.
-        if let Some(uid) = review::uid_span_of(body, &req.uid).filter(|u| uids.contains(u)) {
-            let key = cache::KeyRef { generation: injector.generation(), review: body, uid };
-            state.decisions.insert(&key, Arc::clone(&answer));
-        }
-    }
-    answer
-}
-
-async fn healthz() -> &'static str {
-    "ok\n"
-}
-
-async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
-    }
-}
-
-async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        )],
-        state.metrics.encode(),
-    )
-        .into_response()
-}
-
-async fn not_found(State(state): State<Arc<AppState>>) -> Response {
-    json_error(
-        &state,
-        StatusCode::NOT_FOUND,
-        "no such endpoint: use POST /mutate, POST /preview, GET /healthz, /readyz, /metrics",
-    )
-}
-
 /// The main (TLS) router: `/mutate`, the probes, and `/metrics` and `/preview` unless they are
 /// served on the admin address only.
 pub fn router(state: Arc<AppState>, with_metrics: bool, with_preview: bool) -> Router {
-    let mut r =
-        Router::new().route("/mutate", post(mutate)).route("/healthz", get(healthz)).route("/readyz", get(readyz));
+    let mut r = Router::new()
+        .route("/mutate", post(handle_mutate::mutate))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
     if with_preview {
         r = r.route("/preview", post(handle_preview::preview));
     }
     if with_metrics {
         r = r.route("/metrics", get(metrics_text));
     }
-    r.fallback(not_found).with_state(state)
+    r.fallback(not_found)
+        .layer(axum::middleware::map_response_with_state(Arc::clone(&state), error::count_errors))
+        .with_state(state)
 }
 
 fn admin_router(state: Arc<AppState>, with_preview: bool) -> Router {
@@ -378,7 +101,7 @@ fn admin_router(state: Arc<AppState>, with_preview: bool) -> Router {
     if with_preview {
         r = r.route("/preview", post(handle_preview::preview));
     }
-    r.with_state(state)
+    r.layer(axum::middleware::map_response_with_state(Arc::clone(&state), error::count_errors)).with_state(state)
 }
 
 fn http_builder(opts: &ServeOptions) -> auto::Builder<TokioExecutor> {

@@ -1,7 +1,7 @@
 //! Admin policy: allow/deny globs per ecosystem and the maximum number of deps
 //! (docs/configuration.md).
 
-use crate::config::{Config, Verdict};
+use crate::config::{Config, GlobMatch};
 use crate::plan::deps::Declared;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,11 +56,11 @@ pub fn check(declared: &Declared, cfg: &Config) -> Result<(), PolicyError> {
         declared.python.iter().map(|d| (&cfg.python_policy, "python", d.name.as_str(), &d.requirement, &d.source));
     for (policy, ecosystem, name, item, source) in system.chain(python) {
         match policy.check(name) {
-            Verdict::Allowed => {}
-            Verdict::Denied(glob) => {
+            GlobMatch::Allowed => {}
+            GlobMatch::Denied(glob) => {
                 return Err(PolicyError::Denied { origin: source.to_string(), item: item.clone(), ecosystem, glob })
             }
-            Verdict::NotAllowed => {
+            GlobMatch::NotAllowed => {
                 return Err(PolicyError::NotAllowed { origin: source.to_string(), item: item.clone(), ecosystem })
             }
         }

@@ -7,8 +7,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use super::error::{read_body, ApiError};
 use super::metrics::Endpoint;
-use super::{json_error, read_body, AppState};
+use super::AppState;
 use crate::preview;
 
 #[derive(Debug, Deserialize)]
@@ -16,20 +17,21 @@ pub struct PreviewQuery {
     pub namespace: Option<String>,
 }
 
-pub async fn preview(State(state): State<Arc<AppState>>, Query(q): Query<PreviewQuery>, req: Request) -> Response {
+pub async fn preview(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<PreviewQuery>,
+    req: Request,
+) -> Result<Response, ApiError> {
     let wants_yaml =
         req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("yaml"));
     let Ok(_slot) = state.preview_slots.try_acquire() else {
         state.metrics.count(Endpoint::preview, "throttled");
-        return json_error(&state, StatusCode::TOO_MANY_REQUESTS, "too many previews at once; retry shortly");
+        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many previews at once; retry shortly"));
     };
-    let bytes = match read_body(&state, req.into_body(), state.preview_body_limit).await {
-        Ok(b) => b,
-        Err(resp) => return resp,
-    };
+    let bytes = read_body(&state, req.into_body(), state.preview_body_limit).await?;
     let start = std::time::Instant::now();
     let Ok(text) = std::str::from_utf8(&bytes) else {
-        return json_error(&state, StatusCode::BAD_REQUEST, "body is not UTF-8");
+        return Err(ApiError::bad_request("body is not UTF-8"));
     };
     let injector = state.injector.load();
     let (_, docs, previews) =
@@ -37,7 +39,7 @@ pub async fn preview(State(state): State<Arc<AppState>>, Query(q): Query<Preview
             Ok(r) => r,
             Err(e) => {
                 state.metrics.count(Endpoint::preview, "invalid");
-                return json_error(&state, StatusCode::BAD_REQUEST, &e.to_string());
+                return Err(ApiError::bad_request(e.to_string()));
             }
         };
     for p in &previews {
@@ -46,10 +48,9 @@ pub async fn preview(State(state): State<Arc<AppState>>, Query(q): Query<Preview
     }
     state.metrics.observe(Endpoint::preview, start.elapsed());
     let too_large = |len: usize| {
-        json_error(
-            &state,
+        ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            &format!(
+            format!(
                 "the preview's answer would be {len} bytes, over the limit of {} (--preview-max-output); send fewer objects",
                 state.preview_max_output
             ),
@@ -58,15 +59,15 @@ pub async fn preview(State(state): State<Arc<AppState>>, Query(q): Query<Preview
     if wants_yaml {
         let body = preview::output::yaml(&docs, &previews);
         if body.len() > state.preview_max_output {
-            return too_large(body.len());
+            return Err(too_large(body.len()));
         }
-        return ([(header::CONTENT_TYPE, HeaderValue::from_static("application/yaml"))], body).into_response();
+        return Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/yaml"))], body).into_response());
     }
     let results = preview::output::results(&previews);
     let body = if results.len() == 1 { serde_json::to_vec(&results[0]) } else { serde_json::to_vec(&results) };
     let body = body.expect("serialises");
     if body.len() > state.preview_max_output {
-        return too_large(body.len());
+        return Err(too_large(body.len()));
     }
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
 }

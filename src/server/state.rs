@@ -1,0 +1,80 @@
+//! What the handlers share: the core (swapped whole on reload), the claims' states, metrics, the
+//! decision cache, readiness and the handlers' limits.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use super::cache;
+use super::metrics::Metrics;
+use crate::inject::Injector;
+
+pub struct AppState {
+    /// The core with its config, swapped whole on reload.
+    pub injector: ArcSwap<Injector>,
+    /// Whether the configured claims exist, per namespace (a watch cache, or "assume present").
+    pub claims: Arc<dyn crate::claims::Claims>,
+    pub metrics: Arc<Metrics>,
+    /// `/mutate` answers for byte-identical Pods.
+    pub decisions: cache::DecisionCache,
+    pub ready: AtomicBool,
+    pub body_limit: usize,
+    pub preview_body_limit: usize,
+    pub request_timeout: Duration,
+    /// `/preview` answers at once for at most this many requests; more get 429. A preview's
+    /// answer is larger than its request (objects and patches), unlike `/mutate`'s.
+    pub preview_slots: tokio::sync::Semaphore,
+    /// The largest `/preview` answer, in bytes; a larger one is refused with 413.
+    pub preview_max_output: usize,
+}
+
+/// What the handlers are bounded by (the flags of the same names).
+#[derive(Debug, Clone)]
+pub struct HandlerLimits {
+    pub body_limit: usize,
+    /// `/preview`'s own, smaller body limit: its answer and its parse outgrow the request.
+    pub preview_body_limit: usize,
+    pub request_timeout: Duration,
+    pub decision_cache_bytes: u64,
+    pub preview_concurrency: usize,
+    pub preview_max_output: usize,
+}
+
+impl Default for HandlerLimits {
+    fn default() -> Self {
+        HandlerLimits {
+            body_limit: 4 * 1024 * 1024,
+            preview_body_limit: 1024 * 1024,
+            request_timeout: Duration::from_secs(10),
+            decision_cache_bytes: 8 * 1024 * 1024,
+            preview_concurrency: 2,
+            preview_max_output: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl AppState {
+    /// The handlers' state; `ready` starts false (the server sets it once it listens).
+    pub fn new(
+        injector: Injector,
+        claims: Arc<dyn crate::claims::Claims>,
+        metrics: Arc<Metrics>,
+        limits: &HandlerLimits,
+    ) -> Self {
+        AppState {
+            injector: ArcSwap::from_pointee(injector),
+            claims,
+            metrics,
+            decisions: cache::DecisionCache::new(limits.decision_cache_bytes),
+            ready: AtomicBool::new(false),
+            body_limit: limits.body_limit,
+            // Never more than the server's own limit.
+            preview_body_limit: limits.preview_body_limit.min(limits.body_limit),
+            request_timeout: limits.request_timeout,
+            preview_slots: tokio::sync::Semaphore::new(limits.preview_concurrency.max(1)),
+            preview_max_output: limits.preview_max_output,
+        }
+    }
+}
