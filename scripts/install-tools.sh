@@ -45,8 +45,16 @@ if ! hera_ok; then
   if [ ! -x "$venv/bin/pip" ]; then
     python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$venv"; }
   fi
-  "$venv/bin/pip" install -q --disable-pip-version-check 'hera[yaml]' \
-    || echo "install-tools: hera not installed (package index unreachable?); the Hera test will be skipped"
+  mkdir -p .tools
+  if err=$("$venv/bin/pip" install -q --disable-pip-version-check 'hera[yaml]' 2>&1); then
+    rm -f .tools/hera.unavailable
+  else
+    # The Hera test skips (with this reason) only when this file says the install failed.
+    printf 'pip install hera[yaml] failed: %s\n' "$(printf '%s' "$err" | tail -n 3)" >.tools/hera.unavailable
+    echo "install-tools: hera not installed (package index unreachable?); the Hera test will be skipped"
+  fi
+else
+  rm -f .tools/hera.unavailable
 fi
 
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy

@@ -7,6 +7,8 @@
 //! ([`init_container`]), and hints that never change a verdict ([`nearmiss`], [`hints`]).
 
 pub mod conflicts;
+#[cfg(test)]
+mod decide_tests;
 pub mod decision;
 pub mod hints;
 pub mod init_container;

@@ -98,7 +98,7 @@ impl Options {
 
 /// What a run did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum BuildOutcome {
     /// The env was there already.
     Cached,
     /// Another Pod built it while this one waited.
@@ -465,7 +465,7 @@ fn build(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<(), Material
 }
 
 /// Realises `spec` in `layout`.
-pub fn materialize(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<Outcome, MaterializeError> {
+pub fn materialize(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<BuildOutcome, MaterializeError> {
     let id = &spec.plan.id;
     let computed = EnvId::of(&spec.plan.canonical());
     if computed != *id {
@@ -478,7 +478,7 @@ pub fn materialize(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<Ou
     if is_complete(layout, spec) {
         touch_used(layout, id);
         tracing::info!(env = %id, elapsed_ms = start.elapsed().as_millis() as u64, "env ready (already built)");
-        return Ok(Outcome::Cached);
+        return Ok(BuildOutcome::Cached);
     }
     tracing::info!(
         env = %id,
@@ -501,16 +501,16 @@ pub fn materialize(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<Ou
     let outcome = match lease {
         None => {
             tracing::info!(env = %id, elapsed = %secs(start.elapsed()), "env ready (built by another Pod while this one waited)");
-            Outcome::Waited
+            BuildOutcome::Waited
         }
         Some(_held) if is_complete(layout, spec) => {
             tracing::info!(env = %id, elapsed = %secs(start.elapsed()), "env ready (built by another Pod)");
-            Outcome::Waited
+            BuildOutcome::Waited
         }
         Some(_held) => {
             build(layout, spec, opts)?;
             tracing::info!(env = %id, elapsed = %secs(start.elapsed()), "env built and published");
-            Outcome::Built
+            BuildOutcome::Built
         }
     };
     touch_used(layout, id);
@@ -518,7 +518,7 @@ pub fn materialize(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<Ou
 }
 
 /// The init container's entry point: the spec from the environment.
-pub fn run_from_env() -> Result<Outcome, MaterializeError> {
+pub fn run_from_env() -> Result<BuildOutcome, MaterializeError> {
     let spec = EnvSpec::from_env(|k| std::env::var(k).ok())?;
     let layout = Layout::new(&spec.uv_root, &spec.nix_dir);
     materialize(&layout, &spec, &Options::from_env())

@@ -172,6 +172,184 @@ proptest! {
     }
 }
 
+/// One edit of a Pod in the places nixuv reads, with values nixuv cares about: the keys of its
+/// registry (and near misses), the per-Pod options, env variables and mounts it owns, its volume
+/// and container names. Random values at random paths almost never get past the review's
+/// envelope; these keep it valid and reach the core's rules.
+#[derive(Debug, Clone)]
+enum PodEdit {
+    Annotation(String, String),
+    Label(String, String),
+    Env(usize, String, Option<String>),
+    Mount(usize, String, String),
+    Volume(String, Value),
+    InitContainer(String, Option<String>),
+    Container(String),
+}
+
+fn pod_edit() -> impl Strategy<Value = PodEdit> {
+    let mut keys: Vec<String> = nixuv::keys::KEYS.iter().map(|k| k.name.to_string()).collect();
+    keys.extend(
+        ["nixuv.io/python-dep", "nixuv.io/injekt", "system.nixuv.io/jq", "python.nixuv.io/six"].map(String::from),
+    );
+    let values = prop::sample::select(vec![
+        "",
+        "true",
+        "True",
+        "gcc, jq",
+        "rich, six>=1,<2",
+        "numpy==1.26.4",
+        "3.11",
+        "3.9",
+        "2.7",
+        "overlay",
+        "venv",
+        "first",
+        "afterSidecars",
+        "last",
+        "app",
+        "app, sidecar",
+        "web",
+        "/opt/bin:/usr/bin",
+        "bin",
+        "x y $(z)",
+        "pkg @ https://e.x/p.whl",
+        "-e .",
+        "1.0+cpu",
+    ])
+    .prop_map(String::from);
+    let var =
+        prop::sample::select(vec!["PATH", "PYTHONPATH", "VIRTUAL_ENV", "NIXUV_ENV", "HOME"]).prop_map(String::from);
+    let path = prop::sample::select(vec!["/nix", "//nix/./store", "/nixuv/uv", "/nixuv", "/data", "/x/../nix"])
+        .prop_map(String::from);
+    let vol = prop::sample::select(vec!["nixuv-nix", "nixuv-uv", "nixuv-tmp", "data"]).prop_map(String::from);
+    let source = prop::sample::select(vec![
+        json!({"emptyDir": {}}),
+        json!({"persistentVolumeClaim": {"claimName": "nixuv-uv-cache"}}),
+        json!({"persistentVolumeClaim": {"claimName": "other"}}),
+    ]);
+    let keys = prop::sample::select(keys);
+    prop_oneof![
+        (keys.clone(), values.clone()).prop_map(|(k, v)| PodEdit::Annotation(k, v)),
+        (keys, values.clone()).prop_map(|(k, v)| PodEdit::Label(k, v)),
+        (0usize..3, var, prop::option::of(values)).prop_map(|(i, n, v)| PodEdit::Env(i, n, v)),
+        (0usize..3, vol.clone(), path).prop_map(|(i, v, p)| PodEdit::Mount(i, v, p)),
+        (vol, source).prop_map(|(n, s)| PodEdit::Volume(n, s)),
+        (
+            prop::sample::select(vec!["nixuv-init", "proxy", "setup"]).prop_map(String::from),
+            prop::option::of(Just("Always".to_string()))
+        )
+            .prop_map(|(n, r)| PodEdit::InitContainer(n, r)),
+        prop::sample::select(vec!["sidecar", "istio-proxy", "nixuv-init", "wait"])
+            .prop_map(|n| PodEdit::Container(n.to_string())),
+    ]
+}
+
+fn apply_edit(pod: &mut Value, edit: &PodEdit) {
+    let containers = |pod: &mut Value| pod["spec"]["containers"].as_array_mut().map(|a| a.len()).unwrap_or(0);
+    match edit {
+        PodEdit::Annotation(k, v) => pod["metadata"]["annotations"][k] = json!(v),
+        PodEdit::Label(k, v) => pod["metadata"]["labels"][k] = json!(v),
+        PodEdit::Env(i, name, value) => {
+            let n = containers(pod);
+            let c = &mut pod["spec"]["containers"][i % n.max(1)];
+            let e = match value {
+                Some(v) => json!({"name": name, "value": v}),
+                None => json!({"name": name, "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}),
+            };
+            match c["env"].as_array_mut() {
+                Some(a) => a.push(e),
+                None => c["env"] = json!([e]),
+            }
+        }
+        PodEdit::Mount(i, vol, path) => {
+            let n = containers(pod);
+            let c = &mut pod["spec"]["containers"][i % n.max(1)];
+            let m = json!({"name": vol, "mountPath": path});
+            match c["volumeMounts"].as_array_mut() {
+                Some(a) => a.push(m),
+                None => c["volumeMounts"] = json!([m]),
+            }
+        }
+        PodEdit::Volume(name, source) => {
+            let mut v = source.clone();
+            v["name"] = json!(name);
+            match pod["spec"]["volumes"].as_array_mut() {
+                Some(a) => a.push(v),
+                None => pod["spec"]["volumes"] = json!([v]),
+            }
+        }
+        PodEdit::InitContainer(name, restart) => {
+            let mut c = json!({"name": name, "image": "busybox"});
+            if let Some(r) = restart {
+                c["restartPolicy"] = json!(r);
+            }
+            match pod["spec"]["initContainers"].as_array_mut() {
+                Some(a) => a.push(c),
+                None => pod["spec"]["initContainers"] = json!([c]),
+            }
+        }
+        PodEdit::Container(name) => {
+            if let Some(a) = pod["spec"]["containers"].as_array_mut() {
+                a.push(json!({"name": name, "image": "x"}));
+            }
+        }
+    }
+}
+
+/// An opted-in Pod CREATE review with `edits` applied to its Pod, and the decision on it.
+fn edited_review(edits: &[PodEdit], inj: &Injector) -> (Vec<u8>, nixuv::inject::Outcome) {
+    let mut r = seeds().into_iter().find(|v| v["request"]["object"]["metadata"]["name"] == "bare").unwrap();
+    let pod = &mut r["request"]["object"];
+    pod["metadata"]["labels"]["nixuv.io/inject"] = json!("true");
+    pod["metadata"]["annotations"]["nixuv.io/python-deps"] = json!("rich");
+    for e in edits {
+        apply_edit(pod, e);
+    }
+    let bytes = serde_json::to_vec(&r).unwrap();
+    let review = review::decode(&bytes).expect("the envelope stays valid");
+    let d = inj.decide(&review.request, &AssumePresent);
+    (bytes, d.outcome())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Pod-aware edits of a valid review: every one reaches the core (never skipped, never an
+    /// unreadable Pod), and the usual properties hold (a patch that applies, a fixed point, a
+    /// denial with a code and a message).
+    #[test]
+    fn review_core_pod_aware_edits(edits in prop::collection::vec(pod_edit(), 1..6)) {
+        let inj = Injector::new(Config::default());
+        let (bytes, outcome) = edited_review(&edits, &inj);
+        prop_assert_ne!(outcome, nixuv::inject::Outcome::Skipped);
+        check_review_bytes(&bytes, &inj);
+    }
+}
+
+/// The Pod-aware edits reach every kind of decision, not only one: over a fixed run, each of
+/// injected, denied and not-opted-in (a label edit) comes up.
+#[test]
+fn pod_aware_edits_reach_every_outcome() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config as RunnerConfig, TestRunner};
+    use std::collections::BTreeSet;
+    let inj = Injector::new(Config::default());
+    let mut runner = TestRunner::new_with_rng(
+        RunnerConfig::default(),
+        proptest::test_runner::TestRng::deterministic_rng(proptest::test_runner::RngAlgorithm::ChaCha),
+    );
+    let strategy = prop::collection::vec(pod_edit(), 1..6);
+    let mut seen = BTreeSet::new();
+    for _ in 0..400 {
+        let edits = strategy.new_tree(&mut runner).unwrap().current();
+        seen.insert(edited_review(&edits, &inj).1.as_str());
+    }
+    for want in ["injected", "denied", "not_opted_in"] {
+        assert!(seen.contains(want), "{want} never reached: {seen:?}");
+    }
+}
+
 /// Inputs that once broke something, kept as regression cases.
 #[test]
 fn regressions() {
