@@ -45,6 +45,11 @@ pub fn conflicts(pod: &PodView) -> Result<(), Denial> {
     named("initContainers", pod.init_containers().iter().map(|c| c.name.as_str()).collect())?;
     named("containers", pod.containers().iter().map(|c| c.name.as_str()).collect())?;
     named("ephemeralContainers", pod.ephemeral_containers().iter().map(|c| c.name.as_str()).collect())?;
+    // NIXUV_ENV marks nixuv's own output: set on any container of a new Pod (a target or not), it
+    // would make the next decision take the Pod for a stale injection and rewrite it.
+    if let Some(c) = pod.containers().iter().find(|c| c.env_var(ENV_ID).is_some()) {
+        return Err(Denial::conflict(TargetVar::EnvId.conflict(&c.name)));
+    }
     Ok(())
 }
 

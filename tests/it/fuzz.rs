@@ -368,6 +368,12 @@ fn regressions() {
     let mut r = seeds().into_iter().find(|v| v["request"]["object"]["metadata"]["name"] == "bare").unwrap();
     r["request"]["object"]["spec"]["containers"] = json!([["app"]]);
     check_review_bytes(&serde_json::to_vec(&r).unwrap(), &cfg);
+    // A sidecar (not a target) setting NIXUV_ENV itself: injected, then taken for a stale
+    // injection and rewritten on reinvocation (found by review_core_pod_aware_edits). Now denied.
+    let (bytes, outcome) =
+        edited_review(&[PodEdit::Container("istio-proxy".into()), PodEdit::Env(1, "NIXUV_ENV".into(), None)], &cfg);
+    assert_eq!(outcome, nixuv::inject::Outcome::Denied);
+    check_review_bytes(&bytes, &cfg);
     // Unterminated quote in a marker.
     let _ = deps::split_python("a; python_version > '3");
 }
