@@ -82,6 +82,11 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("nixuv");
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because stderr did not take them fast enough (logging never blocks a request)",
+            crate::logging::burst::DROPPED.clone(),
+        );
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("admission_requests", "Admission and preview requests by decision", requests.clone());
         let duration = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {

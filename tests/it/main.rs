@@ -5,6 +5,7 @@ mod common;
 mod deploy;
 mod fuzz;
 mod fuzz_store;
+mod hardening;
 mod hostile;
 mod images;
 mod kubeapi;

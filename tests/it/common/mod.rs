@@ -54,9 +54,15 @@ pub struct ServerBuilder {
     config: Option<String>,
     metrics: bool,
     cert_dir: Option<PathBuf>,
+    stall_logs: bool,
 }
 
 impl ServerBuilder {
+    /// After start-up, stop reading the server's stderr (a log pipe nobody drains).
+    pub fn stall_logs(mut self) -> Self {
+        self.stall_logs = true;
+        self
+    }
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.to_string());
         self
@@ -99,8 +105,8 @@ impl ServerBuilder {
             cmd.args(["--metrics-addr", "127.0.0.1:0"]);
         }
         cmd.args(&self.args)
-            .envs(self.env.iter().cloned())
             .env("NIXUV_LOG", "info")
+            .envs(self.env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
@@ -108,8 +114,11 @@ impl ServerBuilder {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
         let sink = Arc::clone(&logs);
+        let stall = self.stall_logs;
         std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut reader = BufReader::new(stderr);
+            for line in (&mut reader).lines().map_while(Result::ok) {
+                let listening = line.contains("\"message\":\"listening\"");
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
                     if let Some(addr) = v["addr"].as_str() {
                         let _ = tx.send((
@@ -119,6 +128,12 @@ impl ServerBuilder {
                     }
                 }
                 sink.lock().unwrap().push(line);
+                if stall && listening {
+                    // Keep the pipe open and never read it again.
+                    loop {
+                        std::thread::park();
+                    }
+                }
             }
         });
         let mut addr = None;
@@ -140,7 +155,14 @@ impl ServerBuilder {
 
 impl Server {
     pub fn builder() -> ServerBuilder {
-        ServerBuilder { args: Vec::new(), env: Vec::new(), config: None, metrics: false, cert_dir: None }
+        ServerBuilder {
+            args: Vec::new(),
+            env: Vec::new(),
+            config: None,
+            metrics: false,
+            cert_dir: None,
+            stall_logs: false,
+        }
     }
     pub fn start() -> Server {
         Self::builder().start()

@@ -1,0 +1,73 @@
+//! Hardening, round two: attacks on the release binary's budgets as an unauthenticated client
+//! would mount them (loopback only, bounded in count and time). Each test prints its measured
+//! figures (`--nocapture`) and asserts the bound that must hold.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::{self, Server};
+
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines().find(|l| l.starts_with("VmRSS")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// An opted-in Pod CREATE with its own uid (so that no answer comes from the decision cache).
+fn unique_review(i: usize) -> Vec<u8> {
+    let mut r = common::fixture("reviews/bare-pod.json");
+    r["request"]["uid"] = json!(format!("00000000-0000-0000-0000-{i:012}"));
+    let pod = &mut r["request"]["object"];
+    pod["metadata"]["labels"]["nixuv.io/inject"] = json!("true");
+    pod["metadata"]["annotations"] = json!({"nixuv.io/python-deps": format!("pkg{}", i % 50)});
+    serde_json::to_vec(&r).unwrap()
+}
+
+async fn metrics_text(server: &Server) -> String {
+    let url = format!("http://{}/metrics", server.metrics_addr.unwrap());
+    reqwest::Client::new().get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// With stderr on a pipe nobody reads, a log line never blocks a request: admission goes on at
+/// full speed, `/healthz` answers, and the lines that did not fit are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_pipe_nobody_reads_never_stops_admission() {
+    // Every admission line at debug: ~300 bytes a request.
+    let server = Server::builder().separate_metrics().env("NIXUV_LOG", "debug").stall_logs().start();
+    let client = server.h2();
+    let n = 8000;
+    let start = Instant::now();
+    let ok = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let (client, url, ok) = (client.clone(), server.url("/mutate"), Arc::clone(&ok));
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(16) {
+                let resp = client.post(&url).body(unique_review(i)).send().await.unwrap();
+                assert_eq!(resp.status(), 200);
+                let v: Value = resp.json().await.unwrap();
+                assert_eq!(v["response"]["allowed"], true);
+                ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(60), t).await.expect("admission stalled").unwrap();
+    }
+    let elapsed = start.elapsed();
+    let health = reqwest::Client::new()
+        .get(format!("http://{}/healthz", server.metrics_addr.unwrap()))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .expect("/healthz answers");
+    assert_eq!(health.status(), 200);
+    let dropped = common::metric(&metrics_text(&server).await, "nixuv_log_lines_dropped_total");
+    eprintln!(
+        "unread log pipe: {} requests in {elapsed:?} ({:.0} req/s), {dropped} log lines dropped, /healthz 200",
+        ok.load(std::sync::atomic::Ordering::Relaxed),
+        n as f64 / elapsed.as_secs_f64()
+    );
+    assert!(dropped > 0.0, "more than the pipe and the buffer hold was logged, so some lines were dropped");
+}
