@@ -188,6 +188,10 @@ pub struct ServeArgs {
     /// Largest accepted request body, in bytes (the API server itself caps at 3 MiB).
     #[arg(long, env = "NIXUV_BODY_LIMIT", default_value_t = 4 * 1024 * 1024)]
     pub body_limit: usize,
+    /// MiB of request bodies held in memory at once, over every connection and stream: a request
+    /// takes its bytes before they are read and waits briefly, then gets 503, when they are spent.
+    #[arg(long, env = "NIXUV_REQUEST_BYTES_BUDGET_MIB", default_value_t = 48)]
+    pub request_bytes_budget_mib: usize,
     /// How often the certificate and config files are checked for changes.
     #[arg(long, env = "NIXUV_RELOAD_INTERVAL", value_parser = duration, default_value = "10s")]
     pub reload_interval: Duration,

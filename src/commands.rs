@@ -27,6 +27,7 @@ impl From<ServeArgs> for ServeOptions {
             overrides: Overrides { init_image: a.init_image, own_namespace: own_namespace() },
             metrics_addr: a.metrics_addr,
             body_limit: a.body_limit,
+            request_bytes_budget: a.request_bytes_budget_mib.saturating_mul(1024 * 1024),
             reload_interval: a.reload_interval,
             header_read_timeout: a.header_read_timeout,
             request_timeout: a.request_timeout,

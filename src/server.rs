@@ -3,6 +3,8 @@
 //! handlers are one file per route (`handle_*`), share [`AppState`], and return [`ApiError`] for
 //! anything but the core's answer. Connection handling (limits, timeouts) is `conn`'s.
 
+mod body;
+mod budget;
 mod cabundle;
 mod cache;
 mod claim_watch;
@@ -49,6 +51,7 @@ pub struct ServeOptions {
     pub overrides: crate::config::Overrides,
     pub metrics_addr: Option<SocketAddr>,
     pub body_limit: usize,
+    pub request_bytes_budget: usize,
     pub reload_interval: Duration,
     pub header_read_timeout: Duration,
     pub request_timeout: Duration,
@@ -110,6 +113,10 @@ fn http_builder(opts: &ServeOptions) -> auto::Builder<TokioExecutor> {
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
+        // What a connection's unread streams can hold before the client must wait: a review is a
+        // few KB, and a body is read (within the byte budget) as soon as its request starts.
+        .initial_stream_window_size(256 * 1024)
+        .initial_connection_window_size(1024 * 1024)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
     b
@@ -221,6 +228,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         decision_cache_bytes: opts.decision_cache_bytes,
         preview_concurrency: opts.preview_concurrency,
         preview_max_output: opts.preview_max_output,
+        request_bytes_budget: opts.request_bytes_budget,
     };
     let own_namespace = config.own_namespace.clone();
     let state = Arc::new(AppState::new(Injector::new(config), claims, Arc::clone(&metrics), &limits));

@@ -88,11 +88,16 @@ impl Drop for InFlight {
     }
 }
 
+/// The client's address, in every request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
 /// The axum app as a hyper service that counts this connection's requests.
 #[derive(Clone)]
 struct Tracked {
     app: Router,
     track: Arc<Track>,
+    peer: SocketAddr,
 }
 
 impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
@@ -105,7 +110,9 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
         self.track.requests.fetch_add(1, Ordering::Relaxed);
         self.track.touch();
         let guard = InFlight(Arc::clone(&self.track));
-        let fut = tower::ServiceExt::oneshot(self.app.clone(), req.map(axum::body::Body::new));
+        let mut req = req.map(axum::body::Body::new);
+        req.extensions_mut().insert(PeerAddr(self.peer));
+        let fut = tower::ServiceExt::oneshot(self.app.clone(), req);
         Box::pin(async move {
             let res = fut.await;
             drop(guard);
@@ -215,7 +222,7 @@ impl Spawner {
             let builder = if h2 { builder.http2_only() } else { builder.http1_only() };
             metrics.connections.inc();
             track.touch();
-            let svc = Tracked { app, track: Arc::clone(&track) };
+            let svc = Tracked { app, track: Arc::clone(&track), peer };
             let conn = builder.serve_connection(TokioIo::new(tls), svc);
             tokio::pin!(conn);
             let mut closing: Option<Instant> = None;

@@ -4,8 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -61,25 +60,4 @@ pub async fn count_errors(State(state): State<Arc<AppState>>, resp: Response) ->
         state.metrics.http_errors.get_or_create(&CodeLabels { code: *code }).inc();
     }
     resp
-}
-
-/// Reads the whole body within `limit` and the request timeout.
-pub async fn read_body(state: &AppState, body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    let limited = http_body_util::Limited::new(body, limit);
-    let collected = tokio::time::timeout(state.request_timeout, http_body_util::BodyExt::collect(limited)).await;
-    match collected {
-        Err(_) => Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "timed out reading the request body")),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::too_large(limit)),
-        Ok(Err(e)) => Err(ApiError::bad_request(format!("reading the request body: {e}"))),
-    }
-}
-
-/// A request whose Content-Length is over `limit`: refused before a byte of it is read.
-pub fn too_large_by_header(req: &Request, limit: usize) -> Result<(), ApiError> {
-    let len = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    match len {
-        Some(len) if len > limit as u64 => Err(ApiError::too_large(limit)),
-        _ => Ok(()),
-    }
 }

@@ -8,8 +8,9 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
+use super::body::read_body;
 use super::cache;
-use super::error::{read_body, too_large_by_header, ApiError};
+use super::error::ApiError;
 use super::metrics::{Endpoint, ResultLabels};
 use super::AppState;
 use crate::inject::{self, Outcome};
@@ -20,19 +21,19 @@ use crate::review;
 pub const ADMISSION_LOG: &str = "nixuv::admission";
 
 pub async fn mutate(State(state): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
-    too_large_by_header(&req, state.body_limit)?;
-    let bytes = read_body(&state, req.into_body(), state.body_limit).await?;
+    let body = read_body(&state, req, state.body_limit).await?;
+    let bytes: &[u8] = &body.bytes;
     let start = Instant::now();
     // Where the request uid may stand, looked for once: for the lookup, and for the entry made if
     // the review is new.
     let uids: Vec<std::ops::Range<usize>> = match state.decisions.enabled() && bytes.len() <= cache::MAX_REVIEW {
-        true => review::uid_candidates(&bytes).collect(),
+        true => review::uid_candidates(bytes).collect(),
         false => Vec::new(),
     };
     // A replica of a review seen before is answered without parsing it (see `cache`).
-    let (answer, uid, cached) = match cached(&state, &bytes, &uids) {
+    let (answer, uid, cached) = match cached(&state, bytes, &uids) {
         Some((hit, uid)) => (hit, std::borrow::Cow::Borrowed(uid), true),
-        None => match decide_new(&state, &bytes, &uids) {
+        None => match decide_new(&state, bytes, &uids) {
             Ok((answer, uid)) => (answer, uid, false),
             Err(e) => {
                 state.metrics.count(Endpoint::mutate, "invalid");

@@ -7,7 +7,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::error::{read_body, ApiError};
+use super::body::read_body;
+use super::error::ApiError;
 use super::metrics::Endpoint;
 use super::AppState;
 use crate::preview;
@@ -28,9 +29,10 @@ pub async fn preview(
         state.metrics.count(Endpoint::preview, "throttled");
         return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many previews at once; retry shortly"));
     };
-    let bytes = read_body(&state, req.into_body(), state.preview_body_limit).await?;
+    let body = read_body(&state, req, state.preview_body_limit).await?;
+    let bytes: &[u8] = &body.bytes;
     let start = std::time::Instant::now();
-    let Ok(text) = std::str::from_utf8(&bytes) else {
+    let Ok(text) = std::str::from_utf8(bytes) else {
         return Err(ApiError::bad_request("body is not UTF-8"));
     };
     let injector = state.injector.load();

@@ -71,6 +71,9 @@ pub struct Metrics {
     /// Connections closed for sending no request within the first-request or idle timeout.
     pub idle_closed_connections: Counter,
     pub tls_handshake_failures: Counter,
+    /// Bytes of request bodies held in memory now, and the budget they are held under.
+    pub request_bytes_buffered: Gauge,
+    pub request_bytes_budget: Gauge,
 }
 
 impl Default for Metrics {
@@ -147,6 +150,18 @@ impl Metrics {
             "TLS handshakes that failed or timed out",
             tls_handshake_failures.clone(),
         );
+        let request_bytes_buffered = Gauge::default();
+        registry.register(
+            "request_bytes_buffered",
+            "Bytes of request bodies held in memory now (taken from the budget before they are read)",
+            request_bytes_buffered.clone(),
+        );
+        let request_bytes_budget = Gauge::default();
+        registry.register(
+            "request_bytes_budget",
+            "Bytes of request bodies the server holds in memory at most (--request-bytes-budget)",
+            request_bytes_budget.clone(),
+        );
         let stores = Family::<StoreLabels, Gauge>::default();
         registry.register(
             "stores",
@@ -176,6 +191,8 @@ impl Metrics {
             evicted_connections,
             idle_closed_connections,
             tls_handshake_failures,
+            request_bytes_buffered,
+            request_bytes_budget,
         }
     }
 

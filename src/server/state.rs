@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use super::budget::ByteBudget;
 use super::cache;
 use super::metrics::Metrics;
 use crate::inject::Injector;
@@ -28,6 +29,8 @@ pub struct AppState {
     pub preview_slots: tokio::sync::Semaphore,
     /// The largest `/preview` answer, in bytes; a larger one is refused with 413.
     pub preview_max_output: usize,
+    /// Request bytes held in memory across every connection and stream.
+    pub budget: ByteBudget,
 }
 
 /// What the handlers are bounded by (the flags of the same names).
@@ -40,6 +43,8 @@ pub struct HandlerLimits {
     pub decision_cache_bytes: u64,
     pub preview_concurrency: usize,
     pub preview_max_output: usize,
+    /// Bytes of request bodies held in memory at once, over every connection and stream.
+    pub request_bytes_budget: usize,
 }
 
 impl Default for HandlerLimits {
@@ -51,6 +56,7 @@ impl Default for HandlerLimits {
             decision_cache_bytes: 8 * 1024 * 1024,
             preview_concurrency: 2,
             preview_max_output: 16 * 1024 * 1024,
+            request_bytes_budget: 48 * 1024 * 1024,
         }
     }
 }
@@ -63,6 +69,10 @@ impl AppState {
         metrics: Arc<Metrics>,
         limits: &HandlerLimits,
     ) -> Self {
+        // Never less than one request of the largest size.
+        let bytes = limits.request_bytes_budget.max(limits.body_limit);
+        metrics.request_bytes_budget.set(bytes as i64);
+        let budget = ByteBudget::new(bytes, limits.body_limit, metrics.request_bytes_buffered.clone());
         AppState {
             injector: ArcSwap::from_pointee(injector),
             claims,
@@ -75,6 +85,7 @@ impl AppState {
             request_timeout: limits.request_timeout,
             preview_slots: tokio::sync::Semaphore::new(limits.preview_concurrency.max(1)),
             preview_max_output: limits.preview_max_output,
+            budget,
         }
     }
 }

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::common::{self, Server};
 
-pub fn rss_kib(pid: u32) -> u64 {
+fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     s.lines().find(|l| l.starts_with("VmRSS")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
 }
@@ -70,4 +70,69 @@ async fn a_log_pipe_nobody_reads_never_stops_admission() {
         n as f64 / elapsed.as_secs_f64()
     );
     assert!(dropped > 0.0, "more than the pipe and the buffer hold was logged, so some lines were dropped");
+}
+
+/// 64 connections from one client address each send 4 MB of a `/mutate` body that never ends:
+/// the server holds at most its budget of request bytes (and one client at most a quarter of
+/// it), answers the rest 503 at once, and another client is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_bodies_are_held_within_the_byte_budget() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::builder().separate_metrics().arg("--max-connections").arg("256").start();
+    let pid = server.child.id();
+    let before = rss_kib(pid);
+    let attacker: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let len = 4_000_000;
+    let chunk = vec![b' '; 64 * 1024];
+    let mut refused = 0;
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let mut conn = crate::lifecycle::raw_tls_from(&server, b"http/1.1", Some(attacker)).await;
+        let head = format!("POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-length: {len}\r\n\r\n");
+        conn.write_all(head.as_bytes()).await.unwrap();
+        // All but the last bytes, as long as the server takes them.
+        let mut sent = 0;
+        let mut answer = Vec::new();
+        while sent + chunk.len() < len {
+            let write = tokio::time::timeout(Duration::from_millis(300), conn.write_all(&chunk)).await;
+            if !matches!(write, Ok(Ok(()))) {
+                break;
+            }
+            sent += chunk.len();
+            // A refusal comes before the body is read: look for one now and then.
+            if sent % (1 << 20) < chunk.len() {
+                let mut buf = [0u8; 512];
+                if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), conn.read(&mut buf)).await {
+                    answer.extend_from_slice(&buf[..n]);
+                    if n > 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        let mut buf = [0u8; 512];
+        if answer.is_empty() {
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(20), conn.read(&mut buf)).await {
+                answer.extend_from_slice(&buf[..n]);
+            }
+        }
+        if String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 503") {
+            refused += 1;
+        }
+        held.push(conn);
+    }
+    let during = rss_kib(pid);
+    let text = metrics_text(&server).await;
+    let buffered = common::metric(&text, "nixuv_request_bytes_buffered");
+    let budget = common::metric(&text, "nixuv_request_bytes_budget");
+    // Another client is served while the attack holds its share.
+    let resp = server.h1().post(server.url("/mutate")).body(unique_review(1)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    eprintln!(
+        "partial bodies: RSS {before} KiB -> {during} KiB with 64 x 4 MB bodies in flight; {refused} refused with 503; {buffered} of {budget} budget bytes held; another client served"
+    );
+    assert!(buffered <= budget / 4.0 + 1024.0, "one client held {buffered} of {budget}");
+    assert!(refused >= 58, "{refused} of 64 refused");
+    assert!(during < before + 64 * 1024, "RSS grew from {before} to {during} KiB");
+    drop(held);
 }

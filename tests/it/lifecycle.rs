@@ -191,6 +191,15 @@ pub async fn raw_tls(server: &Server) -> tokio_rustls::client::TlsStream<tokio::
 
 /// A TLS connection offering only `alpn`, nothing sent on it yet.
 pub async fn raw_tls_alpn(server: &Server, alpn: &[u8]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    raw_tls_from(server, alpn, None).await
+}
+
+/// [`raw_tls_alpn`] from the loopback address `from` (any 127.x.y.z: another client address).
+pub async fn raw_tls_from(
+    server: &Server,
+    alpn: &[u8],
+    from: Option<std::net::IpAddr>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     use rustls_pki_types::pem::PemObject;
     for c in rustls_pki_types::CertificateDer::pem_slice_iter(&server.ca) {
@@ -203,7 +212,14 @@ pub async fn raw_tls_alpn(server: &Server, alpn: &[u8]) -> tokio_rustls::client:
         .with_root_certificates(roots)
         .with_no_client_auth();
     cfg.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let tcp = match from {
+        None => tokio::net::TcpStream::connect(server.addr).await.unwrap(),
+        Some(ip) => {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind(std::net::SocketAddr::new(ip, 0)).unwrap();
+            s.connect(server.addr).await.unwrap()
+        }
+    };
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.unwrap()
 }
