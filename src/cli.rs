@@ -231,9 +231,14 @@ pub struct ServeArgs {
     #[arg(long, value_parser = duration, default_value = "60s")]
     pub idle_timeout: Duration,
     /// Open connections at most. At the limit, the longest-idle connection is closed to make room
-    /// for a new one; only when every connection has a request in flight is a new one refused.
+    /// for a new one, else one whose request has made no progress for 2 s; only when every
+    /// connection is busy and making progress is a new one refused.
     #[arg(long, env = "NIXUV_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+    /// Open connections of one client address at most (the API server keeps a few per replica).
+    /// At the limit, that client's longest-idle (else longest-stalled) connection makes room.
+    #[arg(long, env = "NIXUV_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256)]
+    pub max_connections_per_client: usize,
     /// After SIGTERM, keep accepting for this long with /readyz failing (endpoint propagation).
     #[arg(long, env = "NIXUV_SHUTDOWN_DELAY", value_parser = duration, default_value = "0s")]
     pub shutdown_delay: Duration,

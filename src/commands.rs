@@ -33,6 +33,7 @@ impl From<ServeArgs> for ServeOptions {
             request_timeout: a.request_timeout,
             handshake_timeout: a.handshake_timeout,
             max_connections: a.max_connections.max(1),
+            max_connections_per_client: a.max_connections_per_client.max(1),
             shutdown_delay: a.shutdown_delay,
             drain_timeout: a.drain_timeout,
             first_request_timeout: a.first_request_timeout,

@@ -61,6 +61,8 @@ pub struct ServeOptions {
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Open connections of one client address at most.
+    pub max_connections_per_client: usize,
     pub preview_concurrency: usize,
     pub preview_body_limit: usize,
     /// Serve `/preview` on the metrics address only, not on the webhook's.
@@ -174,6 +176,10 @@ async fn serve_plain(listener: TcpListener, app: Router, shutdown: tokio::sync::
     }
 }
 
+/// Accepted connections waiting for room at once (each at most a quarter of a second); beyond
+/// them a new connection is refused without waiting.
+const PENDING_CONNECTIONS: usize = 256;
+
 /// This replica's name for leader election and Events: the Pod's name (`POD_NAME`, from the
 /// downward API), else the host name and process id.
 pub fn identity() -> String {
@@ -265,7 +271,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(addr = %local, "listening");
 
-    let conns = conn::Spawner {
+    let conns = Arc::new(conn::Spawner {
         acceptor,
         builder,
         app,
@@ -277,8 +283,10 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         },
         registry: Arc::new(conn::Registry::default()),
         budget: Arc::clone(&budget),
+        per_client: opts.max_connections_per_client.max(1),
+        pending: Arc::new(tokio::sync::Semaphore::new(PENDING_CONNECTIONS)),
         shutdown: drain_rx,
-    };
+    });
     let signal = shutdown_signal();
     tokio::pin!(signal);
     // After the signal: readiness fails at once, and the listener keeps accepting for the shutdown
@@ -307,12 +315,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let Some(permit) = conns.permit().await else {
-            metrics.rejected_connections.inc();
-            drop(tcp);
-            continue;
-        };
-        conns.spawn(tcp, peer, permit);
+        // Never waits here: room for it is made in its own task.
+        conns.accept(tcp, peer);
     }
 
     // Drain: stop accepting, let in-flight requests finish; idle keep-alive connections are

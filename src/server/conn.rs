@@ -7,8 +7,11 @@
 //!   and says nothing);
 //! - no request was in flight for `idle_timeout` (an idle keep-alive connection, or an HTTP/2
 //!   connection that only answers PINGs: only requests count as activity);
-//! - the budget of connections is full and this one is the longest idle: a fresh connection (the
-//!   API server's, after a restart or a scale-up) takes its place instead of being refused;
+//! - the budget of connections (or of its client address) is full and this one is the longest
+//!   idle, or else has had a request in flight with no request begun or ended for [`STALLED`] (a
+//!   body that never ends, a stream that never completes): a fresh connection (the API server's,
+//!   after a restart or a scale-up) takes its place instead of being refused. An idle one closes
+//!   gracefully; a stalled one is dropped at once;
 //! - the server drains (SIGTERM).
 //!
 //! Closing is graceful (HTTP/1.1 closes after the response in flight, HTTP/2 sends GOAWAY), and a
@@ -20,7 +23,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,6 +40,11 @@ use super::metrics::Metrics;
 
 /// How long a connection asked to close may take to do so before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// A connection with a request in flight and no request begun or ended for this long is stalled:
+/// it may be dropped to make room (a review's body arrives in milliseconds).
+pub const STALLED: Duration = Duration::from_secs(2);
+/// How long a new connection waits for the one evicted for it to go.
+const EVICT_WAIT: Duration = Duration::from_millis(250);
 
 /// The deadlines of a connection's life.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +64,8 @@ struct Track {
     close: Notify,
     /// Asked to close (to make room): not picked again while it goes.
     evicted: std::sync::atomic::AtomicBool,
+    /// Evicted while stalled: dropped rather than closed gracefully.
+    drop_now: std::sync::atomic::AtomicBool,
 }
 
 impl Track {
@@ -67,6 +77,9 @@ impl Track {
     }
     fn idle(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) == 0
+    }
+    fn stalled(&self, now: Instant) -> bool {
+        !self.idle() && now.saturating_duration_since(self.last()) >= STALLED
     }
     /// When this connection is to be closed if nothing happens meanwhile.
     fn deadline(&self, limits: &Limits) -> Instant {
@@ -121,30 +134,73 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
     }
 }
 
-/// The open connections, for eviction when the budget is full.
+/// The open connections, for eviction when a budget is full, and the count per client address.
 #[derive(Default)]
 pub struct Registry {
     next: AtomicU64,
-    conns: Mutex<HashMap<u64, Arc<Track>>>,
+    conns: Mutex<HashMap<u64, (IpAddr, Arc<Track>)>>,
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A client address's slot; given back when dropped.
+struct ClientSlot {
+    registry: Arc<Registry>,
+    ip: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut m = self.registry.per_client.lock().expect("registry lock");
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Registry {
-    fn add(&self, track: Arc<Track>) -> u64 {
+    fn add(&self, ip: IpAddr, track: Arc<Track>) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.conns.lock().expect("registry lock").insert(id, track);
+        self.conns.lock().expect("registry lock").insert(id, (ip, track));
         id
     }
     fn remove(&self, id: u64) {
         self.conns.lock().expect("registry lock").remove(&id);
     }
-    /// Asks the connection that has been idle longest (no request in flight) to close. False if
-    /// every connection is busy.
-    pub fn evict_idlest(&self) -> bool {
+    /// One more connection of `ip`, if it has fewer than `cap`.
+    fn try_client_slot(self: &Arc<Self>, ip: IpAddr, cap: usize) -> Option<ClientSlot> {
+        let mut m = self.per_client.lock().expect("registry lock");
+        let n = m.entry(ip).or_default();
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot { registry: Arc::clone(self), ip })
+    }
+    /// One more connection of `ip`, whatever its count (one of its connections is going).
+    fn client_slot(self: &Arc<Self>, ip: IpAddr) -> ClientSlot {
+        *self.per_client.lock().expect("registry lock").entry(ip).or_default() += 1;
+        ClientSlot { registry: Arc::clone(self), ip }
+    }
+    /// Asks a connection (of `client`, if given) to close to make room: the one idle longest,
+    /// else the one stalled longest. False if every one is busy and making progress.
+    pub fn evict(&self, client: Option<IpAddr>) -> bool {
         let conns = self.conns.lock().expect("registry lock");
-        let victim = conns.values().filter(|t| t.idle() && !t.evicted.load(Ordering::Relaxed)).min_by_key(|t| t.last());
+        let now = Instant::now();
+        let candidates = || {
+            conns
+                .values()
+                .filter(|(ip, t)| client.is_none_or(|c| c == *ip) && !t.evicted.load(Ordering::Relaxed))
+                .map(|(_, t)| t)
+        };
+        let idle = candidates().filter(|t| t.idle()).min_by_key(|t| t.last());
+        let victim = idle.or_else(|| candidates().filter(|t| t.stalled(now)).min_by_key(|t| t.last()));
         match victim {
             Some(t) => {
                 t.evicted.store(true, Ordering::Relaxed);
+                t.drop_now.store(!t.idle(), Ordering::Relaxed);
                 t.close.notify_one();
                 true
             }
@@ -162,30 +218,79 @@ pub struct Spawner {
     pub limits: Limits,
     pub registry: Arc<Registry>,
     pub budget: Arc<Semaphore>,
+    /// Connections of one client address at most.
+    pub per_client: usize,
+    /// Accepted connections still waiting for room: the accept loop never waits, and those
+    /// beyond this are refused at once.
+    pub pending: Arc<Semaphore>,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Spawner {
-    /// A permit for a new connection: at once if the budget allows, else after evicting the
-    /// longest-idle connection (if there is one) and waiting briefly for it to go.
-    pub async fn permit(&self) -> Option<OwnedSemaphorePermit> {
+    /// Room for a new connection of `ip`: a slot of its client address and a permit of the
+    /// budget, each at once if there is room, else after evicting a connection (see
+    /// [`Registry::evict`]) and waiting [`EVICT_WAIT`] for it to go. Called in the connection's
+    /// own task, never in the accept loop.
+    async fn room(&self, ip: IpAddr) -> Option<(ClientSlot, OwnedSemaphorePermit)> {
+        let slot = match self.registry.try_client_slot(ip, self.per_client) {
+            Some(s) => s,
+            None => {
+                if !self.registry.evict(Some(ip)) {
+                    tracing::debug!(%ip, "refused: the client's connections are all busy");
+                    return None;
+                }
+                self.metrics.evicted_connections.inc();
+                // The evicted connection's slot is this one's: taken now (the count is over the
+                // cap until it has gone), so that a connection arriving meanwhile cannot take it.
+                self.registry.client_slot(ip)
+            }
+        };
         if let Ok(p) = Arc::clone(&self.budget).try_acquire_owned() {
-            return Some(p);
+            return Some((slot, p));
         }
-        if !self.registry.evict_idlest() {
+        if !self.registry.evict(None) {
+            tracing::debug!(%ip, "refused: every connection is busy");
             return None;
         }
         self.metrics.evicted_connections.inc();
-        tokio::time::timeout(Duration::from_millis(250), Arc::clone(&self.budget).acquire_owned()).await.ok()?.ok()
+        let permit = tokio::time::timeout(EVICT_WAIT, Arc::clone(&self.budget).acquire_owned()).await.ok()?.ok()?;
+        Some((slot, permit))
     }
 
-    pub fn spawn(&self, tcp: tokio::net::TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+    /// Serves an accepted connection in a task of its own, once there is room for it; refused at
+    /// once when too many are already waiting.
+    pub fn accept(self: &Arc<Self>, tcp: tokio::net::TcpStream, peer: SocketAddr) {
+        let Ok(pending) = Arc::clone(&self.pending).try_acquire_owned() else {
+            self.metrics.rejected_connections.inc();
+            return;
+        };
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let room = this.room(peer.ip()).await;
+            drop(pending);
+            match room {
+                Some((slot, permit)) => this.serve(tcp, peer, slot, permit).await,
+                None => {
+                    this.metrics.rejected_connections.inc();
+                }
+            }
+        });
+    }
+
+    async fn serve(
+        &self,
+        tcp: tokio::net::TcpStream,
+        peer: SocketAddr,
+        slot: ClientSlot,
+        permit: OwnedSemaphorePermit,
+    ) {
         let _ = tcp.set_nodelay(true);
         let (acceptor, builder, app) = (self.acceptor.clone(), self.builder.clone(), self.app.clone());
         let (metrics, limits, registry) = (Arc::clone(&self.metrics), self.limits, Arc::clone(&self.registry));
         let mut shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
+        {
             let _permit = permit;
+            let _slot = slot;
             let track = Arc::new(Track {
                 started: Instant::now(),
                 last_ms: AtomicU64::new(0),
@@ -193,11 +298,13 @@ impl Spawner {
                 requests: AtomicU64::new(0),
                 close: Notify::new(),
                 evicted: std::sync::atomic::AtomicBool::new(false),
+                drop_now: std::sync::atomic::AtomicBool::new(false),
             });
-            let id = registry.add(Arc::clone(&track));
+            let id = registry.add(peer.ip(), Arc::clone(&track));
             let tls = tokio::select! {
                 r = tokio::time::timeout(limits.handshake, acceptor.accept(tcp)) => r,
                 _ = track.close.notified() => {
+                    tracing::debug!(%peer, "closed during its handshake to make room for a new connection");
                     registry.remove(id);
                     return;
                 }
@@ -242,6 +349,10 @@ impl Spawner {
                         closing = Some(Instant::now());
                     }
                     _ = track.close.notified(), if closing.is_none() => {
+                        if track.drop_now.load(Ordering::Relaxed) {
+                            tracing::debug!(%peer, "dropping a stalled connection to make room for a new one");
+                            break;
+                        }
                         if track.idle() {
                             tracing::debug!(%peer, "closing an idle connection to make room for a new one");
                             conn.as_mut().graceful_shutdown();
@@ -270,6 +381,6 @@ impl Spawner {
             }
             registry.remove(id);
             metrics.connections.dec();
-        });
+        }
     }
 }

@@ -136,3 +136,69 @@ async fn partial_bodies_are_held_within_the_byte_budget() {
     assert!(during < before + 64 * 1024, "RSS grew from {before} to {during} KiB");
     drop(held);
 }
+
+/// A connection holding a request that never completes (`body` of `len` bytes, 10 sent) from
+/// `from`; None if the server refused it (closed at once).
+async fn busy_connection(
+    server: &Server,
+    from: std::net::IpAddr,
+) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = crate::lifecycle::raw_tls_from(server, b"http/1.1", Some(from)).await;
+    let head = "POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-length: 1000\r\n\r\n{\"apiVersi";
+    if conn.write_all(head.as_bytes()).await.is_err() {
+        return None;
+    }
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_millis(50), conn.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => None,
+        _ => Some(conn),
+    }
+}
+
+/// Connections that each hold a request that never completes are not idle, yet they cannot
+/// lock fresh clients out: once stalled, they make room for new ones; and one client address
+/// holds at most its share of connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_connections_never_lock_fresh_clients_out() {
+    let server = Server::builder()
+        .separate_metrics()
+        .args(&["--max-connections", "64", "--max-connections-per-client", "48"])
+        .start();
+    let attacker: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        if let Some(c) = busy_connection(&server, attacker).await {
+            held.push(c);
+        }
+    }
+    let text = metrics_text(&server).await;
+    let open = common::metric(&text, "nixuv_connections");
+    let rejected = common::metric(&text, "nixuv_connections_rejected_total");
+    eprintln!("busy connections: one client opened 64 (cap 48): {open} open, {rejected} refused");
+    // Past its share, a client's new connection takes the place of its longest-stalled one (the
+    // first ones here have stalled by then) or is refused: never more than 48 open.
+    assert!(open <= 48.0, "{open} open");
+    // A second address takes the rest of the budget, with requests in flight too.
+    let other: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+    for _ in 0..16 {
+        if let Some(c) = busy_connection(&server, other).await {
+            held.push(c);
+        }
+    }
+    assert_eq!(common::metric(&metrics_text(&server).await, "nixuv_connections"), 64.0, "the budget is full");
+    // Once the attackers' requests have stalled, every fresh client is served.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let mut served = 0;
+    for i in 0..12 {
+        let client = server.fresh_client(&server.ca);
+        let resp = client.post(server.url("/mutate")).body(unique_review(100 + i)).send().await;
+        if resp.is_ok_and(|r| r.status() == 200) {
+            served += 1;
+        }
+    }
+    let evicted = common::metric(&metrics_text(&server).await, "nixuv_connections_evicted_total");
+    eprintln!("busy connections: {served} of 12 fresh clients served; {evicted} stalled connections evicted");
+    assert_eq!(served, 12);
+    drop(held);
+}

@@ -300,7 +300,10 @@ async fn stalled_handshakes_and_slow_clients_do_not_starve_good_requests() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let m = server.h1().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
     let failures = common::metric(&m, "nixuv_tls_handshake_failures_total") as u64;
-    assert!(failures >= 300, "handshake timeouts counted: {failures}");
+    // Past the per-client cap (256, all of these come from one address), the oldest stalled
+    // handshakes made room for the newer connections; the handshake timeout closed the rest.
+    let evicted = common::metric(&m, "nixuv_connections_evicted_total") as u64;
+    assert!(failures + evicted >= 300, "handshake timeouts {failures}, evicted {evicted}");
     let open = common::metric(&m, "nixuv_connections_open") as i64;
     assert!(open <= 5, "slow clients were closed by the header timeout: {open} open");
     drop(idle);
