@@ -212,9 +212,13 @@ pub struct ServeArgs {
     /// not on the webhook's address, which the API server and so the whole network can reach.
     #[arg(long)]
     pub preview_on_metrics_addr: bool,
-    /// `/preview` requests answered at once; more get 429 (a preview's answer outgrows its request).
+    /// `/preview` requests admitted at once (reading, waiting or rendering); more get 429 (a
+    /// preview's answer outgrows its request).
     #[arg(long, default_value_t = 2)]
     pub preview_concurrency: usize,
+    /// Threads that render previews, apart from the runtime that serves `/mutate`.
+    #[arg(long, default_value_t = 1)]
+    pub preview_threads: usize,
     /// Largest `/preview` request body, in bytes (a preview's parse and answer outgrow its body,
     /// unlike `/mutate`'s); a larger one gets 413.
     #[arg(long, default_value_t = 1024 * 1024)]

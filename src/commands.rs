@@ -39,6 +39,7 @@ impl From<ServeArgs> for ServeOptions {
             first_request_timeout: a.first_request_timeout,
             idle_timeout: a.idle_timeout,
             preview_concurrency: a.preview_concurrency,
+            preview_threads: a.preview_threads,
             preview_body_limit: a.preview_body_limit,
             preview_on_metrics_addr: a.preview_on_metrics_addr,
             preview_max_output: a.preview_max_output,

@@ -15,6 +15,7 @@ mod handle_preview;
 mod handle_probes;
 mod leader;
 pub mod metrics;
+mod preview_pool;
 mod reconciler;
 mod state;
 pub mod tls;
@@ -64,6 +65,7 @@ pub struct ServeOptions {
     /// Open connections of one client address at most.
     pub max_connections_per_client: usize,
     pub preview_concurrency: usize,
+    pub preview_threads: usize,
     pub preview_body_limit: usize,
     /// Serve `/preview` on the metrics address only, not on the webhook's.
     pub preview_on_metrics_addr: bool,
@@ -233,6 +235,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         request_timeout: opts.request_timeout,
         decision_cache_bytes: opts.decision_cache_bytes,
         preview_concurrency: opts.preview_concurrency,
+        preview_threads: opts.preview_threads,
         preview_max_output: opts.preview_max_output,
         request_bytes_budget: opts.request_bytes_budget,
     };

@@ -30,46 +30,62 @@ pub async fn preview(
         return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many previews at once; retry shortly"));
     };
     let body = read_body(&state, req, state.preview_body_limit).await?;
-    let bytes: &[u8] = &body.bytes;
     let start = std::time::Instant::now();
-    let Ok(text) = std::str::from_utf8(bytes) else {
+    let Ok(text) = String::from_utf8(body.bytes.to_vec()) else {
         return Err(ApiError::bad_request("body is not UTF-8"));
     };
-    let injector = state.injector.load();
-    let (_, docs, previews) =
-        match preview::preview_text(text, q.namespace.as_deref(), &injector, state.claims.as_ref()) {
-            Ok(r) => r,
-            Err(e) => {
-                state.metrics.count(Endpoint::preview, "invalid");
-                return Err(ApiError::bad_request(e.to_string()));
-            }
-        };
-    for p in &previews {
-        let decision = preview::outcome(p).as_str();
-        state.metrics.count(Endpoint::preview, decision);
-    }
+    drop(body);
+    // Rendered on the preview threads, never on the runtime that serves /mutate.
+    let (injector, claims, metrics) =
+        (state.injector.load_full(), Arc::clone(&state.claims), Arc::clone(&state.metrics));
+    let max_output = state.preview_max_output;
+    let (content_type, body) = state
+        .preview_pool
+        .run(move || {
+            render(&text, q.namespace.as_deref(), &injector, claims.as_ref(), &metrics, wants_yaml, max_output)
+        })
+        .await??;
     state.metrics.observe(Endpoint::preview, start.elapsed());
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response())
+}
+
+/// The answer to one preview: its content type and bytes.
+fn render(
+    text: &str,
+    namespace: Option<&str>,
+    injector: &crate::inject::Injector,
+    claims: &dyn crate::claims::Claims,
+    metrics: &super::metrics::Metrics,
+    wants_yaml: bool,
+    max_output: usize,
+) -> Result<(&'static str, Vec<u8>), ApiError> {
+    let (_, docs, previews) = match preview::preview_text(text, namespace, injector, claims) {
+        Ok(r) => r,
+        Err(e) => {
+            metrics.count(Endpoint::preview, "invalid");
+            return Err(ApiError::bad_request(e.to_string()));
+        }
+    };
+    for p in &previews {
+        metrics.count(Endpoint::preview, preview::outcome(p).as_str());
+    }
     let too_large = |len: usize| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
-                "the preview's answer would be {len} bytes, over the limit of {} (--preview-max-output); send fewer objects",
-                state.preview_max_output
+                "the preview's answer would be {len} bytes, over the limit of {max_output} (--preview-max-output); send fewer objects"
             ),
         )
     };
-    if wants_yaml {
-        let body = preview::output::yaml(&docs, &previews);
-        if body.len() > state.preview_max_output {
-            return Err(too_large(body.len()));
-        }
-        return Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/yaml"))], body).into_response());
-    }
-    let results = preview::output::results(&previews);
-    let body = if results.len() == 1 { serde_json::to_vec(&results[0]) } else { serde_json::to_vec(&results) };
-    let body = body.expect("serialises");
-    if body.len() > state.preview_max_output {
+    let (content_type, body) = if wants_yaml {
+        ("application/yaml", preview::output::yaml(&docs, &previews).into_bytes())
+    } else {
+        let results = preview::output::results(&previews);
+        let body = if results.len() == 1 { serde_json::to_vec(&results[0]) } else { serde_json::to_vec(&results) };
+        ("application/json", body.expect("serialises"))
+    };
+    if body.len() > max_output {
         return Err(too_large(body.len()));
     }
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
+    Ok((content_type, body))
 }

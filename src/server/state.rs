@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use super::budget::ByteBudget;
 use super::cache;
 use super::metrics::Metrics;
+use super::preview_pool::PreviewPool;
 use crate::inject::Injector;
 
 pub struct AppState {
@@ -29,6 +30,8 @@ pub struct AppState {
     pub preview_slots: tokio::sync::Semaphore,
     /// The largest `/preview` answer, in bytes; a larger one is refused with 413.
     pub preview_max_output: usize,
+    /// The threads previews are rendered on.
+    pub preview_pool: PreviewPool,
     /// Request bytes held in memory across every connection and stream.
     pub budget: ByteBudget,
 }
@@ -42,6 +45,8 @@ pub struct HandlerLimits {
     pub request_timeout: Duration,
     pub decision_cache_bytes: u64,
     pub preview_concurrency: usize,
+    /// Threads that render previews.
+    pub preview_threads: usize,
     pub preview_max_output: usize,
     /// Bytes of request bodies held in memory at once, over every connection and stream.
     pub request_bytes_budget: usize,
@@ -55,6 +60,7 @@ impl Default for HandlerLimits {
             request_timeout: Duration::from_secs(10),
             decision_cache_bytes: 8 * 1024 * 1024,
             preview_concurrency: 2,
+            preview_threads: 1,
             preview_max_output: 16 * 1024 * 1024,
             request_bytes_budget: 48 * 1024 * 1024,
         }
@@ -85,6 +91,10 @@ impl AppState {
             request_timeout: limits.request_timeout,
             preview_slots: tokio::sync::Semaphore::new(limits.preview_concurrency.max(1)),
             preview_max_output: limits.preview_max_output,
+            // As many waiting as may be admitted at once (`preview_slots`): none is refused by
+            // the queue that the slots let in.
+            preview_pool: PreviewPool::new(limits.preview_threads, limits.preview_concurrency.max(1))
+                .expect("start the preview threads"),
             budget,
         }
     }

@@ -202,3 +202,75 @@ async fn busy_connections_never_lock_fresh_clients_out() {
     assert_eq!(served, 12);
     drop(held);
 }
+
+/// A List of 1,000 Pods (~550 KB), as the review's attack posted it.
+fn big_list() -> String {
+    let items: Vec<Value> = (0..1000)
+        .map(|i| {
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("p{i}"),
+                "labels": {"nixuv.io/inject": "true"}, "annotations": {"nixuv.io/python-deps": format!("pkg{i}, rich")}},
+                "spec": {"containers": [{"name": "app", "image": "python:3.12", "env": [{"name": "A", "value": "b".repeat(300)}]}]}})
+        })
+        .collect();
+    json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
+}
+
+/// Previews render on threads of their own: with a single runtime worker, `/mutate` requests made
+/// while large previews are rendering are answered long before them, and the latency of
+/// `/mutate` under three loops of previews is printed beside its latency alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn previews_never_hold_up_admission() {
+    let server = Server::builder()
+        .args(&["--worker-threads", "1", "--preview-concurrency", "3", "--preview-body-limit", "1048576"])
+        .start();
+    let list = Arc::new(big_list());
+    let h2 = server.h2();
+    let latencies = |n: usize| {
+        let (client, url) = (h2.clone(), server.url("/mutate"));
+        async move {
+            let mut v = Vec::with_capacity(n);
+            for i in 0..n {
+                let t = Instant::now();
+                let resp = client.post(&url).body(unique_review(i)).send().await.unwrap();
+                assert_eq!(resp.status(), 200);
+                v.push(t.elapsed());
+            }
+            v.sort();
+            (v[n / 2], v[n * 99 / 100])
+        }
+    };
+    let alone = latencies(300).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let previews = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut loops = Vec::new();
+    for _ in 0..3 {
+        let (client, url, list, stop, previews) =
+            (server.h1(), server.url("/preview"), Arc::clone(&list), Arc::clone(&stop), Arc::clone(&previews));
+        loops.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let resp =
+                    client.post(&url).header("content-type", "application/json").body(list.to_string()).send().await;
+                if resp.is_ok_and(|r| r.status() == 200) {
+                    previews.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    // Wait until previews are rendering.
+    let t = Instant::now();
+    while previews.load(std::sync::atomic::Ordering::Relaxed) == 0 && t.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let one_preview = t.elapsed();
+    let loaded = latencies(300).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in loops {
+        l.await.unwrap();
+    }
+    eprintln!(
+        "previews: /mutate p50/p99 alone {:?}/{:?}, with 3 preview loops {:?}/{:?} ({} previews of 1,000 Pods, the first in {one_preview:?})",
+        alone.0, alone.1, loaded.0, loaded.1, previews.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    // On the runtime's one worker, a /mutate behind a preview would wait for the whole preview.
+    assert!(loaded.1 < one_preview, "a /mutate waited {:?}, about a preview's time ({one_preview:?})", loaded.1);
+}
