@@ -358,7 +358,7 @@ pub fn preview(a: PreviewArgs) -> ExitCode {
         Output::Patch => all_previews.iter().map(|p| preview::output::patches(p)).collect::<Vec<_>>().concat(),
         Output::WarmJob => {
             let flat: Vec<_> = all_previews.iter().flatten().cloned().collect();
-            preview::output::warm_jobs(&flat, a.namespace.as_deref())
+            preview::output::warm_jobs(&flat, a.namespace.as_deref(), injector.config())
         }
     };
     let previews: Vec<_> = inputs

@@ -24,7 +24,7 @@ pub mod vars;
 
 use std::sync::Arc;
 
-pub use decision::{Decision, Denial, DenyKind, Outcome, Pass, Verdict};
+pub use decision::{Decision, Denial, DenyKind, EnvParts, Outcome, Pass, Verdict};
 pub use memo::{EnvOutcome, MAX_DECLARATION_BYTES};
 pub use patch_text::PodPatch;
 pub use store_choice::{ClaimStates, StoreClaims, StoreVolumes};
@@ -274,7 +274,8 @@ impl Injector {
         };
         let env_id = plan.id;
         let verdict = if patch.is_empty() { Verdict::Unchanged { env_id } } else { Verdict::Inject { env_id, patch } };
-        Ok(Decision { verdict, warnings, notes })
+        let env = Some(EnvParts { init_container: Arc::clone(init), stores: volumes });
+        Ok(Decision { verdict, env, warnings, notes })
     }
 }
 

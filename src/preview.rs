@@ -103,6 +103,8 @@ pub struct ObjectPreview {
     /// Notes (not warnings: `--strict` ignores them), such as an image whose PATH nixuv does not know.
     pub notes: Vec<String>,
     pub templates: Vec<TemplateReport>,
+    /// The decision on each Argo template's Pod (in `templates`' order).
+    pub template_decisions: Vec<Decision>,
 }
 
 impl ObjectPreview {
@@ -262,6 +264,7 @@ pub fn preview_object(
         warnings: Vec::new(),
         notes: Vec::new(),
         templates: Vec::new(),
+        template_decisions: Vec::new(),
     };
     let finish = |mut out: ObjectPreview,
                   base: &Value,

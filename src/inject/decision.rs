@@ -6,7 +6,11 @@
 use crate::envid::EnvId;
 use crate::review::{AdmissionResponse, Status};
 
+use std::sync::Arc;
+
+use super::init_container::InitText;
 use super::patch_text::PodPatch;
+use super::store_choice::StoreVolumes;
 
 /// What happened, for logs and the `decision` metric label (a closed, low-cardinality set).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,9 +114,20 @@ pub enum Verdict {
     Deny(Denial),
 }
 
+/// nixuv's own parts for the env of an allowed Pod (injected or already carrying it), made from
+/// the plan and the config, never read from the Pod: what `nixuv preview -o warm-job` builds its
+/// Jobs from.
+#[derive(Debug, Clone)]
+pub struct EnvParts {
+    pub init_container: Arc<InitText>,
+    pub stores: StoreVolumes,
+}
+
 #[derive(Debug, Clone)]
 pub struct Decision {
     pub verdict: Verdict,
+    /// Set exactly when the verdict names an env.
+    pub env: Option<EnvParts>,
     /// Admission warnings (`kubectl` prints them), also on an allowed Pod.
     pub warnings: Vec<String>,
     /// Notes for `nixuv preview` only, too noisy for admission warnings (custom images).
@@ -121,13 +136,13 @@ pub struct Decision {
 
 impl From<Denial> for Decision {
     fn from(d: Denial) -> Self {
-        Decision { verdict: Verdict::Deny(d), warnings: Vec::new(), notes: Vec::new() }
+        Decision { verdict: Verdict::Deny(d), env: None, warnings: Vec::new(), notes: Vec::new() }
     }
 }
 
 impl Decision {
     pub fn pass(why: Pass) -> Self {
-        Decision { verdict: Verdict::Pass(why), warnings: Vec::new(), notes: Vec::new() }
+        Decision { verdict: Verdict::Pass(why), env: None, warnings: Vec::new(), notes: Vec::new() }
     }
     pub fn allowed(&self) -> bool {
         !matches!(self.verdict, Verdict::Deny(_))

@@ -135,6 +135,7 @@ pub fn preview(
             targets,
             summary,
         });
+        out.template_decisions.push(d);
     }
     Ok(())
 }

@@ -6,6 +6,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::{Document, ObjectPreview};
+use crate::config::Config;
+use crate::inject::Decision;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -16,73 +18,57 @@ pub enum Output {
     WarmJob,
 }
 
-/// Every `(namespace, init container, its volumes)` of nixuv's init containers in `v`.
-fn init_containers<'a>(v: &'a Value, out: &mut Vec<(&'a Value, &'a Value)>) {
-    match v {
-        Value::Object(m) => {
-            if let Some(inits) = m.get("initContainers").and_then(Value::as_array) {
-                if let Some(init) = inits.iter().find(|c| c["name"] == crate::names::INIT_CONTAINER) {
-                    out.push((init, m.get("volumes").unwrap_or(&Value::Null)));
-                }
-            }
-            for child in m.values() {
-                init_containers(child, out);
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|c| init_containers(c, out)),
-        _ => {}
-    }
-}
-
-/// `-o warm-job`: a Job per distinct env the previewed objects will need (the same init container,
-/// stores and config as the webhook gives them), so that a fan-out or a rollout finds its envs
-/// built. Not labelled for injection: the Job itself is nixuv's init container.
-pub fn warm_jobs(previews: &[ObjectPreview], namespace: Option<&str>) -> String {
+/// `-o warm-job`: a Job per distinct env the previewed objects will need, so that a fan-out or a
+/// rollout finds its envs built. Each is made from nixuv's own plan (the init container and
+/// stores the webhook gives the env, under `cfg`), only for objects nixuv injects or finds
+/// injected: nothing of the input's own containers or volumes is copied. Not labelled for
+/// injection (the Job itself is nixuv's init container) and without a service account token.
+pub fn warm_jobs(previews: &[ObjectPreview], namespace: Option<&str>, cfg: &Config) -> String {
     let mut seen = std::collections::BTreeSet::new();
     let mut out = String::new();
+    let mut decisions: Vec<(&ObjectPreview, &Decision)> = Vec::new();
     for p in previews {
-        let mut found = Vec::new();
-        init_containers(&p.object, &mut found);
+        decisions.extend(p.decision.as_ref().map(|d| (p, d)));
+        decisions.extend(p.template_decisions.iter().map(|d| (p, d)));
+    }
+    for (p, d) in decisions {
+        let (Some(env), Some(parts)) = (d.env_id(), d.env.as_ref()) else { continue };
         let ns = namespace
             .or_else(|| p.object["metadata"]["namespace"].as_str())
             .filter(|n| !n.is_empty())
             .unwrap_or("default");
-        for (init, volumes) in found {
-            let env = init["env"]
-                .as_array()
-                .and_then(|e| e.iter().find(|v| v["name"] == crate::names::ENV_ID))
-                .and_then(|v| v["value"].as_str())
-                .unwrap_or("");
-            if env.is_empty() || !seen.insert((ns.to_string(), env.to_string())) {
-                continue;
-            }
-            let ours: Vec<Value> = volumes
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|v| crate::ecosystem::is_nixuv_volume(v["name"].as_str().unwrap_or("")))
-                .cloned()
-                .collect();
-            let labels =
-                json!({"app.kubernetes.io/name": "nixuv", "app.kubernetes.io/component": "warm", "nixuv.io/env": env});
-            let job = json!({
-                "apiVersion": "batch/v1",
-                "kind": "Job",
-                "metadata": {"name": format!("nixuv-warm-{env}"), "namespace": ns, "labels": labels},
-                "spec": {
-                    "backoffLimit": 2,
-                    "ttlSecondsAfterFinished": 3600,
-                    "template": {
-                        "metadata": {"labels": labels},
-                        "spec": {"restartPolicy": "Never", "containers": [init], "volumes": ours}
+        if !seen.insert((ns.to_string(), env.to_string())) {
+            continue;
+        }
+        let init: Value = serde_json::from_str(parts.init_container.get()).expect("nixuv's own init container");
+        let volumes: Vec<Value> = crate::inject::patch::volumes(cfg, parts.stores)
+            .into_iter()
+            .map(|(_, v)| serde_json::to_value(v).expect("serialises"))
+            .collect();
+        let labels =
+            json!({"app.kubernetes.io/name": "nixuv", "app.kubernetes.io/component": "warm", "nixuv.io/env": env});
+        let job = json!({
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": format!("nixuv-warm-{env}"), "namespace": ns, "labels": labels},
+            "spec": {
+                "backoffLimit": 2,
+                "ttlSecondsAfterFinished": 3600,
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "automountServiceAccountToken": false,
+                        "containers": [init],
+                        "volumes": volumes
                     }
                 }
-            });
-            if !out.is_empty() {
-                out.push_str("---\n");
             }
-            out.push_str(&serde_yaml_ng::to_string(&job).expect("a JSON value is valid YAML"));
+        });
+        if !out.is_empty() {
+            out.push_str("---\n");
         }
+        out.push_str(&serde_yaml_ng::to_string(&job).expect("a JSON value is valid YAML"));
     }
     out
 }

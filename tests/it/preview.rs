@@ -764,3 +764,52 @@ fn workloads_with_a_stale_injection_are_reinjected_in_their_template() {
         assert!(checked.iter().any(|c| c == k), "{k} checked: {checked:?}");
     }
 }
+
+/// `-o warm-job` builds its Jobs from nixuv's own plan: a Pod that is not opted in but carries a
+/// hand-written privileged `nixuv-init` and a `nixuv-nix` volume on the host's root gives no Job;
+/// an opted-in Pod carrying the same gives nixuv's init container and volumes only (no token);
+/// an Argo Workflow gives one Job per distinct env of its templates.
+#[test]
+fn warm_jobs_come_from_nixuvs_plan_never_from_the_input() {
+    let hostile_spec = json!({
+        "initContainers": [{"name": "nixuv-init", "image": "evil", "securityContext": {"privileged": true},
+            "env": [{"name": "NIXUV_ENV", "value": "0123456789abcdef"}]}],
+        "containers": [{"name": "app", "image": "debian"}],
+        "volumes": [{"name": "nixuv-nix", "hostPath": {"path": "/"}}]
+    });
+    let not_opted_in = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": hostile_spec});
+    let r = preview(&["-f", "-", "-o", "warm-job"], Some(&not_opted_in.to_string()));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.trim(), "", "no Job for a Pod nixuv does not inject");
+    let mut opted_in = not_opted_in.clone();
+    opted_in["metadata"]["labels"] = json!({"nixuv.io/inject": "true"});
+    opted_in["metadata"]["annotations"] = json!({"nixuv.io/python-deps": "rich"});
+    let r = preview(&["-f", "-", "-o", "warm-job"], Some(&opted_in.to_string()));
+    // Denied (a volume of nixuv's name): no Job either.
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.stdout.trim(), "");
+    let mut clean = opted_in.clone();
+    clean["spec"] = json!({"containers": [{"name": "app", "image": "debian"}]});
+    let r = preview(&["-f", "-", "-o", "warm-job"], Some(&clean.to_string()));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let jobs = yaml_docs(&r.stdout);
+    assert_eq!(jobs.len(), 1);
+    let spec = &jobs[0]["spec"]["template"]["spec"];
+    assert_eq!(spec["automountServiceAccountToken"], false);
+    let c = &spec["containers"][0];
+    assert_eq!(c["name"], "nixuv-init");
+    assert_eq!(c["securityContext"]["privileged"], false);
+    assert_eq!(c["securityContext"]["runAsNonRoot"], true);
+    for v in spec["volumes"].as_array().unwrap() {
+        assert!(v.get("hostPath").is_none(), "{v}");
+        assert!(v.get("persistentVolumeClaim").is_some() || v.get("emptyDir").is_some(), "{v}");
+    }
+    // An Argo Workflow: one Job per distinct env of its templates.
+    let wf = std::fs::read_to_string(common::fixture_path("preview/workflow.yaml")).unwrap();
+    let r = preview(&["-f", "-", "-o", "warm-job"], Some(&wf));
+    let jobs = yaml_docs(&r.stdout);
+    assert!(!jobs.is_empty(), "a Workflow's envs get Jobs: {}{}", r.stdout, r.stderr);
+    let envs: std::collections::BTreeSet<String> =
+        jobs.iter().map(|j| j["metadata"]["labels"]["nixuv.io/env"].as_str().unwrap().to_string()).collect();
+    assert_eq!(envs.len(), jobs.len(), "one Job per distinct env");
+}
