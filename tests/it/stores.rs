@@ -270,3 +270,83 @@ async fn one_replica_writes_and_another_takes_over_when_it_is_killed() {
         "a replica without the lease wrote"
     );
 }
+
+/// A tenant editing its own, unselected namespace 100 times costs the API nothing but the watch;
+/// a selected namespace edited 100 times is reconciled in batches (about one a second), and only
+/// that namespace's objects are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_churn_reconciles_only_what_changed_and_at_most_once_a_second() {
+    let fake: Shared = Arc::default();
+    {
+        let mut f = fake.lock().unwrap();
+        for i in 0..50 {
+            f.namespace(&format!("team-{i:02}"), json!({"nixuv.io/stores": "enabled"}));
+        }
+        f.namespace("tenant", json!({}));
+    }
+    let addr = start(fake.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let _server = Server::builder()
+        .env("KUBECONFIG", kubeconfig(dir.path(), addr, "a").to_str().unwrap())
+        .env("POD_NAME", "nixuv-a")
+        .arg("--manage-stores")
+        .start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (0..50).any(|i| fake.lock().unwrap().get(&cronjob_path(&format!("team-{i:02}")), "nixuv-gc").is_none()) {
+        assert!(Instant::now() < deadline, "the 50 namespaces were not reconciled");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let not_lease = |f: &Fake| f.requests.iter().filter(|(_, p)| !p.contains("/leases")).count();
+    let store_writes = |f: &Fake| {
+        f.writes.iter().filter(|w| w.path.contains("persistentvolumeclaims") || w.path.contains("cronjobs")).count()
+    };
+    // Let the first pass and the watch's initial events settle: no store write for 2 s.
+    let mut last = (usize::MAX, Instant::now());
+    loop {
+        let n = store_writes(&fake.lock().unwrap());
+        if n != last.0 {
+            last = (n, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (requests, writes) = {
+        let f = fake.lock().unwrap();
+        (not_lease(&f), store_writes(&f))
+    };
+    // The tenant's churn: 100 edits of its own namespace in 5 s.
+    for i in 0..100 {
+        fake.lock().unwrap().namespace("tenant", json!({"edit": i.to_string()}));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(2000));
+    let (tenant_requests, tenant_writes) = {
+        let f = fake.lock().unwrap();
+        (not_lease(&f) - requests, store_writes(&f) - writes)
+    };
+    // A selected namespace's churn: 100 edits in 5 s.
+    for i in 0..100 {
+        fake.lock().unwrap().namespace("team-07", json!({"nixuv.io/stores": "enabled", "edit": i.to_string()}));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(2000));
+    let f = fake.lock().unwrap();
+    let selected_writes: Vec<&str> = f
+        .writes
+        .iter()
+        .filter(|w| w.path.contains("persistentvolumeclaims") || w.path.contains("cronjobs"))
+        .skip(writes + tenant_writes)
+        .map(|w| w.path.as_str())
+        .collect();
+    eprintln!(
+        "namespace churn: 100 tenant edits -> {tenant_requests} API requests ({tenant_writes} store writes); 100 edits of a selected namespace -> {} store writes",
+        selected_writes.len()
+    );
+    assert_eq!(tenant_writes, 0);
+    assert!(tenant_requests <= 2, "{tenant_requests} requests for an unselected namespace's churn");
+    assert!(selected_writes.iter().all(|p| p.contains("/namespaces/team-07/")), "{selected_writes:?}");
+    // Three objects a reconcile; about one reconcile a second over ~7 s.
+    assert!(selected_writes.len() <= 3 * 10, "{} writes", selected_writes.len());
+    assert!(!selected_writes.is_empty(), "the selected namespace was reconciled");
+}

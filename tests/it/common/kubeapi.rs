@@ -36,6 +36,8 @@ pub struct Fake {
     pub objects: BTreeMap<String, BTreeMap<String, Value>>,
     pub rv: u64,
     pub writes: Vec<Write>,
+    /// Every request taken: method and path.
+    pub requests: Vec<(String, String)>,
     /// Open watches: the kind (the collection's last segment, e.g. `persistentvolumeclaims`) and
     /// where its events go.
     pub watchers: Vec<(String, tokio::sync::mpsc::UnboundedSender<String>)>,
@@ -186,6 +188,7 @@ async fn handle(
     let token = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let ctype = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let mut f = fake.lock().unwrap();
+    f.requests.push((method.to_string(), path.clone()));
     if method != Method::GET {
         f.writes.push(Write {
             method: method.to_string(),
