@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::process::Command;
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 
@@ -34,9 +35,20 @@ fn rendered() -> (Value, Value) {
     (find("ValidatingAdmissionPolicy", binding["spec"]["policyName"].as_str().unwrap()), params)
 }
 
+/// Kubernetes CEL's `string.split(separator)` (strings extension).
+fn split(
+    cel::extractors::This(s): cel::extractors::This<Arc<String>>,
+    sep: Arc<String>,
+) -> Result<cel::Value, cel::ExecutionError> {
+    Ok(cel::Value::List(Arc::new(s.split(sep.as_str()).map(|p| cel::Value::String(Arc::new(p.to_string()))).collect())))
+}
+
 /// Evaluates the policy on `pod`: `Ok(())` if admitted, else the message.
 fn admit(policy: &Value, params: &Value, pod: &Value) -> Result<(), String> {
     let mut ctx = cel::Context::default();
+    // Kubernetes' CEL has the strings extension; this interpreter does not: `split` as it defines
+    // it (a list of the parts between the separators).
+    ctx.add_function("split", split);
     ctx.add_variable_from_value("object", cel::to_value(pod).unwrap());
     ctx.add_variable_from_value("params", cel::to_value(params).unwrap());
     let mut vars: HashMap<String, cel::Value> = HashMap::new();
@@ -149,6 +161,85 @@ fn store_guard_admits_nixuv_and_refuses_tenant_writers() {
             "nixuv-init",
         ),
         (
+            "nixuv-init taking variables from a ConfigMap (envFrom)",
+            |p| {
+                p["spec"]["initContainers"][0]["envFrom"] = json!([{"configMapRef": {"name": "evil"}}]);
+            },
+            "nixuv-init",
+        ),
+        (
+            "nixuv-init taking NIXUV_-prefixed variables from a ConfigMap",
+            |p| {
+                p["spec"]["initContainers"][0]["envFrom"] =
+                    json!([{"prefix": "NIXUV_", "configMapRef": {"name": "evil"}}]);
+            },
+            "nixuv-init",
+        ),
+        (
+            "nixuv-init with LD_AUDIT",
+            |p| {
+                p["spec"]["initContainers"][0]["env"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"name": "LD_AUDIT", "value": "/nixuv/uv/evil.so"}));
+            },
+            "nixuv-init",
+        ),
+        (
+            "nixuv-init with a tool variable the admin did not declare",
+            |p| {
+                p["spec"]["initContainers"][0]["env"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"name": "UV_PYTHON_DOWNLOADS_JSON_URL", "value": "https://evil.example/d.json"}));
+            },
+            "nixuv-init",
+        ),
+        (
+            "nixuv-init with an emptyDir over /usr/local/bin",
+            |p| {
+                p["spec"]["volumes"].as_array_mut().unwrap().push(json!({"name": "bin", "emptyDir": {}}));
+                p["spec"]["initContainers"][0]["volumeMounts"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"name": "bin", "mountPath": "/usr/local/bin"}));
+            },
+            "nixuv-init",
+        ),
+        (
+            "nixuv-init with a single-file subPath mount over its binary",
+            |p| {
+                p["spec"]["initContainers"][0]["volumeMounts"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"name": "nixuv-uv", "mountPath": "/usr/local/bin/nixuv", "subPath": "evil"}));
+            },
+            "nixuv-init",
+        ),
+        (
+            "nixuv-init with a store mounted elsewhere",
+            |p| {
+                p["spec"]["initContainers"][0]["volumeMounts"][2]["mountPath"] = json!("/opt/nixuv/python");
+            },
+            "nixuv-init",
+        ),
+        (
+            "an older tag of the init image (before the fixes)",
+            |p| {
+                p["spec"]["initContainers"][0]["image"] = json!("ghcr.io/nixuv/nixuv-init:0.0.9");
+            },
+            "nixuv-init",
+        ),
+        (
+            "a container named nixuv-gc with envFrom",
+            |p| {
+                p["spec"]["containers"].as_array_mut().unwrap().push(json!({"name": "nixuv-gc",
+                    "image": "ghcr.io/nixuv/nixuv-init:0.1.0", "args": ["gc"], "envFrom": [{"secretRef": {"name": "x"}}],
+                    "volumeMounts": [{"name": "nixuv-uv", "mountPath": "/nixuv/uv"}]}));
+            },
+            "nixuv-gc",
+        ),
+        (
             "a kubectl debug container mounting the store",
             |p| {
                 p["spec"]["ephemeralContainers"] = json!([{"name": "debugger", "image": "busybox", "volumeMounts": [{"name": "nixuv-nix", "mountPath": "/n"}]}]);
@@ -162,6 +253,21 @@ fn store_guard_admits_nixuv_and_refuses_tenant_writers() {
         let msg = admit(&policy, &params, &pod).expect_err(what);
         assert!(msg.contains(&format!("container {who} mounts a nixuv store claim read-write")), "{what}: {msg}");
     }
+    // The init image by digest is nixuv's too.
+    let mut by_digest = injected.clone();
+    by_digest["spec"]["initContainers"][0]["image"] =
+        json!(format!("ghcr.io/nixuv/nixuv-init@sha256:{}", "a".repeat(64)));
+    assert!(admit(&policy, &params, &by_digest).is_ok(), "the init image by digest");
+    // The admin's initEnv variables are allowed once named in the guard's ConfigMap.
+    let mut with_tool = injected.clone();
+    with_tool["spec"]["initContainers"][0]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "UV_INDEX_URL", "value": "https://pypi.example/simple"}));
+    assert!(admit(&policy, &params, &with_tool).is_err(), "not declared");
+    let mut declared = params.clone();
+    declared["data"]["initEnvNames"] = json!("UV_INDEX_URL,SSL_CERT_FILE");
+    assert!(admit(&policy, &declared, &with_tool).is_ok(), "declared in initEnvNames");
     // A tenant's own Pod, not opted in, with the claim under another volume name.
     let tenant = json!({"spec": {"containers": [{"name": "x", "image": "busybox", "volumeMounts": [{"name": "mine", "mountPath": "/m"}]}],
         "volumes": [{"name": "mine", "persistentVolumeClaim": {"claimName": "nixuv-uv-cache"}}]}});
