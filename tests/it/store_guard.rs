@@ -75,13 +75,26 @@ fn admit(policy: &Value, params: &Value, pod: &Value) -> Result<(), String> {
 /// The webhook's output for an opted-in Pod, from the real binary, with the init image the
 /// guard expects.
 fn injected_pod() -> Value {
+    injected_pod_with("")
+}
+
+/// [`injected_pod`] under the webhook config `config`.
+fn injected_pod_with(config: &str) -> Value {
     let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(&cfg, config).unwrap();
     let pod = json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "p", "labels": {"nixuv.io/inject": "true"}, "annotations": {"nixuv.io/python-deps": "six"}},
         "spec": {"containers": [{"name": "app", "image": "python:3.12"}]}});
     let f = dir.path().join("pod.json");
     std::fs::write(&f, pod.to_string()).unwrap();
-    let out = Command::new(common::bin()).args(["preview", "-o", "json", "-f"]).arg(&f).output().unwrap();
+    let out = Command::new(common::bin())
+        .args(["preview", "-o", "json", "--config"])
+        .arg(&cfg)
+        .arg("-f")
+        .arg(&f)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -258,16 +271,56 @@ fn store_guard_admits_nixuv_and_refuses_tenant_writers() {
     by_digest["spec"]["initContainers"][0]["image"] =
         json!(format!("ghcr.io/nixuv/nixuv-init@sha256:{}", "a".repeat(64)));
     assert!(admit(&policy, &params, &by_digest).is_ok(), "the init image by digest");
-    // The admin's initEnv variables are allowed once named in the guard's ConfigMap.
-    let mut with_tool = injected.clone();
-    with_tool["spec"]["initContainers"][0]["env"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({"name": "UV_INDEX_URL", "value": "https://pypi.example/simple"}));
-    assert!(admit(&policy, &params, &with_tool).is_err(), "not declared");
+    // The admin's initEnv: allowed with exactly the admin's value or Secret reference, as the
+    // webhook writes it (from the real binary with that config).
+    let config = "initEnv:\n  - {name: UV_INDEX_URL, value: https://pypi.example/simple}\n  - {name: UV_INDEX_PASSWORD, valueFrom: {secretKeyRef: {name: index, key: password}}}\n";
+    let with_tool = injected_pod_with(config);
+    assert!(admit(&policy, &params, &with_tool).is_err(), "not declared in the guard");
     let mut declared = params.clone();
-    declared["data"]["initEnvNames"] = json!("UV_INDEX_URL,SSL_CERT_FILE");
-    assert!(admit(&policy, &declared, &with_tool).is_ok(), "declared in initEnvNames");
+    declared["data"]["env.UV_INDEX_URL"] = json!("https://pypi.example/simple");
+    declared["data"]["secret.UV_INDEX_PASSWORD"] = json!("index/password");
+    assert!(admit(&policy, &declared, &with_tool).is_ok(), "{:?}", admit(&policy, &declared, &with_tool));
+    type ToolEdit = fn(&mut Value);
+    let tool_bypasses: &[(&str, ToolEdit)] = &[
+        ("the index pointed elsewhere", |e| e[0]["value"] = json!("https://evil.example/simple")),
+        ("the password from another Secret", |e| e[1]["valueFrom"]["secretKeyRef"]["name"] = json!("mine")),
+        ("the index from a Secret the tenant writes", |e| {
+            e[0] = json!({"name": "UV_INDEX_URL", "valueFrom": {"secretKeyRef": {"name": "mine", "key": "url"}}})
+        }),
+        ("NIX_CONFIG without signatures", |e| {
+            e.as_array_mut().unwrap().push(json!({"name": "NIX_CONFIG", "value": "require-sigs = false"}))
+        }),
+        ("a variable of nixuv's from a reference", |e| {
+            e.as_array_mut()
+                .unwrap()
+                .push(json!({"name": "HOME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}))
+        }),
+    ];
+    for (what, edit) in tool_bypasses {
+        let mut pod = with_tool.clone();
+        let env = &mut pod["spec"]["initContainers"][0]["env"];
+        let tools: Vec<usize> = env
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e["name"].as_str().is_some_and(|n| n.starts_with("UV_")))
+            .map(|(i, _)| i)
+            .collect();
+        // The edits address the admin's two variables as [0] and [1], in the order written.
+        let mut view = json!(tools.iter().map(|i| env[*i].clone()).collect::<Vec<_>>());
+        edit(&mut view);
+        let mut kept: Vec<Value> = env
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| !e["name"].as_str().unwrap().starts_with("UV_"))
+            .cloned()
+            .collect();
+        kept.extend(view.as_array().unwrap().iter().cloned());
+        *env = json!(kept);
+        assert!(admit(&policy, &declared, &pod).is_err(), "{what}");
+    }
     // A tenant's own Pod, not opted in, with the claim under another volume name.
     let tenant = json!({"spec": {"containers": [{"name": "x", "image": "busybox", "volumeMounts": [{"name": "mine", "mountPath": "/m"}]}],
         "volumes": [{"name": "mine", "persistentVolumeClaim": {"claimName": "nixuv-uv-cache"}}]}});
