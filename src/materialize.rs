@@ -78,6 +78,27 @@ pub struct Marker {
     /// Venv or overlay (absent in markers of earlier releases: venv).
     #[serde(default)]
     pub python_mode: crate::values::PythonMode,
+    /// `salt:digest` of the values of the tool variables taken from a Secret, when there are
+    /// some: the id binds which Secret, never its value, so a build under changed values is
+    /// detected here and redone (see [`secrets_digest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<String>,
+}
+
+/// `salt:digest`: the salted SHA-256 of the names and values of the env's Secret-sourced tool
+/// variables as this process has them. Salted, so that the store (readable by every Pod of the
+/// namespace) does not give a credential's plain hash away.
+fn secrets_digest(spec: &EnvSpec, salt: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(salt.as_bytes());
+    for (name, _) in &spec.plan.secret_env {
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update(std::env::var_os(name).unwrap_or_default().as_encoded_bytes());
+        h.update([0]);
+    }
+    format!("{salt}:{}", hex::encode(h.finalize()))
 }
 
 /// How materialize is tuned (environment: `NIXUV_LEASE_TTL`, `NIXUV_WAIT_TIMEOUT`).
@@ -175,6 +196,19 @@ pub fn is_complete(layout: &Layout, spec: &EnvSpec) -> bool {
         && (!p.has_system() || m.nixpkgs == p.nixpkgs);
     if !same_request {
         tracing::warn!(env = %id, "marker records other dependencies than this env's; rebuilding");
+        return false;
+    }
+    let same_secrets = p.secret_env.is_empty()
+        || m.secrets
+            .as_deref()
+            .is_some_and(|s| s.split_once(':').is_some_and(|(salt, _)| secrets_digest(spec, salt) == s));
+    if !same_secrets {
+        let names: Vec<&str> = p.secret_env.iter().map(|(n, _)| n.as_str()).collect();
+        tracing::warn!(
+            env = %id,
+            "the values of the tool variables from Secrets ({}) are not those the env was built with; rebuilding",
+            names.join(", ")
+        );
         return false;
     }
     let python_ok = !p.has_python()
@@ -459,6 +493,7 @@ fn build(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<(), Material
         built_at_unix: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs(),
         build_seconds: start.elapsed().as_secs_f64(),
         lock,
+        secrets: (!spec.plan.secret_env.is_empty()).then(|| secrets_digest(spec, &store::nonce())),
     };
     state.write_atomic(&layout::marker_name(id), &serde_json::to_vec_pretty(&marker).expect("serialises"), 0o644)?;
     Ok(())

@@ -916,6 +916,18 @@ fn private_index_credentials_come_from_a_secret_and_never_show() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(!text(&out).contains(PASSWORD), "{}", text(&out));
     assert_eq!(app_stdout(&pod, &vols, "python -c 'import nixuvdep; print(nixuvdep.BASE)'"), "99\n");
+    // The same Secret edited afterwards: the env built with the old values is never served under
+    // the new ones. A wrong value is a rebuild that fails (not "already built"); the right one
+    // again builds it anew (the failed rebuild took the marker away first); the same values again
+    // are the warm path.
+    let edited = [("UV_INDEX_PRIVATE_USERNAME", "reader"), ("UV_INDEX_PRIVATE_PASSWORD", "edited-Pa55w0rd")];
+    let out = run_init(&pod, &vols, &edited);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("are not those the env was built with; rebuilding"), "{}", text(&out));
+    let out = run_init(&pod, &vols, &secrets);
+    assert!(out.status.success() && !text(&out).contains("already built"), "{}", text(&out));
+    let out = run_init(&pod, &vols, &secrets);
+    assert!(out.status.success() && text(&out).contains("already built"), "{}", text(&out));
     // A wrong password fails without printing either password.
     let wrong = [("UV_INDEX_PRIVATE_USERNAME", "reader"), ("UV_INDEX_PRIVATE_PASSWORD", "not-the-Pa55w0rd")];
     let out = run_init(&pod, &Volumes::new(), &wrong);
