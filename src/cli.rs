@@ -174,10 +174,10 @@ pub struct ServeArgs {
     #[arg(long, env = "NIXUV_ADDR", default_value = "0.0.0.0:8443")]
     pub addr: SocketAddr,
     /// PEM certificate chain, re-read when it changes.
-    #[arg(long, env = "NIXUV_TLS_CERT", required_unless_present = "manage_stores_once")]
+    #[arg(long, env = "NIXUV_TLS_CERT", required_unless_present_any = ["manage_stores_once", "stores_only"])]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key, re-read when it changes.
-    #[arg(long, env = "NIXUV_TLS_KEY", required_unless_present = "manage_stores_once")]
+    #[arg(long, env = "NIXUV_TLS_KEY", required_unless_present_any = ["manage_stores_once", "stores_only"])]
     pub tls_key: Option<PathBuf>,
     /// YAML config file (defaults for every key if absent); re-read when it changes.
     #[arg(long, env = "NIXUV_CONFIG")]
@@ -263,6 +263,11 @@ pub struct ServeArgs {
     /// `stores.namespaceLabel`, one replica at a time (a Lease in nixuv's namespace).
     #[arg(long, env = "NIXUV_MANAGE_STORES")]
     pub manage_stores: bool,
+    /// With --manage-stores: the reconciler alone, no webhook (no TLS, no admission port), its
+    /// probes and metrics on --metrics-addr. For a Deployment of its own, under a ServiceAccount
+    /// of its own, so that the webhook's holds no write access (deploy/overlays/managed-stores).
+    #[arg(long, requires_all = ["manage_stores", "metrics_addr"])]
+    pub stores_only: bool,
     /// One reconcile pass of the managed stores over every selected namespace, then exit (no
     /// webhook, no leader election): prints `namespace state` per namespace.
     #[arg(long, conflicts_with = "manage_stores")]

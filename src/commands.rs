@@ -46,6 +46,7 @@ impl From<ServeArgs> for ServeOptions {
             decision_cache_bytes: a.decision_cache_mib.saturating_mul(1024 * 1024),
             check_claims: a.check_claims,
             manage_stores: a.manage_stores,
+            stores_only: a.stores_only,
             manage_ca_bundle: a.manage_ca_bundle,
             ca_bundle_file: a.ca_bundle_file,
         }

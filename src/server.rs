@@ -75,6 +75,8 @@ pub struct ServeOptions {
     /// Check that the configured PVCs exist (a watch cache through the Kubernetes API).
     pub check_claims: bool,
     pub manage_stores: bool,
+    /// The stores reconciler alone: no webhook listener, no TLS.
+    pub stores_only: bool,
     /// Bytes of `/mutate` answers kept for byte-identical Pods (replicas); 0 turns the cache off.
     pub decision_cache_bytes: u64,
     /// Keep this MutatingWebhookConfiguration's caBundle equal to `ca_bundle_file`.
@@ -194,6 +196,42 @@ pub fn identity() -> String {
 
 pub use reconciler::{once as manage_stores_once, Summary as StoresSummary};
 
+/// `--manage-stores --stores-only`: the reconciler, its probes and metrics, until SIGTERM.
+async fn serve_stores_only(opts: ServeOptions, config: Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let maddr = opts.metrics_addr.context("--stores-only needs --metrics-addr")?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let metrics = Arc::new(Metrics::new());
+    let own_namespace = config.own_namespace.clone();
+    let claims: Arc<dyn crate::claims::Claims> = Arc::new(crate::claims::AssumePresent);
+    let limits = HandlerLimits::default();
+    let state = Arc::new(AppState::new(Injector::new(config), claims, Arc::clone(&metrics), &limits));
+    let s = Arc::clone(&state);
+    reconciler::spawn(
+        client,
+        move || Arc::new(s.injector.load().config().clone()),
+        &own_namespace,
+        identity(),
+        Arc::clone(&metrics),
+    );
+    if let Some(path) = &opts.config_path {
+        spawn_config_reloader(Arc::clone(&state), path.clone(), opts.reload_interval, opts.overrides.clone());
+    }
+    let ml = TcpListener::bind(maddr).await.with_context(|| format!("binding --metrics-addr {maddr}"))?;
+    tracing::info!(addr = %ml.local_addr()?, "metrics listening (plain HTTP)");
+    state.ready.store(true, Ordering::Relaxed);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin = tokio::spawn(serve_plain(ml, admin_router(Arc::clone(&state), false), stop_rx));
+    tracing::info!("reconciling the managed stores (no webhook)");
+    shutdown_signal().await;
+    state.ready.store(false, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
+    Ok(())
+}
+
 /// Runs the server until SIGTERM/SIGINT, then drains in-flight requests and returns.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -206,6 +244,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     }
     if let Some(n) = config.exclude_newer_note() {
         tracing::info!("{n}");
+    }
+    if opts.stores_only {
+        return serve_stores_only(opts, config).await;
     }
     let certs = tls::CertStore::load_with_ca(&opts.tls_cert, &opts.tls_key, opts.ca_bundle_file.as_deref())?;
     let metrics = Arc::new(Metrics::new());

@@ -516,13 +516,67 @@ fn gc_component_is_restricted_and_mounts_the_stores() {
     }
 }
 
+/// Evaluates a ValidatingAdmissionPolicy's matchConditions, variables and validations (CEL, with
+/// the `cel` crate, as the API server would) on one request: `None` if it does not match,
+/// `Some(Ok(()))` if admitted, `Some(Err(message))` if refused.
+fn vap(policy: &Value, request: &Value, object: &Value, old: &Value) -> Option<Result<(), String>> {
+    use std::collections::HashMap;
+    let mut ctx = cel::Context::default();
+    ctx.add_variable_from_value("request", cel::to_value(request).unwrap());
+    ctx.add_variable_from_value("object", cel::to_value(object).unwrap());
+    ctx.add_variable_from_value("oldObject", cel::to_value(old).unwrap());
+    let eval = |ctx: &cel::Context, expr: &str| {
+        cel::Program::compile(expr)
+            .unwrap_or_else(|e| panic!("{expr}: {e}"))
+            .execute(ctx)
+            .unwrap_or_else(|e| panic!("{expr}: {e}"))
+    };
+    for m in policy["spec"]["matchConditions"].as_array().into_iter().flatten() {
+        if eval(&ctx, m["expression"].as_str().unwrap()) != cel::Value::Bool(true) {
+            return None;
+        }
+    }
+    let mut vars: HashMap<String, cel::Value> = HashMap::new();
+    for v in policy["spec"]["variables"].as_array().into_iter().flatten() {
+        ctx.add_variable_from_value("variables", vars.clone());
+        let value = eval(&ctx, v["expression"].as_str().unwrap());
+        vars.insert(v["name"].as_str().unwrap().to_string(), value);
+    }
+    ctx.add_variable_from_value("variables", vars);
+    for check in policy["spec"]["validations"].as_array().unwrap() {
+        if eval(&ctx, check["expression"].as_str().unwrap()) != cel::Value::Bool(true) {
+            let msg = eval(&ctx, check["messageExpression"].as_str().unwrap());
+            let cel::Value::String(s) = msg else { panic!("{msg:?}") };
+            return Some(Err(s.to_string()));
+        }
+    }
+    Some(Ok(()))
+}
+
 #[test]
 fn the_managed_stores_overlay_runs_the_reconciler_with_only_the_rights_it_uses() {
     let (_, docs) = render("overlays/managed-stores");
-    let dep: Deployment = serde_json::from_value(find(&docs, "Deployment", "nixuv").clone()).unwrap();
-    let c = &dep.spec.unwrap().template.spec.unwrap().containers[0];
-    assert!(c.args.as_ref().unwrap().iter().any(|a| a == "--manage-stores"));
+    // The webhook: no reconciler, and its ServiceAccount bound to nothing that writes.
+    let webhook: Deployment = serde_json::from_value(find(&docs, "Deployment", "nixuv").clone()).unwrap();
+    let spec = webhook.spec.unwrap().template.spec.unwrap();
+    assert!(!spec.containers[0].args.as_ref().unwrap().iter().any(|a| a == "--manage-stores"));
+    assert_eq!(spec.service_account_name.as_deref(), Some("nixuv"));
+    // The reconciler: a Deployment of its own, under its own ServiceAccount.
+    let stores: Deployment = serde_json::from_value(find(&docs, "Deployment", "nixuv-stores").clone()).unwrap();
+    let spec = stores.spec.unwrap().template.spec.unwrap();
+    assert_eq!(spec.service_account_name.as_deref(), Some("nixuv-stores"));
+    let c = &spec.containers[0];
+    let args = c.args.as_ref().unwrap();
+    assert!(args.iter().any(|a| a == "--manage-stores") && args.iter().any(|a| a == "--stores-only"), "{args:?}");
     assert!(c.env.as_ref().unwrap().iter().any(|e| e.name == "POD_NAME"), "the Lease holder is the Pod's name");
+    assert!(find(&docs, "ServiceAccount", "nixuv-stores").is_object());
+    for binding in ["ClusterRoleBinding", "RoleBinding"] {
+        let b = find(&docs, binding, if binding == "RoleBinding" { "nixuv-stores-lease" } else { "nixuv-stores" });
+        assert_eq!(
+            b["subjects"],
+            serde_json::json!([{"kind": "ServiceAccount", "name": "nixuv-stores", "namespace": "nixuv-system"}])
+        );
+    }
     let cm = find(&docs, "ConfigMap", "nixuv-config");
     let cfg = nixuv::config::Config::from_yaml(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
     assert_eq!(cfg.file.stores.namespace_label, "nixuv.io/stores=enabled");
@@ -559,4 +613,53 @@ fn the_managed_stores_overlay_runs_the_reconciler_with_only_the_rights_it_uses()
     // Not in the base: without the overlay nixuv cannot touch claims or namespaces.
     let (_, base) = render("base");
     assert!(!base.iter().any(|d| d["metadata"]["name"] == "nixuv-stores"));
+
+    // What the reconciler writes, whatever its RBAC: its own objects as it makes them, nothing else.
+    let policy = find(&docs, "ValidatingAdmissionPolicy", "nixuv-stores-writes");
+    let binding = find(&docs, "ValidatingAdmissionPolicyBinding", "nixuv-stores-writes");
+    assert_eq!(binding["spec"]["policyName"], "nixuv-stores-writes");
+    let by = |user: &str, op: &str, resource: &str, name: &str| {
+        serde_json::json!({"userInfo": {"username": user}, "operation": op, "name": name,
+            "resource": {"group": "", "version": "v1", "resource": resource}})
+    };
+    let sa = "system:serviceaccount:nixuv-system:nixuv-stores";
+    let claims = nixuv::managed::claims("team-a", &cfg);
+    let gc = nixuv::managed::gc_cronjob("team-a", &cfg);
+    for (name, claim) in &claims {
+        assert_eq!(vap(&policy, &by(sa, "CREATE", "persistentvolumeclaims", name), claim, &Value::Null), Some(Ok(())));
+        let refused = vap(&policy, &by(sa, "DELETE", "persistentvolumeclaims", name), &Value::Null, claim);
+        assert!(matches!(refused, Some(Err(_))), "claims are never deleted: {refused:?}");
+    }
+    assert_eq!(vap(&policy, &by(sa, "CREATE", "cronjobs", "nixuv-gc"), &gc, &Value::Null), Some(Ok(())));
+    assert_eq!(vap(&policy, &by(sa, "DELETE", "cronjobs", "nixuv-gc"), &Value::Null, &gc), Some(Ok(())));
+    type Edit = fn(&mut Value);
+    let cases: &[(&str, &str, Edit)] = &[
+        ("another claim", "persistentvolumeclaims", |o| o["metadata"]["name"] = serde_json::json!("data")),
+        ("an unlabelled claim", "persistentvolumeclaims", |o| o["metadata"]["labels"] = serde_json::json!({})),
+        ("another CronJob", "cronjobs", |o| o["metadata"]["name"] = serde_json::json!("miner")),
+        ("the gc CronJob running a shell", "cronjobs", |o| {
+            o["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["command"] =
+                serde_json::json!(["sh", "-c", "x"])
+        }),
+        ("the gc CronJob with another image", "cronjobs", |o| {
+            o["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["image"] =
+                serde_json::json!("evil/miner")
+        }),
+        ("the gc CronJob with a second container", "cronjobs", |o| {
+            let c = o["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0].clone();
+            o["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"].as_array_mut().unwrap().push(c);
+        }),
+    ];
+    for (what, resource, edit) in cases {
+        let mut obj = if *resource == "cronjobs" { gc.clone() } else { claims[0].1.clone() };
+        edit(&mut obj);
+        let name = obj["metadata"]["name"].as_str().unwrap().to_string();
+        let got = vap(&policy, &by(sa, "CREATE", resource, &name), &obj, &Value::Null);
+        assert!(matches!(got, Some(Err(ref m)) if m.contains("may write only the store claims")), "{what}: {got:?}");
+    }
+    // Anyone else is not this policy's business.
+    assert_eq!(
+        vap(&policy, &by("alice", "CREATE", "persistentvolumeclaims", "data"), &Value::Null, &Value::Null),
+        None
+    );
 }

@@ -350,3 +350,59 @@ async fn namespace_churn_reconciles_only_what_changed_and_at_most_once_a_second(
     assert!(selected_writes.len() <= 3 * 10, "{} writes", selected_writes.len());
     assert!(!selected_writes.is_empty(), "the selected namespace was reconciled");
 }
+
+/// `--manage-stores --stores-only`: the reconciler as a Deployment of its own (the webhook's
+/// ServiceAccount then needs no write access): no TLS files, no webhook port; it reconciles,
+/// and its probes and metrics answer on --metrics-addr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_runs_alone_without_a_webhook() {
+    use std::io::BufRead;
+    let fake: Shared = Arc::default();
+    fake.lock().unwrap().namespace("team-s", json!({"nixuv.io/stores": "enabled"}));
+    let addr = start(fake.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(common::bin())
+        .args(["--log-format", "json", "serve", "--manage-stores", "--stores-only", "--metrics-addr", "127.0.0.1:0"])
+        .env("KUBECONFIG", kubeconfig(dir.path(), addr, "stores"))
+        .env("POD_NAME", "nixuv-stores-0")
+        .env("NIXUV_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut metrics = None;
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metrics.is_none() {
+        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("a metrics address");
+        let v: Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"].as_str().is_some_and(|m| m.starts_with("metrics listening")) {
+            metrics = v["addr"].as_str().map(String::from);
+        }
+        lines.push(line);
+    }
+    let metrics = metrics.unwrap();
+    let wait = Instant::now() + Duration::from_secs(20);
+    while fake.lock().unwrap().get(&cronjob_path("team-s"), "nixuv-gc").is_none() {
+        assert!(Instant::now() < wait, "team-s not reconciled");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let client = reqwest::Client::new();
+    assert_eq!(client.get(format!("http://{metrics}/healthz")).send().await.unwrap().status(), 200);
+    let text = client.get(format!("http://{metrics}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("nixuv_stores_leader 1"), "{text}");
+    // No admission endpoint anywhere.
+    assert_eq!(client.post(format!("http://{metrics}/mutate")).send().await.unwrap().status(), 404);
+    while let Ok(l) = rx.try_recv() {
+        lines.push(l);
+    }
+    assert!(!lines.iter().any(|l| l.contains("\"message\":\"listening\"")), "a webhook listener: {lines:?}");
+    child.kill().unwrap();
+    let _ = child.wait();
+}
