@@ -626,12 +626,12 @@ fn the_managed_stores_overlay_runs_the_reconciler_with_only_the_rights_it_uses()
     let claims = nixuv::managed::claims("team-a", &cfg);
     let gc = nixuv::managed::gc_cronjob("team-a", &cfg);
     for (name, claim) in &claims {
-        assert_eq!(vap(&policy, &by(sa, "CREATE", "persistentvolumeclaims", name), claim, &Value::Null), Some(Ok(())));
-        let refused = vap(&policy, &by(sa, "DELETE", "persistentvolumeclaims", name), &Value::Null, claim);
+        assert_eq!(vap(policy, &by(sa, "CREATE", "persistentvolumeclaims", name), claim, &Value::Null), Some(Ok(())));
+        let refused = vap(policy, &by(sa, "DELETE", "persistentvolumeclaims", name), &Value::Null, claim);
         assert!(matches!(refused, Some(Err(_))), "claims are never deleted: {refused:?}");
     }
-    assert_eq!(vap(&policy, &by(sa, "CREATE", "cronjobs", "nixuv-gc"), &gc, &Value::Null), Some(Ok(())));
-    assert_eq!(vap(&policy, &by(sa, "DELETE", "cronjobs", "nixuv-gc"), &Value::Null, &gc), Some(Ok(())));
+    assert_eq!(vap(policy, &by(sa, "CREATE", "cronjobs", "nixuv-gc"), &gc, &Value::Null), Some(Ok(())));
+    assert_eq!(vap(policy, &by(sa, "DELETE", "cronjobs", "nixuv-gc"), &Value::Null, &gc), Some(Ok(())));
     type Edit = fn(&mut Value);
     let cases: &[(&str, &str, Edit)] = &[
         ("another claim", "persistentvolumeclaims", |o| o["metadata"]["name"] = serde_json::json!("data")),
@@ -654,12 +654,9 @@ fn the_managed_stores_overlay_runs_the_reconciler_with_only_the_rights_it_uses()
         let mut obj = if *resource == "cronjobs" { gc.clone() } else { claims[0].1.clone() };
         edit(&mut obj);
         let name = obj["metadata"]["name"].as_str().unwrap().to_string();
-        let got = vap(&policy, &by(sa, "CREATE", resource, &name), &obj, &Value::Null);
+        let got = vap(policy, &by(sa, "CREATE", resource, &name), &obj, &Value::Null);
         assert!(matches!(got, Some(Err(ref m)) if m.contains("may write only the store claims")), "{what}: {got:?}");
     }
     // Anyone else is not this policy's business.
-    assert_eq!(
-        vap(&policy, &by("alice", "CREATE", "persistentvolumeclaims", "data"), &Value::Null, &Value::Null),
-        None
-    );
+    assert_eq!(vap(policy, &by("alice", "CREATE", "persistentvolumeclaims", "data"), &Value::Null, &Value::Null), None);
 }
