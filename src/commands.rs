@@ -99,6 +99,9 @@ pub fn materialize() -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "materialize failed");
             eprintln!("nixuv materialize: {e}");
+            if let Some(h) = crate::materialize::hint(&e) {
+                eprintln!("nixuv materialize: {h}");
+            }
             ExitCode::from(1)
         }
     }

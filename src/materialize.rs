@@ -499,6 +499,40 @@ fn build(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<(), Material
     Ok(())
 }
 
+/// What to do about `e`, when the error alone does not say: a store this process may not write
+/// (`Permission denied`) names the uid and gid it runs as and the settings that fix it.
+pub fn hint(e: &MaterializeError) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let denied = std::iter::from_fn(|| {
+        let this = cur?;
+        cur = this.source();
+        Some(this)
+    })
+    .any(|err| {
+        err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+    });
+    if !denied {
+        return None;
+    }
+    // The ids this process runs as, from /proc (no unsafe call needed).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let id = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|r| r.split_whitespace().nth(1))
+            .unwrap_or("?")
+            .to_string()
+    };
+    let (uid, gid) = (id("Uid:"), id("Gid:"));
+    Some(format!(
+        "nixuv-init runs as uid {uid}, gid {gid} (the config's initRunAsUser) and may not write the store volume: \
+         make the volume writable by that uid (an EFS access point or NFS export with uid/gid {uid}, or a \
+         storage class that honours fsGroup), or set initRunAsUser to the volume's owner (docs/install.md, \
+         \"Shared stores\")"
+    ))
+}
+
 /// Realises `spec` in `layout`.
 pub fn materialize(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<BuildOutcome, MaterializeError> {
     let id = &spec.plan.id;

@@ -129,3 +129,42 @@ fn the_init_image_refuses_an_architecture_without_a_checksum() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// Both images ship the binary stripped by deploy/images/strip.sh, which keeps the debug info
+/// apart (the `debug` stage, a release artifact): run here on this build's binary, the stripped
+/// one runs, has no DWARF and names its debug file; the debug file has the DWARF.
+#[test]
+fn images_ship_a_stripped_binary_and_keep_its_debug_info_apart() {
+    for df in ["deploy/images/Dockerfile.webhook", "deploy/images/Dockerfile.init"] {
+        let text = read(df);
+        assert!(text.contains("strip.sh target/release/nixuv /nixuv /nixuv.debug"), "{df}");
+        assert!(text.contains("COPY --from=build /nixuv /usr/local/bin/nixuv"), "{df} ships the stripped binary");
+        assert!(!text.contains("/src/target/release/nixuv /usr/local/bin"), "{df} ships the unstripped binary");
+        assert!(text.contains("FROM scratch AS debug"), "{df}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (out, debug) = (dir.path().join("nixuv"), dir.path().join("nixuv.debug"));
+    let status = std::process::Command::new(root().join("deploy/images/strip.sh"))
+        .arg(crate::common::bin())
+        .arg(&out)
+        .arg(&debug)
+        .status()
+        .expect("objcopy (binutils)");
+    assert!(status.success());
+    let sections = |f: &Path| {
+        let o = std::process::Command::new("readelf").arg("-S").arg(f).output().expect("readelf (binutils)");
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let (shipped, kept) = (sections(&out), sections(&debug));
+    assert!(!shipped.contains(".debug_info") && shipped.contains(".gnu_debuglink"), "{shipped}");
+    assert!(kept.contains(".debug_info"), "{kept}");
+    let v = std::process::Command::new(&out).arg("--version").output().unwrap();
+    assert!(v.status.success() && String::from_utf8_lossy(&v.stdout).starts_with("nixuv "));
+    let size = |f: &Path| std::fs::metadata(f).unwrap().len();
+    eprintln!(
+        "strip: {} MB built -> {} MB shipped, {} MB of debug info kept apart",
+        size(Path::new(crate::common::bin())) >> 20,
+        size(&out) >> 20,
+        size(&debug) >> 20
+    );
+}

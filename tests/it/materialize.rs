@@ -987,3 +987,29 @@ fn the_env_benchmark_builds_what_it_times() {
     let st = Command::new(env.path().join("bin/python")).args(["-c", "import nixuvdemo"]).status().unwrap();
     assert!(st.success());
 }
+
+/// A store volume nixuv-init may not write (owned by root, as a fresh volume often is): the error
+/// names the uid and gid it runs as and the settings to change, not only `Permission denied`.
+#[test]
+fn a_store_it_may_not_write_names_the_uid_and_the_setting() {
+    let fx = Fixture::new();
+    let pod = fx.mutate(&fx.pod("", "nixuvdemo==1.0"));
+    let init = &pod["spec"]["initContainers"][0];
+    let store = tempfile::tempdir().unwrap();
+    // Root-owned and not writable by others, as a fresh volume.
+    std::fs::set_permissions(store.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid", "65532", "--regid", "65532", "--clear-groups", common::bin(), "materialize"]);
+    cmd.env_clear();
+    for e in init["env"].as_array().unwrap() {
+        if let Some(v) = e["value"].as_str() {
+            cmd.env(e["name"].as_str().unwrap(), v);
+        }
+    }
+    cmd.env("NIXUV_UV_ROOT", store.path());
+    let out = cmd.output().expect("setpriv (util-linux)");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Permission denied"), "{err}");
+    assert!(err.contains("runs as uid 65532, gid 65532") && err.contains("initRunAsUser"), "{err}");
+}
