@@ -59,6 +59,12 @@ pub const PYTHON_DEPS: Key =
     Key::user("nixuv.io/python-deps", KeyKind::Annotation, true, "Python packages: PEP 508 requirements");
 pub const PYTHON_VERSION: Key =
     Key::user("nixuv.io/python", KeyKind::Annotation, true, "the interpreter version (3, 3.X or 3.X.Y)");
+pub const EXCLUDE_NEWER: Key = Key::user(
+    "nixuv.io/exclude-newer",
+    KeyKind::Annotation,
+    true,
+    "resolve Python deps as of this RFC 3339 date-time (overrides python.excludeNewer)",
+);
 pub const PYTHON_MODE: Key =
     Key::user("nixuv.io/python-mode", KeyKind::Annotation, true, "venv or overlay: how Python deps reach the app");
 pub const CONTAINERS: Key =
@@ -99,6 +105,7 @@ pub const KEYS: &[Key] = &[
     PYTHON_LABELS,
     PYTHON_VERSION,
     PYTHON_MODE,
+    EXCLUDE_NEWER,
     CONTAINERS,
     IMAGE_PATH,
     INIT_PLACEMENT,
@@ -112,6 +119,7 @@ pub const ANN_SYSTEM: &str = SYSTEM_DEPS.name;
 pub const ANN_PYTHON: &str = PYTHON_DEPS.name;
 pub const ANN_PYTHON_VERSION: &str = PYTHON_VERSION.name;
 pub const ANN_PYTHON_MODE: &str = PYTHON_MODE.name;
+pub const ANN_EXCLUDE_NEWER: &str = EXCLUDE_NEWER.name;
 pub const ANN_CONTAINERS: &str = CONTAINERS.name;
 pub const ANN_INIT_PLACEMENT: &str = INIT_PLACEMENT.name;
 pub const ANN_IMAGE_PATH: &str = IMAGE_PATH.name;
@@ -191,7 +199,7 @@ mod tests {
         assert!(is_nixuv_key("nixuv.io/typo") && !is_nixuv_key("app.kubernetes.io/name"));
         assert_eq!(
             declaration_list(false),
-            "nixuv.io/system-deps, nixuv.io/python-deps, nixuv.io/python, nixuv.io/python-mode, system.nixuv.io/*, python.nixuv.io/*"
+            "nixuv.io/system-deps, nixuv.io/python-deps, nixuv.io/python, nixuv.io/python-mode, nixuv.io/exclude-newer, system.nixuv.io/*, python.nixuv.io/*"
         );
         assert_eq!(
             declaration_list(true),

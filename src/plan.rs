@@ -75,7 +75,7 @@ impl EnvPlan {
             tool_env: inputs.tool_env.to_vec(),
             secret_env: inputs.secret_env.to_vec(),
             allow_source_builds: inputs.allow_source_builds,
-            exclude_newer: inputs.exclude_newer.map(String::from),
+            exclude_newer: declared.exclude_newer.clone().or_else(|| inputs.exclude_newer.map(String::from)),
             // Without Python deps there is no layout to choose.
             python_mode: match declared.python.is_empty() {
                 true => PythonMode::Venv,

@@ -7,10 +7,11 @@ use std::str::FromStr;
 use pep508_rs::{Requirement, VersionOrUrl};
 
 use crate::keys::{
-    ANN_PYTHON, ANN_PYTHON_MODE, ANN_PYTHON_VERSION, ANN_SYSTEM, LABEL_PYTHON_PREFIX, LABEL_SYSTEM_PREFIX,
+    ANN_EXCLUDE_NEWER, ANN_PYTHON, ANN_PYTHON_MODE, ANN_PYTHON_VERSION, ANN_SYSTEM, LABEL_PYTHON_PREFIX,
+    LABEL_SYSTEM_PREFIX,
 };
-use crate::values::PythonMode;
 pub use crate::values::{valid_attr_path, valid_python_version};
+use crate::values::{valid_rfc3339, PythonMode};
 
 /// Where a dependency was declared, for error messages: `annotation "nixuv.io/system-deps"` or
 /// `label "python.nixuv.io/numpy"`.
@@ -36,6 +37,35 @@ pub struct DepError {
     pub origin: Source,
     pub item: String,
     pub reason: String,
+}
+
+/// Every bad item of a declaration, in the order declared: a denial lists them all, so that one
+/// round of fixes is enough.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclarationErrors(pub Vec<DepError>);
+
+impl std::fmt::Display for DeclarationErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for DeclarationErrors {}
+
+/// A label value as the API server accepts it: at most 63 of letters, digits, `-`, `_`, `.`,
+/// beginning and ending with a letter or digit (or empty).
+fn valid_label_value(v: &str) -> bool {
+    v.is_empty()
+        || (v.len() <= 63
+            && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && v.ends_with(|c: char| c.is_ascii_alphanumeric()))
 }
 
 fn dep_err(source: &Source, item: &str, reason: impl Into<String>) -> DepError {
@@ -67,6 +97,9 @@ pub struct Declared {
     pub python_version: Option<String>,
     /// From `nixuv.io/python-mode`, if set.
     pub python_mode: Option<PythonMode>,
+    /// From `nixuv.io/exclude-newer`, if set: resolve as of this date-time (overrides the
+    /// config's `python.excludeNewer`).
+    pub exclude_newer: Option<String>,
 }
 
 impl Declared {
@@ -191,52 +224,67 @@ fn parse_system(item: &str, source: &Source) -> Result<SystemDep, DepError> {
     Ok(SystemDep { attr: item.to_string(), source: source.clone() })
 }
 
-/// Reads the declarations (docs/annotations.md) from a Pod's annotations and labels. Annotations come first,
-/// then labels in key order.
+/// Reads the declarations (docs/annotations.md) from a Pod's annotations and labels. Annotations
+/// come first, then labels in key order. Every bad item is reported, not only the first.
 pub fn declared(
     labels: Option<&BTreeMap<String, String>>,
     annotations: Option<&BTreeMap<String, String>>,
-) -> Result<Declared, DepError> {
+) -> Result<Declared, DeclarationErrors> {
     let mut out = Declared::default();
-    let push_system = |d: SystemDep, out: &mut Declared| {
-        if !out.system.iter().any(|s| s.attr == d.attr) {
-            out.system.push(d);
-        }
+    let mut errors = Vec::new();
+    let push_system = |d: Result<SystemDep, DepError>, out: &mut Declared, errors: &mut Vec<DepError>| match d {
+        Ok(d) if !out.system.iter().any(|s| s.attr == d.attr) => out.system.push(d),
+        Ok(_) => {}
+        Err(e) => errors.push(e),
     };
-    let push_python = |d: PythonDep, out: &mut Declared| {
-        if !out.python.iter().any(|p| p.requirement == d.requirement) {
-            out.python.push(d);
-        }
+    let push_python = |d: Result<PythonDep, DepError>, out: &mut Declared, errors: &mut Vec<DepError>| match d {
+        Ok(d) if !out.python.iter().any(|p| p.requirement == d.requirement) => out.python.push(d),
+        Ok(_) => {}
+        Err(e) => errors.push(e),
     };
     if let Some(ann) = annotations {
         if let Some(list) = ann.get(ANN_SYSTEM) {
             let src = Source::Annotation(ANN_SYSTEM);
             for item in split_system(list) {
-                push_system(parse_system(item, &src)?, &mut out);
+                push_system(parse_system(item, &src), &mut out, &mut errors);
             }
         }
         if let Some(list) = ann.get(ANN_PYTHON) {
             let src = Source::Annotation(ANN_PYTHON);
             for item in split_python(list) {
-                push_python(parse_requirement(item, &src)?, &mut out);
+                push_python(parse_requirement(item, &src), &mut out, &mut errors);
             }
         }
         if let Some(v) = ann.get(ANN_PYTHON_VERSION) {
             let v = v.trim();
-            if !valid_python_version(v) {
-                return Err(dep_err(
+            match valid_python_version(v) {
+                true => out.python_version = Some(v.to_string()),
+                false => errors.push(dep_err(
                     &Source::Annotation(ANN_PYTHON_VERSION),
                     v,
                     "not a Python 3 version such as \"3.12\"",
-                ));
+                )),
             }
-            out.python_version = Some(v.to_string());
         }
         if let Some(v) = ann.get(ANN_PYTHON_MODE) {
             let v = v.trim();
-            let mode = PythonMode::parse(v)
-                .ok_or_else(|| dep_err(&Source::Annotation(ANN_PYTHON_MODE), v, "must be \"venv\" or \"overlay\""))?;
-            out.python_mode = Some(mode);
+            match PythonMode::parse(v) {
+                Some(mode) => out.python_mode = Some(mode),
+                None => {
+                    errors.push(dep_err(&Source::Annotation(ANN_PYTHON_MODE), v, "must be \"venv\" or \"overlay\""))
+                }
+            }
+        }
+        if let Some(v) = ann.get(ANN_EXCLUDE_NEWER) {
+            let v = v.trim();
+            match valid_rfc3339(v) {
+                true => out.exclude_newer = Some(v.to_string()),
+                false => errors.push(dep_err(
+                    &Source::Annotation(ANN_EXCLUDE_NEWER),
+                    v,
+                    "not an RFC 3339 date-time such as \"2025-06-01T00:00:00Z\"",
+                )),
+            }
         }
     }
     if let Some(labels) = labels {
@@ -244,18 +292,38 @@ pub fn declared(
             if let Some(attr) = key.strip_prefix(LABEL_SYSTEM_PREFIX) {
                 let src = Source::Label(key.clone());
                 match value.as_str() {
-                    "" | "true" => push_system(parse_system(attr, &src)?, &mut out),
+                    "" | "true" => push_system(parse_system(attr, &src), &mut out, &mut errors),
                     "false" => {}
-                    other => return Err(dep_err(&src, other, "value must be empty, \"true\" or \"false\"")),
+                    other => errors.push(dep_err(&src, other, "value must be empty, \"true\" or \"false\"")),
                 }
             } else if let Some(name) = key.strip_prefix(LABEL_PYTHON_PREFIX) {
                 let src = Source::Label(key.clone());
+                if !valid_label_value(value) {
+                    // `2.5.1+cpu`, `>=2`: a label cannot hold them (the API server refuses the
+                    // Pod); the annotation can.
+                    let requirement = if value.starts_with(['<', '>', '=', '!', '~']) {
+                        format!("{name}{value}")
+                    } else {
+                        format!("{name}=={value}")
+                    };
+                    errors.push(dep_err(
+                        &src,
+                        value,
+                        format!(
+                            "a label value holds only letters, digits, '-', '_' and '.' (the API server refuses this Pod): declare it in annotation {ANN_PYTHON:?} instead: \"{requirement}\""
+                        ),
+                    ));
+                    continue;
+                }
                 let item = if value.is_empty() { name.to_string() } else { format!("{name}=={value}") };
-                push_python(parse_requirement(&item, &src)?, &mut out);
+                push_python(parse_requirement(&item, &src), &mut out, &mut errors);
             }
         }
     }
-    Ok(out)
+    match errors.is_empty() {
+        true => Ok(out),
+        false => Err(DeclarationErrors(errors)),
+    }
 }
 
 #[cfg(test)]
@@ -391,5 +459,49 @@ mod tests {
         for bad in ["", "2.7", "3.", "3.x", "3.12.4.1", "three", "3.1234", " 3.12"] {
             assert!(!valid_python_version(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_denial_lists_every_bad_item_and_labels_name_the_annotation_to_use() {
+        let labels = BTreeMap::from([
+            ("python.nixuv.io/torch".to_string(), "2.5.1+cpu".to_string()),
+            ("python.nixuv.io/pandas".to_string(), ">=2".to_string()),
+            ("python.nixuv.io/six".to_string(), "1.16.0".to_string()),
+        ]);
+        let ann = BTreeMap::from([
+            (ANN_SYSTEM.to_string(), "gcc, $(reboot), jq, rm -rf".to_string()),
+            (ANN_PYTHON_VERSION.to_string(), "2.7".to_string()),
+        ]);
+        let e = declared(Some(&labels), Some(&ann)).unwrap_err();
+        let items: Vec<&str> = e.0.iter().map(|d| d.item.as_str()).collect();
+        assert_eq!(items, ["$(reboot)", "-rf", "2.7", ">=2", "2.5.1+cpu"], "{e}");
+        let text = e.to_string();
+        assert!(text.contains(r#"label "python.nixuv.io/torch": "2.5.1+cpu": a label value holds only"#), "{text}");
+        assert!(text.contains(r#"annotation "nixuv.io/python-deps" instead: "torch==2.5.1+cpu""#), "{text}");
+        assert!(text.contains(r#"instead: "pandas>=2""#), "{text}");
+        assert_eq!(text.matches("; ").count(), 4, "{text}");
+    }
+
+    #[test]
+    fn exclude_newer_per_pod() {
+        let ann = |v: &str| {
+            BTreeMap::from([
+                (ANN_PYTHON.to_string(), "pandas".to_string()),
+                (ANN_EXCLUDE_NEWER.to_string(), v.to_string()),
+            ])
+        };
+        let d = declared(None, Some(&ann("2025-06-01T00:00:00Z"))).unwrap();
+        assert_eq!(d.exclude_newer.as_deref(), Some("2025-06-01T00:00:00Z"));
+        let e = declared(None, Some(&ann("last week"))).unwrap_err().to_string();
+        assert!(e.contains(r#"annotation "nixuv.io/exclude-newer": "last week": not an RFC 3339 date-time"#), "{e}");
+        // It is part of the env id, and overrides the config's.
+        let cfg = crate::config::Config::from_yaml("python: {excludeNewer: '2024-01-01T00:00:00Z'}").unwrap();
+        let plan = |d: &Declared| crate::plan::EnvPlan::new(d, cfg.plan_inputs());
+        let pinned = plan(&d);
+        assert_eq!(pinned.exclude_newer.as_deref(), Some("2025-06-01T00:00:00Z"));
+        let default =
+            plan(&declared(None, Some(&BTreeMap::from([(ANN_PYTHON.to_string(), "pandas".to_string())]))).unwrap());
+        assert_eq!(default.exclude_newer.as_deref(), Some("2024-01-01T00:00:00Z"));
+        assert_ne!(pinned.id, default.id);
     }
 }
