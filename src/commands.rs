@@ -359,7 +359,12 @@ pub fn preview(a: PreviewArgs) -> ExitCode {
             format!("{}\n", serde_json::to_string_pretty(&list).expect("serialises"))
         }
         Output::Json => preview::output::json(&all_docs[0], &all_previews[0]),
-        Output::Patch => all_previews.iter().map(|p| preview::output::patches(p)).collect::<Vec<_>>().concat(),
+        Output::Patch if several => {
+            let files: Vec<(&str, &[preview::ObjectPreview])> =
+                inputs.iter().map(String::as_str).zip(all_previews.iter().map(Vec::as_slice)).collect();
+            preview::output::patches_of_files(&files)
+        }
+        Output::Patch => preview::output::patches(&all_previews[0]),
         Output::WarmJob => {
             let flat: Vec<_> = all_previews.iter().flatten().cloned().collect();
             preview::output::warm_jobs(&flat, a.namespace.as_deref(), injector.config())

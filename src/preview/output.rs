@@ -147,6 +147,9 @@ pub fn json(docs: &[Document], previews: &[ObjectPreview]) -> String {
 
 #[derive(Serialize)]
 struct PatchEntry<'a> {
+    /// The file the object came from, when there are several.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<&'a str>,
     document: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     item: Option<usize>,
@@ -168,11 +171,50 @@ pub fn patches(previews: &[ObjectPreview]) -> String {
         let entries: Vec<PatchEntry<'_>> = previews
             .iter()
             .zip(&values)
-            .map(|(p, patch)| PatchEntry { document: p.document, item: p.item, kind: &p.kind, name: &p.name, patch })
+            .map(|(p, patch)| PatchEntry {
+                file: None,
+                document: p.document,
+                item: p.item,
+                kind: &p.kind,
+                name: &p.name,
+                patch,
+            })
             .collect();
         serde_json::to_value(entries).expect("serialises")
     };
     let mut s = serde_json::to_string_pretty(&v).expect("serialises");
+    s.push('\n');
+    s
+}
+
+/// `-o patch` over several files: one JSON list of `{file, document, item, kind, name, patch}`
+/// for every object of every file, in order.
+pub fn patches_of_files(files: &[(&str, &[ObjectPreview])]) -> String {
+    let values: Vec<Vec<Value>> = files
+        .iter()
+        .map(|(_, ps)| {
+            ps.iter()
+                .map(|p| {
+                    p.patch.as_ref().map(|x| serde_json::to_value(x).expect("serialises")).unwrap_or_else(|| json!([]))
+                })
+                .collect()
+        })
+        .collect();
+    let entries: Vec<PatchEntry<'_>> = files
+        .iter()
+        .zip(&values)
+        .flat_map(|((file, ps), vs)| {
+            ps.iter().zip(vs).map(move |(p, patch)| PatchEntry {
+                file: Some(file),
+                document: p.document,
+                item: p.item,
+                kind: &p.kind,
+                name: &p.name,
+                patch,
+            })
+        })
+        .collect();
+    let mut s = serde_json::to_string_pretty(&entries).expect("serialises");
     s.push('\n');
     s
 }

@@ -813,3 +813,22 @@ fn warm_jobs_come_from_nixuvs_plan_never_from_the_input() {
         jobs.iter().map(|j| j["metadata"]["labels"]["nixuv.io/env"].as_str().unwrap().to_string()).collect();
     assert_eq!(envs.len(), jobs.len(), "one Job per distinct env");
 }
+
+/// `-o patch` over several files is one JSON document: a list of every object's patch, each
+/// naming its file, and each applies to its object.
+#[test]
+fn patch_output_over_several_files_is_one_json_document() {
+    let r = preview(&["-f", "pod.yaml", "-f", "deployment.yaml", "-o", "patch"], None);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).expect("one JSON document");
+    let entries = v.as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    for (e, file) in entries.iter().zip(["pod.yaml", "deployment.yaml"]) {
+        assert_eq!(e["file"], file);
+        let obj = yaml_docs(&std::fs::read_to_string(common::fixture_path("preview").join(file)).unwrap()).remove(0);
+        let patch: json_patch::Patch = serde_json::from_value(e["patch"].clone()).unwrap();
+        let mut doc = obj.clone();
+        json_patch::patch(&mut doc, &patch).unwrap_or_else(|err| panic!("{file}: {err}"));
+        assert_ne!(doc, obj, "{file}: the patch changes it");
+    }
+}
