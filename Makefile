@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/.tools/venv/bin:$(PATH)
 ADDR ?= 127.0.0.1:8443
 BIN := target/debug/nixuv
 
-.PHONY: run test tools fetch build certs lint unit clean bench image fuzz deny
+.PHONY: run test tools fetch build certs lint unit clean bench image fuzz deny e2e
 
 build:
 	$(CARGO) build
@@ -49,6 +49,11 @@ fuzz:
 deny: fetch
 	command -v cargo-deny >/dev/null 2>&1 || $(CARGO) install --locked cargo-deny
 	$(CARGO) deny --offline check licenses bans sources
+
+## End to end on a kind cluster (needs a Docker engine, kind and kubectl; says so and fails
+## where one is missing). scripts/e2e-kind.sh; `make test` checks what it can without a cluster.
+e2e:
+	./scripts/e2e-kind.sh
 
 ## Benchmarks: criterion, h2load against the bare-TLS ceiling, latency, RSS, materialize.
 bench: tools

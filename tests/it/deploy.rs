@@ -660,3 +660,49 @@ fn the_managed_stores_overlay_runs_the_reconciler_with_only_the_rights_it_uses()
     // Anyone else is not this policy's business.
     assert_eq!(vap(policy, &by("alice", "CREATE", "persistentvolumeclaims", "data"), &Value::Null, &Value::Null), None);
 }
+
+/// The full path of a program on this process's PATH.
+fn which(program: &str) -> std::path::PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} on PATH"))
+}
+
+/// What `make e2e` needs a cluster for cannot run here; what it applies and how it starts can:
+/// the kind config names node images with image volumes (1.35 or newer), the Pods it creates are
+/// valid and get what the run expects from the webhook's own decision (injected, or not for the
+/// typo, with the hint `nixuv check` gives), and without a Docker engine it says so and fails.
+#[test]
+fn the_e2e_run_applies_valid_manifests_and_says_what_it_needs() {
+    let kind: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(root().join("deploy/e2e/kind.yaml")).unwrap()).unwrap();
+    assert_eq!(kind["kind"], "Cluster");
+    for n in kind["nodes"].as_array().unwrap() {
+        let image = n["image"].as_str().unwrap();
+        let minor: u32 = image.split(":v1.").nth(1).and_then(|r| r.split('.').next()).unwrap().parse().unwrap();
+        assert!(minor >= 35, "{image}: image volumes are on by default from 1.35");
+    }
+    let pods = root().join("deploy/e2e/pods.yaml");
+    let out =
+        Command::new("kubernetes-validate").args(["--strict", "-k", KUBERNETES_VERSION]).arg(&pods).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(common::bin()).args(["preview", "-o", "json", "-f"]).arg(&pods).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let by_name =
+        |n: &str| list["items"].as_array().unwrap().iter().find(|o| o["metadata"]["name"] == n).unwrap().clone();
+    assert_eq!(by_name("e2e-both")["spec"]["initContainers"][0]["name"], "nixuv-init");
+    assert_eq!(by_name("e2e-shared")["spec"]["template"]["spec"]["initContainers"][0]["name"], "nixuv-init");
+    assert!(by_name("e2e-typo")["spec"].get("initContainers").is_none());
+    assert!(stderr.contains("did you mean \"nixuv.io/inject\""), "{stderr}");
+    // Without a Docker engine (no docker on PATH here, only what the script needs to start): a
+    // message and exit 1, not a half-run.
+    let bin = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(which("dirname"), bin.path().join("dirname")).unwrap();
+    let out =
+        Command::new(which("bash")).arg(root().join("scripts/e2e-kind.sh")).env("PATH", bin.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("make e2e: needs a running Docker engine"));
+}
