@@ -87,7 +87,7 @@ kubectl apply -f deploy/e2e/pods.yaml
 warm=$(seconds_until pod_done e2e-both) || die "e2e-both did not succeed warm"
 # The typo: allowed unchanged, and explained.
 [ -z "$(kubectl -n team-a get pod e2e-typo -o jsonpath='{.spec.initContainers}')" ] || die "e2e-typo was injected"
-check=$(kubectl -n nixuv-system exec deploy/nixuv -- nixuv check pod e2e-typo -n team-a || true)
+check=$(cargo run -q --bin nixuv -- check pod e2e-typo -n team-a 2>&1 || true)
 echo "$check" | grep -q 'nixuv.io/inject' || die "nixuv check did not name the label: $check"
 
 # The webhook down: with failurePolicy Fail an opted-in Pod is refused, not started without its env.
