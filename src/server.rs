@@ -196,6 +196,18 @@ pub fn identity() -> String {
 
 pub use reconciler::{once as manage_stores_once, Summary as StoresSummary};
 
+/// The managed-stores reconciler, reading the config the state holds now (reloads included).
+fn spawn_reconciler(state: &Arc<AppState>, client: kube::Client, own_namespace: &str) {
+    let s = Arc::clone(state);
+    reconciler::spawn(
+        client,
+        move || Arc::new(s.injector.load().config().clone()),
+        own_namespace,
+        identity(),
+        Arc::clone(&state.metrics),
+    );
+}
+
 /// `--manage-stores --stores-only`: the reconciler, its probes and metrics, until SIGTERM.
 async fn serve_stores_only(opts: ServeOptions, config: Config) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -208,14 +220,7 @@ async fn serve_stores_only(opts: ServeOptions, config: Config) -> anyhow::Result
     let claims: Arc<dyn crate::claims::Claims> = Arc::new(crate::claims::AssumePresent);
     let limits = HandlerLimits::default();
     let state = Arc::new(AppState::new(Injector::new(config), claims, Arc::clone(&metrics), &limits));
-    let s = Arc::clone(&state);
-    reconciler::spawn(
-        client,
-        move || Arc::new(s.injector.load().config().clone()),
-        &own_namespace,
-        identity(),
-        Arc::clone(&metrics),
-    );
+    spawn_reconciler(&state, client, &own_namespace);
     if let Some(path) = &opts.config_path {
         spawn_config_reloader(Arc::clone(&state), path.clone(), opts.reload_interval, opts.overrides.clone());
     }
@@ -283,14 +288,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let own_namespace = config.own_namespace.clone();
     let state = Arc::new(AppState::new(Injector::new(config), claims, Arc::clone(&metrics), &limits));
     if let (Some(c), true) = (&kube_client, opts.manage_stores) {
-        let s = Arc::clone(&state);
-        reconciler::spawn(
-            c.clone(),
-            move || Arc::new(s.injector.load().config().clone()),
-            &own_namespace,
-            identity(),
-            Arc::clone(&metrics),
-        );
+        spawn_reconciler(&state, c.clone(), &own_namespace);
     }
     if let Some(path) = &opts.config_path {
         spawn_config_reloader(Arc::clone(&state), path.clone(), opts.reload_interval, opts.overrides.clone());

@@ -158,54 +158,37 @@ struct PatchEntry<'a> {
     patch: &'a Value,
 }
 
+fn patch_value(p: &ObjectPreview) -> Value {
+    p.patch.as_ref().map(|p| serde_json::to_value(p).expect("serialises")).unwrap_or_else(|| json!([]))
+}
+
 /// One object: its patch (`[]` when nothing changes), ready for `kubectl patch --type json`.
 /// Several: a list of `{document, item, kind, name, patch}`.
 pub fn patches(previews: &[ObjectPreview]) -> String {
-    let patch_value = |p: &ObjectPreview| {
-        p.patch.as_ref().map(|p| serde_json::to_value(p).expect("serialises")).unwrap_or_else(|| json!([]))
-    };
-    let v = if previews.len() == 1 {
-        patch_value(&previews[0])
-    } else {
-        let values: Vec<Value> = previews.iter().map(patch_value).collect();
-        let entries: Vec<PatchEntry<'_>> = previews
-            .iter()
-            .zip(&values)
-            .map(|(p, patch)| PatchEntry {
-                file: None,
-                document: p.document,
-                item: p.item,
-                kind: &p.kind,
-                name: &p.name,
-                patch,
-            })
-            .collect();
-        serde_json::to_value(entries).expect("serialises")
-    };
-    let mut s = serde_json::to_string_pretty(&v).expect("serialises");
-    s.push('\n');
-    s
+    if previews.len() == 1 {
+        let mut s = serde_json::to_string_pretty(&patch_value(&previews[0])).expect("serialises");
+        s.push('\n');
+        return s;
+    }
+    patch_entries(&[(None, previews)])
 }
 
 /// `-o patch` over several files: one JSON list of `{file, document, item, kind, name, patch}`
 /// for every object of every file, in order.
 pub fn patches_of_files(files: &[(&str, &[ObjectPreview])]) -> String {
-    let values: Vec<Vec<Value>> = files
-        .iter()
-        .map(|(_, ps)| {
-            ps.iter()
-                .map(|p| {
-                    p.patch.as_ref().map(|x| serde_json::to_value(x).expect("serialises")).unwrap_or_else(|| json!([]))
-                })
-                .collect()
-        })
-        .collect();
+    let files: Vec<(Option<&str>, &[ObjectPreview])> = files.iter().map(|(f, ps)| (Some(*f), *ps)).collect();
+    patch_entries(&files)
+}
+
+/// One JSON list of the entries of every object of `files` (named when given).
+fn patch_entries(files: &[(Option<&str>, &[ObjectPreview])]) -> String {
+    let values: Vec<Vec<Value>> = files.iter().map(|(_, ps)| ps.iter().map(patch_value).collect()).collect();
     let entries: Vec<PatchEntry<'_>> = files
         .iter()
         .zip(&values)
         .flat_map(|((file, ps), vs)| {
             ps.iter().zip(vs).map(move |(p, patch)| PatchEntry {
-                file: Some(file),
+                file: *file,
                 document: p.document,
                 item: p.item,
                 kind: &p.kind,
