@@ -295,11 +295,31 @@ fn build_system(layout: &Layout, spec: &EnvSpec, opts: &Options, strip: &[&str])
     Ok(())
 }
 
+/// The tool variables that say where uv's interpreters come from.
+const PYTHON_SOURCE_VARS: &[&str] =
+    &["UV_PYTHON_DOWNLOADS_JSON_URL", "UV_PYTHON_INSTALL_MIRROR", "UV_PYPY_INSTALL_MIRROR", "UV_PYTHON_DOWNLOADS"];
+
+/// Where uv installs interpreters for `spec`: `python/<source>/` on the uv volume, `<source>` a
+/// digest of where the interpreters come from (the image's own list, or the declared download
+/// variables with their values). Every build with the admin's settings shares one directory; a
+/// build given other sources (a hand-written nixuv-init pointing uv at its own interpreter list)
+/// installs into a directory of its own, which no other env's build ever uses.
+fn python_install_dir(layout: &Layout, spec: &EnvSpec) -> PathBuf {
+    let mut source = String::from("nixuv-python-source-v1\n");
+    if let Some(list) = image_python_downloads(spec) {
+        source.push_str(&format!("image-list={list}\n"));
+    }
+    for (name, value) in spec.plan.tool_env.iter().filter(|(n, _)| PYTHON_SOURCE_VARS.contains(&n.as_str())) {
+        source.push_str(&format!("{name}={}\n", serde_json::to_string(value).expect("a string serialises")));
+    }
+    layout.uv_python().join(EnvId::of(&source).as_str())
+}
+
 /// The environment every uv call of a build runs with (on top of the declared tool variables).
 fn uv_env(layout: &Layout, spec: &EnvSpec) -> Vec<(&'static str, OsString)> {
     let mut env: Vec<(&str, OsString)> = vec![
         ("UV_CACHE_DIR", layout.uv_cache().into()),
-        ("UV_PYTHON_INSTALL_DIR", layout.uv_python().into()),
+        ("UV_PYTHON_INSTALL_DIR", python_install_dir(layout, spec).into()),
         // Cache and venv share the volume: hard links, not copies (uv's default is `clone`).
         ("UV_LINK_MODE", "hardlink".into()),
         // uv reads `uv.toml` / `pyproject.toml` from the working directory up and from the user's

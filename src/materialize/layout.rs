@@ -4,7 +4,8 @@
 //! uv volume (mounted at the same path in the init and app containers):
 //! ```text
 //! cache/                 UV_CACHE_DIR
-//! python/                UV_PYTHON_INSTALL_DIR (uv-managed interpreters)
+//! python/S/              UV_PYTHON_INSTALL_DIR (uv-managed interpreters), S a digest of where
+//!                        they come from (the same for every build with the admin's settings)
 //! envs/H  -> .H.<nonce>  the published venv: a symlink swapped in atomically
 //! envs/.H.<nonce>/       a venv, built in place (venvs are not relocatable) and never renamed
 //! .nixuv/envs/H.json     completion marker, written last

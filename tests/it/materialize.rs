@@ -499,8 +499,11 @@ fn managed_python_on_the_volume_runs_without_the_machines_python() {
     let pod = fx.mutate(&fx.pod("hello-nixuv", "nixuvdemo==1.0"));
     init_ok(&pod, &vols);
     // The interpreter uv installed is on the uv volume, and the venv links to it.
-    let managed = vols.path("nixuv-uv").join("python");
-    assert!(std::fs::read_dir(&managed)
+    // Under python/<source>/: the directory of the admin's interpreter source.
+    let sources: Vec<PathBuf> =
+        std::fs::read_dir(vols.path("nixuv-uv").join("python")).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(sources.len(), 1, "{sources:?}");
+    assert!(std::fs::read_dir(&sources[0])
         .unwrap()
         .flatten()
         .any(|e| e.file_name().to_string_lossy().starts_with("cpython-")));
@@ -512,7 +515,10 @@ fn managed_python_on_the_volume_runs_without_the_machines_python() {
     assert!(app.status.success(), "{}", text(&app));
     let mut lines = out.lines();
     let first = lines.next().unwrap();
-    assert!(first.starts_with("42 /nixuv/uv/python/cpython-"), "the interpreter comes from the uv volume: {first}");
+    assert!(
+        first.starts_with("42 /nixuv/uv/python/") && first.contains("/cpython-"),
+        "the interpreter comes from the uv volume: {first}"
+    );
     assert_eq!(lines.collect::<Vec<_>>(), ["nixuvdemo 42", "hello from nixuv", "hidden"]);
 }
 
@@ -863,7 +869,7 @@ fn interpreters_come_from_the_init_image_without_any_network() {
     let script = "python -c 'import sys, nixuvdemo; print(nixuvdemo.VALUE, sys.base_prefix)'";
     let app = run_app(&pod, &vols, script, true);
     let stdout = String::from_utf8_lossy(&app.stdout).into_owned();
-    assert!(stdout.starts_with("42 /nixuv/uv/python/cpython-"), "{}", text(&app));
+    assert!(stdout.starts_with("42 /nixuv/uv/python/") && stdout.contains("/cpython-"), "{}", text(&app));
     // A version the image does not carry fails naming it and what to do.
     let mut other = fx.pod("", "nixuvdemo==1.0");
     other["metadata"]["annotations"]["nixuv.io/python"] = json!("3.9");
@@ -1012,4 +1018,49 @@ fn a_store_it_may_not_write_names_the_uid_and_the_setting() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Permission denied"), "{err}");
     assert!(err.contains("runs as uid 65532, gid 65532") && err.contains("initRunAsUser"), "{err}");
+}
+
+/// A build given another interpreter list (a hand-written nixuv-init whose id is computed for it)
+/// installs its interpreter in a directory of its own: the admin's envs never run it.
+#[test]
+fn interpreters_from_another_source_never_serve_the_admins_envs() {
+    let fx = Fixture::with_managed_python();
+    let vols = Volumes::new();
+    let honest = fx.mutate(&fx.pod("", "nixuvdemo==1.0"));
+    init_ok(&honest, &vols);
+    // The attacker's list: the same interpreter from another place (a real build then succeeds).
+    let config = std::fs::read_to_string(&fx.config).unwrap();
+    let dist = fx.dir.path().join("python-dist");
+    let other = fx.dir.path().join("other-dist");
+    std::fs::create_dir_all(&other).unwrap();
+    for f in std::fs::read_dir(&dist).unwrap().flatten() {
+        std::fs::copy(f.path(), other.join(f.file_name())).unwrap();
+    }
+    let list = std::fs::read_to_string(other.join("downloads.json"))
+        .unwrap()
+        .replace(&dist.display().to_string(), &other.display().to_string());
+    std::fs::write(other.join("downloads.json"), list).unwrap();
+    std::fs::write(
+        &fx.config,
+        config.replace(
+            &format!("file://{}/downloads.json", dist.display()),
+            &format!("file://{}/downloads.json", other.display()),
+        ),
+    )
+    .unwrap();
+    let attacker = fx.mutate(&fx.pod("", "nixuvdemo==1.0"));
+    std::fs::write(&fx.config, &config).unwrap();
+    assert_ne!(attacker["metadata"]["annotations"]["nixuv.io/env"], honest["metadata"]["annotations"]["nixuv.io/env"]);
+    init_ok(&attacker, &vols);
+    let sources: Vec<String> = std::fs::read_dir(vols.path("nixuv-uv").join("python"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(sources.len(), 2, "one interpreter directory per source: {sources:?}");
+    // The honest env, rebuilt from scratch on the same volume, uses its own source's directory.
+    let script = "python -c 'import sys; print(sys.base_prefix)'";
+    let base_of = |pod: &Value| String::from_utf8_lossy(&run_app(pod, &vols, script, true).stdout).trim().to_string();
+    let (h, a) = (base_of(&honest), base_of(&attacker));
+    assert_ne!(h.split('/').nth(4), a.split('/').nth(4), "honest {h}, other {a}");
 }
