@@ -36,6 +36,16 @@ def main(out):
     shutil.copytree(stdlib, os.path.join(root, "lib", f"python{major}.{minor}"), symlinks=True,
                     ignore=lambda d, names: [n for n in names if n in skip])
     os.makedirs(os.path.join(root, "lib", f"python{major}.{minor}", "site-packages"))
+    # A distribution's stdlib may link outside itself (Debian's sitecustomize.py -> /etc/...):
+    # a relocatable tree cannot, and uv refuses such an archive. Keep the file, not the link.
+    for d, _, files in os.walk(root):
+        for n in files:
+            f = os.path.join(d, n)
+            if os.path.islink(f) and os.path.isabs(os.readlink(f)):
+                target = os.path.realpath(f)
+                os.unlink(f)
+                if os.path.isfile(target):
+                    shutil.copy2(target, f)
     subprocess.run(["patchelf", "--set-rpath", "$ORIGIN/../lib", exe], check=True)
     tarball = os.path.join(out, "cpython.tar.gz")
     with tarfile.open(tarball, "w:gz", compresslevel=1) as t:
