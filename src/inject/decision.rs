@@ -177,6 +177,12 @@ impl Decision {
         }
     }
 
+    /// The decision as the wire form's prepared response (its bytes, the uid spliced in per
+    /// request): one call from a decision to what `/mutate` sends.
+    pub fn prepared(&self) -> crate::review::Prepared {
+        crate::review::Prepared::new(self.to_response())
+    }
+
     /// The AdmissionResponse for this decision, without its uid (the wire format fills it in).
     pub fn to_response(&self) -> AdmissionResponse {
         let status = self.denial().map(|d| Status {

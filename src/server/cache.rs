@@ -163,7 +163,7 @@ mod tests {
 
     fn answer(msg: &str) -> Arc<Answer> {
         Arc::new(Answer {
-            prepared: Prepared::new(Decision::from(Denial::invalid(msg)).to_response()),
+            prepared: Decision::from(Denial::invalid(msg)).prepared(),
             outcome: Outcome::Denied,
             env_id: None,
             message: Some(msg.into()),

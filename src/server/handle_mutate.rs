@@ -136,7 +136,7 @@ fn answer<O: inject::PodSource>(
     let states = injector.store_claims(ns, &*state.claims);
     let d = if cacheable { injector.decide_with_states(req, states) } else { injector.decide(req, &*state.claims) };
     let answer = Arc::new(cache::Answer {
-        prepared: review::Prepared::new(d.to_response()),
+        prepared: d.prepared(),
         outcome: d.outcome(),
         env_id: d.env_id().map(ToString::to_string),
         message: d.denial().map(|x| x.message.clone()),
