@@ -20,6 +20,8 @@ const KUSTOMIZATIONS: &[&str] = &[
     "overlays/self-managed",
     "overlays/stores-example",
     "overlays/kind-stores",
+    "overlays/eks-efs-stores",
+    "overlays/nfs-stores",
     "overlays/managed-stores",
     "overlays/cluster-example",
 ];
@@ -705,4 +707,33 @@ fn the_e2e_run_applies_valid_manifests_and_says_what_it_needs() {
         Command::new(which("bash")).arg(root().join("scripts/e2e-kind.sh")).env("PATH", bin.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("make e2e: needs a running Docker engine"));
+}
+
+/// The storage recipes: each class makes the store writable by the uid nixuv-init runs as (the
+/// config's default initRunAsUser), and the namespace's claims and gc use it.
+#[test]
+fn storage_recipes_make_the_store_writable_by_the_init_uid() {
+    let uid = nixuv::config::Config::default().file.init_run_as_user.to_string();
+    for (k, class) in [("overlays/eks-efs-stores", "nixuv-efs"), ("overlays/nfs-stores", "nixuv-nfs")] {
+        let (_, docs) = render(k);
+        let sc = find(&docs, "StorageClass", class);
+        assert!(sc["metadata"].get("namespace").is_none(), "{k}: a StorageClass is cluster-scoped");
+        assert_eq!(sc["reclaimPolicy"], "Retain", "{k}: built envs outlive a deleted claim");
+        if class == "nixuv-efs" {
+            assert_eq!(sc["parameters"]["uid"], uid.as_str());
+            assert_eq!(sc["parameters"]["gid"], uid.as_str());
+            assert_eq!(sc["parameters"]["provisioningMode"], "efs-ap");
+        }
+        let claims: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "PersistentVolumeClaim").collect();
+        assert_eq!(claims.len(), 2, "{k}");
+        for c in claims {
+            assert_eq!(c["spec"]["storageClassName"], class, "{k}");
+            assert_eq!(c["spec"]["accessModes"], serde_json::json!(["ReadWriteMany"]), "{k}");
+            assert_eq!(c["metadata"]["namespace"], "team-a", "{k}");
+        }
+        assert!(exists(&docs, "CronJob", "nixuv-gc", Some("team-a")), "{k}");
+    }
+    // The comment of the NFS recipe says how the export must squash to that uid.
+    let nfs = std::fs::read_to_string(root().join("deploy/overlays/nfs-stores/kustomization.yaml")).unwrap();
+    assert!(nfs.contains(&format!("anonuid={uid},anongid={uid}")));
 }
