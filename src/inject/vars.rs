@@ -59,15 +59,14 @@ impl TargetVar {
     /// The value a target container gets, `rest` being what it keeps of its own after nixuv's
     /// part (lists only; empty: nothing).
     pub fn value(self, plan: &EnvPlan, rest: &str) -> String {
-        let ours = self.ours(plan);
-        match (self.prepends(), rest.is_empty()) {
-            (true, false) => {
-                let mut v = String::with_capacity(ours.len() + 1 + rest.len());
-                v.extend([ours.as_str(), ":", rest]);
-                v
-            }
-            _ => ours,
+        let mut ours = self.ours(plan);
+        if self.prepends() && !rest.is_empty() {
+            // Grown in place: one allocation a variable on the hot path.
+            ours.reserve(1 + rest.len());
+            ours.push(':');
+            ours.push_str(rest);
         }
+        ours
     }
 
     /// Whether `entry` (a list's entry, or the whole value) is nixuv's, for any env.

@@ -31,10 +31,9 @@ pub async fn preview(
     };
     let body = read_body(&state, req, state.preview_body_limit).await?;
     let start = std::time::Instant::now();
-    let Ok(text) = String::from_utf8(body.bytes.to_vec()) else {
+    if std::str::from_utf8(&body.bytes).is_err() {
         return Err(ApiError::bad_request("body is not UTF-8"));
-    };
-    drop(body);
+    }
     // Rendered on the preview threads, never on the runtime that serves /mutate.
     let (injector, claims, metrics) =
         (state.injector.load_full(), Arc::clone(&state.claims), Arc::clone(&state.metrics));
@@ -42,7 +41,9 @@ pub async fn preview(
     let (content_type, body) = state
         .preview_pool
         .run(move || {
-            render(&text, q.namespace.as_deref(), &injector, claims.as_ref(), &metrics, wants_yaml, max_output)
+            // The body is read in place (not copied), and stays in the byte budget until rendered.
+            let text = std::str::from_utf8(&body.bytes).unwrap_or_default();
+            render(text, q.namespace.as_deref(), &injector, claims.as_ref(), &metrics, wants_yaml, max_output)
         })
         .await??;
     state.metrics.observe(Endpoint::preview, start.elapsed());
