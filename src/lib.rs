@@ -11,6 +11,7 @@ pub mod config;
 pub mod ecosystem;
 pub mod envid;
 pub mod envspec;
+pub mod imagestore;
 pub mod inject;
 pub mod keys;
 pub mod logging;

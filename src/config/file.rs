@@ -97,6 +97,27 @@ impl StoresFile {
     }
 }
 
+/// The `imageStore` section: envs as OCI images in a registry, built by nixuv's builder and
+/// mounted read-only through image volumes (docs/install.md, "Image store"). Unset: the claims or
+/// emptyDirs of `storage` are the only store.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ImageStoreFile {
+    /// `<registry>/<path>`, no tag or digest: each env is pushed there, tagged with its id.
+    pub repository: String,
+    /// A `kubernetes.io/dockerconfigjson` Secret that Pods need to pull from the repository: added
+    /// to an opted-in Pod's `imagePullSecrets` (it must exist in the Pod's namespace).
+    #[serde(default)]
+    pub pull_secret: Option<String>,
+    /// The registry speaks plain HTTP (a registry inside the cluster, a test).
+    #[serde(default)]
+    pub insecure: bool,
+    /// A `kubernetes.io/dockerconfigjson` Secret in nixuv's namespace with the credentials the
+    /// builder pushes with (unset: anonymous pushes).
+    #[serde(default)]
+    pub push_secret: Option<String>,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GlobListsFile {
@@ -235,6 +256,7 @@ pub struct ConfigFile {
     pub init_env: Vec<EnvVarFile>,
     pub init_resources: ResourcesFile,
     pub stores: StoresFile,
+    pub image_store: Option<ImageStoreFile>,
 }
 
 impl Default for ConfigFile {
@@ -265,6 +287,7 @@ impl Default for ConfigFile {
             init_env: Vec::new(),
             init_resources: ResourcesFile::default(),
             stores: StoresFile::default(),
+            image_store: None,
         }
     }
 }
