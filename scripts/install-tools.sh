@@ -23,6 +23,11 @@ have unshare || need_apt+=(util-linux)
 have patchelf || need_apt+=(patchelf)  # tests/support/make_python_dist.py
 have kubectl || need_apt+=(kubernetes-client)
 have mkfifo || need_apt+=(coreutils)
+# The image store's tests: a real registry on loopback, and the tools that pull and unpack an
+# image as a kubelet would.
+have docker-registry || need_apt+=(docker-registry)
+have skopeo || need_apt+=(skopeo)
+have umoci || need_apt+=(umoci)
 if [ ${#need_apt[@]} -gt 0 ]; then apt_install "${need_apt[@]}"; fi
 
 py_need=()

@@ -53,6 +53,10 @@ Tuning and tools:
   NIXUV_UV, NIXUV_NIX_PORTABLE  the tools (default: uv and nix-portable on PATH)
   NIXUV_LOG            log filter (default info)")]
     Materialize,
+    /// The image store's builder: build the env described by the NIXUV_* environment variables
+    /// (as for materialize) into this container's own volumes and push it as an OCI image tagged
+    /// with the env id. Prints the digest as the last line; the termination message carries it.
+    Publish(PublishArgs),
     /// Remove envs not used for --max-age from the shared stores, then prune nix and uv.
     Gc(GcArgs),
     /// Why is (or isn't) this injected? Ask the cluster (kubeconfig or in-cluster config) about a
@@ -62,6 +66,22 @@ Tuning and tools:
     /// What a store holds: `envs list`, or `envs show ID` (run it where the store volumes are
     /// mounted, e.g. a one-off Pod with the init image; docs/materialize.md).
     Envs(EnvsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// `<registry>/<path>` (the config's imageStore.repository).
+    #[arg(long)]
+    pub repository: String,
+    /// The registry speaks plain HTTP.
+    #[arg(long)]
+    pub insecure: bool,
+    /// A docker config file (`.dockerconfigjson`) with push credentials.
+    #[arg(long, env = "NIXUV_REGISTRY_AUTH")]
+    pub auth_file: Option<PathBuf>,
+    /// Where the kubelet reads the termination message from.
+    #[arg(long, env = "NIXUV_TERMINATION_LOG", default_value = "/dev/termination-log")]
+    pub termination_log: PathBuf,
 }
 
 #[derive(Debug, Args)]

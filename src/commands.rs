@@ -107,6 +107,44 @@ pub fn materialize() -> ExitCode {
     }
 }
 
+/// `nixuv publish`: exit 0 with the digest as the last stdout line, 1 with the reason; both in
+/// the termination message.
+pub fn publish(a: crate::cli::PublishArgs) -> ExitCode {
+    let repository = match crate::imagestore::Repository::parse(&a.repository) {
+        Ok(r) => r,
+        Err(why) => {
+            eprintln!("nixuv publish: --repository {:?}: {why}", a.repository);
+            return ExitCode::from(2);
+        }
+    };
+    let target = crate::publish::Target { repository, insecure: a.insecure, auth_file: a.auth_file };
+    let result = crate::publish::run_from_env(&target);
+    // Best effort: outside a Pod there is no termination log to write.
+    if let Err(e) = std::fs::write(&a.termination_log, crate::publish::termination_message(&result)) {
+        tracing::debug!(path = %a.termination_log.display(), error = %e, "no termination message written");
+    }
+    match result {
+        Ok(p) => {
+            tracing::info!(
+                image = %p.image,
+                layers = p.layers.len(),
+                reused = p.reused,
+                size_bytes = p.size,
+                build_seconds = p.build_seconds,
+                push_seconds = p.push_seconds,
+                "env published"
+            );
+            println!("{}", p.digest);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "publish failed");
+            eprintln!("nixuv publish: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// `nixuv check`: exit 0 when nothing stands in the way, 1 when something does, 2 when the
 /// cluster cannot be asked.
 pub fn check(a: CheckArgs) -> ExitCode {

@@ -41,7 +41,8 @@ impl Repository {
     /// Parses `<registry>/<path>` (the registry named explicitly: a host with a dot or a port, or
     /// `localhost`), refusing a tag or digest.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let (registry, path) = text.split_once('/').ok_or("must be <registry>/<path>, e.g. registry.example/nixuv/envs")?;
+        let (registry, path) =
+            text.split_once('/').ok_or("must be <registry>/<path>, e.g. registry.example/nixuv/envs")?;
         if !(registry.contains('.') || registry.contains(':') || registry == "localhost") {
             return Err(format!("{registry:?} is not a registry host (a name with a dot or a port, or localhost)"));
         }
@@ -87,6 +88,7 @@ impl Phase {
     }
 }
 
+#[allow(clippy::duplicated_attributes)] // one `type_` per printer column, as kube-derive takes them
 /// An env of the cluster, as an OCI image: the declaration it is built from (the admin's config
 /// supplies the rest, as for the init container; the name is the env id it must give).
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
@@ -179,8 +181,7 @@ impl NixuvEnv {
     /// The object for `plan`, named by its id, with no status (Pending for the builder).
     pub fn for_plan(plan: &EnvPlan) -> Self {
         let mut env = NixuvEnv::new(plan.id.as_str(), NixuvEnvSpec::of_plan(plan));
-        env.metadata.labels =
-            Some(BTreeMap::from([("app.kubernetes.io/managed-by".to_string(), "nixuv".to_string())]));
+        env.metadata.labels = Some(BTreeMap::from([("app.kubernetes.io/managed-by".to_string(), "nixuv".to_string())]));
         env
     }
 
@@ -239,7 +240,8 @@ mod tests {
         let crd = NixuvEnv::crd();
         let want = serde_yaml_ng::to_string(&crd).unwrap();
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/base/crd-nixuvenv.yaml");
-        let header = "# Generated from src/imagestore.rs (NixuvEnv): `NIXUV_BLESS=1 cargo test the_crd_manifest` rewrites it.\n";
+        let header =
+            "# Generated from src/imagestore.rs (NixuvEnv): `NIXUV_BLESS=1 cargo test the_crd_manifest` rewrites it.\n";
         if std::env::var_os("NIXUV_BLESS").is_some() {
             std::fs::write(path, format!("{header}{want}")).unwrap();
         }

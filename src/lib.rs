@@ -20,6 +20,7 @@ pub mod materialize;
 pub mod names;
 pub mod plan;
 pub mod preview;
+pub mod publish;
 pub mod review;
 pub mod server;
 pub mod toolenv;

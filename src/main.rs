@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => commands::serve(*a),
         Command::Preview(a) => Ok(commands::preview(a)),
         Command::Materialize => Ok(commands::materialize()),
+        Command::Publish(a) => Ok(commands::publish(a)),
         Command::Gc(a) => commands::gc(a),
         Command::Certs(a) => commands::certs(a),
         Command::Check(a) => Ok(commands::check(a)),

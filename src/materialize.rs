@@ -67,6 +67,9 @@ pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MaterializeError
 pub struct Options {
     pub lease_ttl: Duration,
     pub wait_timeout: Duration,
+    /// Bytecode checked by hash, not by source time (`SOURCE_DATE_EPOCH` for uv's compile step):
+    /// for envs packed into images, whose files' times are normalised.
+    pub reproducible: bool,
 }
 
 impl Options {
@@ -74,7 +77,11 @@ impl Options {
         let dur = |k: &str, d: u64| {
             std::env::var(k).ok().and_then(|v| humantime::parse_duration(&v).ok()).unwrap_or(Duration::from_secs(d))
         };
-        Options { lease_ttl: dur("NIXUV_LEASE_TTL", 60), wait_timeout: dur("NIXUV_WAIT_TIMEOUT", 3600) }
+        Options {
+            lease_ttl: dur("NIXUV_LEASE_TTL", 60),
+            wait_timeout: dur("NIXUV_WAIT_TIMEOUT", 3600),
+            reproducible: false,
+        }
     }
 }
 
@@ -87,6 +94,11 @@ pub enum BuildOutcome {
     Waited,
     /// This run built it.
     Built,
+}
+
+/// A tool located by its environment variable (`NIXUV_UV`, `NIXUV_NIX_PORTABLE`), else by name.
+pub(crate) fn tool_from_env(name: &'static str, var: &'static str, default: &str) -> Tool {
+    Tool::from_env(name, var, default)
 }
 
 /// Records a use of the env (the `.used` stamp's mtime), never through a planted link.
@@ -226,7 +238,10 @@ fn build_python(layout: &Layout, spec: &EnvSpec, opts: &Options, strip: &[&str])
     let envs = StoreDir::ensure(&layout.uv_root, layout::ENVS)?;
     let name = format!(".{id}.{}", lease::nonce());
     let venv = envs.entry_path(&name);
-    let env = uv_env(layout, spec);
+    let mut env = uv_env(layout, spec);
+    if opts.reproducible {
+        env.push(("SOURCE_DATE_EPOCH", "1".into()));
+    }
     let mut remove = vec!["VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT", "PYTHONHOME", "PYTHONPATH"];
     remove.extend_from_slice(strip);
     let locks = StoreDir::ensure(&layout.uv_root, layout::LOCKS)?;

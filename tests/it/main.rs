@@ -8,6 +8,7 @@ mod fuzz_store;
 mod hardening;
 mod hostile;
 mod images;
+mod imagestore;
 mod kubeapi;
 mod lifecycle;
 mod materialize;

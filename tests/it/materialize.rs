@@ -561,7 +561,7 @@ fn wheels_only_by_default_source_builds_when_allowed_and_bytecode_compiled() {
     assert!(pyc, "no .pyc for nixuvdemo under {}", venv.display());
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
