@@ -13,8 +13,15 @@ pub enum ClaimState {
     Unknown,
 }
 
+/// What the cluster says that a decision reads: the store claims' states, and (image store)
+/// which envs have a Ready image.
 pub trait Claims: Send + Sync {
     fn state(&self, namespace: &str, name: &str) -> ClaimState;
+    /// `<repository>@<digest>` of env `id`'s image when its `NixuvEnv` is Ready; `None` when it
+    /// is not (or not known: offline, or the watch has not synced).
+    fn env_image(&self, _id: &str) -> Option<std::sync::Arc<str>> {
+        None
+    }
 }
 
 /// For offline previews and when the check is off: every claim is taken to exist.

@@ -113,6 +113,8 @@ pub struct Config {
     /// The `initEnv` tool variables from a Secret, as (name, `secret/key`), sorted: the env id
     /// binds the reference, never the value.
     pub secret_env: Vec<(String, String)>,
+    /// `imageStore.repository`, parsed: set exactly when the image store is on.
+    pub image_repository: Option<crate::imagestore::Repository>,
 }
 
 /// Settings given outside the config file that take precedence over it: the init image from

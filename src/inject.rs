@@ -11,6 +11,7 @@ pub mod conflicts;
 mod decide_tests;
 pub mod decision;
 pub mod hints;
+pub mod image_patch;
 pub mod init_container;
 pub mod memo;
 pub mod nearmiss;
@@ -135,8 +136,13 @@ impl Injector {
 
     /// [`Self::decide`] with the store claims' states given (as a cache key was built from them,
     /// with [`Self::store_claims`]), so that the decision and its key cannot disagree.
-    pub fn decide_with_states<O: PodSource>(&self, req: &AdmissionRequest<'_, O>, states: StoreClaims) -> Decision {
-        self.decide_in(req, ClaimStates::Known(states))
+    pub fn decide_with_states<O: PodSource>(
+        &self,
+        req: &AdmissionRequest<'_, O>,
+        states: StoreClaims,
+        claims: &dyn Claims,
+    ) -> Decision {
+        self.decide_in(req, ClaimStates::Known(states, claims))
     }
 
     pub fn decide_view(&self, pod: &PodView, namespace: Option<&str>, claims: &dyn Claims) -> Decision {
@@ -232,8 +238,68 @@ impl Injector {
             conflicts::container_conflicts(c, plan, reinject)?;
             todo.push(idx);
         }
-        let missing = if already { patch::Missing::of(pod) } else { patch::Missing::all() };
         let mut warnings = declaration_warnings;
+        let has_image_volume = already && pod.volumes().iter().any(|v| v.name == crate::imagestore::VOL_ENV);
+        if has_image_volume {
+            // The image injection is whole or nothing: there is nothing to add to it, and a Pod
+            // whose dependencies moved on from its image is not rewritten.
+            if reinject {
+                return Err(Denial::conflict(format!(
+                    "the Pod carries nixuv's image-store injection for env {:?}, but its dependencies now give env {:?}: create it from its original manifest (without volume {:?}, its mounts and the {ANN_STATUS:?} annotation)",
+                    pod.annotation(ANN_ENV).unwrap_or(""),
+                    plan.id,
+                    crate::imagestore::VOL_ENV
+                )));
+            }
+            let env = Some(EnvParts {
+                init_container: Arc::clone(init),
+                stores: PerEcosystem::from_fn(|_| StoreKind::Claim),
+                image: None,
+                request: None,
+            });
+            return Ok(Decision { verdict: Verdict::Unchanged { env_id: plan.id }, env, warnings, notes: Vec::new() });
+        }
+        let mut notes = Vec::new();
+        let mut request = None;
+        let image = match &cfg.image_repository {
+            Some(repo) if !already => match claims.env_image(plan.id.as_str()) {
+                Some(reference) => {
+                    notes.push(format!(
+                        "env {:?} is a Ready image ({reference}): mounted read-only from volume {:?}, no init container",
+                        plan.id,
+                        crate::imagestore::VOL_ENV
+                    ));
+                    Some(reference)
+                }
+                None => {
+                    notes.push(format!(
+                        "env {:?} has no Ready image in {}/{} yet: this Pod builds it in nixuv-init on the stores below, and the image is requested (NixuvEnv {:?})",
+                        plan.id, repo.registry, repo.path, plan.id
+                    ));
+                    request = Some(Arc::new(crate::imagestore::NixuvEnvSpec::of_plan(plan)));
+                    None
+                }
+            },
+            _ => None,
+        };
+        if let Some(reference) = image {
+            let mut targets = Vec::with_capacity(todo.len());
+            for idx in todo {
+                let (target, _) = patch::Target::new(idx, options.image_path, &containers[idx], cfg);
+                targets.push(target);
+            }
+            let pull_secret = cfg.file.image_store.as_ref().and_then(|s| s.pull_secret.as_deref());
+            let patch = image_patch::build(pod, plan, &reference, pull_secret, &targets);
+            let env = Some(EnvParts {
+                init_container: Arc::clone(init),
+                stores: PerEcosystem::from_fn(|_| StoreKind::Claim),
+                image: Some(reference),
+                request: None,
+            });
+            let env_id = plan.id;
+            return Ok(Decision { verdict: Verdict::Inject { env_id, patch }, env, warnings, notes });
+        }
+        let missing = if already { patch::Missing::of(pod) } else { patch::Missing::all() };
         // Volumes nixuv added before keep their source (only missing ones are added).
         let volumes = if reinject || missing.any_store() {
             store_choice::choose(cfg, ns, claims, &mut warnings)
@@ -241,7 +307,6 @@ impl Injector {
             PerEcosystem::from_fn(|_| StoreKind::Claim)
         };
         let placement = options.init_placement.unwrap_or(cfg.file.init_placement);
-        let mut notes = Vec::new();
         let mut targets = Vec::with_capacity(todo.len());
         for idx in todo {
             let c = &containers[idx];
@@ -274,7 +339,7 @@ impl Injector {
         };
         let env_id = plan.id;
         let verdict = if patch.is_empty() { Verdict::Unchanged { env_id } } else { Verdict::Inject { env_id, patch } };
-        let env = Some(EnvParts { init_container: Arc::clone(init), stores: volumes });
+        let env = Some(EnvParts { init_container: Arc::clone(init), stores: volumes, image: None, request });
         Ok(Decision { verdict, env, warnings, notes })
     }
 }

@@ -107,18 +107,16 @@ fn validate_stores(s: &StoresFile) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn validate_image_store(s: &ImageStoreFile) -> Result<(), ConfigError> {
+fn validate_image_store(s: &ImageStoreFile) -> Result<crate::imagestore::Repository, ConfigError> {
     let invalid = |field: &str, why: String| ConfigError::Invalid { key: format!("imageStore.{field}"), message: why };
-    match crate::imagestore::Repository::parse(&s.repository) {
-        Ok(_) => {}
-        Err(why) => return Err(invalid("repository", format!("{:?}: {why}", s.repository))),
-    }
+    let repo = crate::imagestore::Repository::parse(&s.repository)
+        .map_err(|why| invalid("repository", format!("{:?}: {why}", s.repository)))?;
     for (field, secret) in [("pullSecret", &s.pull_secret), ("pushSecret", &s.push_secret)] {
         if let Some(n) = secret.as_deref().filter(|n| !is_dns1123_subdomain(n)) {
             return Err(invalid(field, format!("{n:?} is not a Secret name")));
         }
     }
-    Ok(())
+    Ok(repo)
 }
 
 impl Config {
@@ -299,9 +297,10 @@ impl Config {
             ));
         }
         validate_stores(&file.stores)?;
-        if let Some(is) = &file.image_store {
-            validate_image_store(is)?;
-        }
+        let image_repository = match &file.image_store {
+            Some(is) => Some(validate_image_store(is)?),
+            None => None,
+        };
         let init_requests = quantities("requests", &file.init_resources.requests)?;
         let init_limits = quantities("limits", &file.init_resources.limits)?;
         let system_policy = GlobPolicy::compile("policy.system", &file.policy.system)?;
@@ -349,6 +348,7 @@ impl Config {
             index_url,
             tool_env,
             secret_env,
+            image_repository,
         })
     }
 }

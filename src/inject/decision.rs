@@ -121,6 +121,12 @@ pub enum Verdict {
 pub struct EnvParts {
     pub init_container: Arc<InitText>,
     pub stores: StoreVolumes,
+    /// Image store: the env's image the Pod mounts (`<repository>@<digest>`), or `None` when the
+    /// Pod got the stores above.
+    pub image: Option<Arc<str>>,
+    /// Image store, env not Ready: the `NixuvEnv` to request (the webhook creates it, never for
+    /// a dry run). `None` without an image store and when the image is Ready.
+    pub request: Option<Arc<crate::imagestore::NixuvEnvSpec>>,
 }
 
 #[derive(Debug, Clone)]

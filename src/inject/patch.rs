@@ -162,6 +162,12 @@ fn patch_container(ops: &mut Ops, t: &Target, c: &ContainerView, plan: &EnvPlan)
             }
         }
     }
+    patch_env(ops, t, c, plan);
+}
+
+/// The variables of target container `t`: set where the container has them, added where not.
+pub(super) fn patch_env(ops: &mut Ops, t: &Target, c: &ContainerView, plan: &EnvPlan) {
+    let base = [key("spec"), key("containers"), index(t.index)];
     let env = target_env(plan, c, t);
     match &c.env {
         None => {
@@ -234,6 +240,32 @@ pub fn init_index(pod: &PodView, placement: InitPlacement) -> usize {
     }
 }
 
+/// Adds nixuv's two annotations (status and env id), creating what is missing of the map.
+pub(super) fn annotate(ops: &mut Ops, pod: &PodView, plan: &EnvPlan) {
+    // Sorted keys, as above.
+    #[derive(serde::Serialize)]
+    struct Annotations<'a> {
+        #[serde(rename = "nixuv.io/env")]
+        env: &'a str,
+        #[serde(rename = "nixuv.io/status")]
+        status: &'a str,
+    }
+    #[derive(serde::Serialize)]
+    struct Metadata<'a> {
+        annotations: Annotations<'a>,
+    }
+    let annotations = Annotations { env: &plan.id, status: STATUS_INJECTED };
+    match (&pod.metadata, pod.annotations()) {
+        (None, _) => ops.add([key("metadata")], &Metadata { annotations }),
+        (Some(_), None) => ops.add([key("metadata"), key("annotations")], &annotations),
+        (Some(_), Some(_)) => {
+            for (k, v) in [(ANN_STATUS, STATUS_INJECTED), (ANN_ENV, plan.id.as_str())] {
+                ops.add([key("metadata"), key("annotations"), key(k)], v);
+            }
+        }
+    }
+}
+
 /// The patch for `pod`: what `missing` says, plus env and mounts for each target container.
 pub fn build(
     pod: &PodView,
@@ -247,28 +279,7 @@ pub fn build(
     let stores = at.stores;
     let mut ops = Ops::for_patch(init, targets.len());
     if missing.annotations {
-        // Sorted keys, as above.
-        #[derive(serde::Serialize)]
-        struct Annotations<'a> {
-            #[serde(rename = "nixuv.io/env")]
-            env: &'a str,
-            #[serde(rename = "nixuv.io/status")]
-            status: &'a str,
-        }
-        #[derive(serde::Serialize)]
-        struct Metadata<'a> {
-            annotations: Annotations<'a>,
-        }
-        let annotations = Annotations { env: &plan.id, status: STATUS_INJECTED };
-        match (&pod.metadata, pod.annotations()) {
-            (None, _) => ops.add([key("metadata")], &Metadata { annotations }),
-            (Some(_), None) => ops.add([key("metadata"), key("annotations")], &annotations),
-            (Some(_), Some(_)) => {
-                for (k, v) in [(ANN_STATUS, STATUS_INJECTED), (ANN_ENV, plan.id.as_str())] {
-                    ops.add([key("metadata"), key("annotations"), key(k)], v);
-                }
-            }
-        }
+        annotate(&mut ops, pod, plan);
     }
     let vols: Vec<Volume> =
         volumes(cfg, stores).into_iter().filter(|(name, _)| missing.volume(name)).map(|(_, v)| v).collect();

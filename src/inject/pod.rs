@@ -113,6 +113,8 @@ pub struct SpecView<'a> {
     pub containers: Option<Vec<ContainerView<'a>>>,
     #[serde(borrow)]
     pub ephemeral_containers: Option<Vec<Named<'a>>>,
+    #[serde(borrow)]
+    pub image_pull_secrets: Option<Vec<Named<'a>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

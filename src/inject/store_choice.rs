@@ -18,7 +18,17 @@ pub type StoreVolumes = PerEcosystem<StoreKind>;
 #[derive(Clone, Copy)]
 pub enum ClaimStates<'a> {
     Ask(&'a dyn Claims),
-    Known(StoreClaims),
+    /// The claims' states known; env images still asked of the [`Claims`].
+    Known(StoreClaims, &'a dyn Claims),
+}
+
+impl ClaimStates<'_> {
+    /// [`Claims::env_image`] of whichever [`Claims`] this holds.
+    pub fn env_image(&self, id: &str) -> Option<std::sync::Arc<str>> {
+        match self {
+            ClaimStates::Ask(c) | ClaimStates::Known(_, c) => c.env_image(id),
+        }
+    }
 }
 
 /// The claims' states a decision in `ns` reads: all present in `emptyDir` mode (no claim is used),
@@ -39,7 +49,7 @@ pub fn choose(cfg: &Config, ns: &str, claims: ClaimStates<'_>, warnings: &mut Ve
     }
     let states = match claims {
         ClaimStates::Ask(c) => store_claims(cfg, ns, c),
-        ClaimStates::Known(s) => s,
+        ClaimStates::Known(s, _) => s,
     };
     PerEcosystem::from_fn(|e| {
         let (vol, claim) = (e.volume(), storage.claim(e));
