@@ -177,6 +177,37 @@ impl NixuvEnvSpec {
     }
 }
 
+impl NixuvEnvSpec {
+    /// The plan this declaration gives under `cfg`: read and checked exactly as a Pod's
+    /// annotations would be (every item valid, the admin's policy, the limits), so that a
+    /// `NixuvEnv` written by hand gets no further than a Pod would.
+    pub fn plan(&self, cfg: &crate::config::Config) -> Result<EnvPlan, String> {
+        use crate::keys::{ANN_EXCLUDE_NEWER, ANN_PYTHON, ANN_PYTHON_MODE, ANN_PYTHON_VERSION, ANN_SYSTEM};
+        let mut ann = BTreeMap::new();
+        if !self.system.is_empty() {
+            ann.insert(ANN_SYSTEM.to_string(), self.system.join(" "));
+        }
+        if !self.python.is_empty() {
+            ann.insert(ANN_PYTHON.to_string(), self.python.join("\n"));
+        }
+        for (k, v) in [
+            (ANN_PYTHON_VERSION, &self.python_version),
+            (ANN_PYTHON_MODE, &self.python_mode),
+            (ANN_EXCLUDE_NEWER, &self.exclude_newer),
+        ] {
+            if let Some(v) = v {
+                ann.insert(k.to_string(), v.clone());
+            }
+        }
+        let declared = crate::plan::deps::declared(None, Some(&ann)).map_err(|e| e.to_string())?;
+        if declared.is_empty() {
+            return Err("spec declares no dependency".into());
+        }
+        crate::inject::policy::check(&declared, cfg).map_err(|e| e.to_string())?;
+        Ok(EnvPlan::new(&declared, cfg.plan_inputs()))
+    }
+}
+
 impl NixuvEnv {
     /// The object for `plan`, named by its id, with no status (Pending for the builder).
     pub fn for_plan(plan: &EnvPlan) -> Self {
@@ -250,6 +281,49 @@ mod tests {
         assert_eq!(crd.spec.scope, "Cluster");
         let cols = crd.spec.versions[0].additional_printer_columns.as_ref().unwrap();
         assert!(["Phase", "Size", "Age"].iter().all(|c| cols.iter().any(|x| x.name == *c)));
+    }
+
+    /// The builder rebuilds each env's plan from its `NixuvEnv` and the config: the same id as
+    /// the webhook's, and a declaration a Pod could not make is refused just the same.
+    #[test]
+    fn a_spec_gives_back_the_plan_it_was_made_from() {
+        use crate::config::Config;
+        use crate::inject::Injector;
+        let cfg = Config::from_yaml("python: {excludeNewer: '2025-01-01T00:00:00Z'}\npolicy: {system: {deny: [curl]}}")
+            .unwrap();
+        let inj = Injector::new(cfg.clone());
+        for ann in [
+            serde_json::json!({"nixuv.io/system-deps": "jq ffmpeg-headless", "nixuv.io/python-deps": "pandas>=2,<3\nrich[jupyter]"}),
+            serde_json::json!({"nixuv.io/python-deps": "rich", "nixuv.io/python": "3.11", "nixuv.io/python-mode": "overlay"}),
+            serde_json::json!({"nixuv.io/python-deps": "rich", "nixuv.io/exclude-newer": "2024-06-01T00:00:00Z"}),
+            serde_json::json!({"nixuv.io/system-deps": "jq"}),
+        ] {
+            let pod = serde_json::json!({"metadata": {"labels": {"nixuv.io/inject": "true"}, "annotations": ann},
+                                         "spec": {"containers": [{"name": "a"}]}});
+            let d = inj.decide_pod(&pod.to_string(), Some("t"));
+            let spec = d.env.as_ref().unwrap().request.clone();
+            assert!(spec.is_none(), "no image store, no request");
+            let id = *d.env_id().unwrap();
+            let plan = crate::plan::EnvPlan::new(
+                &crate::plan::deps::declared(
+                    None,
+                    pod["metadata"]["annotations"]
+                        .as_object()
+                        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())).collect())
+                        .as_ref(),
+                )
+                .unwrap(),
+                cfg.plan_inputs(),
+            );
+            assert_eq!(plan.id, id);
+            assert_eq!(NixuvEnvSpec::of_plan(&plan).plan(&cfg).unwrap().id, id, "{ann}");
+        }
+        let denied = NixuvEnvSpec { system: vec!["curl".into()], ..Default::default() }.plan(&cfg).unwrap_err();
+        assert!(denied.contains("curl"), "{denied}");
+        let bad =
+            NixuvEnvSpec { python: vec!["rich; os_name ==".into()], ..Default::default() }.plan(&cfg).unwrap_err();
+        assert!(bad.contains("rich"), "{bad}");
+        assert!(NixuvEnvSpec::default().plan(&cfg).is_err());
     }
 
     #[test]

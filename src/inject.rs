@@ -19,7 +19,7 @@ pub(crate) mod optin;
 pub mod patch;
 pub mod patch_text;
 pub mod pod;
-mod policy;
+pub(crate) mod policy;
 pub mod store_choice;
 pub mod vars;
 

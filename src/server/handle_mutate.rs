@@ -134,7 +134,11 @@ fn answer<O: inject::PodSource>(
     // The claims' states are read once, by the core's own function, and the decision is made
     // with exactly those: entry and answer cannot disagree.
     let states = injector.store_claims(ns, &*state.claims);
-    let d = if cacheable { injector.decide_with_states(req, states, &*state.claims) } else { injector.decide(req, &*state.claims) };
+    let d = if cacheable {
+        injector.decide_with_states(req, states, &*state.claims)
+    } else {
+        injector.decide(req, &*state.claims)
+    };
     let answer = Arc::new(cache::Answer {
         prepared: d.prepared(),
         outcome: d.outcome(),
