@@ -6,6 +6,8 @@
 //! through a `subPath` of one `image` volume. Built by `nixuv publish` in a Job the leader runs
 //! ([`crate::server`]'s builder); never written by a tenant.
 
+pub mod job;
+
 use std::collections::BTreeMap;
 
 use kube::CustomResource;

@@ -5,10 +5,12 @@
 
 mod body;
 mod budget;
+mod builder;
 mod cabundle;
 mod cache;
 mod claim_watch;
 mod conn;
+mod env_watch;
 mod error;
 mod handle_mutate;
 mod handle_preview;
@@ -258,7 +260,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(Arc::clone(&certs))?));
     certs.spawn_reloader(opts.reload_interval, Arc::clone(&metrics));
 
-    let kube_client = if opts.check_claims || opts.manage_stores || opts.manage_ca_bundle.is_some() {
+    let image_store = config.image_repository.is_some();
+    let kube_client = if opts.check_claims || opts.manage_stores || opts.manage_ca_bundle.is_some() || image_store {
         Some(
             kube::Client::try_default()
                 .await
@@ -267,9 +270,17 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     } else {
         None
     };
-    let claims: Arc<dyn crate::claims::Claims> = match (&kube_client, opts.check_claims) {
+    let mut claims: Arc<dyn crate::claims::Claims> = match (&kube_client, opts.check_claims) {
         (Some(c), true) => claim_watch::ClaimCache::start(c.clone()),
         _ => Arc::new(crate::claims::AssumePresent),
+    };
+    let envs = match (&kube_client, image_store) {
+        (Some(c), true) => {
+            let envs = env_watch::EnvCache::start(c.clone());
+            claims = Arc::new(env_watch::WithEnvs { claims, envs: Arc::clone(&envs) });
+            Some(envs)
+        }
+        _ => None,
     };
     if let (Some(c), Some(name)) = (&kube_client, &opts.manage_ca_bundle) {
         let file = opts.ca_bundle_file.clone().context("--manage-ca-bundle needs --ca-bundle-file")?;
@@ -286,7 +297,12 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         request_bytes_budget: opts.request_bytes_budget,
     };
     let own_namespace = config.own_namespace.clone();
-    let state = Arc::new(AppState::new(Injector::new(config), claims, Arc::clone(&metrics), &limits));
+    let mut app_state = AppState::new(Injector::new(config), claims, Arc::clone(&metrics), &limits);
+    app_state.envs = envs;
+    let state = Arc::new(app_state);
+    if let (Some(c), true) = (&kube_client, image_store) {
+        builder::spawn(&state, c.clone(), &own_namespace, identity());
+    }
     if let (Some(c), true) = (&kube_client, opts.manage_stores) {
         spawn_reconciler(&state, c.clone(), &own_namespace);
     }

@@ -42,6 +42,10 @@ pub struct Answer {
     pub dry_run: bool,
     /// The claim states the decision was made with: a hit is only used while they still hold.
     pub claims: StoreClaims,
+    /// Image store: the `NixuvEnv` changes seen when it was decided (a hit is only used while
+    /// none has happened since), and the env to request when its image is not Ready.
+    pub envs_version: u64,
+    pub request: Option<(crate::envid::EnvId, Arc<crate::imagestore::NixuvEnvSpec>)>,
 }
 
 /// Everything the decision depends on.
@@ -163,6 +167,8 @@ mod tests {
 
     fn answer(msg: &str) -> Arc<Answer> {
         Arc::new(Answer {
+            envs_version: 0,
+            request: None,
             prepared: Decision::from(Denial::invalid(msg)).prepared(),
             outcome: Outcome::Denied,
             env_id: None,

@@ -41,6 +41,10 @@ pub async fn mutate(State(state): State<Arc<AppState>>, req: Request) -> Result<
             }
         },
     };
+    if let (Some(envs), Some((id, spec)), false) = (&state.envs, &answer.request, answer.dry_run) {
+        // Never for a dry run (the webhook is `sideEffects: NoneOnDryRun`).
+        envs.request(*id, spec);
+    }
     let body = answer.prepared.body(answer.api_version, &uid);
     let elapsed = start.elapsed();
     state.metrics.count(Endpoint::mutate, answer.outcome.as_str());
@@ -112,6 +116,10 @@ fn cached<'b>(
         if injector.store_claims(&hit.namespace, &*state.claims) != hit.claims {
             return None;
         }
+        // An env's image became Ready (or went) since: decided again.
+        if state.envs.as_ref().is_some_and(|e| e.version() != hit.envs_version) {
+            return None;
+        }
         state.metrics.decision_cache.get_or_create(&ResultLabels { result: "hit" }).inc();
         return Some((hit, std::str::from_utf8(&body[uid.clone()]).ok()?));
     }
@@ -134,6 +142,8 @@ fn answer<O: inject::PodSource>(
     // The claims' states are read once, by the core's own function, and the decision is made
     // with exactly those: entry and answer cannot disagree.
     let states = injector.store_claims(ns, &*state.claims);
+    // Read before deciding: a change during the decision makes the entry stale, never wrong.
+    let envs_version = state.envs.as_ref().map_or(0, |e| e.version());
     let d = if cacheable {
         injector.decide_with_states(req, states, &*state.claims)
     } else {
@@ -149,6 +159,8 @@ fn answer<O: inject::PodSource>(
         name: req.name.as_deref().unwrap_or("").into(),
         dry_run: req.dry_run.unwrap_or(false),
         claims: states,
+        envs_version,
+        request: d.env.as_ref().and_then(|e| Some((*d.env_id()?, Arc::clone(e.request.as_ref()?)))),
     });
     if cacheable {
         state.metrics.decision_cache.get_or_create(&ResultLabels { result: "miss" }).inc();

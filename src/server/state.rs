@@ -18,6 +18,8 @@ pub struct AppState {
     pub injector: ArcSwap<Injector>,
     /// Whether the configured claims exist, per namespace (a watch cache, or "assume present").
     pub claims: Arc<dyn crate::claims::Claims>,
+    /// Image store: the `NixuvEnv` cache (also behind `claims`), for requests and invalidation.
+    pub envs: Option<Arc<super::env_watch::EnvCache>>,
     pub metrics: Arc<Metrics>,
     /// `/mutate` answers for byte-identical Pods.
     pub decisions: cache::DecisionCache,
@@ -82,6 +84,7 @@ impl AppState {
         AppState {
             injector: ArcSwap::from_pointee(injector),
             claims,
+            envs: None,
             metrics,
             decisions: cache::DecisionCache::new(limits.decision_cache_bytes),
             ready: AtomicBool::new(false),

@@ -265,3 +265,176 @@ fn a_failed_build_says_why_in_the_termination_message() {
         .unwrap();
     assert!(!probe.status.success(), "a failed build pushed a tag");
 }
+
+/// Runs the Job's one container as a kubelet would (its command, env and mounts, each volume a
+/// fresh directory), with the init image's tools; returns its output and termination message.
+fn run_job(job: &Value) -> (Output, String) {
+    let c = &job["spec"]["template"]["spec"]["containers"][0];
+    let vols = Volumes::new();
+    let scratch = vols.dir.path().join("tmp");
+    let termination = vols.dir.path().join("termination-log");
+    let mut cmd = in_pod(c, &vols, &scratch);
+    cmd.arg("--");
+    for a in c["command"].as_array().unwrap() {
+        cmd.arg(a.as_str().unwrap());
+    }
+    let env: Vec<(String, String)> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_string(), e["value"].as_str().unwrap_or("").to_string()))
+        .collect();
+    let bin_dir = Path::new(common::bin()).parent().unwrap();
+    cmd.env_clear()
+        .envs(env)
+        .env("PATH", format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()))
+        .env("NIXUV_NIX_PORTABLE", support("nix-portable"))
+        .env("NIXUV_UV", support("uv"))
+        .env("NIXUV_TERMINATION_LOG", &termination);
+    let out = cmd.output().unwrap();
+    (out, std::fs::read_to_string(&termination).unwrap_or_default())
+}
+
+/// What the Job controller and the kubelet write when the Job's Pod ends.
+fn finish_job(api: &common::kubeapi::Shared, job: &Value, exit_code: i32, message: &str) {
+    let name = job["metadata"]["name"].as_str().unwrap();
+    let ns = job["metadata"]["namespace"].as_str().unwrap();
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("{name}-x1"), "namespace": ns, "labels": {"job-name": name}},
+        "status": {"containerStatuses": [{"name": "publish", "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+            "state": {"terminated": {"exitCode": exit_code, "message": message, "finishedAt": "2026-12-03T00:00:00Z"}}}]}});
+    let mut f = api.lock().unwrap();
+    f.put(&format!("/api/v1/namespaces/{ns}/pods"), pod);
+    let mut j = job.clone();
+    j["status"] = if exit_code == 0 {
+        json!({"succeeded": 1})
+    } else {
+        json!({"failed": 4, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]})
+    };
+    f.put(&format!("/apis/batch/v1/namespaces/{ns}/jobs"), j);
+}
+
+const ENVS: &str = "/apis/nixuv.io/v1alpha1/nixuvenvs";
+const JOBS: &str = "/apis/batch/v1/namespaces/nixuv-system/jobs";
+
+async fn eventually<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn review(pod: &Value, uid: &str, dry_run: bool) -> Value {
+    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+           "request": {"uid": uid, "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                       "resource": {"group": "", "version": "v1", "resource": "pods"},
+                       "namespace": "team-a", "operation": "CREATE", "dryRun": dry_run,
+                       "userInfo": {"username": "u"}, "object": pod}})
+}
+
+async fn admit(server: &common::Server, pod: &Value, uid: &str, dry_run: bool) -> Value {
+    let (status, resp) = common::post_json(&server.h2(), &server.url("/mutate"), &review(pod, uid, dry_run)).await;
+    assert_eq!(status, 200);
+    assert_eq!(resp["response"]["allowed"], true, "{resp}");
+    common::apply(pod, &common::response_patch(&resp).expect("a patch"))
+}
+
+/// The whole image store against the local API server (see `common::kubeapi`): the webhook
+/// falls back and requests the env (not on a dry run), the leader's builder turns the
+/// `NixuvEnv` into a Job, the Job runs here as written (`nixuv publish`, real nix and uv, a real
+/// registry), its termination message becomes the status, and the next Pod gets the image
+/// volume, pulled and unpacked by skopeo and umoci and run read-only. A failed build is Failed
+/// with uv's message, and its Pods keep the fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_get_the_image_once_the_builder_published_it() {
+    let reg = Registry::start();
+    let fx = Fixture::with_managed_python();
+    let api: common::kubeapi::Shared = Default::default();
+    let addr = common::kubeapi::start(api.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = common::kubeapi::kubeconfig(dir.path(), addr, "webhook");
+    let config = format!(
+        "{}namespace: nixuv-system\nimageStore: {{repository: {}, insecure: true, pullSecret: envs-pull}}\n",
+        std::fs::read_to_string(&fx.config).unwrap(),
+        reg.repository()
+    );
+    let server = common::Server::builder().config(&config).env("KUBECONFIG", kc.to_str().unwrap()).start();
+    let pod = fx.pod("hello-nixuv tools.greet", "nixuvdemo==1.0");
+
+    // A dry run: today's injection, nothing requested.
+    let dry = admit(&server, &pod, "u-dry", true).await;
+    assert_eq!(dry["spec"]["initContainers"][0]["name"], "nixuv-init");
+    let id = dry["metadata"]["annotations"]["nixuv.io/env"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(api.lock().unwrap().get(ENVS, &id).is_none(), "a dry run requested an env");
+
+    // For real: today's injection again, and the env is requested, then built by a Job.
+    let first = admit(&server, &pod, "u-1", false).await;
+    assert_eq!(first["spec"]["initContainers"][0]["name"], "nixuv-init");
+    let job = eventually("the builder's Job", 30, || api.lock().unwrap().get(JOBS, &format!("nixuv-build-{id}"))).await;
+    let env = api.lock().unwrap().get(ENVS, &id).unwrap();
+    assert_eq!(env["spec"]["python"], json!(["nixuvdemo==1.0"]));
+    assert_eq!(env["status"]["phase"], "Building");
+    let tpl: k8s_openapi::api::core::v1::PodTemplateSpec =
+        serde_json::from_value(job["spec"]["template"].clone()).unwrap();
+    let spec = tpl.spec.clone().unwrap();
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    let as_pod = k8s_openapi::api::core::v1::Pod { spec: Some(spec.clone()), ..Default::default() };
+    assert_eq!(common::pss::restricted_violations(&as_pod, &spec.containers[0]), Vec::<String>::new());
+    let (out, message) = run_job(&job);
+    let digest = digest_of(&out);
+    finish_job(&api, &job, 0, &message);
+    let image = eventually("the env to be Ready", 30, || {
+        let e = api.lock().unwrap().get(ENVS, &id)?;
+        (e["status"]["phase"] == "Ready").then(|| e["status"]["image"].as_str().unwrap().to_string())
+    })
+    .await;
+    assert_eq!(image, format!("{}@{digest}", reg.repository()));
+    let env = api.lock().unwrap().get(ENVS, &id).unwrap();
+    assert!(env["status"]["lock"]["python"].as_array().unwrap().iter().any(|d| d["name"] == "nixuvdemo"), "{env}");
+    assert!(env["status"]["size"].as_str().unwrap().ends_with("iB"), "{env}");
+
+    // The next Pod of the env mounts the image: no init container, no claims.
+    let mut n = 0;
+    let got = loop {
+        n += 1;
+        let p = admit(&server, &pod, &format!("u-{n}"), false).await;
+        if p["spec"]["initContainers"].is_null() {
+            break p;
+        }
+        assert!(n < 100, "the webhook never saw the env Ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let vols = got["spec"]["volumes"].as_array().unwrap();
+    assert_eq!(vols.len(), 1, "{vols:?}");
+    assert_eq!(vols[0]["image"]["reference"], image.as_str());
+    assert_eq!(got["spec"]["imagePullSecrets"], json!([{"name": "envs-pull"}]));
+    let work = tempfile::tempdir().unwrap();
+    let rootfs = reg.unpack(vols[0]["image"]["reference"].as_str().unwrap(), work.path());
+    let run = run_in_image(&got["spec"]["containers"][0], &rootfs, "hello-nixuv && greet && nixuvdemo");
+    assert!(run.status.success(), "{}", text(&run));
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "hello from nixuv\ngreetings\nnixuvdemo 42\n");
+
+    // A build that fails: Failed with uv's message; its Pods keep the fallback.
+    let bad = fx.pod("", "no-such-package-nixuv");
+    let fell = admit(&server, &bad, "b-1", false).await;
+    let bad_id = fell["metadata"]["annotations"]["nixuv.io/env"].as_str().unwrap().to_string();
+    let job =
+        eventually("the failing env's Job", 30, || api.lock().unwrap().get(JOBS, &format!("nixuv-build-{bad_id}")))
+            .await;
+    let (out, message) = run_job(&job);
+    assert!(!out.status.success());
+    finish_job(&api, &job, 1, &message);
+    let why = eventually("the env to be Failed", 30, || {
+        let e = api.lock().unwrap().get(ENVS, &bad_id)?;
+        (e["status"]["phase"] == "Failed").then(|| e["status"]["message"].as_str().unwrap().to_string())
+    })
+    .await;
+    assert!(why.contains("no-such-package-nixuv"), "{why}");
+    let again = admit(&server, &bad, "b-2", false).await;
+    assert_eq!(again["spec"]["initContainers"][0]["name"], "nixuv-init");
+}

@@ -5,7 +5,7 @@
 //! objects change); get; create (POST, 409 if it exists); replace (PUT, 409 on a stale
 //! resourceVersion); server-side apply (PATCH `application/apply-patch+yaml`, maps merged); JSON
 //! patch (PATCH `application/json-patch+json`, 422 if it does not apply, `test` operations
-//! included); delete. A claim created by apply is Bound, or Pending when its class is `no-rwx` (a
+//! included); merge patch; the `status` subresource (as the object); delete. A claim created by apply is Bound, or Pending when its class is `no-rwx` (a
 //! class that cannot provide ReadWriteMany). The JSON is written in the shape of real API
 //! responses, not captured from a cluster; what only a real cluster can show is in docs/install.md.
 
@@ -201,6 +201,11 @@ async fn handle(
     }
     // A collection path has an even number of segments after the group/version prefix.
     let prefix_len = if path.starts_with("/api/") { 2 } else { 3 };
+    // The status subresource is served as the object itself (the writers here send status only).
+    let path = match path.strip_suffix("/status") {
+        Some(p) if (p.trim_start_matches('/').split('/').count() - prefix_len) % 2 == 0 => p.to_string(),
+        _ => path,
+    };
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let is_item = (segs.len() - prefix_len) % 2 == 0 && segs.len() > prefix_len;
     let (collection, name) = if is_item {

@@ -1,0 +1,88 @@
+//! The builder's Job for one env: `nixuv publish` in the init image, with the init container's
+//! inputs (the plan, the admin's `initEnv`) and securityContext (PodSecurity `restricted`), on
+//! private emptyDir volumes, in nixuv's own namespace, without a service account token. Only this
+//! Job writes an env image; tenants never write anything shared.
+
+use serde_json::{json, Value};
+
+use super::LABEL_BUILD;
+use crate::config::Config;
+use crate::ecosystem::Ecosystem;
+use crate::inject::init_container::init_container;
+use crate::names::VOL_TMP;
+use crate::plan::EnvPlan;
+
+/// Where the push Secret's `.dockerconfigjson` is mounted.
+pub const PUSH_DIR: &str = "/nixuv/push";
+const VOL_PUSH: &str = "nixuv-push";
+
+/// The Job's name for env `id`.
+pub fn job_name(id: &str) -> String {
+    format!("nixuv-build-{id}")
+}
+
+/// Build attempts per Job: Kubernetes retries a failed Pod with exponential backoff (10 s, 20 s,
+/// 40 s, ...) before the Job fails.
+pub const BACKOFF_LIMIT: u32 = 3;
+
+/// The Job that publishes `plan`'s env to the configured image store. `None` without one.
+pub fn job(plan: &EnvPlan, cfg: &Config, namespace: &str) -> Option<Value> {
+    let repo = cfg.image_repository.as_ref()?;
+    let store = cfg.file.image_store.as_ref()?;
+    let id = plan.id.as_str();
+    let mut c = init_container(plan, cfg);
+    c["name"] = json!("publish");
+    let mut command =
+        vec!["nixuv".to_string(), "publish".into(), "--repository".into(), format!("{}/{}", repo.registry, repo.path)];
+    if store.insecure {
+        command.push("--insecure".into());
+    }
+    c["command"] = json!(command);
+    // The digest (or the error) is what the leader reads back.
+    c["terminationMessagePolicy"] = json!("File");
+    let mut volumes = vec![json!({"name": VOL_TMP, "emptyDir": {}})];
+    volumes.extend(Ecosystem::ALL.map(|e| json!({"name": e.volume(), "emptyDir": {}})));
+    if let Some(secret) = &store.push_secret {
+        c["env"].as_array_mut().expect("an array").push(json!({
+            "name": "NIXUV_REGISTRY_AUTH", "value": format!("{PUSH_DIR}/.dockerconfigjson")
+        }));
+        c["volumeMounts"].as_array_mut().expect("an array").push(json!({
+            "name": VOL_PUSH, "mountPath": PUSH_DIR, "readOnly": true
+        }));
+        volumes.push(json!({"name": VOL_PUSH, "secret": {
+            "secretName": secret, "items": [{"key": ".dockerconfigjson", "path": ".dockerconfigjson"}]
+        }}));
+    }
+    let uid = cfg.file.init_run_as_user;
+    Some(json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(id),
+            "namespace": namespace,
+            "labels": {LABEL_BUILD: id, "app.kubernetes.io/managed-by": "nixuv", "app.kubernetes.io/component": "builder"},
+        },
+        "spec": {
+            "backoffLimit": BACKOFF_LIMIT,
+            "activeDeadlineSeconds": 7200,
+            "ttlSecondsAfterFinished": 86400,
+            "template": {
+                "metadata": {"labels": {LABEL_BUILD: id, "app.kubernetes.io/component": "builder"}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": false,
+                    "enableServiceLinks": false,
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "runAsUser": uid,
+                        "runAsGroup": uid,
+                        "fsGroup": uid,
+                        "seccompProfile": {"type": "RuntimeDefault"}
+                    },
+                    "containers": [c],
+                    "volumes": volumes,
+                }
+            }
+        }
+    }))
+}

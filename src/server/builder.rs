@@ -1,0 +1,187 @@
+//! The image store's builder, run by the leader (a Lease of its own, `nixuv-builder`): every
+//! Pending `NixuvEnv` becomes a Job in nixuv's namespace running `nixuv publish`
+//! ([`crate::imagestore::job`]); when the Job ends, the digest (or the error) in its Pod's
+//! termination message becomes the env's status. Envs are read from the webhook's watch cache;
+//! only Jobs, their Pods and statuses are asked of the API, a few calls per build.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use super::env_watch::EnvCache;
+use super::AppState;
+use crate::config::Config;
+use crate::imagestore::job::{job, job_name};
+use crate::imagestore::{human_bytes, NixuvEnv, Phase};
+
+/// The builder's Lease.
+pub const LEASE_NAME: &str = "nixuv-builder";
+/// How often the leader looks at the envs and their Jobs.
+const PASS_EVERY: Duration = Duration::from_secs(2);
+/// Builds running at once; more Pending envs wait for a slot.
+pub const MAX_BUILDS: usize = 4;
+
+pub fn spawn(state: &Arc<AppState>, client: Client, namespace: &str, identity: String) {
+    let Some(envs) = state.envs.clone() else { return };
+    let s = Arc::clone(state);
+    let config = move || Arc::new(s.injector.load().config().clone());
+    let cfg = config();
+    let election = super::leader::Election {
+        name: LEASE_NAME.into(),
+        identity,
+        lease_duration: Duration::from_secs(cfg.file.stores.lease_duration_seconds),
+        renew_deadline: Duration::from_secs(cfg.file.stores.renew_deadline_seconds),
+    };
+    let (tx, mut leading) = watch::channel(false);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    super::leader::spawn(leases, election, tx, |l| tracing::info!(leading = l, "image builder leadership"));
+    let namespace = namespace.to_string();
+    tokio::spawn(async move {
+        loop {
+            while !*leading.borrow_and_update() {
+                if leading.changed().await.is_err() {
+                    return;
+                }
+            }
+            let cfg = config();
+            if let Err(e) = pass(&client, &envs, &cfg, &namespace).await {
+                tracing::warn!(error = %e, "image builder pass failed; retrying");
+            }
+            tokio::time::sleep(PASS_EVERY).await;
+        }
+    });
+}
+
+/// Sets `status` (merged) on env `name`.
+async fn set_status(api: &Api<NixuvEnv>, name: &str, status: Value) -> Result<(), kube::Error> {
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await.map(|_| ())
+}
+
+/// What a finished build's Pod said in its termination message.
+fn termination_message(pods: &[Pod]) -> Option<(i32, Value)> {
+    let mut best: Option<(String, i32, Value)> = None;
+    for p in pods {
+        let statuses = p.status.as_ref().and_then(|s| s.container_statuses.as_ref());
+        for cs in statuses.into_iter().flatten() {
+            let Some(t) = cs.state.as_ref().and_then(|s| s.terminated.as_ref()) else { continue };
+            let msg = t.message.as_deref().and_then(|m| serde_json::from_str::<Value>(m).ok());
+            let msg = msg.unwrap_or_else(|| json!({ "error": t.message.clone().unwrap_or_default() }));
+            let at = t.finished_at.as_ref().map(|f| f.0.to_string()).unwrap_or_default();
+            // The latest attempt; a successful one over any failed.
+            let better = match &best {
+                None => true,
+                Some((b_at, b_code, _)) => {
+                    (t.exit_code == 0 && *b_code != 0) || (at > *b_at && (*b_code != 0 || t.exit_code == 0))
+                }
+            };
+            if better {
+                best = Some((at, t.exit_code, msg));
+            }
+        }
+    }
+    best.map(|(_, code, msg)| (code, msg))
+}
+
+fn job_ended(job: &Job) -> Option<bool> {
+    let status = job.status.as_ref()?;
+    if status.succeeded.unwrap_or(0) > 0 {
+        return Some(true);
+    }
+    let failed = status.conditions.iter().flatten().any(|c| c.type_ == "Failed" && c.status == "True");
+    failed.then_some(false)
+}
+
+/// One look at every env: Pending ones get a Job (up to [`MAX_BUILDS`] at once), Building ones
+/// whose Job ended get their outcome.
+pub async fn pass(client: &Client, envs: &EnvCache, cfg: &Config, namespace: &str) -> Result<(), kube::Error> {
+    let Some(repo) = cfg.image_repository.as_ref() else { return Ok(()) };
+    let env_api: Api<NixuvEnv> = Api::all(client.clone());
+    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let all = envs.all();
+    let mut building = all.iter().filter(|e| e.phase() == Phase::Building).count();
+    for env in all {
+        let name = env.name_any();
+        match env.phase() {
+            Phase::Ready | Phase::Failed => {}
+            Phase::Pending => {
+                if building >= MAX_BUILDS {
+                    continue;
+                }
+                let plan = match env.spec.plan(cfg) {
+                    Ok(p) if p.id.as_str() == name => p,
+                    Ok(p) => {
+                        let why = format!("under the current config this declaration is env {}, not {name}: the config changed since it was requested (Pods of the current config request the new env)", p.id);
+                        set_status(&env_api, &name, json!({"phase": "Failed", "message": why})).await?;
+                        continue;
+                    }
+                    Err(why) => {
+                        set_status(&env_api, &name, json!({"phase": "Failed", "message": why})).await?;
+                        continue;
+                    }
+                };
+                let manifest = job(&plan, cfg, namespace).expect("an image store is configured");
+                let job_obj: Job = serde_json::from_value(manifest).expect("a Job");
+                match jobs.create(&PostParams::default(), &job_obj).await {
+                    Ok(_) => tracing::info!(env = %name, job = %job_name(&name), "building the env's image"),
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(e) => return Err(e),
+                }
+                building += 1;
+                set_status(&env_api, &name, json!({"phase": "Building", "job": job_name(&name), "message": null}))
+                    .await?;
+            }
+            Phase::Building => {
+                let job_ref = env.status.as_ref().and_then(|s| s.job.clone()).unwrap_or_else(|| job_name(&name));
+                let Some(j) = jobs.get_opt(&job_ref).await? else {
+                    tracing::warn!(env = %name, job = %job_ref, "the builder Job is gone; building again");
+                    set_status(
+                        &env_api,
+                        &name,
+                        json!({"phase": "Pending", "message": "the builder Job was removed; building again"}),
+                    )
+                    .await?;
+                    continue;
+                };
+                let Some(succeeded) = job_ended(&j) else { continue };
+                let list = pods.list(&ListParams::default().labels(&format!("job-name={job_ref}"))).await?;
+                let said = termination_message(&list.items);
+                let status = match (succeeded, said) {
+                    (true, Some((0, msg))) if msg["digest"].as_str().is_some_and(|d| d.starts_with("sha256:")) => {
+                        let digest = msg["digest"].as_str().unwrap_or_default().to_string();
+                        let size = msg["sizeBytes"].as_u64().unwrap_or(0);
+                        tracing::info!(env = %name, %digest, size, "env image ready");
+                        json!({
+                            "phase": "Ready",
+                            "digest": digest,
+                            "image": repo.by_digest(&digest),
+                            "size": human_bytes(size),
+                            "sizeBytes": size,
+                            "lock": msg.get("lock").cloned().unwrap_or(Value::Null),
+                            "builtAt": k8s_openapi::jiff::Timestamp::now().to_string(),
+                            "buildSeconds": msg["buildSeconds"],
+                            "message": null,
+                        })
+                    }
+                    (_, said) => {
+                        let why = said
+                            .and_then(|(_, m)| m["error"].as_str().map(String::from))
+                            .filter(|m| !m.is_empty())
+                            .unwrap_or_else(|| format!("builder Job {job_ref} failed without saying why (kubectl -n {namespace} logs job/{job_ref})"));
+                        tracing::warn!(env = %name, error = %why, "env image build failed");
+                        json!({"phase": "Failed", "message": why})
+                    }
+                };
+                set_status(&env_api, &name, status).await?;
+            }
+        }
+    }
+    Ok(())
+}
