@@ -272,7 +272,7 @@ mod tests {
     fn the_crd_manifest_in_deploy_is_the_types_own() {
         let crd = NixuvEnv::crd();
         let want = serde_yaml_ng::to_string(&crd).unwrap();
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/base/crd-nixuvenv.yaml");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/components/image-store/crd-nixuvenv.yaml");
         let header =
             "# Generated from src/imagestore.rs (NixuvEnv): `NIXUV_BLESS=1 cargo test the_crd_manifest` rewrites it.\n";
         if std::env::var_os("NIXUV_BLESS").is_some() {

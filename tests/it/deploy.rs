@@ -24,6 +24,7 @@ const KUSTOMIZATIONS: &[&str] = &[
     "overlays/nfs-stores",
     "overlays/managed-stores",
     "overlays/cluster-example",
+    "overlays/image-store-example",
 ];
 const KUBERNETES_VERSION: &str = "1.34.0";
 
@@ -736,4 +737,49 @@ fn storage_recipes_make_the_store_writable_by_the_init_uid() {
     // The comment of the NFS recipe says how the export must squash to that uid.
     let nfs = std::fs::read_to_string(root().join("deploy/overlays/nfs-stores/kustomization.yaml")).unwrap();
     assert!(nfs.contains(&format!("anonuid={uid},anongid={uid}")));
+}
+
+/// The image store's component: the CRD, the webhook's rights to read and request envs and set
+/// their status, the builder's rights in nixuv's namespace only, and `NoneOnDryRun` (the webhook
+/// creates NixuvEnvs, never for a dry run); the example's config turns the store on.
+#[test]
+fn the_image_store_component_grants_what_the_builder_uses_and_no_more() {
+    let (_, docs) = render("overlays/image-store-example");
+    let crd = find(&docs, "CustomResourceDefinition", "nixuvenvs.nixuv.io");
+    assert_eq!(crd["spec"]["scope"], "Cluster");
+    let mwc = find(&docs, "MutatingWebhookConfiguration", "nixuv");
+    assert_eq!(mwc["webhooks"][0]["sideEffects"], "NoneOnDryRun");
+    let (_, plain) = render("overlays/self-managed");
+    assert_eq!(find(&plain, "MutatingWebhookConfiguration", "nixuv")["webhooks"][0]["sideEffects"], "None");
+    let rules = |kind: &str, name: &str| -> Vec<(String, String, Vec<String>)> {
+        find(&docs, kind, name)["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| {
+                let verbs: Vec<String> =
+                    r["verbs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().into()).collect();
+                let group = r["apiGroups"][0].as_str().unwrap().to_string();
+                r["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(move |res| (group.clone(), res.as_str().unwrap().to_string(), verbs.clone()))
+            })
+            .collect()
+    };
+    let cluster = rules("ClusterRole", "nixuv-image-store");
+    assert!(
+        cluster.iter().all(|(g, _, verbs)| g == "nixuv.io" && !verbs.iter().any(|v| v == "delete" || v == "*")),
+        "{cluster:?}"
+    );
+    let role = find(&docs, "Role", "nixuv-builder");
+    assert_eq!(role["metadata"]["namespace"], "nixuv-system");
+    let builder = rules("Role", "nixuv-builder");
+    assert!(builder.contains(&("batch".into(), "jobs".into(), vec!["get".into(), "create".into()])), "{builder:?}");
+    let binding = find(&docs, "RoleBinding", "nixuv-builder");
+    assert_eq!(binding["subjects"][0]["name"], "nixuv");
+    let cm = find(&docs, "ConfigMap", "nixuv-config");
+    let cfg = nixuv::config::Config::from_yaml(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    assert!(cfg.image_repository.is_some());
 }
