@@ -174,8 +174,9 @@ pub struct PreviewArgs {
     /// Namespace the Pods are created in (default: each object's own, else `default`).
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
-    /// Output: the mutated objects (default: the input's format), the JSON patches, or
-    /// `warm-job`: a Job per distinct env the input needs, to build them ahead of its Pods.
+    /// Output: the mutated objects (default: the input's format), the JSON patches,
+    /// `warm-job`: a Job per distinct env the input needs, to build them ahead of its Pods, or
+    /// `env` (image store): the NixuvEnv objects it needs, to apply before it runs.
     #[arg(short = 'o', long, value_enum)]
     pub output: Option<crate::preview::output::Output>,
 }

@@ -403,6 +403,13 @@ pub fn preview(a: PreviewArgs) -> ExitCode {
             preview::output::patches_of_files(&files)
         }
         Output::Patch => preview::output::patches(&all_previews[0]),
+        Output::Env => {
+            let flat: Vec<_> = all_previews.iter().flatten().cloned().collect();
+            match preview::output::env_objects(&flat, injector.config()) {
+                Some(text) => text,
+                None => return fail("-o env: the config has no imageStore (envs as images); use -o warm-job".into()),
+            }
+        }
         Output::WarmJob => {
             let flat: Vec<_> = all_previews.iter().flatten().cloned().collect();
             preview::output::warm_jobs(&flat, a.namespace.as_deref(), injector.config())

@@ -273,7 +273,7 @@ impl Injector {
                 }
                 None => {
                     notes.push(format!(
-                        "env {:?} has no Ready image in {}/{} yet: this Pod builds it in nixuv-init on the stores below, and the image is requested (NixuvEnv {:?})",
+                        "env {:?} is not a Ready image in {}/{} (an offline preview cannot know it is): this Pod gets nixuv-init and the stores, and the image is requested (NixuvEnv {:?})",
                         plan.id, repo.registry, repo.path, plan.id
                     ));
                     request = Some(Arc::new(crate::imagestore::NixuvEnvSpec::of_plan(plan)));

@@ -206,7 +206,7 @@ mod tests {
         assert_eq!(req.python_version.as_deref(), Some("3.12"));
         let spec = patched(&p, &d).spec.unwrap();
         assert_eq!(spec.init_containers.unwrap()[0].name, "nixuv-init");
-        assert!(d.notes.iter().any(|n| n.contains("no Ready image")), "{:?}", d.notes);
+        assert!(d.notes.iter().any(|n| n.contains("not a Ready image")), "{:?}", d.notes);
 
         // Without an image store nothing is requested.
         let plain = Injector::new(Config::default()).decide_pod(&p.to_string(), Some("t"));

@@ -16,6 +16,29 @@ pub enum Output {
     Patch,
     /// A Job per distinct env the input will need, building it ahead of the first Pod.
     WarmJob,
+    /// Image store: the `NixuvEnv` objects the input will need, to `kubectl apply` before it.
+    Env,
+}
+
+/// `-o env`: a `NixuvEnv` per distinct env the previewed objects will need (image store), so
+/// that CI can have them built before a Workflow runs; `None` without an image store in `cfg`.
+pub fn env_objects(previews: &[ObjectPreview], cfg: &Config) -> Option<String> {
+    cfg.image_repository.as_ref()?;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = String::new();
+    for d in previews.iter().flat_map(|p| p.decision.iter().chain(&p.template_decisions)) {
+        let (Some(id), Some(spec)) = (d.env_id(), d.env.as_ref().and_then(|e| e.request.as_ref())) else { continue };
+        if !seen.insert(*id) {
+            continue;
+        }
+        let mut env = crate::imagestore::NixuvEnv::new(id.as_str(), (**spec).clone());
+        env.metadata.labels = Some([("app.kubernetes.io/managed-by".to_string(), "nixuv".to_string())].into());
+        if !out.is_empty() {
+            out.push_str("---\n");
+        }
+        out.push_str(&serde_yaml_ng::to_string(&env).expect("a NixuvEnv is valid YAML"));
+    }
+    Some(out)
 }
 
 /// `-o warm-job`: a Job per distinct env the previewed objects will need, so that a fan-out or a

@@ -832,3 +832,34 @@ fn patch_output_over_several_files_is_one_json_document() {
         assert_ne!(doc, obj, "{file}: the patch changes it");
     }
 }
+
+/// `-o env` (image store): one `NixuvEnv` per distinct env of a manifest, Argo templates
+/// included, named by the env ids the webhook gives (the same as `-o warm-job`'s), each a valid
+/// object of the CRD's type; without an image store it says what to use instead.
+#[test]
+fn env_output_lists_the_nixuvenvs_a_manifest_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(&cfg, "imageStore: {repository: registry.example/nixuv/envs}\n").unwrap();
+    let workflow = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/workflow.yaml");
+    let (cfg, workflow) = (cfg.to_str().unwrap(), workflow.to_str().unwrap());
+    let envs = preview(&["-o", "env", "--config", cfg, "-f", workflow, "-f", workflow], None);
+    assert_eq!(envs.code, 0, "{}", envs.stderr);
+    let objs: Vec<nixuv::imagestore::NixuvEnv> =
+        yaml_docs(&envs.stdout).into_iter().map(|d| serde_json::from_value(d).unwrap()).collect();
+    let jobs = preview(&["-o", "warm-job", "--config", cfg, "-f", workflow], None);
+    let want: std::collections::BTreeSet<String> = yaml_docs(&jobs.stdout)
+        .iter()
+        .map(|j| j["metadata"]["labels"]["nixuv.io/env"].as_str().unwrap().into())
+        .collect();
+    let got: std::collections::BTreeSet<String> = objs.iter().map(|o| o.metadata.name.clone().unwrap()).collect();
+    assert_eq!(got, want);
+    assert_eq!(objs.len(), want.len(), "each env once, across files");
+    let cfg_parsed = nixuv::config::Config::from_yaml("imageStore: {repository: registry.example/nixuv/envs}").unwrap();
+    for o in &objs {
+        assert_eq!(o.spec.plan(&cfg_parsed).unwrap().id.as_str(), o.metadata.name.as_deref().unwrap());
+    }
+    let plain = preview(&["-o", "env", "-f", workflow], None);
+    assert_eq!(plain.code, 2);
+    assert!(plain.stderr.contains("imageStore") && plain.stderr.contains("warm-job"), "{}", plain.stderr);
+}
