@@ -102,6 +102,10 @@ pub struct EnvsArgs {
     /// text or json.
     #[arg(short = 'o', long, default_value = "text")]
     pub output: String,
+    /// The image store: read the cluster's NixuvEnvs (kubeconfig or in-cluster config) instead of
+    /// a mounted store.
+    #[arg(long)]
+    pub cluster: bool,
 }
 
 #[derive(Debug, Args)]
@@ -150,6 +154,14 @@ pub struct GcArgs {
     /// Skip `nix store gc` and `uv cache prune`.
     #[arg(long)]
     pub no_prune: bool,
+    /// The image store instead of the volumes: remove the images and NixuvEnvs no unfinished Pod
+    /// has used for --max-age (asks the cluster: kubeconfig or in-cluster config; the config's
+    /// imageStore; credentials from NIXUV_REGISTRY_AUTH).
+    #[arg(long)]
+    pub registry: bool,
+    /// YAML config file (for --registry: its imageStore).
+    #[arg(long, env = "NIXUV_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -196,6 +196,9 @@ pub fn check(a: CheckArgs) -> ExitCode {
 
 /// `nixuv envs list|show ID`.
 pub fn envs(a: EnvsArgs) -> anyhow::Result<ExitCode> {
+    if a.cluster {
+        return envs_cluster(&a);
+    }
     let layout = crate::materialize::layout::Layout::new(&a.uv_root, &a.nix_dir);
     anyhow::ensure!(
         layout.uv_root.is_dir(),
@@ -270,6 +273,9 @@ pub fn envs(a: EnvsArgs) -> anyhow::Result<ExitCode> {
 
 /// `nixuv gc`.
 pub fn gc(a: GcArgs) -> anyhow::Result<ExitCode> {
+    if a.registry {
+        return gc_registry(&a);
+    }
     let layout = crate::materialize::layout::Layout::new(&a.uv_root, &a.nix_dir);
     let opts = crate::materialize::gc::GcOptions {
         max_age: a.max_age,
@@ -286,6 +292,86 @@ pub fn gc(a: GcArgs) -> anyhow::Result<ExitCode> {
         dry_run = a.dry_run,
         "gc done"
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `nixuv gc --registry`: one pass over the image store (see `imagestore::gc`).
+fn gc_registry(a: &GcArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let cfg = crate::config::Config::load(a.config.as_deref())?;
+    let repo = cfg.image_repository.clone().context("gc --registry: the config has no imageStore")?;
+    let insecure = cfg.file.image_store.as_ref().is_some_and(|s| s.insecure);
+    let auth_file = std::env::var_os("NIXUV_REGISTRY_AUTH").map(std::path::PathBuf::from);
+    let auth = crate::publish::registry::auth_from_file(auth_file.as_deref(), &repo.registry)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let report = rt.block_on(async {
+        let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+        crate::imagestore::gc::run(&client, &repo, insecure, &auth, a.max_age, a.dry_run)
+            .await
+            .context("reading Pods and NixuvEnvs")
+    })?;
+    let verb = if a.dry_run { "would remove" } else { "removed" };
+    for id in &report.removed {
+        println!("{id} {verb}");
+    }
+    for id in &report.in_use {
+        println!("{id} in use");
+    }
+    for id in &report.kept {
+        println!("{id} kept");
+    }
+    for (id, why) in &report.failed {
+        println!("{id} failed: {why}");
+    }
+    tracing::info!(
+        removed = report.removed.len(),
+        in_use = report.in_use.len(),
+        kept = report.kept.len(),
+        failed = report.failed.len(),
+        dry_run = a.dry_run,
+        "registry gc done"
+    );
+    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `nixuv envs --cluster`: the cluster's NixuvEnvs.
+fn envs_cluster(a: &EnvsArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    use kube::ResourceExt;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let all: Vec<crate::imagestore::NixuvEnv> = rt.block_on(async {
+        let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+        let api: kube::Api<crate::imagestore::NixuvEnv> = kube::Api::all(client);
+        anyhow::Ok(api.list(&Default::default()).await.context("listing NixuvEnvs")?.items)
+    })?;
+    let shown: Vec<_> = match (a.action.as_str(), a.id.as_deref()) {
+        ("list", _) => all,
+        ("show", Some(id)) => {
+            let one: Vec<_> = all.into_iter().filter(|e| e.name_any() == id).collect();
+            anyhow::ensure!(!one.is_empty(), "no NixuvEnv {id}");
+            one
+        }
+        ("show", None) => anyhow::bail!("nixuv envs show needs an env id"),
+        (other, _) => anyhow::bail!("nixuv envs: unknown action {other:?} (list or show)"),
+    };
+    if a.output == "json" || a.action == "show" {
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let safe = |s: &str| -> String { s.chars().flat_map(char::escape_debug).collect::<String>() };
+    for e in &shown {
+        let st = e.status.clone().unwrap_or_default();
+        let deps: Vec<String> = e.spec.system.iter().chain(&e.spec.python).map(|d| safe(d)).collect();
+        println!(
+            "{}  {:<8}  {:>10}  built {}  {}  {}",
+            e.name_any(),
+            e.phase().as_str(),
+            st.size.as_deref().unwrap_or("-"),
+            st.built_at.as_deref().unwrap_or("-"),
+            deps.join(" "),
+            st.image.as_deref().or(st.message.as_deref().map(|_| "(see envs show)")).unwrap_or("")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

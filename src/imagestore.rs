@@ -6,6 +6,7 @@
 //! through a `subPath` of one `image` volume. Built by `nixuv publish` in a Job the leader runs
 //! ([`crate::server`]'s builder); never written by a tenant.
 
+pub mod gc;
 pub mod job;
 
 use std::collections::BTreeMap;
@@ -156,6 +157,9 @@ pub struct NixuvEnvStatus {
     /// Why the last build failed (uv's or nix's message), or what the builder waits for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// RFC 3339, when `nixuv gc --registry` last saw a Pod that had not finished use the env.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used: Option<String>,
     /// The builder Job of the current or last build.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,

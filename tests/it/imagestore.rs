@@ -437,4 +437,56 @@ async fn pods_get_the_image_once_the_builder_published_it() {
     assert!(why.contains("no-such-package-nixuv"), "{why}");
     let again = admit(&server, &bad, "b-2", false).await;
     assert_eq!(again["spec"]["initContainers"][0]["name"], "nixuv-init");
+
+    // `envs --cluster` lists the cluster's envs.
+    let cfg_file = dir.path().join("config.yaml");
+    std::fs::write(&cfg_file, &config).unwrap();
+    let listed = nixuv_cmd(&kc, &["envs", "list", "--cluster"]).await;
+    assert!(listed.status.success(), "{}", text(&listed));
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(
+        listed.lines().any(|l| l.starts_with(&id) && l.contains("Ready") && l.contains("nixuvdemo==1.0")),
+        "{listed}"
+    );
+    assert!(listed.lines().any(|l| l.starts_with(&bad_id) && l.contains("Failed")), "{listed}");
+
+    // gc --registry: an env a Pod still runs with is kept however old, and marked used...
+    let running = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "long-runner", "namespace": "team-a", "annotations": {"nixuv.io/env": id}},
+        "status": {"phase": "Running"}});
+    api.lock().unwrap().put("/api/v1/namespaces/team-a/pods", running.clone());
+    let gc = |dry: bool| {
+        let mut args = vec!["gc", "--registry", "--max-age", "0s", "--config", cfg_file.to_str().unwrap()];
+        if dry {
+            args.push("--dry-run");
+        }
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let out = nixuv_cmd(&kc, &gc(false).iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains(&format!("{id} in use")) && said.contains(&format!("{bad_id} removed")), "{said}");
+    assert!(api.lock().unwrap().get(ENVS, &id).unwrap()["status"]["lastUsed"].is_string());
+    reg.manifest(&image);
+    // ...and removed, manifest and object, once no unfinished Pod uses it.
+    let mut done = running;
+    done["status"]["phase"] = json!("Succeeded");
+    api.lock().unwrap().put("/api/v1/namespaces/team-a/pods", done);
+    let out = nixuv_cmd(&kc, &gc(false).iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{id} removed")), "{}", text(&out));
+    assert!(api.lock().unwrap().get(ENVS, &id).is_none());
+    let probe = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{image}"))
+        .output()
+        .unwrap();
+    assert!(!probe.status.success(), "the manifest is still in the registry");
+}
+
+/// Runs `nixuv ARGS` against the local API server of `kubeconfig`, off the test's runtime.
+async fn nixuv_cmd(kubeconfig: &Path, args: &[&str]) -> Output {
+    let (kc, args): (PathBuf, Vec<String>) = (kubeconfig.to_path_buf(), args.iter().map(|a| a.to_string()).collect());
+    tokio::task::spawn_blocking(move || Command::new(common::bin()).args(&args).env("KUBECONFIG", kc).output().unwrap())
+        .await
+        .unwrap()
 }
