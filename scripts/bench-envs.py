@@ -7,6 +7,9 @@ Rows:
   - numpy + pandas (real wheels with native code, from the package index) plus one small nix
     derivation (built by real nix from a local flake): cold (empty store and cache), a second env
     sharing the uv cache and nix store, warm; skipped with a message when the index is unreachable;
+  - `nixuv publish` of the same envs to a registry on loopback (Debian's docker-registry): the
+    small env, numpy + pandas cold, and a second env sharing its interpreter and nix layers; and
+    the pull + unpack of the image as a kubelet would (skopeo + umoci);
   - `import pandas` in the app's view of that env (read-only: PYTHONDONTWRITEBYTECODE=1): the
     first import after the build, and the median of the next ones, with the bytecode nixuv compiles
     at install and without it.
@@ -73,6 +76,92 @@ def materialize(env, store):
     return took, p.returncode == 0
 
 
+class Registry:
+    """A distribution registry on a free loopback port, for the publish rows."""
+
+    def __init__(self):
+        import socket
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.addr = "127.0.0.1:%d" % s.getsockname()[1]
+        s.close()
+        root = os.path.join(WORK, "registry")
+        os.makedirs(root, exist_ok=True)
+        config = os.path.join(root, "config.yml")
+        with open(config, "w") as f:
+            f.write(f"version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: {{rootdirectory: {root}/data}}\n"
+                    f"http:\n  addr: {self.addr}\n")
+        self.proc = subprocess.Popen(["docker-registry", "serve", config],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import socket as so
+        for _ in range(200):
+            try:
+                so.create_connection(self.addr.split(":"), timeout=0.1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        self.repo = f"{self.addr}/nixuv/envs"
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def publish(env, store, registry):
+    """Runs `nixuv publish` from a fresh private STORE; returns (seconds, digest or None)."""
+    run_env = dict(env)
+    run_env.update({
+        "NIXUV_UV_ROOT": os.path.join(store, "uv"),
+        "NIXUV_NIX_DIR": os.path.join(store, "np", ".nix-portable", "nix"),
+        "HOME": os.path.join(store, "home"), "TMPDIR": os.path.join(store, "tmp"),
+        "NIXUV_NIX_PORTABLE": os.path.join(SUPPORT, "nix-portable"), "NIXUV_UV": shutil.which("uv"),
+        "PATH": os.environ["PATH"], "NIXUV_LOG": "warn", "NIXUV_TERMINATION_LOG": os.path.join(store, "term"),
+    })
+    for d in ("home", "tmp"):
+        os.makedirs(os.path.join(store, d), exist_ok=True)
+    start = time.monotonic()
+    p = subprocess.run([NIXUV, "publish", "--repository", registry.repo, "--insecure"],
+                       env=run_env, capture_output=True, text=True)
+    took = time.monotonic() - start
+    if p.returncode != 0:
+        log(f"publish failed:\n{p.stderr[-2000:]}")
+        return took, None
+    return took, p.stdout.strip().splitlines()[-1]
+
+
+def pull_unpack(registry, digest, into):
+    """skopeo copy + umoci raw unpack of the image, as a kubelet pulls and unpacks; seconds."""
+    os.makedirs(into, exist_ok=True)
+    start = time.monotonic()
+    for cmd in (["skopeo", "copy", "--quiet", "--src-tls-verify=false", f"docker://{registry.repo}@{digest}",
+                 f"oci:{into}/layout:env"],
+                ["umoci", "raw", "unpack", "--image", f"{into}/layout:env", f"{into}/rootfs"]):
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"{cmd[0]}: {p.stderr.strip()}")
+    return time.monotonic() - start
+
+
+def publish_rows(registry, label, first, second=None):
+    """Rows for publishing FIRST (cold) and SECOND (sharing its layers) and pulling FIRST."""
+    tag = "".join(c if c.isalnum() else "-" for c in label)
+    cold, digest = publish(first, os.path.join(WORK, f"pub-{tag}-1"), registry)
+    if digest is None:
+        print(f"| publish, {label} | failed (see stderr) |")
+        return
+    row = f"{ms(cold) if cold < 10 else f'{cold:.1f} s'}"
+    head = f"| `nixuv publish`, {label}: cold"
+    if second is not None:
+        shared, _ = publish(second, os.path.join(WORK, f"pub-{tag}-2"), registry)
+        row += f" / {shared:.1f} s"
+        head += " / a second env sharing its interpreter and nix layers"
+    print(f"{head} | {row} |")
+    pulled = pull_unpack(registry, digest, os.path.join(WORK, f"pull-{tag}"))
+    size = subprocess.run(["du", "-sb", os.path.join(WORK, f"pull-{tag}", "layout", "blobs")],
+                          capture_output=True, text=True).stdout.split()[0]
+    print(f"| pull + unpack of that image (skopeo + umoci; {int(size) / 1048576:.1f} MiB of blobs) | {ms(pulled)} |")
+
+
 def venv_python(store, env_id):
     return os.path.join(store, "uv", "envs", env_id, "bin", "python")
 
@@ -106,6 +195,8 @@ def small_env():
     warm_store = os.path.join(WORK, "small-0")
     warm = statistics.median(materialize(env, warm_store)[0] for _ in range(10))
     print(f"| materialize, small Python env (offline): cold / warm (median) | {ms(cold)} / {ms(warm)} |")
+    if REGISTRY is not None:
+        publish_rows(REGISTRY, "small Python env (offline)", env)
 
 
 def index_reachable():
@@ -147,6 +238,8 @@ def real_env():
     warm = statistics.median(materialize(first, store)[0] for _ in range(10))
     print(f"| materialize, numpy + pandas + a nix derivation: cold / second env sharing the cache / warm | "
           f"{cold:.1f} s / {shared:.1f} s / {ms(warm)} |")
+    if REGISTRY is not None:
+        publish_rows(REGISTRY, "numpy + pandas + a nix derivation", first, second)
     python = venv_python(store, first["NIXUV_ENV"])
     compiled_first, compiled = import_times(python, "pandas")
     # The same packages without bytecode, as before nixuv compiled at install.
@@ -163,8 +256,18 @@ def real_env():
           f"{ms(plain_first)} / {ms(plain_med)} |")
 
 
+REGISTRY = None
+
 if __name__ == "__main__":
     os.makedirs(WORK, exist_ok=True)
-    small_env()
-    if "--offline" not in sys.argv:
-        real_env()
+    if all(shutil.which(t) for t in ("docker-registry", "skopeo", "umoci")):
+        REGISTRY = Registry()
+    else:
+        log("docker-registry, skopeo or umoci missing (make tools): publish rows skipped")
+    try:
+        small_env()
+        if "--offline" not in sys.argv:
+            real_env()
+    finally:
+        if REGISTRY is not None:
+            REGISTRY.close()
