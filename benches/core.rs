@@ -70,10 +70,25 @@ pub fn review_body(target: usize, containers: usize) -> Vec<u8> {
 /// What `/mutate` does for a review it has not seen: the envelope and the Pod's fields read in one
 /// pass, decide, patch, encode.
 fn handle(body: &[u8], inj: &Injector) -> Vec<u8> {
+    handle_with(body, inj, &nixuv::claims::AssumePresent)
+}
+
+fn handle_with(body: &[u8], inj: &Injector, cluster: &dyn nixuv::claims::Claims) -> Vec<u8> {
     let r = review::decode_as::<nixuv::inject::pod::PodView>(body).unwrap();
-    let d = inj.decide(&r.request, &nixuv::claims::AssumePresent);
+    let d = inj.decide(&r.request, cluster);
     assert!(d.patch().is_some());
     review::Prepared::new(d.to_response()).body(r.api_version, &r.request.uid)
+}
+
+/// The image store's view of the cluster: every claim there, every env a Ready image.
+struct AllReady;
+impl nixuv::claims::Claims for AllReady {
+    fn state(&self, _: &str, _: &str) -> nixuv::claims::ClaimState {
+        nixuv::claims::ClaimState::Present
+    }
+    fn env_image(&self, _: &str) -> Option<std::sync::Arc<str>> {
+        Some("registry.example/nixuv/envs@sha256:0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0".into())
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -87,6 +102,11 @@ fn bench(c: &mut Criterion) {
     let body = review_body(5 * 1024, 1);
     g.bench_with_input(BenchmarkId::new("pod", "5KB-new-declaration"), &body, |b, body| {
         b.iter_batched_ref(|| Injector::new(Config::default()), |inj| handle(body, inj), BatchSize::SmallInput)
+    });
+    // Image store, the env Ready: one image volume, no init container.
+    let image = Injector::new(Config::from_yaml("imageStore: {repository: registry.example/nixuv/envs}").unwrap());
+    g.bench_with_input(BenchmarkId::new("pod", "5KB-image"), &body, |b, body| {
+        b.iter(|| handle_with(body, &image, &AllReady))
     });
     g.finish();
     // The parts of one new Pod's request, for the profile in docs/performance.md: the envelope

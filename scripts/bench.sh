@@ -155,6 +155,7 @@ nixuv benchmark — $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048
 | core: parse + decide + patch + encode, small Pod | $(crit "mutate/pod/small") |
 | core: ~5 KB Pod (5 system + 5 Python deps) | $(crit "mutate/pod/5KB") |
 | core: ~5 KB Pod, first of its declaration (memo empty) | $(crit "mutate/pod/5KB-new-declaration") |
+| core: ~5 KB Pod, image store, env Ready (image volume, no init container) | $(crit "mutate/pod/5KB-image") |
 | core: ~100 KB Pod | $(crit "mutate/pod/100KB") |
 | core: 1 / 4 / 16 / 64 containers | $(crit "containers/1") / $(crit "containers/4") / $(crit "containers/16") / $(crit "containers/64") |
 | HTTP/1.1 keep-alive: nixuv / ceiling req/s | ${tput[nixuv-h1]} / ${tput[ceiling-h1]} = $(ratio "${tput[nixuv-h1]}" "${tput[ceiling-h1]}") |
