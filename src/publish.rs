@@ -220,9 +220,17 @@ pub fn publish(layout: &Layout, spec: &EnvSpec, target: &Target) -> Result<Publi
         let sbom_file = work.join("sbom.cdx.json");
         std::fs::write(&sbom_file, &sbom_text).map_err(io(&sbom_file))?;
         let mut written = Vec::new();
+        let pack_start = Instant::now();
         for s in layer_specs(layout, &marker, &sbom_file)? {
             written.push(layers::write(&s, &work).map_err(io(&work))?);
         }
+        tracing::info!(
+            env = %id,
+            layers = written.len(),
+            bytes = written.iter().map(|l| l.size).sum::<u64>(),
+            elapsed = format!("{:.2}s", pack_start.elapsed().as_secs_f64()),
+            "layers written"
+        );
         let labels = BTreeMap::from([(ANN_IMAGE_ENV.to_string(), id.to_string())]);
         let config = registry::config_json(&written, &labels);
         let mut annotations = labels.clone();

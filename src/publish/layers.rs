@@ -106,6 +106,9 @@ pub fn write(spec: &LayerSpec, dir: &Path) -> io::Result<Layer> {
     parents.retain(|p| !entries.iter().any(|(i, _)| i == p));
     let file = dir.join(format!("layer-{}.tar.gz", crate::materialize::store::nonce()));
     let blob = Hashing { inner: io::BufWriter::new(fs::File::create(&file)?), hash: Sha256::new(), count: 0 };
+    // gzip at the default level with the zlib-rs backend: numpy + pandas (45 MB of blobs) packed
+    // in 2.9 s against 7.3 s with miniz_oxide; level 1 took 1.2 s but made 33 % more bytes, which
+    // every node pulls (docs/performance.md).
     let gz = flate2::write::GzEncoder::new(blob, flate2::Compression::default());
     let tar_stream = Hashing { inner: gz, hash: Sha256::new(), count: 0 };
     let mut tar = tar::Builder::new(tar_stream);
