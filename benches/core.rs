@@ -87,7 +87,10 @@ impl nixuv::claims::Claims for AllReady {
         nixuv::claims::ClaimState::Present
     }
     fn env_image(&self, _: &str) -> Option<std::sync::Arc<str>> {
-        Some("registry.example/nixuv/envs@sha256:0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0".into())
+        Some(
+            "registry.example/nixuv/envs@sha256:0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0"
+                .into(),
+        )
     }
 }
 

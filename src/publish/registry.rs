@@ -22,7 +22,12 @@ pub const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 /// base64 of `user:password`, or `username` and `password`); anonymous without a file or entry.
 pub fn auth_from_file(path: Option<&Path>, registry: &str) -> Result<RegistryAuth, PublishError> {
     let Some(path) = path else { return Ok(RegistryAuth::Anonymous) };
-    let text = std::fs::read(path).map_err(|e| PublishError::Auth(format!("{}: {e}", path.display())))?;
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        // An optional Secret that is not there: no credentials.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(RegistryAuth::Anonymous),
+        Err(e) => return Err(PublishError::Auth(format!("{}: {e}", path.display()))),
+    };
     let v: serde_json::Value =
         serde_json::from_slice(&text).map_err(|e| PublishError::Auth(format!("{}: {e}", path.display())))?;
     let Some(entry) = v["auths"].get(registry) else { return Ok(RegistryAuth::Anonymous) };

@@ -782,4 +782,23 @@ fn the_image_store_component_grants_what_the_builder_uses_and_no_more() {
     let cm = find(&docs, "ConfigMap", "nixuv-config");
     let cfg = nixuv::config::Config::from_yaml(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
     assert!(cfg.image_repository.is_some());
+    // The registry gc: restricted, its own account, reading Pods and deleting envs only.
+    let cron = find(&docs, "CronJob", "nixuv-registry-gc");
+    let tpl = &cron["spec"]["jobTemplate"]["spec"]["template"];
+    let pod: Pod = serde_json::from_value(serde_json::json!({"spec": tpl["spec"]})).unwrap();
+    let spec = pod.spec.clone().unwrap();
+    assert_eq!(spec.service_account_name.as_deref(), Some("nixuv-registry-gc"));
+    assert_eq!(common::pss::restricted_violations(&pod, &spec.containers[0]), Vec::<String>::new());
+    let args = spec.containers[0].args.clone().unwrap();
+    assert_eq!(&args[..2], ["gc", "--registry"]);
+    let gc = rules("ClusterRole", "nixuv-registry-gc");
+    assert!(
+        gc.iter().all(|(_, res, verbs)| match res.as_str() {
+            "pods" => verbs == &["list"],
+            "nixuvenvs" => verbs == &["list", "delete"],
+            "nixuvenvs/status" => verbs == &["patch"],
+            _ => false,
+        }),
+        "{gc:?}"
+    );
 }
