@@ -306,7 +306,7 @@ fn gc_registry(a: &GcArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let report = rt.block_on(async {
         let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
-        crate::imagestore::gc::run(&client, &repo, insecure, &auth, a.max_age, a.dry_run)
+        crate::imagegc::run(&client, &repo, insecure, &auth, a.max_age, a.dry_run)
             .await
             .context("reading Pods and NixuvEnvs")
     })?;

@@ -3,11 +3,8 @@
 //!
 //! An env image holds two trees: `nix/` (the env's nix store closure and profile, mounted at
 //! `/nix`) and `uv/` (its interpreter, venv and completion marker, mounted at `/nixuv/uv`), each
-//! through a `subPath` of one `image` volume. Built by `nixuv publish` in a Job the leader runs
-//! ([`crate::server`]'s builder); never written by a tenant.
-
-pub mod gc;
-pub mod job;
+//! through a `subPath` of one `image` volume. Built by `nixuv publish` ([`crate::publish`]) in a
+//! Job the leader runs ([`crate::imagebuild`]); never written by a tenant.
 
 use std::collections::BTreeMap;
 
@@ -183,37 +180,6 @@ impl NixuvEnvSpec {
     }
 }
 
-impl NixuvEnvSpec {
-    /// The plan this declaration gives under `cfg`: read and checked exactly as a Pod's
-    /// annotations would be (every item valid, the admin's policy, the limits), so that a
-    /// `NixuvEnv` written by hand gets no further than a Pod would.
-    pub fn plan(&self, cfg: &crate::config::Config) -> Result<EnvPlan, String> {
-        use crate::keys::{ANN_EXCLUDE_NEWER, ANN_PYTHON, ANN_PYTHON_MODE, ANN_PYTHON_VERSION, ANN_SYSTEM};
-        let mut ann = BTreeMap::new();
-        if !self.system.is_empty() {
-            ann.insert(ANN_SYSTEM.to_string(), self.system.join(" "));
-        }
-        if !self.python.is_empty() {
-            ann.insert(ANN_PYTHON.to_string(), self.python.join("\n"));
-        }
-        for (k, v) in [
-            (ANN_PYTHON_VERSION, &self.python_version),
-            (ANN_PYTHON_MODE, &self.python_mode),
-            (ANN_EXCLUDE_NEWER, &self.exclude_newer),
-        ] {
-            if let Some(v) = v {
-                ann.insert(k.to_string(), v.clone());
-            }
-        }
-        let declared = crate::plan::deps::declared(None, Some(&ann)).map_err(|e| e.to_string())?;
-        if declared.is_empty() {
-            return Err("spec declares no dependency".into());
-        }
-        crate::inject::policy::check(&declared, cfg).map_err(|e| e.to_string())?;
-        Ok(EnvPlan::new(&declared, cfg.plan_inputs()))
-    }
-}
-
 impl NixuvEnv {
     /// The object for `plan`, named by its id, with no status (Pending for the builder).
     pub fn for_plan(plan: &EnvPlan) -> Self {
@@ -322,14 +288,19 @@ mod tests {
                 cfg.plan_inputs(),
             );
             assert_eq!(plan.id, id);
-            assert_eq!(NixuvEnvSpec::of_plan(&plan).plan(&cfg).unwrap().id, id, "{ann}");
+            assert_eq!(crate::imagebuild::plan_of(&NixuvEnvSpec::of_plan(&plan), &cfg).unwrap().id, id, "{ann}");
         }
-        let denied = NixuvEnvSpec { system: vec!["curl".into()], ..Default::default() }.plan(&cfg).unwrap_err();
+        let denied =
+            crate::imagebuild::plan_of(&NixuvEnvSpec { system: vec!["curl".into()], ..Default::default() }, &cfg)
+                .unwrap_err();
         assert!(denied.contains("curl"), "{denied}");
-        let bad =
-            NixuvEnvSpec { python: vec!["rich; os_name ==".into()], ..Default::default() }.plan(&cfg).unwrap_err();
+        let bad = crate::imagebuild::plan_of(
+            &NixuvEnvSpec { python: vec!["rich; os_name ==".into()], ..Default::default() },
+            &cfg,
+        )
+        .unwrap_err();
         assert!(bad.contains("rich"), "{bad}");
-        assert!(NixuvEnvSpec::default().plan(&cfg).is_err());
+        assert!(crate::imagebuild::plan_of(&NixuvEnvSpec::default(), &cfg).is_err());
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub mod config;
 pub mod ecosystem;
 pub mod envid;
 pub mod envspec;
+pub mod imagebuild;
+pub mod imagegc;
 pub mod imagestore;
 pub mod inject;
 pub mod keys;

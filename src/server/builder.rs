@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use super::env_watch::EnvCache;
 use super::AppState;
 use crate::config::Config;
-use crate::imagestore::job::{job, job_name};
+use crate::imagebuild::{job, job_name};
 use crate::imagestore::{human_bytes, NixuvEnv, Phase};
 
 /// The builder's Lease.
@@ -115,7 +115,7 @@ pub async fn pass(client: &Client, envs: &EnvCache, cfg: &Config, namespace: &st
                 if building >= MAX_BUILDS {
                     continue;
                 }
-                let plan = match env.spec.plan(cfg) {
+                let plan = match crate::imagebuild::plan_of(&env.spec, cfg) {
                     Ok(p) if p.id.as_str() == name => p,
                     Ok(p) => {
                         let why = format!("under the current config this declaration is env {}, not {name}: the config changed since it was requested (Pods of the current config request the new env)", p.id);

@@ -857,7 +857,10 @@ fn env_output_lists_the_nixuvenvs_a_manifest_needs() {
     assert_eq!(objs.len(), want.len(), "each env once, across files");
     let cfg_parsed = nixuv::config::Config::from_yaml("imageStore: {repository: registry.example/nixuv/envs}").unwrap();
     for o in &objs {
-        assert_eq!(o.spec.plan(&cfg_parsed).unwrap().id.as_str(), o.metadata.name.as_deref().unwrap());
+        assert_eq!(
+            nixuv::imagebuild::plan_of(&o.spec, &cfg_parsed).unwrap().id.as_str(),
+            o.metadata.name.as_deref().unwrap()
+        );
     }
     let plain = preview(&["-o", "env", "-f", workflow], None);
     assert_eq!(plain.code, 2);

@@ -1,13 +1,16 @@
-//! The builder's Job for one env: `nixuv publish` in the init image, with the init container's
+//! The image store's builds: the plan a `NixuvEnv` gives ([`plan_of`]), and the builder's Job for
+//! one env: `nixuv publish` in the init image, with the init container's
 //! inputs (the plan, the admin's `initEnv`) and securityContext (PodSecurity `restricted`), on
 //! private emptyDir volumes, in nixuv's own namespace, without a service account token. Only this
 //! Job writes an env image; tenants never write anything shared.
 
+use std::collections::BTreeMap;
+
 use serde_json::{json, Value};
 
-use super::LABEL_BUILD;
 use crate::config::Config;
 use crate::ecosystem::Ecosystem;
+use crate::imagestore::{NixuvEnvSpec, LABEL_BUILD};
 use crate::inject::init_container::init_container;
 use crate::names::VOL_TMP;
 use crate::plan::EnvPlan;
@@ -85,4 +88,33 @@ pub fn job(plan: &EnvPlan, cfg: &Config, namespace: &str) -> Option<Value> {
             }
         }
     }))
+}
+
+/// The plan this declaration gives under `cfg`: read and checked exactly as a Pod's
+/// annotations would be (every item valid, the admin's policy, the limits), so that a
+/// `NixuvEnv` written by hand gets no further than a Pod would.
+pub fn plan_of(spec: &NixuvEnvSpec, cfg: &Config) -> Result<EnvPlan, String> {
+    use crate::keys::{ANN_EXCLUDE_NEWER, ANN_PYTHON, ANN_PYTHON_MODE, ANN_PYTHON_VERSION, ANN_SYSTEM};
+    let mut ann = BTreeMap::new();
+    if !spec.system.is_empty() {
+        ann.insert(ANN_SYSTEM.to_string(), spec.system.join(" "));
+    }
+    if !spec.python.is_empty() {
+        ann.insert(ANN_PYTHON.to_string(), spec.python.join("\n"));
+    }
+    for (k, v) in [
+        (ANN_PYTHON_VERSION, &spec.python_version),
+        (ANN_PYTHON_MODE, &spec.python_mode),
+        (ANN_EXCLUDE_NEWER, &spec.exclude_newer),
+    ] {
+        if let Some(v) = v {
+            ann.insert(k.to_string(), v.clone());
+        }
+    }
+    let declared = crate::plan::deps::declared(None, Some(&ann)).map_err(|e| e.to_string())?;
+    if declared.is_empty() {
+        return Err("spec declares no dependency".into());
+    }
+    crate::inject::policy::check(&declared, cfg).map_err(|e| e.to_string())?;
+    Ok(EnvPlan::new(&declared, cfg.plan_inputs()))
 }

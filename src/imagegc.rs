@@ -14,7 +14,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
-use super::{NixuvEnv, Phase, Repository};
+use crate::imagestore::{NixuvEnv, Phase, Repository};
 use crate::keys::ANN_ENV;
 
 /// What gc decides for one env.
