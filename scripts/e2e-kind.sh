@@ -4,8 +4,10 @@
 # the kind stores for team-a), then the Pods of deploy/e2e/pods.yaml: one running ffmpeg and numpy
 # from a stock image, a Deployment of three sharing one env, a typo'd label that `nixuv check`
 # explains; then the webhook is scaled to zero while a Pod is created (failurePolicy: Fail refuses
-# it) and its certificate is rotated. Cold and warm start times go to $GITHUB_STEP_SUMMARY (or
-# stdout). Needs a Docker engine, kind and kubectl; exits 1 with a message where one is missing.
+# it) and its certificate is rotated. Then the image store (docs/install.md, "Image store"): a
+# registry beside the cluster, nixuv switched to it, the same Pod's env requested, built by the
+# builder Job and published, and the next Pod started from the image volume with no init
+# container. Cold and warm start times go to $GITHUB_STEP_SUMMARY (or stdout). Needs a Docker engine, kind and kubectl; exits 1 with a message where one is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 summary=${GITHUB_STEP_SUMMARY:-/dev/stdout}
@@ -21,7 +23,10 @@ cluster=nixuv-e2e
 version=${VERSION:-e2e}
 keep=${KEEP_CLUSTER:-}
 cleanup() {
-  if [ -z "$keep" ]; then kind delete cluster --name "$cluster" >/dev/null 2>&1 || true; fi
+  if [ -z "$keep" ]; then
+    kind delete cluster --name "$cluster" >/dev/null 2>&1 || true
+    docker rm -f kind-registry >/dev/null 2>&1 || true
+  fi
 }
 trap cleanup EXIT
 
@@ -111,6 +116,54 @@ kubectl -n team-a delete pod e2e-both --wait
 kubectl apply -f deploy/e2e/pods.yaml
 seconds_until pod_done e2e-both >/dev/null || die "no Pod admitted after the certificate rotation"
 
+# The image store. A registry beside the cluster on kind's network, as kind-registry:5000 for the
+# nodes (containerd reads /etc/containerd/certs.d; plain HTTP) and for Pods (the builder pushes
+# there through the cluster DNS, which forwards to the node's resolver).
+docker rm -f kind-registry >/dev/null 2>&1 || true
+docker run -d --name kind-registry --network kind registry:2 >/dev/null
+for node in $(kind get nodes --name "$cluster"); do
+  docker exec "$node" mkdir -p /etc/containerd/certs.d/kind-registry:5000
+  printf '[host."http://kind-registry:5000"]\n  capabilities = ["pull", "resolve"]\n' |
+    docker exec -i "$node" tee /etc/containerd/certs.d/kind-registry:5000/hosts.toml >/dev/null
+done
+mkdir -p "$work/image"
+cat >"$work/image/kustomization.yaml" <<KUST
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - ..
+components:
+  - $PWD/deploy/components/image-store
+images:
+  - {name: ghcr.io/nixuv/nixuv-init, newTag: $version}
+patches:
+  - target: {kind: ConfigMap, name: nixuv-config}
+    patch: |-
+      - op: replace
+        path: /data/config.yaml
+        value: |
+          storage: {mode: pvc}
+          imageStore: {repository: "kind-registry:5000/nixuv/envs", insecure: true}
+KUST
+kubectl apply -k "$work/image"
+kubectl -n nixuv-system rollout restart deployment/nixuv
+kubectl -n nixuv-system rollout status deployment/nixuv --timeout=180s
+kubectl -n team-a delete pod e2e-both --wait
+kubectl apply -f deploy/e2e/pods.yaml
+env_id=$(kubectl -n team-a get pod e2e-both -o jsonpath='{.metadata.annotations.nixuv\.io/env}')
+ready() { [ "$(kubectl get nixuvenv "$env_id" -o jsonpath='{.status.phase}')" = Ready ]; }
+published=$(seconds_until ready) || die "env $env_id not published: $(kubectl get nixuvenv "$env_id" -o yaml)"
+kubectl get nixuvenvs
+seconds_until pod_done e2e-both >/dev/null || die "e2e-both did not succeed on the fallback store"
+kubectl -n team-a delete pod e2e-both --wait
+kubectl apply -f deploy/e2e/pods.yaml
+[ -z "$(kubectl -n team-a get pod e2e-both -o jsonpath='{.spec.initContainers}')" ] || die "e2e-both got an init container although its env is Ready"
+kubectl -n team-a get pod e2e-both -o jsonpath='{.spec.volumes[?(@.name=="nixuv-env")].image.reference}' | grep -q '@sha256:' ||
+  die "e2e-both has no image volume by digest"
+from_image=$(seconds_until pod_done e2e-both) || die "e2e-both did not succeed from the image: $(kubectl -n team-a describe pod e2e-both | tail -20)"
+kubectl -n team-a logs e2e-both -c app
+docker rm -f kind-registry >/dev/null 2>&1 || true
+
 {
   echo "### nixuv e2e (kind, Kubernetes $(kubectl version -o json | sed -n 's/.*"gitVersion": *"\([^"]*\)".*/\1/p' | tail -1))"
   echo "| | seconds |"
@@ -119,5 +172,7 @@ seconds_until pod_done e2e-both >/dev/null || die "no Pod admitted after the cer
   echo "| Deployment of 3 sharing one env, all ready | $shared |"
   echo "| warm start (the same env again) | $warm |"
   echo "| certificate rotation, Secret to caBundle | $rotation |"
+  echo "| image store: env requested to Ready (builder Job, published) | $published |"
+  echo "| image store: Pod start from the image volume (no init container) | $from_image |"
 } >>"$summary"
 echo "e2e: ok"
