@@ -149,11 +149,12 @@ def publish_rows(registry, label, first, second=None):
     if digest is None:
         print(f"| publish, {label} | failed (see stderr) |")
         return
-    row = f"{ms(cold) if cold < 10 else f'{cold:.1f} s'}"
+    secs = lambda t: ms(t) if t < 1 else f"{t:.1f} s"  # noqa: E731
+    row = secs(cold)
     head = f"| `nixuv publish`, {label}: cold"
     if second is not None:
         shared, _ = publish(second, os.path.join(WORK, f"pub-{tag}-2"), registry)
-        row += f" / {shared:.1f} s"
+        row += f" / {secs(shared)}"
         head += " / a second env sharing its interpreter and nix layers"
     print(f"{head} | {row} |")
     pulled = pull_unpack(registry, digest, os.path.join(WORK, f"pull-{tag}"))
