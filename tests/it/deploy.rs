@@ -22,6 +22,7 @@ const KUSTOMIZATIONS: &[&str] = &[
     "overlays/kind-stores",
     "overlays/eks-efs-stores",
     "overlays/nfs-stores",
+    "overlays/gke-filestore-stores",
     "overlays/managed-stores",
     "overlays/cluster-example",
     "overlays/image-store-example",
@@ -715,7 +716,11 @@ fn the_e2e_run_applies_valid_manifests_and_says_what_it_needs() {
 #[test]
 fn storage_recipes_make_the_store_writable_by_the_init_uid() {
     let uid = nixuv::config::Config::default().file.init_run_as_user.to_string();
-    for (k, class) in [("overlays/eks-efs-stores", "nixuv-efs"), ("overlays/nfs-stores", "nixuv-nfs")] {
+    for (k, class) in [
+        ("overlays/eks-efs-stores", "nixuv-efs"),
+        ("overlays/nfs-stores", "nixuv-nfs"),
+        ("overlays/gke-filestore-stores", "nixuv-filestore"),
+    ] {
         let (_, docs) = render(k);
         let sc = find(&docs, "StorageClass", class);
         assert!(sc["metadata"].get("namespace").is_none(), "{k}: a StorageClass is cluster-scoped");
@@ -724,6 +729,10 @@ fn storage_recipes_make_the_store_writable_by_the_init_uid() {
             assert_eq!(sc["parameters"]["uid"], uid.as_str());
             assert_eq!(sc["parameters"]["gid"], uid.as_str());
             assert_eq!(sc["parameters"]["provisioningMode"], "efs-ap");
+        }
+        if class == "nixuv-filestore" {
+            // No squashing to one uid on Filestore: the claim's directory is open to all.
+            assert_eq!(sc["parameters"]["mountPermissions"], "0777");
         }
         let claims: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "PersistentVolumeClaim").collect();
         assert_eq!(claims.len(), 2, "{k}");
