@@ -210,12 +210,15 @@ fn published_envs_run_from_the_pulled_image_and_share_layers() {
     let run = run_in_image(
         &app,
         &rootfs,
-        "hello-nixuv && greet && nixuvdemo && python -c 'import nixuvdemo, sys; print(nixuvdemo.VALUE, sys.prefix)'",
+        "hello-nixuv && greet && nixuvdemo && python -c 'import nixuvdemo, sys, platform; print(nixuvdemo.VALUE, sys.prefix, platform.python_version())'",
     );
     assert!(run.status.success(), "{}", text(&run));
+    // The lock names the interpreter by its full version, the one that runs.
+    let full = message["lock"]["interpreter"]["version"].as_str().unwrap();
+    assert_eq!(full.split('.').count(), 3, "{full}");
     assert_eq!(
         String::from_utf8_lossy(&run.stdout),
-        format!("hello from nixuv\ngreetings\nnixuvdemo 42\n42 /nixuv/uv/envs/{id}\n")
+        format!("hello from nixuv\ngreetings\nnixuvdemo 42\n42 /nixuv/uv/envs/{id} {full}\n")
     );
     // Bytecode is there, checked by hash (valid whatever times the image's files carry).
     let pycs: Vec<PathBuf> = crate::materialize::walk(&rootfs.join("uv/envs"))

@@ -697,6 +697,10 @@ fn the_lock_is_recorded_and_envs_lists_the_store() {
         lock["python"].as_array().unwrap().iter().all(|d| d["recordSha256"].as_str().is_some_and(|h| h.len() == 64)),
         "{lock}"
     );
+    // The interpreter's full version (3.X.Y), not the declared 3.X.
+    let full =
+        Command::new("python3").args(["-c", "import platform; print(platform.python_version())"]).output().unwrap();
+    assert_eq!(lock["interpreter"]["version"].as_str().unwrap(), String::from_utf8_lossy(&full.stdout).trim());
     assert_eq!(
         lock["interpreter"]["version"].as_str().unwrap().split('.').take(2).collect::<Vec<_>>().join("."),
         fx.python
