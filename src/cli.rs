@@ -177,7 +177,8 @@ pub struct PreviewArgs {
     /// The init image to inject, overriding the config's `initImage`.
     #[arg(long, env = "NIXUV_INIT_IMAGE")]
     pub init_image: Option<String>,
-    /// Exit 3 when there is any warning (a near miss, a fallback), for CI checks of manifests.
+    /// Exit 3 when there is any warning (a near miss, a fallback, Python deps neither pinned nor
+    /// resolved as of a fixed date), for CI checks of manifests.
     #[arg(long)]
     pub strict: bool,
     /// YAML config file, as for `nixuv serve`.

@@ -517,7 +517,8 @@ pub fn preview(a: PreviewArgs) -> ExitCode {
             Some(f) => format!("{f}: {}", p.label()),
             None => p.label(),
         };
-        for w in &p.warnings {
+        let unpinned = if a.strict { p.unpinned_warnings() } else { Vec::new() };
+        for w in p.warnings.iter().chain(&unpinned) {
             warned = true;
             eprintln!("nixuv preview: {label}: warning: {w}");
         }

@@ -107,7 +107,54 @@ pub struct ObjectPreview {
     pub template_decisions: Vec<Decision>,
 }
 
+/// Whether a normalised requirement pins one version (`==X.Y.Z` or `===X`, no wildcard, no other
+/// specifier), markers aside.
+fn pinned(requirement: &str) -> bool {
+    let spec = requirement.split(';').next().unwrap_or("");
+    spec.contains("==") && !spec.contains(',') && !spec.contains('*')
+}
+
+/// `--strict`: the warning for a decision whose Python deps are not all pinned while neither
+/// `python.excludeNewer` nor `nixuv.io/exclude-newer` fixes when they resolve: every build of the
+/// env (and every Pod of another declaration) resolves them anew, so the steps of one workflow
+/// can get different versions. Read from the decision's own init container (the plan as the
+/// init container receives it).
+pub fn unpinned_warning(d: &Decision) -> Option<String> {
+    let parts = d.env.as_ref()?;
+    let init: Value = serde_json::from_str(parts.init_container.get()).ok()?;
+    let env: std::collections::BTreeMap<String, String> = init["env"]
+        .as_array()?
+        .iter()
+        .filter_map(|e| Some((e["name"].as_str()?.to_string(), e["value"].as_str()?.to_string())))
+        .collect();
+    let spec = crate::envspec::EnvSpec::from_env(|k| env.get(k).cloned()).ok()?;
+    if spec.plan.exclude_newer.is_some() {
+        return None;
+    }
+    let loose: Vec<&String> = spec.plan.python.iter().filter(|r| !pinned(r)).collect();
+    if loose.is_empty() {
+        return None;
+    }
+    let list = loose.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>().join(", ");
+    Some(format!(
+        "Python deps {list} are not pinned (==) and neither python.excludeNewer (config) nor {} (annotation) fixes when they resolve: each env resolves them when it is built, so Pods of one workflow can get different versions; pin them, or set {} on every Pod (docs/argo.md, \"One set of versions for a whole workflow\")",
+        crate::keys::ANN_EXCLUDE_NEWER,
+        crate::keys::ANN_EXCLUDE_NEWER
+    ))
+}
+
 impl ObjectPreview {
+    /// [`unpinned_warning`] of this object's Pod and of each of its templates' Pods.
+    pub fn unpinned_warnings(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for w in self.decision.iter().chain(&self.template_decisions).filter_map(unpinned_warning) {
+            if !out.contains(&w) {
+                out.push(w);
+            }
+        }
+        out
+    }
+
     pub fn allowed(&self) -> bool {
         self.decision.as_ref().is_none_or(|d| d.allowed()) && self.templates.iter().all(|t| t.allowed)
     }

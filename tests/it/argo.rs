@@ -51,6 +51,21 @@ async fn a_hera_workflow_previews_template_by_template() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let yaml = String::from_utf8(out.stdout).unwrap();
     assert!(yaml.contains("kind: Workflow"), "{yaml}");
+    // One resolution date for the whole workflow: --strict has no unpinned deps to name.
+    let strict = Command::new(common::bin())
+        .args(["preview", "--strict", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(yaml.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let said = String::from_utf8_lossy(&strict.stderr);
+    assert!(said.contains("template \"forgot-to-opt-in\"") && !said.contains("not pinned"), "{said}");
     let server = Server::start();
     let resp = server.post("/preview", "application/yaml", yaml).await;
     assert_eq!(resp.status(), 200);
@@ -66,7 +81,7 @@ async fn a_hera_workflow_previews_template_by_template() {
         Some(
             env_id_of(
                 json!({"nixuv.io/inject": "true"}),
-                json!({"nixuv.io/python-deps": "numpy==1.26.4, pandas>=2,<3"})
+                json!({"nixuv.io/python-deps": "numpy==1.26.4, pandas>=2,<3", "nixuv.io/exclude-newer": "2025-06-01T00:00:00Z"})
             )
             .as_str()
         ),

@@ -866,3 +866,40 @@ fn env_output_lists_the_nixuvenvs_a_manifest_needs() {
     assert_eq!(plain.code, 2);
     assert!(plain.stderr.contains("imageStore") && plain.stderr.contains("warm-job"), "{}", plain.stderr);
 }
+
+/// `--strict` warns about Python deps that are neither pinned nor resolved as of a fixed date,
+/// naming them; pins, the per-Pod date or the config's date each silence it.
+#[test]
+fn strict_warns_about_unpinned_deps_without_a_resolution_date() {
+    let pod = |ann: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "p", "labels": {"nixuv.io/inject": "true"}, "annotations": ann},
+               "spec": {"containers": [{"name": "app", "image": "python:3.12"}]}})
+        .to_string()
+    };
+    let loose = preview(
+        &["--strict", "-f", "-"],
+        Some(&pod(json!({"nixuv.io/python-deps": "pandas>=2, numpy==1.26.4, rich"}))),
+    );
+    assert_eq!(loose.code, 3, "{}", loose.stderr);
+    assert!(loose.stderr.contains(r#"Python deps "pandas>=2", "rich" are not pinned"#), "{}", loose.stderr);
+    for quiet in [
+        json!({"nixuv.io/python-deps": "numpy==1.26.4, six===1.16.0; python_version > '3'"}),
+        json!({"nixuv.io/python-deps": "pandas>=2", "nixuv.io/exclude-newer": "2025-06-01T00:00:00Z"}),
+    ] {
+        let r = preview(&["--strict", "-f", "-"], Some(&pod(quiet.clone())));
+        assert_eq!(r.code, 0, "{quiet}: {}", r.stderr);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(&cfg, "python: {excludeNewer: '2025-06-01T00:00:00Z'}\n").unwrap();
+    let r = preview(
+        &["--strict", "--config", cfg.to_str().unwrap(), "-f", "-"],
+        Some(&pod(json!({"nixuv.io/python-deps": "pandas>=2"}))),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // Without --strict, nothing is said.
+    let r = preview(&["-f", "-"], Some(&pod(json!({"nixuv.io/python-deps": "pandas>=2"}))));
+    assert_eq!(r.code, 0);
+    assert!(!r.stderr.contains("not pinned"), "{}", r.stderr);
+}

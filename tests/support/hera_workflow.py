@@ -2,9 +2,12 @@
 template that needs packages sets nixuv's label and annotations in its own metadata. Prints the
 Workflow as YAML. One template puts its declaration on the wrong level on purpose (the Workflow's
 own metadata, which Argo does not copy to Pods), and one declares without opting in: nixuv
-preview warns about both."""
+preview warns about both. Every step resolves its Python deps as of one date (the Workflow's
+`podMetadata`, which Argo copies to every step's Pod), so `nixuv preview --strict` has nothing to
+say about unpinned versions."""
 
 from hera.workflows import Steps, Workflow, script
+from hera.workflows.models import Metadata
 
 
 @script(
@@ -19,8 +22,10 @@ def analyse():
     print(numpy.__version__, pandas.__version__)
 
 
+# A script template runs its source with the image's `python`: the image must have one (a
+# `debian` image has none), or the step must declare Python deps (the env's venv brings one).
 @script(
-    image="debian:bookworm-slim",
+    image="python:3.12-slim",
     labels={"nixuv.io/inject": "true", "system.nixuv.io/ffmpeg-headless": ""},
 )
 def transcode():
@@ -46,6 +51,8 @@ with Workflow(
     entrypoint="main",
     # The wrong level: Argo does not copy the Workflow's own labels to its Pods.
     labels={"nixuv.io/inject": "true"},
+    # The right level for what every step shares: one resolution date for the whole workflow.
+    pod_metadata=Metadata(annotations={"nixuv.io/exclude-newer": "2025-06-01T00:00:00Z"}),
 ) as w:
     with Steps(name="main"):
         analyse()
