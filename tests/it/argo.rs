@@ -109,3 +109,35 @@ async fn a_hera_workflow_previews_template_by_template() {
         "{warnings:?}"
     );
 }
+
+/// docs/argo.md's `TRANSIENT_ERROR_PATTERN` (as written there) matches the API server's message
+/// for every failure to call the webhook named in deploy/base, and never its denial.
+#[test]
+fn the_documented_transient_error_pattern_matches_webhook_outages_only() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/argo.md")).unwrap();
+    let line = doc.lines().skip_while(|l| !l.contains("name: TRANSIENT_ERROR_PATTERN")).nth(1).unwrap();
+    let value = line.trim().strip_prefix("value: '").and_then(|v| v.strip_suffix('\'')).unwrap();
+    let pattern = regex::Regex::new(value).unwrap();
+    let mwc: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(root.join("deploy/base/mutatingwebhookconfiguration.yaml")).unwrap(),
+    )
+    .unwrap();
+    let name = mwc["webhooks"][0]["name"].as_str().unwrap();
+    let svc = "https://nixuv.nixuv-system.svc:443/mutate?timeout=5s";
+    for cause in [
+        "dial tcp 10.96.0.12:443: connect: connection refused",
+        "context deadline exceeded",
+        "no endpoints available for service \"nixuv\"",
+        "tls: failed to verify certificate: x509: certificate signed by unknown authority",
+    ] {
+        let msg = format!(
+            "Internal error occurred: failed calling webhook \"{name}\": failed to call webhook: Post \"{svc}\": {cause}"
+        );
+        assert!(pattern.is_match(&msg), "{value} misses {msg}");
+    }
+    let denial = format!("admission webhook \"{name}\" denied the request: nixuv.io/python-deps: \"pandass\"");
+    assert!(!pattern.is_match(&denial), "{value} would retry a denial");
+    let other = "Internal error occurred: failed calling webhook \"validate.kyverno.svc\": failed to call webhook";
+    assert!(!pattern.is_match(other), "{value} would retry another webhook's outage");
+}
