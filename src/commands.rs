@@ -236,15 +236,17 @@ pub fn envs(a: EnvsArgs) -> anyhow::Result<ExitCode> {
     };
     let safe_all = |v: &[String], sep: &str| v.iter().map(|x| safe(x)).collect::<Vec<_>>().join(sep);
     for e in &shown {
+        let deps: Vec<String> = e.system.iter().chain(&e.python).map(|d| safe(d)).collect();
         println!(
-            "{}  {:<10}  {:>10} bytes  built {}  ({:.1}s)  last used {}{}",
+            "{}  {:<10}  {:>10}  built {}  ({:.1}s)  last used {}{}{}",
             e.id,
             e.state,
-            e.bytes,
+            crate::imagestore::human_bytes(e.bytes),
             when(e.built_at_unix),
             e.build_seconds.unwrap_or(0.0),
             when(e.last_used_unix),
-            e.holder.as_deref().map(|h| format!("  by {}", safe(h))).unwrap_or_default()
+            e.holder.as_deref().map(|h| format!("  by {}", safe(h))).unwrap_or_default(),
+            if deps.is_empty() || a.action == "show" { String::new() } else { format!("  {}", deps.join(" ")) }
         );
         if a.action == "show" {
             println!("  system: {}", safe_all(&e.system, " "));
@@ -267,7 +269,7 @@ pub fn envs(a: EnvsArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    println!("(bytes count each file once per env; files hard-linked from the uv cache are shared with it and with other envs)");
+    println!("(sizes count each file once per env; files hard-linked from the uv cache are shared with it and with other envs)");
     Ok(ExitCode::SUCCESS)
 }
 

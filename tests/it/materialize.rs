@@ -746,6 +746,12 @@ fn the_lock_is_recorded_and_envs_lists_the_store() {
     let out = envs(&["show", &id]);
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(shown.contains("nixuvdemo==1.0  RECORD sha256:") && shown.contains("ready"), "{shown}");
+    // The list: human sizes and the deps, one line per env.
+    let listed = envs(&["list"]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    let line = text.lines().find(|l| l.starts_with(&id)).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.ends_with("  hello-nixuv nixuvdemo==1.0"), "{line}");
+    assert!(line.contains(" KiB  built ") || line.contains(" MiB  built "), "{line}");
     eprintln!("{shown}");
 }
 
