@@ -479,7 +479,7 @@ pub fn preview(a: PreviewArgs) -> ExitCode {
             let items: Vec<serde_json::Value> = all_docs
                 .iter()
                 .zip(&all_previews)
-                .flat_map(|(d, p)| preview::output::mutated_documents(d, p))
+                .flat_map(|(d, p)| preview::output::documents_with_template_pods(d, p))
                 .collect();
             let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
             format!("{}\n", serde_json::to_string_pretty(&list).expect("serialises"))

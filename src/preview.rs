@@ -84,6 +84,12 @@ pub struct TemplateReport {
     pub python_deps: Vec<String>,
     pub targets: Vec<String>,
     pub summary: String,
+    /// The Pod Argo builds from the template, with nixuv's patch applied (when nixuv changes it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Value>,
+    /// nixuv's JSON patch against the Pod Argo builds (when it changes it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<Value>,
 }
 
 /// The preview of one object.

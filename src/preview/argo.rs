@@ -114,13 +114,41 @@ pub fn preview(
                 names
             })
             .unwrap_or_default();
-        let summary = match (d.patch(), d.allowed()) {
+        // The Pod as Argo would create it, with nixuv's patch applied: what the step runs.
+        let (patched, patch) = match d.patch().filter(|_| d.allowed()) {
+            Some(p) => {
+                let ops = p.to_patch();
+                let mut after = pod.clone();
+                json_patch::patch(&mut after, &ops.0).expect("nixuv's patch applies to the Pod it was made for");
+                let base = wf_name.trim_end_matches('-');
+                after["metadata"]["generateName"] = json!(format!("{base}-{name}-"));
+                (Some(after), Some(serde_json::to_value(&ops).expect("serialises")))
+            }
+            None => (None, None),
+        };
+        let summary = match (&patched, d.allowed()) {
             (_, false) => "denied".to_string(),
-            (Some(p), true) => format!(
-                "{} patch operations: volumes nixuv-nix, nixuv-uv, nixuv-tmp; init container nixuv-init; env and mounts in {}",
-                p.len(),
-                targets.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(", ")
-            ),
+            (Some(after), true) => {
+                let before: Vec<&Value> =
+                    pod["spec"]["volumes"].as_array().into_iter().flatten().map(|v| &v["name"]).collect();
+                let added: Vec<String> = after["spec"]["volumes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|v| !before.contains(&&v["name"]))
+                    .map(|v| v["name"].as_str().unwrap_or("").to_string())
+                    .collect();
+                let init = after["spec"]["initContainers"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|c| c["name"] == crate::names::INIT_CONTAINER));
+                format!(
+                    "{} patch operations: volumes {}; {}; env and mounts in {}",
+                    d.patch().map_or(0, |p| p.len()),
+                    added.join(", "),
+                    if init { "init container nixuv-init" } else { "no init container (the env's image)" },
+                    targets.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(", ")
+                )
+            }
             (None, true) => format!("not injected ({})", d.outcome().as_str()),
         };
         out.warnings.extend(d.warnings.iter().map(|w| format!("template {name:?}: {w}")));
@@ -134,6 +162,8 @@ pub fn preview(
             python_deps: declared.python.iter().map(|p| p.requirement.clone()).collect(),
             targets,
             summary,
+            pod: patched,
+            patch,
         });
         out.template_decisions.push(d);
     }

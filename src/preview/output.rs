@@ -112,6 +112,19 @@ pub fn mutated_documents(docs: &[Document], previews: &[ObjectPreview]) -> Vec<V
         .collect()
 }
 
+/// The Pods of an Argo object's templates that nixuv changes, as Argo builds them with nixuv's
+/// patch applied: the Workflow itself is submitted unchanged, so these are what its steps run.
+fn template_pods(p: &ObjectPreview) -> impl Iterator<Item = (&str, &Value)> {
+    p.templates.iter().filter_map(|t| Some((t.template.as_str(), t.pod.as_ref()?)))
+}
+
+/// [`mutated_documents`] followed by the Pods of the Argo templates nixuv changes.
+pub fn documents_with_template_pods(docs: &[Document], previews: &[ObjectPreview]) -> Vec<Value> {
+    let mut out = mutated_documents(docs, previews);
+    out.extend(previews.iter().flat_map(|p| template_pods(p).map(|(_, pod)| pod.clone())));
+    out
+}
+
 fn comment_lines(p: &ObjectPreview) -> Vec<String> {
     let mut lines = Vec::new();
     if let Some(d) = p.decision.as_ref().filter(|d| !d.allowed()) {
@@ -157,11 +170,20 @@ pub fn yaml(docs: &[Document], previews: &[ObjectPreview]) -> String {
             }
         }
     }
+    for p in previews {
+        for (template, pod) in template_pods(p) {
+            out.push_str(&format!(
+                "---\n# nixuv: the Pod of {} template {template:?}, as Argo builds it, with nixuv's patch\n",
+                p.label()
+            ));
+            out.push_str(&serde_yaml_ng::to_string(pod).expect("a JSON value is valid YAML"));
+        }
+    }
     out
 }
 
 pub fn json(docs: &[Document], previews: &[ObjectPreview]) -> String {
-    let mut docs = mutated_documents(docs, previews);
+    let mut docs = documents_with_template_pods(docs, previews);
     let v = if docs.len() == 1 { docs.remove(0) } else { json!({ "apiVersion": "v1", "kind": "List", "items": docs }) };
     let mut s = serde_json::to_string_pretty(&v).expect("serialises");
     s.push('\n');
@@ -178,6 +200,9 @@ struct PatchEntry<'a> {
     item: Option<usize>,
     kind: &'a str,
     name: &'a str,
+    /// The Argo template whose Pod the patch is for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    template: Option<&'a str>,
     patch: &'a Value,
 }
 
@@ -188,7 +213,7 @@ fn patch_value(p: &ObjectPreview) -> Value {
 /// One object: its patch (`[]` when nothing changes), ready for `kubectl patch --type json`.
 /// Several: a list of `{document, item, kind, name, patch}`.
 pub fn patches(previews: &[ObjectPreview]) -> String {
-    if previews.len() == 1 {
+    if previews.len() == 1 && previews[0].templates.iter().all(|t| t.patch.is_none()) {
         let mut s = serde_json::to_string_pretty(&patch_value(&previews[0])).expect("serialises");
         s.push('\n');
         return s;
@@ -203,20 +228,27 @@ pub fn patches_of_files(files: &[(&str, &[ObjectPreview])]) -> String {
     patch_entries(&files)
 }
 
-/// One JSON list of the entries of every object of `files` (named when given).
+/// One JSON list of the entries of every object of `files` (named when given), an Argo object's
+/// followed by one per template nixuv changes (its patch against the Pod Argo builds).
 fn patch_entries(files: &[(Option<&str>, &[ObjectPreview])]) -> String {
     let values: Vec<Vec<Value>> = files.iter().map(|(_, ps)| ps.iter().map(patch_value).collect()).collect();
     let entries: Vec<PatchEntry<'_>> = files
         .iter()
         .zip(&values)
         .flat_map(|((file, ps), vs)| {
-            ps.iter().zip(vs).map(move |(p, patch)| PatchEntry {
-                file: *file,
-                document: p.document,
-                item: p.item,
-                kind: &p.kind,
-                name: &p.name,
-                patch,
+            ps.iter().zip(vs).flat_map(move |(p, patch)| {
+                let entry = |template, patch| PatchEntry {
+                    file: *file,
+                    document: p.document,
+                    item: p.item,
+                    kind: &p.kind,
+                    name: &p.name,
+                    template,
+                    patch,
+                };
+                let templates =
+                    p.templates.iter().filter_map(move |t| Some(entry(Some(t.template.as_str()), t.patch.as_ref()?)));
+                std::iter::once(entry(None, patch)).chain(templates)
             })
         })
         .collect();

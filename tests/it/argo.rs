@@ -141,3 +141,44 @@ fn the_documented_transient_error_pattern_matches_webhook_outages_only() {
     let other = "Internal error occurred: failed calling webhook \"validate.kyverno.svc\": failed to call webhook";
     assert!(!pattern.is_match(other), "{value} would retry another webhook's outage");
 }
+
+/// Each step's Pod, in every output: `-o json` lists it after the Workflow (a valid Pod: the init
+/// container restricted, the env on the step container's PATH), `/preview` reports the same Pod and patch per
+/// template, and the webhook, sent that Pod, finds it complete (already injected, nothing added).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_step_pod_is_shown_and_is_what_the_webhook_makes() {
+    let file = common::fixture_path("preview/workflow.yaml");
+    let out = Command::new(common::bin()).args(["preview", "-o", "json", "-f"]).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let items = list["items"].as_array().expect("the Workflow and its steps' Pods, as a List");
+    assert_eq!(items[0]["kind"], "Workflow");
+    let pods = &items[1..];
+    assert!(pods.len() >= 2, "{items:?}");
+    let server = Server::start();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let resp = server.post("/preview", "application/yaml", text).await;
+    let v: Value = resp.json().await.unwrap();
+    let reported: Vec<&Value> = v["templates"].as_array().unwrap().iter().filter(|t| t.get("pod").is_some()).collect();
+    assert_eq!(reported.len(), pods.len());
+    for (pod, t) in pods.iter().zip(reported) {
+        assert_eq!(&t["pod"], pod, "/preview and the CLI show the same Pod");
+        let typed: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod.clone()).unwrap();
+        let spec = typed.spec.clone().unwrap();
+        let init = spec.init_containers.as_ref().unwrap().iter().find(|c| c.name == "nixuv-init").unwrap();
+        assert_eq!(common::pss::restricted_violations(&typed, init), Vec::<String>::new());
+        let env_id = t["envId"].as_str().unwrap();
+        // `main`, or a containerSet's first container: the step's target.
+        let target = spec.containers.iter().find(|c| c.name != "wait").unwrap();
+        let path = target.env.as_ref().unwrap().iter().find(|e| e.name == "PATH").unwrap().value.clone().unwrap();
+        assert!(path.contains(env_id), "{path}");
+        let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                        "resource": {"group": "", "version": "v1", "resource": "pods"},
+                        "namespace": "team-a", "operation": "CREATE", "userInfo": {"username": "argo"}, "object": pod}});
+        let (status, m) = common::post_json(&server.h1(), &server.url("/mutate"), &review).await;
+        assert_eq!(status, 200);
+        assert_eq!(m["response"]["allowed"], true, "{m}");
+        assert!(m["response"]["patch"].is_null(), "the step's Pod is complete: {m}");
+    }
+}

@@ -112,16 +112,31 @@ fn applying_the_patch_output_gives_the_object_output() {
         let text = std::fs::read_to_string(common::fixture_path(&format!("preview/{input}"))).unwrap();
         let docs = yaml_docs(&text); // YAML reads JSON too
         let patches: Value = serde_json::from_str(&preview(&["-f", input, "-o", "patch"], None).stdout).unwrap();
-        let objects = yaml_docs(&preview(&["-f", input, "-o", "yaml"], None).stdout);
+        let mut objects = yaml_docs(&preview(&["-f", input, "-o", "yaml"], None).stdout);
+        // After the input's documents: the Pods of the Argo templates nixuv changes, one per
+        // template entry of the patch output.
+        let template_pods = objects.split_off(docs.len());
+        let template_entries: Vec<Value> =
+            patches.as_array().into_iter().flatten().filter(|e| e.get("template").is_some()).cloned().collect();
+        assert_eq!(template_pods.len(), template_entries.len(), "{input}");
+        for (pod, e) in template_pods.iter().zip(&template_entries) {
+            let t = e["template"].as_str().unwrap();
+            assert!(pod["metadata"]["generateName"].as_str().unwrap().ends_with(&format!("-{t}-")), "{input}: {pod}");
+            assert!(!e["patch"].as_array().unwrap().is_empty());
+        }
         assert_eq!(docs.len(), objects.len(), "{input}");
-        // One object: a bare patch; several: entries naming document and item.
-        let entries: Vec<(usize, Option<usize>, Value)> = if docs.len() == 1 && docs[0]["kind"] != "List" {
+        // One object: a bare patch; several (or an Argo object): entries naming document and item.
+        let entries: Vec<(usize, Option<usize>, Value)> = if !patches.is_array()
+            || patches.as_array().unwrap().first().is_some_and(|e| e.get("op").is_some())
+            || patches.as_array().unwrap().is_empty()
+        {
             vec![(1, None, patches)]
         } else {
             patches
                 .as_array()
                 .unwrap()
                 .iter()
+                .filter(|e| e.get("template").is_none())
                 .map(|e| {
                     (
                         e["document"].as_u64().unwrap() as usize,
@@ -182,10 +197,24 @@ async fn preview_cli_endpoint_and_mutate_agree() {
         assert_eq!(resp.status(), 200, "{input}");
         let results: Value = resp.json().await.unwrap();
         let results = if results.is_array() { results.as_array().unwrap().clone() } else { vec![results] };
-        let cli_list: Vec<Value> = if results.len() == 1 {
+        let entries_form = cli_patches.as_array().is_some_and(|a| a.first().is_some_and(|e| e.get("kind").is_some()));
+        let cli_list: Vec<Value> = if !entries_form {
             vec![cli_patches.clone()]
         } else {
-            cli_patches.as_array().unwrap().iter().map(|e| e["patch"].clone()).collect()
+            let entries = cli_patches.as_array().unwrap();
+            // The Argo templates' entries: the same patches /preview reports per template.
+            let per_template: Vec<&Value> = entries.iter().filter(|e| e.get("template").is_some()).collect();
+            let reported: Vec<Value> = results
+                .iter()
+                .flat_map(|r| r["templates"].as_array().cloned().unwrap_or_default())
+                .filter(|t| t.get("patch").is_some())
+                .collect();
+            assert_eq!(per_template.len(), reported.len(), "{input}");
+            for (e, t) in per_template.iter().zip(&reported) {
+                assert_eq!(e["template"], t["template"], "{input}");
+                assert_eq!(e["patch"], t["patch"], "{input}: /preview and the CLI differ for a template");
+            }
+            entries.iter().filter(|e| e.get("template").is_none()).map(|e| e["patch"].clone()).collect()
         };
         assert_eq!(results.len(), cli_list.len(), "{input}");
         for (r, cli_patch) in results.iter().zip(&cli_list) {
