@@ -44,6 +44,8 @@ pub struct CheckOptions {
     pub tls_secret: String,
     /// Where to connect to the webhook instead of the Service's DNS name (a port-forward).
     pub connect: Option<String>,
+    /// Also resolve the env's deps from here (`nixuv preview --resolve`).
+    pub resolve: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -437,6 +439,28 @@ pub async fn check(client: &kube::Client, opts: &CheckOptions) -> anyhow::Result
                     }
                     for w in &p.warnings {
                         report.add("preview", Level::Warn, w.clone());
+                    }
+                    if opts.resolve {
+                        let work = std::env::temp_dir().join(format!("nixuv-check-{}", std::process::id()));
+                        let _ = std::fs::create_dir_all(&work);
+                        let tools = crate::resolve::Tools::from_env();
+                        for plan in p.plans() {
+                            let r = crate::resolve::check(&plan, &tools, &work);
+                            for f in &r.findings {
+                                report.add(
+                                    "resolve",
+                                    Level::Fail,
+                                    format!("env {}: {:?} would fail: {}; fix: {}", plan.id, f.item, f.problem, f.fix),
+                                );
+                            }
+                            for u in &r.unchecked {
+                                report.add("resolve", Level::Info, format!("env {}: not checked: {u}", plan.id));
+                            }
+                            if r.findings.is_empty() {
+                                report.add("resolve", Level::Ok, format!("env {} resolves", plan.id));
+                            }
+                        }
+                        let _ = std::fs::remove_dir_all(&work);
                     }
                     for n in &p.notes {
                         report.add("preview", Level::Info, n.clone());

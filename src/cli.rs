@@ -129,6 +129,10 @@ pub struct CheckArgs {
     /// HOST:PORT to reach the webhook instead of the Service's DNS name (a port-forward).
     #[arg(long)]
     pub connect: Option<String>,
+    /// Also resolve the env's Python deps and evaluate its system deps from here, as
+    /// `nixuv preview --resolve` does (uv and nix on PATH, or NIXUV_UV and NIXUV_NIX).
+    #[arg(long)]
+    pub resolve: bool,
     /// text or json.
     #[arg(short = 'o', long, default_value = "text")]
     pub output: String,
@@ -181,6 +185,12 @@ pub struct PreviewArgs {
     /// resolved as of a fixed date), for CI checks of manifests.
     #[arg(long)]
     pub strict: bool,
+    /// Also resolve each env's Python deps against the configured index with uv (the init
+    /// container's flags) and evaluate each system dep in the pinned nixpkgs with nix: what would
+    /// fail in the init container fails here (exit 1), with the fix. Uses `NIXUV_UV` and
+    /// `NIXUV_NIX` (default: uv and nix on PATH); what cannot be checked from here is said.
+    #[arg(long)]
+    pub resolve: bool,
     /// YAML config file, as for `nixuv serve`.
     #[arg(long, env = "NIXUV_CONFIG")]
     pub config: Option<PathBuf>,

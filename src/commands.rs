@@ -162,6 +162,7 @@ pub fn check(a: CheckArgs) -> ExitCode {
         config_map: a.config_map,
         tls_secret: a.tls_secret,
         connect: a.connect,
+        resolve: a.resolve,
     };
     let run = async {
         let client = kube::Client::try_default().await?;
@@ -531,6 +532,35 @@ pub fn preview(a: PreviewArgs) -> ExitCode {
             denied = true;
             eprintln!("nixuv preview: {label}: {msg}");
         }
+    }
+    if a.resolve {
+        let work = std::env::temp_dir().join(format!("nixuv-resolve-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&work);
+        let tools = crate::resolve::Tools::from_env();
+        let mut seen = std::collections::BTreeSet::new();
+        for (file, p) in &previews {
+            let label = match file {
+                Some(f) => format!("{f}: {}", p.label()),
+                None => p.label(),
+            };
+            for plan in p.plans().into_iter().filter(|plan| seen.insert(plan.id)) {
+                let report = crate::resolve::check(&plan, &tools, &work);
+                for f in &report.findings {
+                    denied = true;
+                    eprintln!(
+                        "nixuv preview: {label}: env {}: {:?} would fail: {}; fix: {}",
+                        plan.id, f.item, f.problem, f.fix
+                    );
+                }
+                for u in &report.unchecked {
+                    eprintln!("nixuv preview: {label}: env {}: note: not checked: {u}", plan.id);
+                }
+                if report.findings.is_empty() {
+                    eprintln!("nixuv preview: {label}: env {}: resolves", plan.id);
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&work);
     }
     if denied {
         ExitCode::from(1)

@@ -23,6 +23,7 @@ pub mod names;
 pub mod plan;
 pub mod preview;
 pub mod publish;
+pub mod resolve;
 pub mod review;
 pub mod server;
 pub mod toolenv;

@@ -125,7 +125,9 @@ fn pinned(requirement: &str) -> bool {
 /// env (and every Pod of another declaration) resolves them anew, so the steps of one workflow
 /// can get different versions. Read from the decision's own init container (the plan as the
 /// init container receives it).
-pub fn unpinned_warning(d: &Decision) -> Option<String> {
+/// The plan of a decision's env, read back from its own init container (the plan exactly as the
+/// init container receives it).
+pub fn plan_of(d: &Decision) -> Option<crate::plan::EnvPlan> {
     let parts = d.env.as_ref()?;
     let init: Value = serde_json::from_str(parts.init_container.get()).ok()?;
     let env: std::collections::BTreeMap<String, String> = init["env"]
@@ -133,11 +135,15 @@ pub fn unpinned_warning(d: &Decision) -> Option<String> {
         .iter()
         .filter_map(|e| Some((e["name"].as_str()?.to_string(), e["value"].as_str()?.to_string())))
         .collect();
-    let spec = crate::envspec::EnvSpec::from_env(|k| env.get(k).cloned()).ok()?;
-    if spec.plan.exclude_newer.is_some() {
+    crate::envspec::EnvSpec::from_env(|k| env.get(k).cloned()).ok().map(|s| s.plan)
+}
+
+pub fn unpinned_warning(d: &Decision) -> Option<String> {
+    let plan = plan_of(d)?;
+    if plan.exclude_newer.is_some() {
         return None;
     }
-    let loose: Vec<&String> = spec.plan.python.iter().filter(|r| !pinned(r)).collect();
+    let loose: Vec<&String> = plan.python.iter().filter(|r| !pinned(r)).collect();
     if loose.is_empty() {
         return None;
     }
@@ -150,6 +156,17 @@ pub fn unpinned_warning(d: &Decision) -> Option<String> {
 }
 
 impl ObjectPreview {
+    /// The plans of this object's Pod and of its templates' Pods, each env once.
+    pub fn plans(&self) -> Vec<crate::plan::EnvPlan> {
+        let mut out: Vec<crate::plan::EnvPlan> = Vec::new();
+        for p in self.decision.iter().chain(&self.template_decisions).filter_map(plan_of) {
+            if !out.iter().any(|o| o.id == p.id) {
+                out.push(p);
+            }
+        }
+        out
+    }
+
     /// [`unpinned_warning`] of this object's Pod and of each of its templates' Pods.
     pub fn unpinned_warnings(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();

@@ -107,10 +107,14 @@ impl Check {
         Check { dir, kubeconfig }
     }
     fn run(&self, args: &[&str]) -> (i32, Value) {
+        self.run_env(args, &[])
+    }
+    fn run_env(&self, args: &[&str], env: &[(&str, std::path::PathBuf)]) -> (i32, Value) {
         let out = Command::new(common::bin())
             .arg("check")
             .args(args)
             .args(["-o", "json"])
+            .envs(env.iter().map(|(k, v)| (*k, v)))
             .env("KUBECONFIG", &self.kubeconfig)
             .current_dir(self.dir.path())
             .output()
@@ -289,4 +293,36 @@ async fn check_answers_each_question_about_a_live_cluster() {
     let out =
         Command::new(common::bin()).args(["check", "pod", "x"]).env("KUBECONFIG", "/nonexistent").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// `nixuv check --resolve`: a Deployment's deps resolved from here with the cluster's config
+/// (here the test's offline wheels and flake): what would fail in its init container is a failed
+/// check, named with its fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_resolves_a_workloads_deps_with_the_clusters_config() {
+    let fx = crate::materialize::Fixture::new();
+    let mut full = cluster(b"ca", b"crt");
+    let cm = full.get_mut("/api/v1/namespaces/nixuv-system/configmaps/nixuv-config").unwrap();
+    cm["data"]["config.yaml"] = json!(std::fs::read_to_string(&fx.config).unwrap());
+    full.insert("/apis/apps/v1/namespaces/team-a/deployments/etl".into(), json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "etl", "namespace": "team-a"},
+        "spec": {"selector": {"matchLabels": {"app": "etl"}}, "template": {
+            "metadata": {"labels": {"app": "etl", "nixuv.io/inject": "true"},
+                         "annotations": {"nixuv.io/python-deps": "nixuvdemo==1.0, pandass", "nixuv.io/python": fx.python.clone(),
+                                         "nixuv.io/system-deps": "hello-nixuv ffmpeg_7-headless"}},
+            "spec": {"containers": [{"name": "app", "image": "python:3.12"}]}}}}));
+    let objs: Shared = Arc::default();
+    load(&objs, &full);
+    let api = kubeapi::start(Arc::clone(&objs)).await;
+    let check = Check::new(api);
+    let (code, r) = tokio::task::spawn_blocking(move || {
+        let uv = [("NIXUV_UV", crate::materialize::support("uv"))];
+        check.run_env(&["deployment", "etl", "--resolve", "--connect", "127.0.0.1:1"], &uv)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1);
+    finding(&r, "resolve", "fail", "\"pandass\" would fail");
+    finding(&r, "resolve", "fail", "\"ffmpeg_7-headless\" would fail: no such attribute");
+    assert!(!r.to_string().contains("\\\"nixuvdemo==1.0\\\" would fail"), "{r}");
 }

@@ -1074,3 +1074,55 @@ fn interpreters_from_another_source_never_serve_the_admins_envs() {
     let (h, a) = (base_of(&honest), base_of(&attacker));
     assert_ne!(h.split('/').nth(4), a.split('/').nth(4), "honest {h}, other {a}");
 }
+
+/// `nixuv preview --resolve`, offline against the fixture's wheels and flake: each thing that
+/// would fail in the init container fails here, named with its fix (an unknown package, a
+/// package with no wheel, no version in range, a Python the init image does not carry, an
+/// unknown nix attribute); an env that builds resolves.
+#[test]
+fn resolve_finds_what_the_init_container_would_fail_on() {
+    let fx = Fixture::new();
+    // Interpreters from the init image's own list (no download variables in the config).
+    let (image_fx, _dist) = Fixture::with_image_pythons();
+    let run_with = |fx: &Fixture, system: &str, python: &str, version: Option<&str>| {
+        let mut pod = fx.pod(system, python);
+        if let Some(v) = version {
+            pod["metadata"]["annotations"]["nixuv.io/python"] = json!(v);
+        }
+        let path = fx.dir.path().join(format!("resolve-{}.json", common_nonce()));
+        std::fs::write(&path, serde_json::to_vec(&pod).unwrap()).unwrap();
+        let out = Command::new(common::bin())
+            .args(["preview", "--resolve", "--config"])
+            .arg(&fx.config)
+            .arg("-f")
+            .arg(&path)
+            .env("NIXUV_UV", support("uv"))
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let run = |system: &str, python: &str, version: Option<&str>| run_with(&fx, system, python, version);
+    let (code, said) = run("hello-nixuv", "nixuvdemo==1.0", None);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains(": resolves"), "{said}");
+    let (code, said) = run("hello-nixuv ffmpeg_7-headless", "nixuvdemo==1.0, pandass, nixuvsrc, nixuvdep>=0.5", None);
+    assert_eq!(code, Some(1), "{said}");
+    for (item, fix) in [
+        ("\"pandass\" would fail", "no such package on the index"),
+        ("\"nixuvsrc\" would fail", "python.allowSourceBuilds"),
+        ("\"nixuvdep>=0.5\" would fail", "no version on the index matches it"),
+        ("\"ffmpeg_7-headless\" would fail", "no such attribute in path:"),
+    ] {
+        let line = said.lines().find(|l| l.contains(item)).unwrap_or_else(|| panic!("no {item:?} in {said}"));
+        assert!(line.contains(fix), "{line}");
+    }
+    assert!(!said.contains("\"nixuvdemo==1.0\" would fail") && !said.contains("\"hello-nixuv\" would fail"), "{said}");
+    let (code, said) = run_with(&image_fx, "", "nixuvdemo==1.0", None);
+    assert_eq!(code, Some(0), "{said}");
+    let (code, said) = run_with(&image_fx, "", "nixuvdemo==1.0", Some("3.9"));
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("\"python 3.9\" would fail: the init image carries Python 3.10, 3.11, 3.12, 3.13 only"),
+        "{said}"
+    );
+}
