@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::env_watch::EnvCache;
+use super::metrics::{Metrics, PhaseLabels, ResultLabels};
 use super::AppState;
 use crate::config::Config;
 use crate::imagebuild::{job, job_name};
@@ -41,7 +42,12 @@ pub fn spawn(state: &Arc<AppState>, client: Client, namespace: &str, identity: S
     };
     let (tx, mut leading) = watch::channel(false);
     let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
-    super::leader::spawn(leases, election, tx, |l| tracing::info!(leading = l, "image builder leadership"));
+    let metrics = Arc::clone(&state.metrics);
+    let m = Arc::clone(&metrics);
+    super::leader::spawn(leases, election, tx, move |l| {
+        m.image_builder_leader.set(i64::from(l));
+        tracing::info!(leading = l, "image builder leadership");
+    });
     let namespace = namespace.to_string();
     tokio::spawn(async move {
         loop {
@@ -51,7 +57,7 @@ pub fn spawn(state: &Arc<AppState>, client: Client, namespace: &str, identity: S
                 }
             }
             let cfg = config();
-            if let Err(e) = pass(&client, &envs, &cfg, &namespace).await {
+            if let Err(e) = pass(&client, &envs, &cfg, &namespace, &metrics).await {
                 tracing::warn!(error = %e, "image builder pass failed; retrying");
             }
             tokio::time::sleep(PASS_EVERY).await;
@@ -100,12 +106,22 @@ fn job_ended(job: &Job) -> Option<bool> {
 
 /// One look at every env: Pending ones get a Job (up to [`MAX_BUILDS`] at once), Building ones
 /// whose Job ended get their outcome.
-pub async fn pass(client: &Client, envs: &EnvCache, cfg: &Config, namespace: &str) -> Result<(), kube::Error> {
+pub async fn pass(
+    client: &Client,
+    envs: &EnvCache,
+    cfg: &Config,
+    namespace: &str,
+    metrics: &Metrics,
+) -> Result<(), kube::Error> {
     let Some(repo) = cfg.image_repository.as_ref() else { return Ok(()) };
     let env_api: Api<NixuvEnv> = Api::all(client.clone());
     let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let all = envs.all();
+    for phase in [Phase::Pending, Phase::Building, Phase::Ready, Phase::Failed] {
+        let n = all.iter().filter(|e| e.phase() == phase).count();
+        metrics.image_envs.get_or_create(&PhaseLabels { phase: phase.as_str() }).set(n as i64);
+    }
     let mut building = all.iter().filter(|e| e.phase() == Phase::Building).count();
     for env in all {
         let name = env.name_any();
@@ -158,6 +174,7 @@ pub async fn pass(client: &Client, envs: &EnvCache, cfg: &Config, namespace: &st
                         let digest = msg["digest"].as_str().unwrap_or_default().to_string();
                         let size = msg["sizeBytes"].as_u64().unwrap_or(0);
                         tracing::info!(env = %name, %digest, size, "env image ready");
+                        metrics.image_builds.get_or_create(&ResultLabels { result: "ready" }).inc();
                         json!({
                             "phase": "Ready",
                             "digest": digest,
@@ -176,6 +193,7 @@ pub async fn pass(client: &Client, envs: &EnvCache, cfg: &Config, namespace: &st
                             .filter(|m| !m.is_empty())
                             .unwrap_or_else(|| format!("builder Job {job_ref} failed without saying why (kubectl -n {namespace} logs job/{job_ref})"));
                         tracing::warn!(env = %name, error = %why, "env image build failed");
+                        metrics.image_builds.get_or_create(&ResultLabels { result: "failed" }).inc();
                         json!({"phase": "Failed", "message": why})
                     }
                 };

@@ -49,8 +49,20 @@ pub struct StoreLabels {
     pub state: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// One of [`crate::imagestore::Phase::as_str`].
+    pub phase: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// Image store: `NixuvEnv`s by phase, as the builder's last pass saw them.
+    pub image_envs: Family<PhaseLabels, Gauge>,
+    /// Image store: finished builds by result (`ready`, `failed`).
+    pub image_builds: Family<ResultLabels, Counter>,
+    /// 1 while this replica holds the builder's lease.
+    pub image_builder_leader: Gauge,
     /// Managed stores per namespace: 1 for the state the last reconcile saw, 0 for the others.
     pub stores: Family<StoreLabels, Gauge>,
     /// 1 while this replica holds the stores lease and reconciles.
@@ -174,8 +186,29 @@ impl Metrics {
             "1 while this replica holds the stores lease and reconciles",
             stores_leader.clone(),
         );
+        let image_envs = Family::<PhaseLabels, Gauge>::default();
+        registry.register(
+            "image_envs",
+            "Image store: NixuvEnvs by phase (Pending, Building, Ready, Failed), as the builder's last pass saw them",
+            image_envs.clone(),
+        );
+        let image_builds = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "image_builds",
+            "Image store: finished builds by result (ready, failed)",
+            image_builds.clone(),
+        );
+        let image_builder_leader = Gauge::default();
+        registry.register(
+            "image_builder_leader",
+            "1 while this replica holds the image builder's lease and builds",
+            image_builder_leader.clone(),
+        );
         Self {
             registry,
+            image_envs,
+            image_builds,
+            image_builder_leader,
             stores,
             stores_leader,
             requests,

@@ -440,6 +440,15 @@ async fn pods_get_the_image_once_the_builder_published_it() {
     assert!(why.contains("no-such-package-nixuv"), "{why}");
     let again = admit(&server, &bad, "b-2", false).await;
     assert_eq!(again["spec"]["initContainers"][0]["name"], "nixuv-init");
+    // The builder's metrics: one build of each outcome, this replica leading.
+    let metrics = server.h1().get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for line in [
+        "nixuv_image_builds_total{result=\"ready\"} 1",
+        "nixuv_image_builds_total{result=\"failed\"} 1",
+        "nixuv_image_builder_leader 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
+    }
 
     // `envs --cluster` lists the cluster's envs.
     let cfg_file = dir.path().join("config.yaml");
