@@ -158,6 +158,10 @@ pub struct GcArgs {
     /// Skip `nix store gc` and `uv cache prune`.
     #[arg(long)]
     pub no_prune: bool,
+    /// Then keep the uv cache under this size (a quantity like 20Gi): unpacked wheels no env
+    /// links any more go, least recently linked first.
+    #[arg(long, value_parser = quantity)]
+    pub uv_cache_max_size: Option<crate::values::Quantity>,
     /// The image store instead of the volumes: remove the images and NixuvEnvs no unfinished Pod
     /// has used for --max-age (asks the cluster: kubeconfig or in-cluster config; the config's
     /// imageStore; credentials from NIXUV_REGISTRY_AUTH).
@@ -202,6 +206,10 @@ pub struct PreviewArgs {
     /// `env` (image store): the NixuvEnv objects it needs, to apply before it runs.
     #[arg(short = 'o', long, value_enum)]
     pub output: Option<crate::preview::output::Output>,
+}
+
+fn quantity(s: &str) -> Result<crate::values::Quantity, String> {
+    crate::values::Quantity::parse(s).ok_or_else(|| format!("{s:?} is not a quantity like 20Gi"))
 }
 
 fn duration(s: &str) -> Result<Duration, String> {

@@ -285,6 +285,7 @@ pub fn gc(a: GcArgs) -> anyhow::Result<ExitCode> {
         lease_ttl: a.lease_ttl,
         dry_run: a.dry_run,
         prune_stores: !a.no_prune,
+        uv_cache_max: a.uv_cache_max_size.as_ref().map(crate::values::Quantity::bytes),
     };
     let r = crate::materialize::gc::gc(&layout, &opts)?;
     tracing::info!(
@@ -292,6 +293,8 @@ pub fn gc(a: GcArgs) -> anyhow::Result<ExitCode> {
         kept = r.kept.len(),
         busy = ?r.skipped_busy,
         orphans_removed = r.orphans_removed,
+        uv_cache_freed = r.cache.as_ref().map_or(0, |c| c.freed),
+        uv_cache_before = r.cache.as_ref().map_or(0, |c| c.before),
         dry_run = a.dry_run,
         "gc done"
     );

@@ -64,7 +64,7 @@ pub fn gc_cronjob(namespace: &str, cfg: &Config) -> Value {
     let mut container = json!({
         "name": "nixuv-gc",
         "image": cfg.file.init_image,
-        "args": ["gc", "--max-age", s.gc_max_age],
+        "args": ["gc", "--max-age", s.gc_max_age, "--uv-cache-max-size", s.uv_cache_max_size],
         "env": [{ "name": "HOME", "value": WORK_DIR }, { "name": "TMPDIR", "value": WORK_DIR }],
         "securityContext": {
             "allowPrivilegeEscalation": false,
@@ -171,7 +171,10 @@ mod tests {
         let spec = cj.spec.unwrap();
         assert_eq!(spec.schedule, "0 4 * * 0");
         let pod = spec.job_template.spec.unwrap().template.spec.unwrap();
-        assert_eq!(pod.containers[0].args.as_deref().unwrap(), ["gc", "--max-age", "7d"]);
+        assert_eq!(
+            pod.containers[0].args.as_deref().unwrap(),
+            ["gc", "--max-age", "7d", "--uv-cache-max-size", "20Gi"]
+        );
         assert_eq!(pod.containers[0].image.as_deref(), Some(cfg.file.init_image.as_str()));
         let mounted: Vec<_> = pod
             .volumes

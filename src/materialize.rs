@@ -7,6 +7,7 @@
 //! marker appears), build the system deps with nix-portable and the Python deps with uv, publish
 //! the venv by an atomic symlink swap, write the marker last, release the lease.
 
+pub mod cache_trim;
 pub mod envs;
 pub mod gc;
 pub mod installed;

@@ -147,6 +147,29 @@ impl Quantity {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+    /// The quantity as a number of bytes (rounded down; `m` is a thousandth).
+    pub fn bytes(&self) -> u64 {
+        let digits_end = self.0.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(self.0.len());
+        let (num, suffix) = self.0.split_at(digits_end);
+        let n: f64 = num.parse().unwrap_or(0.0);
+        let scale: f64 = match suffix {
+            "m" => 1e-3,
+            "k" => 1e3,
+            "M" => 1e6,
+            "G" => 1e9,
+            "T" => 1e12,
+            "P" => 1e15,
+            "E" => 1e18,
+            "Ki" => 1024.0,
+            "Mi" => 1024f64.powi(2),
+            "Gi" => 1024f64.powi(3),
+            "Ti" => 1024f64.powi(4),
+            "Pi" => 1024f64.powi(5),
+            "Ei" => 1024f64.powi(6),
+            _ => 1.0,
+        };
+        (n * scale) as u64
+    }
 }
 
 pub fn is_dns1123_label(s: &str) -> bool {

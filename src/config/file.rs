@@ -50,6 +50,8 @@ pub struct StoresFile {
     /// The gc CronJob's schedule and `--max-age`.
     pub gc_schedule: String,
     pub gc_max_age: String,
+    /// The gc CronJob's `--uv-cache-max-size`: the uv cache is kept under it.
+    pub uv_cache_max_size: String,
     /// Leader election: how long a lease is valid, and how long the leader keeps trying to renew
     /// it before it stops reconciling.
     pub lease_duration_seconds: u64,
@@ -66,6 +68,7 @@ impl Default for StoresFile {
             namespace_label: "nixuv.io/stores=enabled".into(),
             gc_schedule: "17 3 * * *".into(),
             gc_max_age: "14d".into(),
+            uv_cache_max_size: "20Gi".into(),
             lease_duration_seconds: 15,
             renew_deadline_seconds: 10,
         }

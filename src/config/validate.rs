@@ -70,7 +70,7 @@ fn valid_label(key: &str, value: &str) -> bool {
 
 fn validate_stores(s: &StoresFile) -> Result<(), ConfigError> {
     let invalid = |field: &str, why: String| ConfigError::Invalid { key: format!("stores.{field}"), message: why };
-    for (field, size) in [("nixSize", &s.nix_size), ("uvSize", &s.uv_size)] {
+    for (field, size) in [("nixSize", &s.nix_size), ("uvSize", &s.uv_size), ("uvCacheMaxSize", &s.uv_cache_max_size)] {
         if Quantity::parse(size).is_none() {
             return Err(invalid(field, format!("{size:?} is not a quantity like 50Gi")));
         }

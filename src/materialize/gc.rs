@@ -19,6 +19,8 @@ pub struct GcOptions {
     pub dry_run: bool,
     /// Run `nix store gc` (through nix-portable) and `uv cache prune` after removing envs.
     pub prune_stores: bool,
+    /// Then keep the uv cache under this many bytes (see [`super::cache_trim`]).
+    pub uv_cache_max: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -27,6 +29,7 @@ pub struct GcReport {
     pub kept: Vec<String>,
     pub skipped_busy: Vec<String>,
     pub orphans_removed: usize,
+    pub cache: Option<super::cache_trim::TrimReport>,
 }
 
 /// Whether the env's last use (the `.used` stamp, else the marker's own time) is over `max_age` ago.
@@ -149,6 +152,9 @@ pub fn gc(layout: &Layout, opts: &GcOptions) -> Result<GcReport, MaterializeErro
     }
     if opts.prune_stores && !opts.dry_run {
         prune(layout, opts)?;
+    }
+    if let Some(max) = opts.uv_cache_max {
+        report.cache = Some(super::cache_trim::trim(layout, max, opts.lease_ttl, opts.dry_run)?);
     }
     Ok(report)
 }

@@ -201,6 +201,14 @@ impl StoreDir {
         m.is_file().then(|| (m.dev(), m.ino(), m.len()))
     }
 
+    /// A regular file's link count, length, and the time its inode last changed (a hard link made
+    /// or removed changes it), looked at without following a link.
+    pub fn file_links(&self, name: impl AsRef<Path>) -> Option<(u64, u64, i64)> {
+        use cap_std::fs::MetadataExt;
+        let m = self.dir.symlink_metadata(name).ok()?;
+        m.is_file().then(|| (m.nlink(), m.len(), m.ctime()))
+    }
+
     /// How long ago the entry itself (not what it links to) was modified.
     pub fn age(&self, name: impl AsRef<Path>) -> Option<Duration> {
         let m = self.dir.symlink_metadata(name).ok()?.modified().ok()?.into_std();

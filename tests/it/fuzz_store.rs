@@ -31,6 +31,9 @@ fn places() -> Vec<String> {
         ".nixuv/envs".into(),
         ".nixuv/locks".into(),
         "cache".into(),
+        "cache/archive-v0".into(),
+        "cache/archive-v0/AbCd".into(),
+        "cache/archive-v0/AbCd/mod.py".into(),
         format!("envs/{ID}"),
         format!("envs/.{ID}.1111111111111111"),
         format!("envs/.{ID}.link-2222222222222222"),
@@ -185,6 +188,8 @@ proptest! {
                 lease_ttl: Duration::from_millis(1),
                 dry_run: false,
                 prune_stores: false,
+                // The cache trim walks whatever is planted under cache/ too.
+                uv_cache_max: Some(0),
             };
             let _ = gc(&layout, &opts);
             let mut env = EnvPlan::new(&Default::default(), nixuv::config::Config::default().plan_inputs());

@@ -1126,3 +1126,56 @@ fn resolve_finds_what_the_init_container_would_fail_on() {
         "{said}"
     );
 }
+
+/// `nixuv gc --uv-cache-max-size`: once an env is gone, the unpacked wheels only it linked are
+/// removed from the uv cache (the ones another env links stay), and a later build that needs
+/// them again still builds.
+#[test]
+fn gc_trims_the_uv_cache_of_wheels_no_env_links() {
+    let fx = Fixture::new();
+    let vols = Volumes::new();
+    let old = fx.mutate(&fx.pod("", "nixuvdemo==1.0"));
+    let fresh = fx.mutate(&fx.pod("", "nixuvdep"));
+    for p in [&old, &fresh] {
+        init_ok(p, &vols);
+    }
+    let uv = vols.path("nixuv-uv");
+    let old_id = old["metadata"]["annotations"]["nixuv.io/env"].as_str().unwrap().to_string();
+    let month_ago = std::time::SystemTime::now() - Duration::from_secs(30 * 86400);
+    std::fs::File::options()
+        .write(true)
+        .open(uv.join(format!(".nixuv/envs/{old_id}.used")))
+        .unwrap()
+        .set_modified(month_ago)
+        .unwrap();
+    let archives = || -> Vec<String> {
+        let mut names: Vec<String> = walk(&uv.join("cache"))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "py"))
+            .filter(|p| p.to_string_lossy().contains("archive-v"))
+            .map(|p| p.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    };
+    let before = archives();
+    assert!(before.contains(&"nixuvdemo".to_string()) && before.contains(&"nixuvdep".to_string()), "{before:?}");
+    let scratch = vols.dir.path().join("gc-tmp");
+    let gc_container = json!({"volumeMounts": [
+        {"name": "nixuv-tmp", "mountPath": "/nixuv/work"},
+        {"name": "nixuv-nix", "mountPath": "/nixuv/work/.nix-portable/nix"},
+        {"name": "nixuv-uv", "mountPath": "/nixuv/uv"}]});
+    let out = in_pod(&gc_container, &vols, &scratch)
+        .args(["--", common::bin(), "gc", "--max-age", "7d", "--no-prune", "--uv-cache-max-size", "0"])
+        .env("HOME", "/nixuv/work")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("uv cache: removed an unpacked wheel no env links"), "{}", text(&out));
+    assert_eq!(archives(), ["nixuvdep"], "only the wheel the remaining env links stays");
+    // The remaining env still works; the removed one builds again.
+    assert_eq!(app_stdout(&fresh, &vols, "python -c 'import nixuvdep; print(nixuvdep.BASE)'"), "41\n");
+    init_ok(&old, &vols);
+    assert_eq!(app_stdout(&old, &vols, "nixuvdemo"), "nixuvdemo 42\n");
+}

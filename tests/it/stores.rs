@@ -88,7 +88,7 @@ async fn labelled_namespaces_get_their_stores_and_lose_only_the_cronjob() {
         let cj = f.get(&cronjob_path("team-a"), "nixuv-gc").unwrap();
         assert_eq!(cj["spec"]["schedule"], "0 4 * * 0");
         let c = &cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0];
-        assert_eq!(c["args"], json!(["gc", "--max-age", "7d"]));
+        assert_eq!(c["args"], json!(["gc", "--max-age", "7d", "--uv-cache-max-size", "20Gi"]));
         // Written by server-side apply, field manager nixuv.
         let applies: Vec<_> = f.writes.iter().filter(|w| w.method == "PATCH").collect();
         assert!(!applies.is_empty());
