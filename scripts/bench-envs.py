@@ -56,8 +56,8 @@ def init_env(config, annotations):
     return {e["name"]: e.get("value", "") for e in init["env"]}
 
 
-def materialize(env, store):
-    """Runs materialize against STORE (uv and nix volumes under it); returns (seconds, ok)."""
+def store_env(env, store):
+    """The init container's ENV with its volumes and tools under STORE (created)."""
     run_env = dict(env)
     run_env.update({
         "NIXUV_UV_ROOT": os.path.join(store, "uv"),
@@ -68,6 +68,12 @@ def materialize(env, store):
     })
     for d in ("home", "tmp"):
         os.makedirs(os.path.join(store, d), exist_ok=True)
+    return run_env
+
+
+def materialize(env, store):
+    """Runs materialize against STORE (uv and nix volumes under it); returns (seconds, ok)."""
+    run_env = store_env(env, store)
     start = time.monotonic()
     p = subprocess.run([NIXUV, "materialize"], env=run_env, capture_output=True, text=True)
     took = time.monotonic() - start
@@ -109,16 +115,8 @@ class Registry:
 
 def publish(env, store, registry):
     """Runs `nixuv publish` from a fresh private STORE; returns (seconds, digest or None)."""
-    run_env = dict(env)
-    run_env.update({
-        "NIXUV_UV_ROOT": os.path.join(store, "uv"),
-        "NIXUV_NIX_DIR": os.path.join(store, "np", ".nix-portable", "nix"),
-        "HOME": os.path.join(store, "home"), "TMPDIR": os.path.join(store, "tmp"),
-        "NIXUV_NIX_PORTABLE": os.path.join(SUPPORT, "nix-portable"), "NIXUV_UV": shutil.which("uv"),
-        "PATH": os.environ["PATH"], "NIXUV_LOG": "warn", "NIXUV_TERMINATION_LOG": os.path.join(store, "term"),
-    })
-    for d in ("home", "tmp"):
-        os.makedirs(os.path.join(store, d), exist_ok=True)
+    run_env = store_env(env, store)
+    run_env["NIXUV_TERMINATION_LOG"] = os.path.join(store, "term")
     start = time.monotonic()
     p = subprocess.run([NIXUV, "publish", "--repository", registry.repo, "--insecure"],
                        env=run_env, capture_output=True, text=True)

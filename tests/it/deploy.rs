@@ -585,20 +585,7 @@ fn the_managed_stores_overlay_runs_the_reconciler_with_only_the_rights_it_uses()
     let cfg = nixuv::config::Config::from_yaml(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
     assert_eq!(cfg.file.stores.namespace_label, "nixuv.io/stores=enabled");
     let rules = |kind: &str, name: &str| -> Vec<(String, Vec<String>)> {
-        find(&docs, kind, name)["rules"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|r| {
-                let verbs: Vec<String> =
-                    r["verbs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
-                r["resources"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(move |res| (res.as_str().unwrap().to_string(), verbs.clone()))
-            })
-            .collect()
+        rules_of(&docs, kind, name).into_iter().map(|(_, res, verbs)| (res, verbs)).collect()
     };
     let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     assert_eq!(
@@ -748,6 +735,26 @@ fn storage_recipes_make_the_store_writable_by_the_init_uid() {
     assert!(nfs.contains(&format!("anonuid={uid},anongid={uid}")));
 }
 
+/// The rules of RBAC object `kind`/`name` in `docs`: (API group, resource, verbs), one per
+/// resource.
+fn rules_of(docs: &[Value], kind: &str, name: &str) -> Vec<(String, String, Vec<String>)> {
+    find(docs, kind, name)["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            let verbs: Vec<String> =
+                r["verbs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().into()).collect();
+            let group = r["apiGroups"][0].as_str().unwrap().to_string();
+            r["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |res| (group.clone(), res.as_str().unwrap().to_string(), verbs.clone()))
+        })
+        .collect()
+}
+
 /// The image store's component: the CRD, the webhook's rights to read and request envs and set
 /// their status, the builder's rights in nixuv's namespace only, and `NoneOnDryRun` (the webhook
 /// creates NixuvEnvs, never for a dry run); the example's config turns the store on.
@@ -760,23 +767,7 @@ fn the_image_store_component_grants_what_the_builder_uses_and_no_more() {
     assert_eq!(mwc["webhooks"][0]["sideEffects"], "NoneOnDryRun");
     let (_, plain) = render("overlays/self-managed");
     assert_eq!(find(&plain, "MutatingWebhookConfiguration", "nixuv")["webhooks"][0]["sideEffects"], "None");
-    let rules = |kind: &str, name: &str| -> Vec<(String, String, Vec<String>)> {
-        find(&docs, kind, name)["rules"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|r| {
-                let verbs: Vec<String> =
-                    r["verbs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().into()).collect();
-                let group = r["apiGroups"][0].as_str().unwrap().to_string();
-                r["resources"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(move |res| (group.clone(), res.as_str().unwrap().to_string(), verbs.clone()))
-            })
-            .collect()
-    };
+    let rules = |kind: &str, name: &str| rules_of(&docs, kind, name);
     let cluster = rules("ClusterRole", "nixuv-image-store");
     assert!(
         cluster.iter().all(|(g, _, verbs)| g == "nixuv.io" && !verbs.iter().any(|v| v == "delete" || v == "*")),

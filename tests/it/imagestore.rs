@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common;
-use crate::materialize::{in_pod, support, text, Fixture, Volumes};
+use crate::materialize::{env_map, in_pod, support, text, Fixture, Volumes};
 
 /// A distribution registry on a free loopback port, its storage in a temporary directory.
 pub struct Registry {
@@ -105,12 +105,7 @@ pub fn publish(pod: &Value, repository: &str, extra: &[&str]) -> (Output, Option
     let termination = vols.dir.path().join("termination-log");
     let mut cmd = in_pod(init, &vols, &scratch);
     cmd.args(["--", common::bin(), "publish", "--repository", repository, "--insecure"]).args(extra);
-    let env: Vec<(String, String)> = init["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["name"].as_str().unwrap().to_string(), e["value"].as_str().unwrap_or("").to_string()))
-        .collect();
+    let env = env_map(init);
     cmd.env_clear()
         .envs(env)
         .env("PATH", std::env::var("PATH").unwrap())
@@ -141,12 +136,7 @@ pub fn run_in_image(container: &Value, rootfs: &Path, script: &str) -> Output {
         let src = rootfs.join(m["subPath"].as_str().unwrap());
         cmd.arg("--mount").arg(format!("{}:{}:ro", src.display(), m["mountPath"].as_str().unwrap()));
     }
-    let env: Vec<(String, String)> = container["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["name"].as_str().unwrap().to_string(), e["value"].as_str().unwrap_or("").to_string()))
-        .collect();
+    let env = env_map(container);
     cmd.arg("--hide-python").args(["--", "/bin/sh", "-c", script]).env_clear().envs(env);
     cmd.output().unwrap()
 }
@@ -281,12 +271,7 @@ fn run_job(job: &Value) -> (Output, String) {
     for a in c["command"].as_array().unwrap() {
         cmd.arg(a.as_str().unwrap());
     }
-    let env: Vec<(String, String)> = c["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["name"].as_str().unwrap().to_string(), e["value"].as_str().unwrap_or("").to_string()))
-        .collect();
+    let env = env_map(c);
     let bin_dir = Path::new(common::bin()).parent().unwrap();
     cmd.env_clear()
         .envs(env)

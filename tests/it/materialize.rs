@@ -157,7 +157,7 @@ impl Volumes {
     }
 }
 
-fn env_map(container: &Value) -> BTreeMap<String, String> {
+pub fn env_map(container: &Value) -> BTreeMap<String, String> {
     container["env"]
         .as_array()
         .unwrap()
