@@ -456,7 +456,7 @@ pub async fn check(client: &kube::Client, opts: &CheckOptions) -> anyhow::Result
                             for u in &r.unchecked {
                                 report.add("resolve", Level::Info, format!("env {}: not checked: {u}", plan.id));
                             }
-                            if r.findings.is_empty() {
+                            if r.findings.is_empty() && r.unchecked.is_empty() {
                                 report.add("resolve", Level::Ok, format!("env {} resolves", plan.id));
                             }
                         }

@@ -558,7 +558,7 @@ pub fn preview(a: PreviewArgs) -> ExitCode {
                 for u in &report.unchecked {
                     eprintln!("nixuv preview: {label}: env {}: note: not checked: {u}", plan.id);
                 }
-                if report.findings.is_empty() {
+                if report.findings.is_empty() && report.unchecked.is_empty() {
                     eprintln!("nixuv preview: {label}: env {}: resolves", plan.id);
                 }
             }

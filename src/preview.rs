@@ -169,10 +169,11 @@ impl ObjectPreview {
 
     /// [`unpinned_warning`] of this object's Pod and of each of its templates' Pods.
     pub fn unpinned_warnings(&self) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        for w in self.decision.iter().chain(&self.template_decisions).filter_map(unpinned_warning) {
-            if !out.contains(&w) {
-                out.push(w);
+        let mut out: Vec<String> = self.decision.iter().filter_map(unpinned_warning).collect();
+        // Each template's Pod, named (`templates` and `template_decisions` are in the same order).
+        for (t, d) in self.templates.iter().zip(&self.template_decisions) {
+            if let Some(w) = unpinned_warning(d) {
+                out.push(format!("template {:?}: {w}", t.template));
             }
         }
         out
