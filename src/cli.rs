@@ -162,6 +162,11 @@ pub struct GcArgs {
     /// links any more go, least recently linked first.
     #[arg(long, value_parser = quantity)]
     pub uv_cache_max_size: Option<crate::values::Quantity>,
+    /// Keep every env a Pod of this namespace that has not finished uses (its nixuv.io/env),
+    /// whatever its age: asks the API (in-cluster config or kubeconfig) for the namespace's Pods
+    /// first, and removes nothing when it cannot.
+    #[arg(long, env = "NIXUV_GC_PODS_NAMESPACE")]
+    pub pods_namespace: Option<String>,
     /// The image store instead of the volumes: remove the images and NixuvEnvs no unfinished Pod
     /// has used for --max-age (asks the cluster: kubeconfig or in-cluster config; the config's
     /// imageStore; credentials from NIXUV_REGISTRY_AUTH).

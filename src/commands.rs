@@ -280,16 +280,25 @@ pub fn gc(a: GcArgs) -> anyhow::Result<ExitCode> {
         return gc_registry(&a);
     }
     let layout = crate::materialize::layout::Layout::new(&a.uv_root, &a.nix_dir);
+    let in_use = match &a.pods_namespace {
+        None => {
+            tracing::warn!("--pods-namespace not given: an env a long-running Pod still uses can be removed by age");
+            Default::default()
+        }
+        Some(ns) => pods_envs(ns)?,
+    };
     let opts = crate::materialize::gc::GcOptions {
         max_age: a.max_age,
         lease_ttl: a.lease_ttl,
         dry_run: a.dry_run,
         prune_stores: !a.no_prune,
         uv_cache_max: a.uv_cache_max_size.as_ref().map(crate::values::Quantity::bytes),
+        in_use,
     };
     let r = crate::materialize::gc::gc(&layout, &opts)?;
     tracing::info!(
         removed = ?r.removed,
+        in_use = ?r.in_use,
         kept = r.kept.len(),
         busy = ?r.skipped_busy,
         orphans_removed = r.orphans_removed,
@@ -299,6 +308,23 @@ pub fn gc(a: GcArgs) -> anyhow::Result<ExitCode> {
         "gc done"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The envs the Pods of namespace `ns` that have not finished use; an error (so that gc removes
+/// nothing) when the API cannot say.
+fn pods_envs(ns: &str) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    use anyhow::Context;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let client =
+            kube::Client::try_default().await.context("connecting to the Kubernetes API (--pods-namespace)")?;
+        let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client, ns);
+        let list = pods
+            .list(&Default::default())
+            .await
+            .with_context(|| format!("listing the Pods of namespace {ns} (nothing removed)"))?;
+        Ok(crate::imagegc::referenced(&list.items))
+    })
 }
 
 /// `nixuv gc --registry`: one pass over the image store (see `imagestore::gc`).

@@ -21,11 +21,16 @@ pub struct GcOptions {
     pub prune_stores: bool,
     /// Then keep the uv cache under this many bytes (see [`super::cache_trim`]).
     pub uv_cache_max: Option<u64>,
+    /// Envs a Pod that has not finished uses (its `nixuv.io/env`): never removed, whatever their
+    /// age (`--pods-namespace`).
+    pub in_use: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct GcReport {
     pub removed: Vec<String>,
+    /// Kept because a Pod that has not finished uses them.
+    pub in_use: Vec<String>,
     pub kept: Vec<String>,
     pub skipped_busy: Vec<String>,
     pub orphans_removed: usize,
@@ -119,6 +124,10 @@ pub fn gc(layout: &Layout, opts: &GcOptions) -> Result<GcReport, MaterializeErro
     ids.sort();
     for id in ids {
         let state = state.as_ref().expect("ids come from the state directory");
+        if opts.in_use.contains(&id) {
+            report.in_use.push(id);
+            continue;
+        }
         if !unused_for(state, &id, opts.max_age) {
             report.kept.push(id);
             continue;

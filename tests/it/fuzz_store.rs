@@ -190,6 +190,7 @@ proptest! {
                 prune_stores: false,
                 // The cache trim walks whatever is planted under cache/ too.
                 uv_cache_max: Some(0),
+                in_use: Default::default(),
             };
             let _ = gc(&layout, &opts);
             let mut env = EnvPlan::new(&Default::default(), nixuv::config::Config::default().plan_inputs());

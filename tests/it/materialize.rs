@@ -1179,3 +1179,63 @@ fn gc_trims_the_uv_cache_of_wheels_no_env_links() {
     init_ok(&old, &vols);
     assert_eq!(app_stdout(&old, &vols, "nixuvdemo"), "nixuvdemo 42\n");
 }
+
+/// `nixuv gc --pods-namespace` (the gc CronJob's): an env a Pod that has not finished uses is
+/// kept however old its last use, and removed once that Pod is done; when the Pods cannot be
+/// listed, nothing is removed. The Pods come from the local API server of the tests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_never_removes_an_env_a_running_pod_uses() {
+    let fx = Fixture::new();
+    let vols = Volumes::new();
+    let pod = fx.mutate(&fx.pod("", "nixuvdep"));
+    init_ok(&pod, &vols);
+    let id = pod["metadata"]["annotations"]["nixuv.io/env"].as_str().unwrap().to_string();
+    let uv = vols.path("nixuv-uv");
+    let month_ago = std::time::SystemTime::now() - Duration::from_secs(30 * 86400);
+    std::fs::File::options()
+        .write(true)
+        .open(uv.join(format!(".nixuv/envs/{id}.used")))
+        .unwrap()
+        .set_modified(month_ago)
+        .unwrap();
+    let api: common::kubeapi::Shared = Default::default();
+    let addr = common::kubeapi::start(api.clone()).await;
+    let kc = common::kubeapi::kubeconfig(vols.dir.path(), addr, "gc");
+    let mut running = pod.clone();
+    running["metadata"]["name"] = json!("long-runner");
+    running["metadata"]["namespace"] = json!("team-a");
+    running["status"] = json!({"phase": "Running"});
+    api.lock().unwrap().put("/api/v1/namespaces/team-a/pods", running.clone());
+    let gc = |kubeconfig: std::path::PathBuf| {
+        let scratch = vols.dir.path().join(format!("gc-{}", common_nonce()));
+        let gc_container = json!({"volumeMounts": [
+            {"name": "nixuv-tmp", "mountPath": "/nixuv/work"},
+            {"name": "nixuv-nix", "mountPath": "/nixuv/work/.nix-portable/nix"},
+            {"name": "nixuv-uv", "mountPath": "/nixuv/uv"}]});
+        let mut cmd = in_pod(&gc_container, &vols, &scratch);
+        cmd.args(["--", common::bin(), "gc", "--max-age", "7d", "--no-prune"])
+            .env("HOME", "/nixuv/work")
+            .env("KUBECONFIG", kubeconfig)
+            .env("NIXUV_GC_PODS_NAMESPACE", "team-a");
+        cmd
+    };
+    let marker = uv.join(format!(".nixuv/envs/{id}.json"));
+    let run =
+        |mut cmd: Command| async move { tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap() };
+    let out = run(gc(kc.clone())).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(marker.exists(), "the env of a running Pod was removed: {}", text(&out));
+    assert!(text(&out).contains(&id) && text(&out).contains("in_use"), "{}", text(&out));
+    // The API cannot be asked: nothing is removed, and gc says why.
+    let nowhere = common::kubeapi::kubeconfig(vols.dir.path(), "127.0.0.1:1".parse().unwrap(), "nowhere");
+    let out = run(gc(nowhere)).await;
+    assert!(!out.status.success());
+    assert!(text(&out).contains("nothing removed"), "{}", text(&out));
+    assert!(marker.exists());
+    // The Pod finished: the env goes.
+    running["status"]["phase"] = json!("Succeeded");
+    api.lock().unwrap().put("/api/v1/namespaces/team-a/pods", running);
+    let out = run(gc(kc)).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!marker.exists(), "{}", text(&out));
+}

@@ -121,6 +121,14 @@ fn store_guard_admits_nixuv_and_refuses_tenant_writers() {
     assert_eq!(injected["spec"]["initContainers"][0]["name"], "nixuv-init");
     assert!(admit(&policy, &params, &injected).is_ok(), "the webhook's own output");
     assert!(admit(&policy, &params, &gc_pod()).is_ok(), "the gc CronJob");
+    // Its namespace variable comes from the Pod's own namespace, nothing else.
+    let mut other = gc_pod();
+    for e in other["spec"]["containers"][0]["env"].as_array_mut().unwrap() {
+        if e["name"] == "NIXUV_GC_PODS_NAMESPACE" {
+            e["valueFrom"]["fieldRef"]["fieldPath"] = json!("spec.serviceAccountName");
+        }
+    }
+    assert!(admit(&policy, &params, &other).is_err(), "the gc with its namespace variable pointed elsewhere");
     let plain = json!({"spec": {"containers": [{"name": "a", "image": "x"}]}});
     assert!(admit(&policy, &params, &plain).is_ok(), "a Pod without the stores");
 
@@ -251,6 +259,17 @@ fn store_guard_admits_nixuv_and_refuses_tenant_writers() {
                     "volumeMounts": [{"name": "nixuv-uv", "mountPath": "/nixuv/uv"}]}));
             },
             "nixuv-gc",
+        ),
+        (
+            "the gc's namespace variable on nixuv-init, pointed at another field",
+            |p| {
+                p["spec"]["initContainers"][0]["env"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"name": "NIXUV_GC_PODS_NAMESPACE",
+                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}));
+            },
+            "nixuv-init",
         ),
         (
             "a kubectl debug container mounting the store",
