@@ -54,6 +54,24 @@ pub fn claims(namespace: &str, cfg: &Config) -> Vec<(String, Value)> {
     Ecosystem::ALL.into_iter().map(|e| claim(storage.claim(e), s.size(e))).collect()
 }
 
+/// The variable that tells `nixuv gc` whose Pods to ask (`--pods-namespace`).
+pub const GC_PODS_NAMESPACE_VAR: &str = "NIXUV_GC_PODS_NAMESPACE";
+
+/// The gc CronJob's account in `namespace`, as server-side apply bodies: a ServiceAccount, a Role
+/// that may list the namespace's Pods and nothing else, and the RoleBinding between them, all
+/// named `nixuv-gc` (as in deploy/components/gc).
+pub fn gc_account(namespace: &str) -> [Value; 3] {
+    let meta = json!({ "name": GC_CRONJOB, "namespace": namespace, "labels": labels("gc") });
+    [
+        json!({ "apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta }),
+        json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta,
+                "rules": [{ "apiGroups": [""], "resources": ["pods"], "verbs": ["list"] }] }),
+        json!({ "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta,
+                "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": GC_CRONJOB },
+                "subjects": [{ "kind": "ServiceAccount", "name": GC_CRONJOB, "namespace": namespace }] }),
+    ]
+}
+
 /// The `nixuv gc` CronJob for `namespace` (docs/materialize.md), as a server-side apply body: the
 /// init image, `nixuv-gc` running `nixuv gc` as deploy/components/store-guard expects, the
 /// stores mounted where `nixuv materialize` mounts them.
@@ -85,6 +103,9 @@ pub fn gc_cronjob(namespace: &str, cfg: &Config) -> Value {
     if let Some(p) = cfg.pull_policy {
         container["imagePullPolicy"] = json!(p.as_str());
     }
+    container["env"].as_array_mut().expect("an array").push(json!({
+        "name": GC_PODS_NAMESPACE_VAR, "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } }
+    }));
     json!({
         "apiVersion": "batch/v1",
         "kind": "CronJob",
@@ -101,7 +122,8 @@ pub fn gc_cronjob(namespace: &str, cfg: &Config) -> Value {
                     "metadata": { "labels": { "app.kubernetes.io/name": "nixuv", "app.kubernetes.io/component": "gc" } },
                     "spec": {
                         "restartPolicy": "OnFailure",
-                        "automountServiceAccountToken": false,
+                        // Its token may list the namespace's Pods only ([`gc_account`]).
+                        "serviceAccountName": GC_CRONJOB,
                         "securityContext": {
                             "runAsNonRoot": true, "runAsUser": uid, "runAsGroup": uid,
                             "seccompProfile": { "type": "RuntimeDefault" }

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{Namespace, ObjectReference, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference, PersistentVolumeClaim, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
@@ -39,6 +40,17 @@ enum Applied<K> {
     Not(StoreState),
     /// The lease was lost: nothing more is written.
     NotLeading,
+}
+
+impl<K> Applied<K> {
+    /// The namespace's state after this object: `None` when this replica stopped leading.
+    fn state(self) -> Option<StoreState> {
+        match self {
+            Applied::Done(_) => Some(StoreState::Ready),
+            Applied::Not(s) => Some(s),
+            Applied::NotLeading => None,
+        }
+    }
 }
 
 /// What a pass saw.
@@ -199,6 +211,37 @@ impl Reconciler {
                 Applied::NotLeading => return state,
             };
             state = state.max(s);
+        }
+        // The gc's account first: the CronJob names it.
+        let [sa, role, binding] = managed::gc_account(ns);
+        let applied = [
+            self.apply(
+                &Api::<ServiceAccount>::namespaced(self.client.clone(), ns),
+                ns,
+                GC_CRONJOB,
+                &sa,
+                "StoreGcNotManaged",
+            )
+            .await
+            .state(),
+            self.apply(&Api::<Role>::namespaced(self.client.clone(), ns), ns, GC_CRONJOB, &role, "StoreGcNotManaged")
+                .await
+                .state(),
+            self.apply(
+                &Api::<RoleBinding>::namespaced(self.client.clone(), ns),
+                ns,
+                GC_CRONJOB,
+                &binding,
+                "StoreGcNotManaged",
+            )
+            .await
+            .state(),
+        ];
+        for s in applied {
+            match s {
+                None => return state,
+                Some(s) => state = state.max(s),
+            }
         }
         let cronjobs: Api<CronJob> = Api::namespaced(self.client.clone(), ns);
         let body = managed::gc_cronjob(ns, cfg);

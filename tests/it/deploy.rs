@@ -595,6 +595,10 @@ fn the_managed_stores_overlay_runs_the_reconciler_with_only_the_rights_it_uses()
             ("persistentvolumeclaims".to_string(), v(&["get", "create", "patch"])),
             ("cronjobs".to_string(), v(&["get", "list", "create", "patch", "delete"])),
             ("storageclasses".to_string(), v(&["get"])),
+            ("serviceaccounts".to_string(), v(&["get", "create", "patch"])),
+            ("roles".to_string(), v(&["get", "create", "patch"])),
+            ("rolebindings".to_string(), v(&["get", "create", "patch"])),
+            ("pods".to_string(), v(&["list"])),
             ("events".to_string(), v(&["create", "patch"])),
         ]
     );
@@ -622,6 +626,34 @@ fn the_managed_stores_overlay_runs_the_reconciler_with_only_the_rights_it_uses()
         assert!(matches!(refused, Some(Err(_))), "claims are never deleted: {refused:?}");
     }
     assert_eq!(vap(policy, &by(sa, "CREATE", "cronjobs", "nixuv-gc"), &gc, &Value::Null), Some(Ok(())));
+    // The gc's account: exactly nixuv's, or refused (a Role granting more, a binding to another
+    // subject, a CronJob under another account).
+    let [account, role, binding] = nixuv::managed::gc_account("team-a");
+    for (resource, obj) in [("serviceaccounts", &account), ("roles", &role), ("rolebindings", &binding)] {
+        assert_eq!(vap(policy, &by(sa, "CREATE", resource, "nixuv-gc"), obj, &Value::Null), Some(Ok(())), "{resource}");
+    }
+    let mut greedy = role.clone();
+    greedy["rules"][0]["verbs"] = serde_json::json!(["list", "delete"]);
+    let mut secrets = role.clone();
+    secrets["rules"][0]["resources"] = serde_json::json!(["secrets"]);
+    let mut elsewhere = binding.clone();
+    elsewhere["subjects"][0]["name"] = serde_json::json!("default");
+    let mut admin = binding.clone();
+    admin["roleRef"] =
+        serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"});
+    let mut other_sa = gc.clone();
+    other_sa["spec"]["jobTemplate"]["spec"]["template"]["spec"]["serviceAccountName"] = serde_json::json!("default");
+    for (what, resource, obj) in [
+        ("a Role that may delete Pods", "roles", &greedy),
+        ("a Role on Secrets", "roles", &secrets),
+        ("a binding to another account", "rolebindings", &elsewhere),
+        ("a binding to the admin ClusterRole", "rolebindings", &admin),
+        ("the gc CronJob under another account", "cronjobs", &other_sa),
+    ] {
+        let got =
+            vap(policy, &by(sa, "CREATE", resource, obj["metadata"]["name"].as_str().unwrap()), obj, &Value::Null);
+        assert!(matches!(got, Some(Err(_))), "{what}: {got:?}");
+    }
     assert_eq!(vap(policy, &by(sa, "DELETE", "cronjobs", "nixuv-gc"), &Value::Null, &gc), Some(Ok(())));
     type Edit = fn(&mut Value);
     let cases: &[(&str, &str, Edit)] = &[

@@ -89,6 +89,16 @@ async fn labelled_namespaces_get_their_stores_and_lose_only_the_cronjob() {
         assert_eq!(cj["spec"]["schedule"], "0 4 * * 0");
         let c = &cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(c["args"], json!(["gc", "--max-age", "7d", "--uv-cache-max-size", "20Gi"]));
+        // It runs under the gc's account, which may list the namespace's Pods and nothing else.
+        assert_eq!(cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["serviceAccountName"], "nixuv-gc");
+        assert!(c["env"].as_array().unwrap().iter().any(|e| e["name"] == "NIXUV_GC_PODS_NAMESPACE"
+            && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"));
+        let role =
+            f.get("/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/roles", "nixuv-gc").expect("the gc's Role");
+        assert_eq!(role["rules"], json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]));
+        assert!(f.get("/api/v1/namespaces/team-a/serviceaccounts", "nixuv-gc").is_some());
+        let binding = f.get("/apis/rbac.authorization.k8s.io/v1/namespaces/team-a/rolebindings", "nixuv-gc").unwrap();
+        assert_eq!(binding["subjects"][0]["name"], "nixuv-gc");
         // Written by server-side apply, field manager nixuv.
         let applies: Vec<_> = f.writes.iter().filter(|w| w.method == "PATCH").collect();
         assert!(!applies.is_empty());
