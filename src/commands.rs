@@ -11,6 +11,9 @@ use crate::inject::Injector;
 pub use crate::logging::init_logging;
 use crate::server::ServeOptions;
 
+mod image_store;
+pub use image_store::publish;
+
 /// The namespace nixuv runs in, from the downward API.
 fn own_namespace() -> Option<String> {
     std::env::var("POD_NAMESPACE").ok().filter(|n| !n.is_empty())
@@ -107,44 +110,6 @@ pub fn materialize() -> ExitCode {
     }
 }
 
-/// `nixuv publish`: exit 0 with the digest as the last stdout line, 1 with the reason; both in
-/// the termination message.
-pub fn publish(a: crate::cli::PublishArgs) -> ExitCode {
-    let repository = match crate::imagestore::Repository::parse(&a.repository) {
-        Ok(r) => r,
-        Err(why) => {
-            eprintln!("nixuv publish: --repository {:?}: {why}", a.repository);
-            return ExitCode::from(2);
-        }
-    };
-    let target = crate::publish::Target { repository, insecure: a.insecure, auth_file: a.auth_file };
-    let result = crate::publish::run_from_env(&target);
-    // Best effort: outside a Pod there is no termination log to write.
-    if let Err(e) = std::fs::write(&a.termination_log, crate::publish::termination_message(&result)) {
-        tracing::debug!(path = %a.termination_log.display(), error = %e, "no termination message written");
-    }
-    match result {
-        Ok(p) => {
-            tracing::info!(
-                image = %p.image,
-                layers = p.layers.len(),
-                reused = p.reused,
-                size_bytes = p.size,
-                build_seconds = p.build_seconds,
-                push_seconds = p.push_seconds,
-                "env published"
-            );
-            println!("{}", p.digest);
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "publish failed");
-            eprintln!("nixuv publish: {e}");
-            ExitCode::from(1)
-        }
-    }
-}
-
 /// `nixuv check`: exit 0 when nothing stands in the way, 1 when something does, 2 when the
 /// cluster cannot be asked.
 pub fn check(a: CheckArgs) -> ExitCode {
@@ -195,10 +160,44 @@ pub fn check(a: CheckArgs) -> ExitCode {
     }
 }
 
+/// What `nixuv envs list|show ID` shows of `all` (named by `id_of`, found in `place`).
+fn select_envs<T>(a: &EnvsArgs, all: Vec<T>, id_of: impl Fn(&T) -> &str, place: &str) -> anyhow::Result<Vec<T>> {
+    match (a.action.as_str(), a.id.as_deref()) {
+        ("list", _) => Ok(all),
+        ("show", Some(id)) => {
+            let one: Vec<T> = all.into_iter().filter(|e| id_of(e) == id).collect();
+            anyhow::ensure!(!one.is_empty(), "no env {id} in {place}");
+            Ok(one)
+        }
+        ("show", None) => anyhow::bail!("nixuv envs show needs an env id"),
+        (other, _) => anyhow::bail!("nixuv envs: unknown action {other:?} (list or show)"),
+    }
+}
+
+/// A string read from where anyone may have written it (a store, a NixuvEnv), for the terminal:
+/// control characters escaped, so that no planted escape sequence reaches it.
+fn safe(s: &str) -> String {
+    match s.chars().any(char::is_control) {
+        true => s.escape_debug().to_string(),
+        false => s.to_string(),
+    }
+}
+
+/// Runs `f` with a client of the Kubernetes API (kubeconfig or in-cluster config), on a runtime
+/// of its own.
+fn with_cluster<T, F>(f: impl FnOnce(kube::Client) -> F) -> anyhow::Result<T>
+where
+    F: std::future::Future<Output = anyhow::Result<T>>,
+{
+    use anyhow::Context;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async { f(kube::Client::try_default().await.context("connecting to the Kubernetes API")?).await })
+}
+
 /// `nixuv envs list|show ID`.
 pub fn envs(a: EnvsArgs) -> anyhow::Result<ExitCode> {
     if a.cluster {
-        return envs_cluster(&a);
+        return image_store::envs_cluster(&a);
     }
     let layout = crate::materialize::layout::Layout::new(&a.uv_root, &a.nix_dir);
     anyhow::ensure!(
@@ -207,16 +206,7 @@ pub fn envs(a: EnvsArgs) -> anyhow::Result<ExitCode> {
         layout.uv_root.display()
     );
     let all = crate::materialize::envs::list(&layout, a.lease_ttl)?;
-    let shown: Vec<_> = match (a.action.as_str(), a.id.as_deref()) {
-        ("list", _) => all,
-        ("show", Some(id)) => {
-            let one: Vec<_> = all.into_iter().filter(|e| e.id == id).collect();
-            anyhow::ensure!(!one.is_empty(), "no env {id} in {}", layout.uv_root.display());
-            one
-        }
-        ("show", None) => anyhow::bail!("nixuv envs show needs an env id"),
-        (other, _) => anyhow::bail!("nixuv envs: unknown action {other:?} (list or show)"),
-    };
+    let shown = select_envs(&a, all, |e| e.id.as_str(), &layout.uv_root.display().to_string())?;
     if a.output == "json" {
         println!("{}", serde_json::to_string_pretty(&shown)?);
         return Ok(ExitCode::SUCCESS);
@@ -229,12 +219,6 @@ pub fn envs(a: EnvsArgs) -> anyhow::Result<ExitCode> {
     };
     // Markers are read from a store any Pod of the namespace can write: what they say reaches the
     // terminal with control characters escaped (no planted escape sequences).
-    let safe = |s: &str| -> String {
-        match s.chars().any(char::is_control) {
-            true => s.escape_debug().to_string(),
-            false => s.to_string(),
-        }
-    };
     let safe_all = |v: &[String], sep: &str| v.iter().map(|x| safe(x)).collect::<Vec<_>>().join(sep);
     for e in &shown {
         let deps: Vec<String> = e.system.iter().chain(&e.python).map(|d| safe(d)).collect();
@@ -277,7 +261,7 @@ pub fn envs(a: EnvsArgs) -> anyhow::Result<ExitCode> {
 /// `nixuv gc`.
 pub fn gc(a: GcArgs) -> anyhow::Result<ExitCode> {
     if a.registry {
-        return gc_registry(&a);
+        return image_store::gc_registry(&a);
     }
     let layout = crate::materialize::layout::Layout::new(&a.uv_root, &a.nix_dir);
     let in_use = match &a.pods_namespace {
@@ -314,97 +298,13 @@ pub fn gc(a: GcArgs) -> anyhow::Result<ExitCode> {
 /// nothing) when the API cannot say.
 fn pods_envs(ns: &str) -> anyhow::Result<std::collections::BTreeSet<String>> {
     use anyhow::Context;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(async {
-        let client =
-            kube::Client::try_default().await.context("connecting to the Kubernetes API (--pods-namespace)")?;
+    with_cluster(|client| async move {
         let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client, ns);
-        let list = pods
-            .list(&Default::default())
-            .await
-            .with_context(|| format!("listing the Pods of namespace {ns} (nothing removed)"))?;
+        let list =
+            pods.list(&Default::default()).await.with_context(|| format!("listing the Pods of namespace {ns}"))?;
         Ok(crate::imagegc::referenced(&list.items))
     })
-}
-
-/// `nixuv gc --registry`: one pass over the image store (see `imagestore::gc`).
-fn gc_registry(a: &GcArgs) -> anyhow::Result<ExitCode> {
-    use anyhow::Context;
-    let cfg = crate::config::Config::load(a.config.as_deref())?;
-    let repo = cfg.image_repository.clone().context("gc --registry: the config has no imageStore")?;
-    let insecure = cfg.file.image_store.as_ref().is_some_and(|s| s.insecure);
-    let auth_file = std::env::var_os("NIXUV_REGISTRY_AUTH").map(std::path::PathBuf::from);
-    let auth = crate::publish::registry::auth_from_file(auth_file.as_deref(), &repo.registry)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let report = rt.block_on(async {
-        let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
-        crate::imagegc::run(&client, &repo, insecure, &auth, a.max_age, a.dry_run)
-            .await
-            .context("reading Pods and NixuvEnvs")
-    })?;
-    let verb = if a.dry_run { "would remove" } else { "removed" };
-    for id in &report.removed {
-        println!("{id} {verb}");
-    }
-    for id in &report.in_use {
-        println!("{id} in use");
-    }
-    for id in &report.kept {
-        println!("{id} kept");
-    }
-    for (id, why) in &report.failed {
-        println!("{id} failed: {why}");
-    }
-    tracing::info!(
-        removed = report.removed.len(),
-        in_use = report.in_use.len(),
-        kept = report.kept.len(),
-        failed = report.failed.len(),
-        dry_run = a.dry_run,
-        "registry gc done"
-    );
-    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-}
-
-/// `nixuv envs --cluster`: the cluster's NixuvEnvs.
-fn envs_cluster(a: &EnvsArgs) -> anyhow::Result<ExitCode> {
-    use anyhow::Context;
-    use kube::ResourceExt;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let all: Vec<crate::imagestore::NixuvEnv> = rt.block_on(async {
-        let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
-        let api: kube::Api<crate::imagestore::NixuvEnv> = kube::Api::all(client);
-        anyhow::Ok(api.list(&Default::default()).await.context("listing NixuvEnvs")?.items)
-    })?;
-    let shown: Vec<_> = match (a.action.as_str(), a.id.as_deref()) {
-        ("list", _) => all,
-        ("show", Some(id)) => {
-            let one: Vec<_> = all.into_iter().filter(|e| e.name_any() == id).collect();
-            anyhow::ensure!(!one.is_empty(), "no NixuvEnv {id}");
-            one
-        }
-        ("show", None) => anyhow::bail!("nixuv envs show needs an env id"),
-        (other, _) => anyhow::bail!("nixuv envs: unknown action {other:?} (list or show)"),
-    };
-    if a.output == "json" || a.action == "show" {
-        println!("{}", serde_json::to_string_pretty(&shown)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let safe = |s: &str| -> String { s.chars().flat_map(char::escape_debug).collect::<String>() };
-    for e in &shown {
-        let st = e.status.clone().unwrap_or_default();
-        let deps: Vec<String> = e.spec.system.iter().chain(&e.spec.python).map(|d| safe(d)).collect();
-        println!(
-            "{}  {:<8}  {:>10}  built {}  {}  {}",
-            e.name_any(),
-            e.phase().as_str(),
-            st.size.as_deref().unwrap_or("-"),
-            st.built_at.as_deref().unwrap_or("-"),
-            deps.join(" "),
-            st.image.as_deref().or(st.message.as_deref().map(|_| "(see envs show)")).unwrap_or("")
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    .context("gc --pods-namespace: the envs in use are not known, nothing removed")
 }
 
 /// `nixuv certs`.

@@ -181,9 +181,10 @@ impl NixuvEnvSpec {
 }
 
 impl NixuvEnv {
-    /// The object for `plan`, named by its id, with no status (Pending for the builder).
-    pub fn for_plan(plan: &EnvPlan) -> Self {
-        let mut env = NixuvEnv::new(plan.id.as_str(), NixuvEnvSpec::of_plan(plan));
+    /// The object that requests env `id` with `spec`: named by the id, labelled nixuv's, with no
+    /// status (Pending for the builder).
+    pub fn requested(id: &EnvId, spec: NixuvEnvSpec) -> Self {
+        let mut env = NixuvEnv::new(id.as_str(), spec);
         env.metadata.labels = Some(BTreeMap::from([("app.kubernetes.io/managed-by".to_string(), "nixuv".to_string())]));
         env
     }

@@ -282,12 +282,23 @@ impl Injector {
             },
             _ => None,
         };
-        if let Some(reference) = image {
-            let mut targets = Vec::with_capacity(todo.len());
-            for idx in todo {
-                let (target, _) = patch::Target::new(idx, options.image_path, &containers[idx], cfg);
-                targets.push(target);
+        let mut targets = Vec::with_capacity(todo.len());
+        for idx in todo {
+            let c = &containers[idx];
+            let (target, defaulted) = patch::Target::new(idx, options.image_path, c, cfg);
+            targets.push(target);
+            if let Some(image) = c.image.as_deref() {
+                hints::python_image_mismatch(image, &c.name, plan, &mut warnings, &mut notes);
             }
+            if defaulted && c.env_var("PATH").is_none() {
+                notes.push(format!(
+                    "container {:?} (image {:?}) sets no PATH and its image is not in imagePaths: its PATH becomes the env's directories and defaultPath, so directories its image puts on PATH are lost; add the image to imagePaths or set annotation {ANN_IMAGE_PATH:?}",
+                    c.name,
+                    c.image.as_deref().unwrap_or("")
+                ));
+            }
+        }
+        if let Some(reference) = image {
             let pull_secret = cfg.file.image_store.as_ref().and_then(|s| s.pull_secret.as_deref());
             let patch = image_patch::build(pod, plan, &reference, pull_secret, &targets);
             let env = Some(EnvParts {
@@ -307,22 +318,6 @@ impl Injector {
             PerEcosystem::from_fn(|_| StoreKind::Claim)
         };
         let placement = options.init_placement.unwrap_or(cfg.file.init_placement);
-        let mut targets = Vec::with_capacity(todo.len());
-        for idx in todo {
-            let c = &containers[idx];
-            let (target, defaulted) = patch::Target::new(idx, options.image_path, c, cfg);
-            targets.push(target);
-            if let Some(image) = c.image.as_deref() {
-                hints::python_image_mismatch(image, &c.name, plan, &mut warnings, &mut notes);
-            }
-            if defaulted && c.env_var("PATH").is_none() {
-                notes.push(format!(
-                    "container {:?} (image {:?}) sets no PATH and its image is not in imagePaths: its PATH becomes the env's directories and defaultPath, so directories its image puts on PATH are lost; add the image to imagePaths or set annotation {ANN_IMAGE_PATH:?}",
-                    c.name,
-                    c.image.as_deref().unwrap_or("")
-                ));
-            }
-        }
         let at = patch::Placement { stores: volumes, init_index: patch::init_index(pod, placement) };
         let patch = if reinject {
             let was = match pod.annotation(ANN_ENV) {

@@ -111,7 +111,7 @@ fn touch_used(layout: &Layout, id: &str) {
 }
 
 /// Names the deps a tool error is about: those whose name appears in the message, else all.
-fn culprits<'a>(items: &'a [String], message: &str, name_of: impl Fn(&str) -> String) -> Vec<&'a String> {
+pub(crate) fn culprits<'a>(items: &'a [String], message: &str, name_of: impl Fn(&str) -> String) -> Vec<&'a String> {
     let lower = message.to_lowercase();
     let hits: Vec<&String> = items.iter().filter(|i| lower.contains(&name_of(i).to_lowercase())).collect();
     if hits.is_empty() {
@@ -119,6 +119,11 @@ fn culprits<'a>(items: &'a [String], message: &str, name_of: impl Fn(&str) -> St
     } else {
         hits
     }
+}
+
+/// The distribution name a PEP 508 requirement starts with (`pandas` of `pandas[sql]>=2`).
+pub(crate) fn requirement_name(r: &str) -> &str {
+    r.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')).next().unwrap_or(r)
 }
 
 fn quote_list(items: &[&String]) -> String {
@@ -305,12 +310,7 @@ fn build_python(layout: &Layout, spec: &EnvSpec, opts: &Options, strip: &[&str])
     args.extend(["-r".into(), venv.join("nixuv-requirements.txt").into()]);
     uv.run(&args, &env, &remove, Some(envs.path())).map_err(|source| {
         let msg = source.to_string();
-        let who = culprits(&spec.plan.python, &msg, |r| {
-            r.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
-                .next()
-                .unwrap_or(r)
-                .to_string()
-        });
+        let who = culprits(&spec.plan.python, &msg, |r| requirement_name(r).to_string());
         let why = if msg.contains("building from source is disabled") {
             " (no wheel for this platform, and python.allowSourceBuilds is false: nixuv installs wheels only)"
         } else {

@@ -282,19 +282,12 @@ pub fn termination_message(result: &Result<Published, PublishError>) -> String {
                     msg = format!("{msg} ({h})");
                 }
             }
-            msg.truncate(msg.floor_char_boundary_compat(3900));
+            // Whole characters off the end until it fits (the kubelet keeps 4096 bytes).
+            while msg.len() > 3900 {
+                msg.pop();
+            }
             json!({ "error": msg })
         }
     };
     v.to_string()
-}
-
-/// `str::floor_char_boundary` is unstable: the largest char boundary at or below `n`.
-trait FloorBoundary {
-    fn floor_char_boundary_compat(&self, n: usize) -> usize;
-}
-impl FloorBoundary for String {
-    fn floor_char_boundary_compat(&self, n: usize) -> usize {
-        (0..=n.min(self.len())).rev().find(|&i| self.is_char_boundary(i)).unwrap_or(0)
-    }
 }

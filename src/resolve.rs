@@ -68,23 +68,6 @@ fn run(program: &OsString, args: &[OsString], env: &[(String, String)]) -> std::
     Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into()))
 }
 
-/// The requirements uv's message is about (by name), else all of them.
-fn culprits<'a>(plan: &'a EnvPlan, message: &str) -> Vec<&'a String> {
-    let lower = message.to_lowercase();
-    let name = |r: &str| {
-        r.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
-            .next()
-            .unwrap_or(r)
-            .to_lowercase()
-    };
-    let hits: Vec<&String> = plan.python.iter().filter(|r| lower.contains(&name(r))).collect();
-    if hits.is_empty() {
-        plan.python.iter().collect()
-    } else {
-        hits
-    }
-}
-
 /// The fix uv's failure calls for.
 fn python_fix(message: &str, plan: &EnvPlan) -> String {
     let m = message.to_lowercase();
@@ -170,7 +153,9 @@ fn check_python(plan: &EnvPlan, tools: &Tools, work: &Path, report: &mut Report)
                 }
             }
             if alone.is_empty() {
-                let items: Vec<&String> = culprits(plan, &joint);
+                let items = crate::materialize::culprits(&plan.python, &joint, |r| {
+                    crate::materialize::requirement_name(r).to_string()
+                });
                 let item = items.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ");
                 alone.push(Finding { item, problem: first_lines(&joint, 4), fix: python_fix(&joint, plan) });
             }

@@ -31,8 +31,7 @@ pub fn env_objects(previews: &[ObjectPreview], cfg: &Config) -> Option<String> {
         if !seen.insert(*id) {
             continue;
         }
-        let mut env = crate::imagestore::NixuvEnv::new(id.as_str(), (**spec).clone());
-        env.metadata.labels = Some([("app.kubernetes.io/managed-by".to_string(), "nixuv".to_string())].into());
+        let env = crate::imagestore::NixuvEnv::requested(id, (**spec).clone());
         if !out.is_empty() {
             out.push_str("---\n");
         }

@@ -20,6 +20,8 @@ pub const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
 /// The credentials for `registry` in a docker config file (`auths.<registry>`: `auth`, the
 /// base64 of `user:password`, or `username` and `password`); anonymous without a file or entry.
+/// Read by hand: one JSON lookup in a mounted Secret (the docker credential crates read the
+/// user's own docker config and run credential helpers, which a builder Pod has none of).
 pub fn auth_from_file(path: Option<&Path>, registry: &str) -> Result<RegistryAuth, PublishError> {
     let Some(path) = path else { return Ok(RegistryAuth::Anonymous) };
     let text = match std::fs::read(path) {

@@ -70,29 +70,18 @@ async fn set_status(api: &Api<NixuvEnv>, name: &str, status: Value) -> Result<()
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await.map(|_| ())
 }
 
-/// What a finished build's Pod said in its termination message.
+/// What a finished build's Pod said in its termination message: of every attempt, a
+/// successful one first, then the latest.
 fn termination_message(pods: &[Pod]) -> Option<(i32, Value)> {
-    let mut best: Option<(String, i32, Value)> = None;
-    for p in pods {
-        let statuses = p.status.as_ref().and_then(|s| s.container_statuses.as_ref());
-        for cs in statuses.into_iter().flatten() {
-            let Some(t) = cs.state.as_ref().and_then(|s| s.terminated.as_ref()) else { continue };
-            let msg = t.message.as_deref().and_then(|m| serde_json::from_str::<Value>(m).ok());
-            let msg = msg.unwrap_or_else(|| json!({ "error": t.message.clone().unwrap_or_default() }));
-            let at = t.finished_at.as_ref().map(|f| f.0.to_string()).unwrap_or_default();
-            // The latest attempt; a successful one over any failed.
-            let better = match &best {
-                None => true,
-                Some((b_at, b_code, _)) => {
-                    (t.exit_code == 0 && *b_code != 0) || (at > *b_at && (*b_code != 0 || t.exit_code == 0))
-                }
-            };
-            if better {
-                best = Some((at, t.exit_code, msg));
-            }
-        }
-    }
-    best.map(|(_, code, msg)| (code, msg))
+    pods.iter()
+        .flat_map(|p| p.status.iter().flat_map(|s| s.container_statuses.iter().flatten()))
+        .filter_map(|cs| cs.state.as_ref()?.terminated.as_ref())
+        .max_by_key(|t| (t.exit_code == 0, t.finished_at.as_ref().map(|f| f.0)))
+        .map(|t| {
+            let text = t.message.clone().unwrap_or_default();
+            let msg = serde_json::from_str::<Value>(&text).unwrap_or_else(|_| json!({ "error": text }));
+            (t.exit_code, msg)
+        })
 }
 
 fn job_ended(job: &Job) -> Option<bool> {

@@ -92,8 +92,7 @@ impl EnvCache {
             }
         }
         let api: Api<NixuvEnv> = Api::all(self.client.clone());
-        let mut obj = NixuvEnv::new(id.as_str(), (**spec).clone());
-        obj.metadata.labels = Some([("app.kubernetes.io/managed-by".to_string(), "nixuv".to_string())].into());
+        let obj = NixuvEnv::requested(&id, (**spec).clone());
         tokio::spawn(async move {
             match api.create(&PostParams::default(), &obj).await {
                 Ok(_) => tracing::info!(env = %id, "NixuvEnv requested: the builder will publish its image"),
