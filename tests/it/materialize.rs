@@ -407,6 +407,27 @@ fn failures_name_the_item_and_the_tools_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not match the dependencies"), "{}", text(&out));
 }
 
+/// Makes env `id`'s last use (its `.used` stamp on uv volume `uv`) a month old.
+fn last_used_a_month_ago(uv: &Path, id: &str) {
+    let month_ago = std::time::SystemTime::now() - Duration::from_secs(30 * 86400);
+    std::fs::File::options()
+        .write(true)
+        .open(uv.join(format!(".nixuv/envs/{id}.used")))
+        .unwrap()
+        .set_modified(month_ago)
+        .unwrap();
+}
+
+/// `in-pod` with the gc CronJob's mounts: the nix volume at $NP_LOCATION/.nix-portable/nix, the
+/// uv volume at its path.
+fn gc_in_pod(vols: &Volumes, scratch: &Path) -> Command {
+    let gc_container = json!({"volumeMounts": [
+        {"name": "nixuv-tmp", "mountPath": "/nixuv/work"},
+        {"name": "nixuv-nix", "mountPath": "/nixuv/work/.nix-portable/nix"},
+        {"name": "nixuv-uv", "mountPath": "/nixuv/uv"}]});
+    in_pod(&gc_container, vols, scratch)
+}
+
 #[test]
 fn gc_removes_an_old_env_and_keeps_a_fresh_one() {
     let fx = Fixture::new();
@@ -420,21 +441,11 @@ fn gc_removes_an_old_env_and_keeps_a_fresh_one() {
     let id = |p: &Value| p["metadata"]["annotations"]["nixuv.io/env"].as_str().unwrap().to_string();
     let (old_id, fresh_id) = (id(&old), id(&fresh));
     let uv = vols.path("nixuv-uv");
-    let month_ago = std::time::SystemTime::now() - Duration::from_secs(30 * 86400);
-    std::fs::File::options()
-        .write(true)
-        .open(uv.join(format!(".nixuv/envs/{old_id}.used")))
-        .unwrap()
-        .set_modified(month_ago)
-        .unwrap();
+    last_used_a_month_ago(&uv, &old_id);
     let old_venv = std::fs::read_link(uv.join(format!("envs/{old_id}"))).unwrap();
     // gc runs like the CronJob: nix volume at $NP_LOCATION/.nix-portable/nix, uv volume at its path.
     let scratch = vols.dir.path().join("gc-tmp");
-    let gc_container = json!({"volumeMounts": [
-        {"name": "nixuv-tmp", "mountPath": "/nixuv/work"},
-        {"name": "nixuv-nix", "mountPath": "/nixuv/work/.nix-portable/nix"},
-        {"name": "nixuv-uv", "mountPath": "/nixuv/uv"}]});
-    let out = in_pod(&gc_container, &vols, &scratch)
+    let out = gc_in_pod(&vols, &scratch)
         .args(["--", common::bin(), "gc", "--max-age", "7d"])
         .env("NIXUV_NIX_PORTABLE", support("nix-portable"))
         .env("NIXUV_UV", support("uv"))
@@ -1141,13 +1152,7 @@ fn gc_trims_the_uv_cache_of_wheels_no_env_links() {
     }
     let uv = vols.path("nixuv-uv");
     let old_id = old["metadata"]["annotations"]["nixuv.io/env"].as_str().unwrap().to_string();
-    let month_ago = std::time::SystemTime::now() - Duration::from_secs(30 * 86400);
-    std::fs::File::options()
-        .write(true)
-        .open(uv.join(format!(".nixuv/envs/{old_id}.used")))
-        .unwrap()
-        .set_modified(month_ago)
-        .unwrap();
+    last_used_a_month_ago(&uv, &old_id);
     let archives = || -> Vec<String> {
         let mut names: Vec<String> = walk(&uv.join("cache"))
             .into_iter()
@@ -1162,11 +1167,7 @@ fn gc_trims_the_uv_cache_of_wheels_no_env_links() {
     let before = archives();
     assert!(before.contains(&"nixuvdemo".to_string()) && before.contains(&"nixuvdep".to_string()), "{before:?}");
     let scratch = vols.dir.path().join("gc-tmp");
-    let gc_container = json!({"volumeMounts": [
-        {"name": "nixuv-tmp", "mountPath": "/nixuv/work"},
-        {"name": "nixuv-nix", "mountPath": "/nixuv/work/.nix-portable/nix"},
-        {"name": "nixuv-uv", "mountPath": "/nixuv/uv"}]});
-    let out = in_pod(&gc_container, &vols, &scratch)
+    let out = gc_in_pod(&vols, &scratch)
         .args(["--", common::bin(), "gc", "--max-age", "7d", "--no-prune", "--uv-cache-max-size", "0"])
         .env("HOME", "/nixuv/work")
         .output()
@@ -1191,13 +1192,7 @@ async fn gc_never_removes_an_env_a_running_pod_uses() {
     init_ok(&pod, &vols);
     let id = pod["metadata"]["annotations"]["nixuv.io/env"].as_str().unwrap().to_string();
     let uv = vols.path("nixuv-uv");
-    let month_ago = std::time::SystemTime::now() - Duration::from_secs(30 * 86400);
-    std::fs::File::options()
-        .write(true)
-        .open(uv.join(format!(".nixuv/envs/{id}.used")))
-        .unwrap()
-        .set_modified(month_ago)
-        .unwrap();
+    last_used_a_month_ago(&uv, &id);
     let api: common::kubeapi::Shared = Default::default();
     let addr = common::kubeapi::start(api.clone()).await;
     let kc = common::kubeapi::kubeconfig(vols.dir.path(), addr, "gc");
@@ -1208,11 +1203,7 @@ async fn gc_never_removes_an_env_a_running_pod_uses() {
     api.lock().unwrap().put("/api/v1/namespaces/team-a/pods", running.clone());
     let gc = |kubeconfig: std::path::PathBuf| {
         let scratch = vols.dir.path().join(format!("gc-{}", common_nonce()));
-        let gc_container = json!({"volumeMounts": [
-            {"name": "nixuv-tmp", "mountPath": "/nixuv/work"},
-            {"name": "nixuv-nix", "mountPath": "/nixuv/work/.nix-portable/nix"},
-            {"name": "nixuv-uv", "mountPath": "/nixuv/uv"}]});
-        let mut cmd = in_pod(&gc_container, &vols, &scratch);
+        let mut cmd = gc_in_pod(&vols, &scratch);
         cmd.args(["--", common::bin(), "gc", "--max-age", "7d", "--no-prune"])
             .env("HOME", "/nixuv/work")
             .env("KUBECONFIG", kubeconfig)
