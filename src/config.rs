@@ -50,6 +50,7 @@ impl Config {
             allow_source_builds: self.file.python.allow_source_builds,
             exclude_newer: self.file.python.exclude_newer.as_deref(),
             default_python_mode: self.file.python.mode,
+            ca_bundle: self.ca_bundle.as_deref(),
         }
     }
 
@@ -113,6 +114,8 @@ pub struct Config {
     /// The `initEnv` tool variables from a Secret, as (name, `secret/key`), sorted: the env id
     /// binds the reference, never the value.
     pub secret_env: Vec<(String, String)>,
+    /// `caBundle` as `configmap/key`: part of every env id when set.
+    pub ca_bundle: Option<String>,
     /// `imageStore.repository`, parsed: set exactly when the image store is on.
     pub image_repository: Option<crate::imagestore::Repository>,
 }

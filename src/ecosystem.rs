@@ -5,7 +5,7 @@
 //! [`StoreKind`], is found by following the compiler's errors. Bottom layer.
 
 use crate::keys::{ANN_PYTHON, ANN_SYSTEM, LABEL_PYTHON_PREFIX, LABEL_SYSTEM_PREFIX};
-use crate::names::{INIT_NIX_DIR, NIX_MOUNT, UV_ROOT, VOL_NIX, VOL_TMP, VOL_UV};
+use crate::names::{INIT_NIX_DIR, NIX_MOUNT, UV_ROOT, VOL_CA, VOL_NIX, VOL_TMP, VOL_UV};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Ecosystem {
@@ -110,7 +110,8 @@ pub enum StoreKind {
     Claim,
 }
 
-/// Whether `name` is a volume nixuv adds: a store's, or the init container's scratch space.
+/// Whether `name` is a volume nixuv adds: a store's, the init container's scratch space, or its
+/// `caBundle`.
 pub fn is_nixuv_volume(name: &str) -> bool {
-    Ecosystem::of_volume(name).is_some() || name == VOL_TMP
+    Ecosystem::of_volume(name).is_some() || name == VOL_TMP || name == VOL_CA
 }

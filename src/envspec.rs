@@ -4,11 +4,11 @@
 
 use crate::envid::EnvId;
 use crate::keys::ANN_PYTHON;
+use crate::names::{CA_FILE, INIT_NIX_DIR, UV_ROOT};
 pub use crate::names::{
-    ENV_EXCLUDE_NEWER, ENV_ID, ENV_INDEX_URL, ENV_NIXPKGS, ENV_NIX_DIR, ENV_PYTHON, ENV_PYTHON_DEPS, ENV_PYTHON_MODE,
-    ENV_SECRET_ENV, ENV_SOURCE_BUILDS, ENV_SYSTEM_DEPS, ENV_TOOL_ENV, ENV_UV_ROOT,
+    ENV_CA_BUNDLE, ENV_CA_FILE, ENV_EXCLUDE_NEWER, ENV_ID, ENV_INDEX_URL, ENV_NIXPKGS, ENV_NIX_DIR, ENV_PYTHON,
+    ENV_PYTHON_DEPS, ENV_PYTHON_MODE, ENV_SECRET_ENV, ENV_SOURCE_BUILDS, ENV_SYSTEM_DEPS, ENV_TOOL_ENV, ENV_UV_ROOT,
 };
-use crate::names::{INIT_NIX_DIR, UV_ROOT};
 use crate::plan::deps::{self, Source};
 use crate::plan::EnvPlan;
 use crate::toolenv::{effective_index, tool_scope, valid_index_url};
@@ -30,11 +30,18 @@ pub struct EnvSpec {
     pub uv_root: String,
     /// The `nixuv-nix` volume as the init container sees it: `$NP_LOCATION/.nix-portable/nix`.
     pub nix_dir: String,
+    /// The `caBundle` certificates, when the plan names one: the `nixuv-ca` volume's file.
+    pub ca_file: Option<String>,
 }
 
 impl EnvSpec {
     pub fn for_plan(plan: &EnvPlan) -> Self {
-        Self { plan: plan.clone(), uv_root: UV_ROOT.into(), nix_dir: INIT_NIX_DIR.into() }
+        Self {
+            plan: plan.clone(),
+            uv_root: UV_ROOT.into(),
+            nix_dir: INIT_NIX_DIR.into(),
+            ca_file: plan.ca_bundle.as_ref().map(|_| CA_FILE.into()),
+        }
     }
 
     /// The variables, in a stable order. Lists are newline-separated: no dep can contain one.
@@ -65,6 +72,10 @@ impl EnvSpec {
         if !self.plan.tool_env.is_empty() {
             let names: Vec<&str> = self.plan.tool_env.iter().map(|(k, _)| k.as_str()).collect();
             env.push((ENV_TOOL_ENV, names.join(",")));
+        }
+        if let (Some(r), Some(f)) = (&self.plan.ca_bundle, &self.ca_file) {
+            env.push((ENV_CA_BUNDLE, r.clone()));
+            env.push((ENV_CA_FILE, f.clone()));
         }
         env
     }
@@ -164,6 +175,14 @@ impl EnvSpec {
         };
         let uv_root = abs(ENV_UV_ROOT)?;
         let nix_dir = abs(ENV_NIX_DIR)?;
+        let ca_bundle = get(ENV_CA_BUNDLE).filter(|r| !r.is_empty());
+        if let Some(r) = ca_bundle.as_deref().filter(|r| !crate::values::is_data_reference(r)) {
+            return Err(bad(ENV_CA_BUNDLE, r, "is not configmap/key"));
+        }
+        let ca_file = match ca_bundle {
+            Some(_) => Some(abs(ENV_CA_FILE)?),
+            None => None,
+        };
         Ok(Self {
             plan: EnvPlan {
                 id,
@@ -177,9 +196,11 @@ impl EnvSpec {
                 allow_source_builds,
                 exclude_newer,
                 python_mode,
+                ca_bundle,
             },
             uv_root,
             nix_dir,
+            ca_file,
         })
     }
 }
@@ -231,6 +252,8 @@ mod tests {
             (ENV_INDEX_URL, "https://other.example/simple"),
             (ENV_TOOL_ENV, "PATH"),
             (ENV_TOOL_ENV, "UV_INDEX"),
+            (ENV_CA_BUNDLE, "../ca"),
+            (ENV_CA_BUNDLE, "ca bundle/key"),
         ];
         for (name, value) in cases {
             let mut env = good.clone();
@@ -266,5 +289,39 @@ mod tests {
         env.insert(ENV_INDEX_URL, "https://evil.example/simple".into());
         let tampered = EnvSpec::from_env(|k| env.get(k).cloned()).unwrap();
         assert_ne!(EnvId::of(&tampered.plan.canonical()), plan.id);
+    }
+
+    #[test]
+    fn the_ca_bundle_travels_and_binds_the_id() {
+        let cfg = Config::from_yaml("caBundle: {configMap: corp-ca, key: ca.pem}").unwrap();
+        let ann = BTreeMap::from([("nixuv.io/python-deps".to_string(), "six".to_string())]);
+        let decl = declared(None, Some(&ann)).unwrap();
+        let plan = EnvPlan::new(&decl, cfg.plan_inputs());
+        assert_ne!(plan.id, EnvPlan::new(&decl, Config::default().plan_inputs()).id);
+        let mut env: HashMap<&str, String> = EnvSpec::for_plan(&plan).to_env().into_iter().collect();
+        assert_eq!(env[ENV_CA_BUNDLE], "corp-ca/ca.pem");
+        assert_eq!(env[ENV_CA_FILE], crate::names::CA_FILE);
+        let back = EnvSpec::from_env(|k| env.get(k).cloned()).unwrap();
+        assert_eq!(back.plan.id, EnvId::of(&back.plan.canonical()));
+        assert_eq!(back.ca_file.as_deref(), Some(crate::names::CA_FILE));
+        // Another ConfigMap is another env; a relative file is refused.
+        env.insert(ENV_CA_BUNDLE, "other-ca/ca.pem".into());
+        let other = EnvSpec::from_env(|k| env.get(k).cloned()).unwrap();
+        assert_ne!(EnvId::of(&other.plan.canonical()), plan.id);
+        env.insert(ENV_CA_FILE, "ca.crt".into());
+        let err = EnvSpec::from_env(|k| env.get(k).cloned()).unwrap_err();
+        assert!(err.to_string().contains(ENV_CA_FILE), "{err}");
+        // Bad config names the key, and initEnv may not set what caBundle sets.
+        for (yaml, key) in [
+            ("caBundle: {configMap: Corp_CA, key: ca.pem}", "caBundle.configMap"),
+            ("caBundle: {configMap: corp-ca, key: 'a/b'}", "caBundle.key"),
+            (
+                "caBundle: {configMap: corp-ca, key: ca.pem}\ninitEnv: [{name: SSL_CERT_FILE, value: /x}]",
+                "initEnv[0].name",
+            ),
+        ] {
+            let err = Config::from_yaml(yaml).unwrap_err().to_string();
+            assert!(err.contains(key), "{yaml}: {err}");
+        }
     }
 }

@@ -45,6 +45,9 @@ pub fn job(plan: &EnvPlan, cfg: &Config, namespace: &str) -> Option<Value> {
     c["terminationMessagePolicy"] = json!("File");
     let mut volumes = vec![json!({"name": VOL_TMP, "emptyDir": {}})];
     volumes.extend(Ecosystem::ALL.map(|e| json!({"name": e.volume(), "emptyDir": {}})));
+    // The init container mounts it when the plan names a caBundle (the ConfigMap must then exist
+    // in nixuv's namespace too).
+    volumes.extend(crate::inject::patch::ca_volume(cfg).map(|v| json!(v)));
     if let Some(secret) = &store.push_secret {
         c["env"].as_array_mut().expect("an array").push(json!({
             "name": "NIXUV_REGISTRY_AUTH", "value": format!("{PUSH_DIR}/.dockerconfigjson")
@@ -117,4 +120,31 @@ pub fn plan_of(spec: &NixuvEnvSpec, cfg: &Config) -> Result<EnvPlan, String> {
     }
     crate::inject::policy::check(&declared, cfg).map_err(|e| e.to_string())?;
     Ok(EnvPlan::new(&declared, cfg.plan_inputs()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With `caBundle`, the builder's container mounts the ConfigMap as nixuv-init does, and the
+    /// Job has the volume.
+    #[test]
+    fn the_builder_trusts_the_ca_bundle() {
+        let cfg = Config::from_yaml(
+            "imageStore: {repository: registry.example/nixuv/envs}\ncaBundle: {configMap: corp-ca, key: ca.pem}",
+        )
+        .unwrap();
+        let spec = NixuvEnvSpec { python: vec!["six".into()], ..Default::default() };
+        let plan = plan_of(&spec, &cfg).unwrap();
+        let job = job(&plan, &cfg, "nixuv-system").unwrap();
+        let pod = &job["spec"]["template"]["spec"];
+        let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
+        assert!(mounts.contains(&json!({"name": "nixuv-ca", "mountPath": "/nixuv/ca", "readOnly": true})));
+        let vols = pod["volumes"].as_array().unwrap();
+        assert!(vols.contains(
+            &json!({"name": "nixuv-ca", "configMap": {"name": "corp-ca", "items": [{"key": "ca.pem", "path": "ca.crt"}]}})
+        ));
+        let env = pod["containers"][0]["env"].as_array().unwrap();
+        assert!(env.contains(&json!({"name": "NIXUV_CA_BUNDLE", "value": "corp-ca/ca.pem"})));
+    }
 }

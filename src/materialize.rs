@@ -16,6 +16,7 @@ pub mod lease;
 mod marker;
 pub mod store;
 mod tool;
+mod trust;
 
 use std::ffi::OsString;
 use std::fs;
@@ -146,8 +147,15 @@ fn undeclared_tool_vars(spec: &EnvSpec) -> Vec<String> {
         .collect()
 }
 
+/// What every tool call of a build gets besides its own settings: the undeclared tool variables
+/// to strip, and the variables of the `caBundle` (set after the strip).
+struct ToolEnv<'a> {
+    strip: &'a [&'a str],
+    set: Vec<(&'static str, OsString)>,
+}
+
 /// Realises the system deps into the env's nix profile, under the store lease.
-fn build_system(layout: &Layout, spec: &EnvSpec, opts: &Options, strip: &[&str]) -> Result<(), MaterializeError> {
+fn build_system(layout: &Layout, spec: &EnvSpec, opts: &Options, tools: &ToolEnv) -> Result<(), MaterializeError> {
     let np = Tool::from_env("nix-portable", "NIXUV_NIX_PORTABLE", "nix-portable");
     let np_location = layout.np_location().ok_or_else(|| MaterializeError::NixDir(layout.nix_dir.clone()))?;
     let id = &spec.plan.id;
@@ -171,7 +179,9 @@ fn build_system(layout: &Layout, spec: &EnvSpec, opts: &Options, strip: &[&str])
     args.extend(spec.plan.system.iter().map(|a| OsString::from(format!("{}#{a}", spec.plan.nixpkgs))));
     let start = Instant::now();
     tracing::info!(env = %id, deps = %spec.plan.system.join(" "), nixpkgs = %spec.plan.nixpkgs, "system deps: realising with nix-portable");
-    np.run(&args, &[("NP_LOCATION", np_location.as_os_str().to_owned())], strip, None).map_err(|source| {
+    let mut env = vec![("NP_LOCATION", np_location.as_os_str().to_owned())];
+    env.extend(tools.set.iter().cloned());
+    np.run(&args, &env, tools.strip, None).map_err(|source| {
         let msg = source.to_string();
         let who = culprits(&spec.plan.system, &msg, |a| a.to_string());
         MaterializeError::Tool { what: format!("system dep {}", quote_list(&who)), source }
@@ -238,18 +248,19 @@ fn image_python_downloads(spec: &EnvSpec) -> Option<String> {
 
 /// Creates the env's venv with uv and installs the requirements; returns the venv's directory
 /// name under `envs/`.
-fn build_python(layout: &Layout, spec: &EnvSpec, opts: &Options, strip: &[&str]) -> Result<String, MaterializeError> {
+fn build_python(layout: &Layout, spec: &EnvSpec, opts: &Options, tools: &ToolEnv) -> Result<String, MaterializeError> {
     let uv = Tool::from_env("uv", "NIXUV_UV", "uv");
     let id = &spec.plan.id;
     let envs = StoreDir::ensure(&layout.uv_root, layout::ENVS)?;
     let name = format!(".{id}.{}", lease::nonce());
     let venv = envs.entry_path(&name);
     let mut env = uv_env(layout, spec);
+    env.extend(tools.set.iter().cloned());
     if opts.reproducible {
         env.push(("SOURCE_DATE_EPOCH", "1".into()));
     }
     let mut remove = vec!["VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT", "PYTHONHOME", "PYTHONPATH"];
-    remove.extend_from_slice(strip);
+    remove.extend_from_slice(tools.strip);
     let locks = StoreDir::ensure(&layout.uv_root, layout::LOCKS)?;
     let _cache = Lease::hold(&locks, layout::UV_CACHE_LEASE, opts.lease_ttl, opts.wait_timeout, |note| {
         tracing::info!(env = %id, "uv cache: {note}");
@@ -355,11 +366,14 @@ fn build(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<(), Material
         tracing::warn!(env = %id, ignored = %undeclared.join(","), "tool variables not declared by the webhook (not part of the env id) are not passed to the tools");
     }
     let strip: Vec<&str> = undeclared.iter().map(String::as_str).collect();
+    // The init container's TMPDIR: its private scratch emptyDir (the builder Job's likewise).
+    let trust = trust::prepare(spec, &std::env::temp_dir())?;
+    let tools = ToolEnv { strip: &strip, set: trust.as_ref().map(|t| t.env().to_vec()).unwrap_or_default() };
     let state = StoreDir::ensure(&layout.uv_root, layout::STATE)?;
     // The marker first: from here on nothing trusts what a half-done build leaves behind.
     state.remove_entry(layout::marker_name(id))?;
     if spec.plan.has_system() {
-        build_system(layout, spec, opts, &strip)?;
+        build_system(layout, spec, opts, &tools)?;
     }
     let mut lock = installed::Lock::default();
     if spec.plan.has_system() {
@@ -368,7 +382,7 @@ fn build(layout: &Layout, spec: &EnvSpec, opts: &Options) -> Result<(), Material
         }
     }
     let venv = if spec.plan.has_python() {
-        let name = build_python(layout, spec, opts, &strip)?;
+        let name = build_python(layout, spec, opts, &tools)?;
         let uv = Tool::from_env("uv", "NIXUV_UV", "uv");
         let env = uv_env(layout, spec);
         let overlay = spec.plan.is_overlay().then_some(spec.plan.python_version.as_str());

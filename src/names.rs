@@ -6,6 +6,13 @@ pub const INIT_CONTAINER: &str = "nixuv-init";
 pub const VOL_NIX: &str = "nixuv-nix";
 pub const VOL_UV: &str = "nixuv-uv";
 pub const VOL_TMP: &str = "nixuv-tmp";
+/// The config's `caBundle` ConfigMap, mounted read-only in the init container (and the builder).
+pub const VOL_CA: &str = "nixuv-ca";
+/// Where the `nixuv-ca` volume is mounted, and the file its key is projected to.
+pub const CA_MOUNT: &str = "/nixuv/ca";
+pub const CA_FILE: &str = "/nixuv/ca/ca.crt";
+/// The file name [`CA_FILE`] has in the volume (the projected item's path).
+pub const CA_FILE_NAME: &str = "ca.crt";
 
 /// Where the `nixuv-uv` volume is mounted, in the init container and in target containers alike
 /// (venvs and their interpreter links are not relocatable).
@@ -38,6 +45,12 @@ pub const ENV_EXCLUDE_NEWER: &str = "NIXUV_EXCLUDE_NEWER";
 /// The tool variables the kubelet takes from a Secret, as `NAME=secret/key`, comma-separated;
 /// set only when there are some. Their values are not read into the env id, only the references.
 pub const ENV_SECRET_ENV: &str = "NIXUV_SECRET_ENV";
+/// The config's `caBundle` as `configmap/key`, when set: part of the env id (the reference, not
+/// the certificates: a CA changes whether a download is trusted, never what it holds).
+pub const ENV_CA_BUNDLE: &str = "NIXUV_CA_BUNDLE";
+/// Where the init container reads the `caBundle` certificates ([`CA_FILE`]); set with
+/// [`ENV_CA_BUNDLE`].
+pub const ENV_CA_FILE: &str = "NIXUV_CA_FILE";
 /// `overlay` when the Python deps go into a PYTHONPATH directory; absent: a venv.
 pub const ENV_PYTHON_MODE: &str = "NIXUV_PYTHON_MODE";
 /// Where the init image keeps the interpreters it carries, with uv's download list for them

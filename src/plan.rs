@@ -26,6 +26,8 @@ pub struct PlanInputs<'a> {
     pub exclude_newer: Option<&'a str>,
     /// `python.mode`.
     pub default_python_mode: PythonMode,
+    /// `caBundle` as `configmap/key`.
+    pub ca_bundle: Option<&'a str>,
 }
 
 /// Version tag of the canonical form below. Changing the form changes every env id, so it is
@@ -58,6 +60,9 @@ pub struct EnvPlan {
     /// Venv or overlay: another layout, so another env (in the id only when overlay, so venv ids
     /// stay what they were).
     pub python_mode: PythonMode,
+    /// The `caBundle` the tools trust, as `configmap/key`: the reference is part of the id, the
+    /// certificates are not (they decide whether a download is trusted, never what it holds).
+    pub ca_bundle: Option<String>,
 }
 
 impl EnvPlan {
@@ -81,6 +86,7 @@ impl EnvPlan {
                 true => PythonMode::Venv,
                 false => declared.python_mode.unwrap_or(inputs.default_python_mode),
             },
+            ca_bundle: inputs.ca_bundle.map(String::from),
         };
         plan.id = EnvId::of(&plan.canonical());
         plan
@@ -114,6 +120,9 @@ impl EnvPlan {
             if self.python_mode == PythonMode::Overlay {
                 push_line(&mut out, "python-mode=", "overlay");
             }
+        }
+        if let Some(ca) = &self.ca_bundle {
+            push_line(&mut out, "ca-bundle=", ca);
         }
         out
     }
@@ -226,6 +235,7 @@ mod tests {
                 allow_source_builds: false,
                 exclude_newer: None,
                 default_python_mode: PythonMode::Venv,
+                ca_bundle: None,
             },
         )
     }

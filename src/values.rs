@@ -184,6 +184,20 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
 }
 
+/// A key of a Secret or ConfigMap's data, as the API server accepts it.
+pub fn is_data_key(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s != "."
+        && s != ".."
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// `name/key` of a ConfigMap or Secret: how the env id and the init container name a reference.
+pub fn is_data_reference(r: &str) -> bool {
+    r.split_once('/').is_some_and(|(name, key)| is_dns1123_subdomain(name) && is_data_key(key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -151,6 +151,23 @@ pub struct PythonFile {
     pub mode: PythonMode,
 }
 
+/// `caBundle`: a key of a ConfigMap holding PEM certificates. The ConfigMap must exist in every
+/// namespace whose Pods are injected (trust-manager or the admin distributes it), and in nixuv's
+/// own for the image builder.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CaBundleFile {
+    pub config_map: String,
+    pub key: String,
+}
+
+impl CaBundleFile {
+    /// `configmap/key`: how the env id and the init container name the bundle.
+    pub fn reference(&self) -> String {
+        format!("{}/{}", self.config_map, self.key)
+    }
+}
+
 /// An extra environment variable for the init container: a plain value, or a key of a Secret in
 /// the Pod's namespace (credentials: the kubelet resolves it, so the value is never in the Pod
 /// spec, the env id or nixuv's logs).
@@ -260,6 +277,8 @@ pub struct ConfigFile {
     pub init_resources: ResourcesFile,
     pub stores: StoresFile,
     pub image_store: Option<ImageStoreFile>,
+    /// Extra certificate authorities uv and nix trust (a private mirror, a TLS-intercepting proxy).
+    pub ca_bundle: Option<CaBundleFile>,
 }
 
 impl Default for ConfigFile {
@@ -291,6 +310,7 @@ impl Default for ConfigFile {
             init_resources: ResourcesFile::default(),
             stores: StoresFile::default(),
             image_store: None,
+            ca_bundle: None,
         }
     }
 }

@@ -244,10 +244,7 @@ impl Config {
                         format!("{:?} is not a Secret name", r.name),
                     ));
                 }
-                if r.key.is_empty()
-                    || r.key.len() > 253
-                    || !r.key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-                {
+                if !crate::values::is_data_key(&r.key) {
                     return Err(invalid(
                         format!("initEnv[{i}].valueFrom.secretKeyRef.key"),
                         format!("{:?} is not a Secret key", r.key),
@@ -296,6 +293,7 @@ impl Config {
                 format!("{t:?} is not an RFC 3339 date-time like 2025-06-01T00:00:00Z"),
             ));
         }
+        validate_ca_bundle(&file)?;
         validate_stores(&file.stores)?;
         let image_repository = match &file.image_store {
             Some(is) => Some(validate_image_store(is)?),
@@ -334,6 +332,7 @@ impl Config {
         {
             return Err(invalid(format!("initEnv[{i}].value"), format!("{index_url:?} is not an http(s) or file URL")));
         }
+        let ca_bundle = file.ca_bundle.as_ref().map(CaBundleFile::reference);
         Ok(Self {
             file,
             excluded_namespaces,
@@ -348,7 +347,33 @@ impl Config {
             index_url,
             tool_env,
             secret_env,
+            ca_bundle,
             image_repository,
         })
     }
+}
+
+/// The variables nixuv sets for uv and nix when `caBundle` is set.
+pub const CA_VARS: &[&str] = &["SSL_CERT_FILE", "NIX_SSL_CERT_FILE"];
+
+/// `caBundle`: a ConfigMap name and key; with it, `initEnv` may not set the variables it sets.
+fn validate_ca_bundle(file: &ConfigFile) -> Result<(), ConfigError> {
+    let Some(ca) = &file.ca_bundle else { return Ok(()) };
+    if !crate::values::is_dns1123_subdomain(&ca.config_map) {
+        return Err(invalid("caBundle.configMap", format!("{:?} is not a ConfigMap name", ca.config_map)));
+    }
+    if !crate::values::is_data_key(&ca.key) {
+        return Err(invalid("caBundle.key", format!("{:?} is not a ConfigMap key", ca.key)));
+    }
+    if let Some(i) = file.init_env.iter().position(|e| CA_VARS.contains(&e.name.as_str())) {
+        return Err(invalid(
+            format!("initEnv[{i}].name"),
+            format!(
+                "{}: caBundle is set, and nixuv points {} at its certificates (with the image's own); remove one of the two",
+                file.init_env[i].name,
+                CA_VARS.join(" and ")
+            ),
+        ));
+    }
+    Ok(())
 }

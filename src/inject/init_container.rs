@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::config::Config;
 use crate::ecosystem::Ecosystem;
 use crate::envspec::EnvSpec;
-use crate::names::{INIT_CONTAINER, VOL_TMP, WORK_DIR};
+use crate::names::{CA_MOUNT, INIT_CONTAINER, VOL_CA, VOL_TMP, WORK_DIR};
 use crate::plan::EnvPlan;
 use crate::values::Quantity;
 
@@ -95,6 +95,7 @@ pub fn init_container(plan: &EnvPlan, cfg: &Config) -> Value {
         },
         "volumeMounts": std::iter::once(json!({ "name": VOL_TMP, "mountPath": WORK_DIR }))
             .chain(Ecosystem::ALL.map(|e| json!({ "name": e.volume(), "mountPath": e.init_mount() })))
+            .chain(plan.ca_bundle.as_ref().map(|_| json!({ "name": VOL_CA, "mountPath": CA_MOUNT, "readOnly": true })))
             .collect::<Vec<_>>(),
         "terminationMessagePolicy": "FallbackToLogsOnError"
     });

@@ -18,9 +18,9 @@ use super::pod::{ContainerView, PodView};
 use super::vars::TargetVar;
 use super::StoreVolumes;
 use crate::config::Config;
-use crate::ecosystem::{Ecosystem, PerEcosystem, StoreKind};
+use crate::ecosystem::{is_nixuv_volume, Ecosystem, PerEcosystem, StoreKind};
 use crate::keys::{ANN_ENV, ANN_STATUS, STATUS_INJECTED};
-use crate::names::{ENV_ID, INIT_CONTAINER, VOL_TMP};
+use crate::names::{CA_FILE_NAME, ENV_ID, INIT_CONTAINER, VOL_CA, VOL_TMP};
 use crate::plan::EnvPlan;
 use crate::values::InitPlacement;
 
@@ -39,6 +39,24 @@ pub enum Volume<'a> {
         empty_dir: EmptyDir,
         name: &'static str,
     },
+    ConfigMap {
+        #[serde(rename = "configMap")]
+        config_map: ConfigMapSource<'a>,
+        name: &'static str,
+    },
+}
+
+/// The `caBundle` ConfigMap with its one key projected to [`CA_FILE_NAME`] (keys sorted).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConfigMapSource<'a> {
+    items: [KeyToPath<'a>; 1],
+    name: &'a str,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct KeyToPath<'a> {
+    key: &'a str,
+    path: &'static str,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -51,7 +69,7 @@ pub struct ClaimName<'a> {
 pub struct EmptyDir {}
 
 /// The Pod's volumes for the stores, one per ecosystem as `stores` says, plus the init container's
-/// scratch emptyDir, in the order a patch adds them.
+/// scratch emptyDir and, with `caBundle`, its ConfigMap, in the order a patch adds them.
 pub fn volumes(cfg: &Config, stores: StoreVolumes) -> Vec<(&'static str, Volume<'_>)> {
     let storage = &cfg.file.storage;
     Ecosystem::ALL
@@ -65,7 +83,15 @@ pub fn volumes(cfg: &Config, stores: StoreVolumes) -> Vec<(&'static str, Volume<
             (name, v)
         })
         .chain([(VOL_TMP, Volume::Empty { empty_dir: EmptyDir {}, name: VOL_TMP })])
+        .chain(ca_volume(cfg).map(|v| (VOL_CA, v)))
         .collect()
+}
+
+/// The `caBundle` ConfigMap as the init container's (and the builder's) `nixuv-ca` volume.
+pub fn ca_volume(cfg: &Config) -> Option<Volume<'_>> {
+    let ca = cfg.file.ca_bundle.as_ref()?;
+    let source = ConfigMapSource { items: [KeyToPath { key: &ca.key, path: CA_FILE_NAME }], name: &ca.config_map };
+    Some(Volume::ConfigMap { config_map: source, name: VOL_CA })
 }
 
 /// A read-only store mount of a target container (keys sorted, as above).
@@ -192,6 +218,7 @@ pub struct Missing {
     /// Each ecosystem's store volume.
     pub stores: PerEcosystem<bool>,
     pub tmp_volume: bool,
+    pub ca_volume: bool,
     pub init_container: bool,
 }
 
@@ -200,6 +227,7 @@ impl Missing {
     pub fn volume(&self, name: &str) -> bool {
         match Ecosystem::of_volume(name) {
             Some(e) => self.stores[e],
+            None if name == VOL_CA => self.ca_volume,
             None => self.tmp_volume,
         }
     }
@@ -208,7 +236,13 @@ impl Missing {
         self.stores.iter().any(|(_, m)| *m)
     }
     pub fn all() -> Self {
-        Missing { annotations: true, stores: PerEcosystem::from_fn(|_| true), tmp_volume: true, init_container: true }
+        Missing {
+            annotations: true,
+            stores: PerEcosystem::from_fn(|_| true),
+            tmp_volume: true,
+            ca_volume: true,
+            init_container: true,
+        }
     }
     pub fn of(pod: &PodView) -> Self {
         let vols = pod.volumes();
@@ -217,6 +251,7 @@ impl Missing {
             annotations: pod.annotation(ANN_STATUS) != Some(STATUS_INJECTED) || pod.annotation(ANN_ENV).is_none(),
             stores: PerEcosystem::from_fn(|e| !has_vol(e.volume())),
             tmp_volume: !has_vol(VOL_TMP),
+            ca_volume: !has_vol(VOL_CA),
             init_container: !pod.init_containers().iter().any(|c| c.name == INIT_CONTAINER),
         }
     }
@@ -321,11 +356,18 @@ pub fn rebuild(
     let spec = pod.spec.as_ref();
     let existing = pod.volumes();
     let mut appended = Vec::new();
-    for (name, v) in volumes(cfg, at.stores) {
-        match existing.iter().position(|e| e.name == name) {
-            Some(j) => ops.replace_value([key("spec"), key("volumes"), index(j)], &v),
+    let wanted = volumes(cfg, at.stores);
+    for (name, v) in &wanted {
+        match existing.iter().position(|e| e.name == *name) {
+            Some(j) => ops.replace_value([key("spec"), key("volumes"), index(j)], v),
             None => appended.push(v),
         }
+    }
+    // nixuv's volumes the new injection has no use for (a `caBundle` since removed), highest
+    // index first, so that each index still names the volume it was computed for.
+    let stale = existing.iter().enumerate().rev();
+    for (j, _) in stale.filter(|(_, e)| is_nixuv_volume(&e.name) && !wanted.iter().any(|(n, _)| e.name == *n)) {
+        ops.remove([key("spec"), key("volumes"), index(j)]);
     }
     ops.append([key("spec"), key("volumes")], spec.and_then(|s| s.volumes.as_ref()).is_some(), &appended);
     match pod.init_containers().iter().position(|c| c.name == INIT_CONTAINER) {

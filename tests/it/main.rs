@@ -18,4 +18,5 @@ mod router;
 mod store;
 mod store_guard;
 mod stores;
+mod trust;
 mod webhook;

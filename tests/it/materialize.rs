@@ -588,20 +588,21 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// A package index with upload times (tests/support/json_index.py), killed when dropped.
-struct JsonIndex {
+pub struct JsonIndex {
     child: Child,
-    port: u16,
+    pub port: u16,
     _dir: tempfile::TempDir,
 }
 
 impl JsonIndex {
     /// nixuvdep 0.1 (BASE 41) uploaded 2024-01-01, 0.2 (BASE 99) uploaded 2025-06-01.
-    fn start() -> Self {
-        Self::start_with_auth(None)
+    pub fn start() -> Self {
+        Self::start_with(&[])
     }
 
-    /// [`JsonIndex::start`], requiring HTTP Basic `user:password` when given.
-    fn start_with_auth(auth: Option<&str>) -> Self {
+    /// [`JsonIndex::start`] with the server's settings (json_index.py: `NIXUV_TEST_INDEX_AUTH`
+    /// for HTTP Basic, `NIXUV_TEST_INDEX_TLS` for HTTPS, `NIXUV_TEST_INDEX_LOG`).
+    pub fn start_with(env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let code = format!(
             "import sys, json; sys.path.insert(0, {sup:?}); import make_wheels as m\n\
@@ -613,10 +614,7 @@ impl JsonIndex {
         );
         assert!(Command::new("python3").args(["-c", &code]).status().unwrap().success());
         let mut cmd = Command::new("python3");
-        cmd.arg(support("json_index.py")).arg(dir.path()).stdout(Stdio::piped());
-        if let Some(a) = auth {
-            cmd.env("NIXUV_TEST_INDEX_AUTH", a);
-        }
+        cmd.arg(support("json_index.py")).arg(dir.path()).stdout(Stdio::piped()).envs(env.iter().copied());
         let mut child = cmd.spawn().unwrap();
         let mut line = String::new();
         std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
@@ -907,7 +905,7 @@ fn interpreters_come_from_the_init_image_without_any_network() {
 fn private_index_credentials_come_from_a_secret_and_never_show() {
     const PASSWORD: &str = "s3cret-Pa55w0rd";
     let fx = Fixture::new();
-    let index = JsonIndex::start_with_auth(Some(&format!("reader:{PASSWORD}")));
+    let index = JsonIndex::start_with(&[("NIXUV_TEST_INDEX_AUTH", &format!("reader:{PASSWORD}"))]);
     let config = |secret: &str| {
         format!(
             "storage: {{mode: pvc}}\ninitEnv:\n\

@@ -349,3 +349,56 @@ fn store_guard_admits_nixuv_and_refuses_tenant_writers() {
     ro["spec"]["containers"][0]["volumeMounts"][0]["readOnly"] = json!(true);
     assert!(admit(&policy, &params, &ro).is_ok());
 }
+
+/// With `caBundle`, nixuv-init mounts that key of that ConfigMap read-only: admitted when the
+/// guard's `caBundle` parameter names it, and no other ConfigMap, key, path or file (a tenant's
+/// own CA would let it sign for the index and plant what it likes in the admin's env).
+#[test]
+fn store_guard_admits_the_ca_bundle_exactly_as_configured() {
+    let (policy, mut params) = rendered();
+    let pod = injected_pod_with("caBundle: {configMap: corp-ca, key: ca.pem}\n");
+    let vol = pod["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "nixuv-ca").unwrap().clone();
+    assert_eq!(vol["configMap"], json!({"name": "corp-ca", "items": [{"key": "ca.pem", "path": "ca.crt"}]}));
+    // Without the parameter, the guard knows no caBundle and refuses the mount.
+    assert!(admit(&policy, &params, &pod).is_err(), "no caBundle parameter");
+    params["data"]["caBundle"] = json!("corp-ca/ca.pem");
+    assert!(admit(&policy, &params, &pod).is_ok(), "the webhook's own output");
+    type Edit = fn(&mut Value);
+    let refused: &[(&str, Edit)] = &[
+        ("another ConfigMap", |p| {
+            let i = p["spec"]["volumes"].as_array().unwrap().iter().position(|v| v["name"] == "nixuv-ca").unwrap();
+            p["spec"]["volumes"][i]["configMap"]["name"] = json!("tenant-ca");
+        }),
+        ("another key", |p| {
+            let i = p["spec"]["volumes"].as_array().unwrap().iter().position(|v| v["name"] == "nixuv-ca").unwrap();
+            p["spec"]["volumes"][i]["configMap"]["items"][0]["key"] = json!("mine.pem");
+        }),
+        ("the mount read-write", |p| {
+            for m in p["spec"]["initContainers"][0]["volumeMounts"].as_array_mut().unwrap() {
+                if m["name"] == "nixuv-ca" {
+                    m["readOnly"] = json!(false);
+                }
+            }
+        }),
+        ("the certificates read from the store", |p| {
+            for e in p["spec"]["initContainers"][0]["env"].as_array_mut().unwrap() {
+                if e["name"] == "NIXUV_CA_FILE" {
+                    e["value"] = json!("/nixuv/uv/tenant.pem");
+                }
+            }
+        }),
+        ("another bundle named", |p| {
+            for e in p["spec"]["initContainers"][0]["env"].as_array_mut().unwrap() {
+                if e["name"] == "NIXUV_CA_BUNDLE" {
+                    e["value"] = json!("tenant-ca/ca.pem");
+                }
+            }
+        }),
+    ];
+    for (what, edit) in refused {
+        let mut p = pod.clone();
+        edit(&mut p);
+        let err = admit(&policy, &params, &p).expect_err(what);
+        assert!(err.contains("nixuv-init"), "{what}: {err}");
+    }
+}

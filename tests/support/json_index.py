@@ -2,7 +2,9 @@
 from a directory of wheels, for the tests of python.excludeNewer: uv reads upload times only from
 such an index. Upload times come from DIR/upload-times.json ({filename: RFC 3339}).
 With NIXUV_TEST_INDEX_AUTH=user:password set, every request needs those HTTP Basic credentials
-(401 otherwise), as a private index does.
+(401 otherwise), as a private index does. With NIXUV_TEST_INDEX_TLS=CERT:KEY it serves HTTPS with
+that certificate, as an index behind a private CA does; NIXUV_TEST_INDEX_LOG=FILE appends each
+request's path to FILE.
 Usage: python3 json_index.py DIR  -> prints the port it listens on (127.0.0.1), then serves."""
 
 import base64
@@ -12,11 +14,14 @@ import http.server
 import json
 import os
 import re
+import ssl
 import sys
 
 ROOT = sys.argv[1]
 TIMES = json.load(open(os.path.join(ROOT, "upload-times.json")))
 AUTH = os.environ.get("NIXUV_TEST_INDEX_AUTH")
+TLS = os.environ.get("NIXUV_TEST_INDEX_TLS")
+LOG = os.environ.get("NIXUV_TEST_INDEX_LOG")
 
 
 def normalise(name):
@@ -31,6 +36,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.do_GET(head=True)
 
     def do_GET(self, head=False):
+        if LOG:
+            with open(LOG, "a") as log:
+                log.write(self.path + "\n")
         if AUTH and self.headers.get("Authorization") != "Basic " + base64.b64encode(AUTH.encode()).decode():
             self.send_response(401)
             self.send_header("WWW-Authenticate", 'Basic realm="private"')
@@ -67,5 +75,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+if TLS:
+    cert, key = TLS.split(":")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    # A client that does not trust the certificate fails the handshake in accept(), which the
+    # server survives (it is an OSError).
+    server.socket = context.wrap_socket(server.socket, server_side=True)
 print(server.server_address[1], flush=True)
 server.serve_forever()

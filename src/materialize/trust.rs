@@ -1,0 +1,97 @@
+//! `caBundle`: the certificates uv and nix trust. The ConfigMap's PEM file is added to the init
+//! image's own CA bundle (so a bundle holding only a corporate root still lets nix reach public
+//! caches), written to the init container's private scratch directory, and handed to uv as
+//! `SSL_CERT_FILE` and to nix as `NIX_SSL_CERT_FILE`. Without `caBundle`, neither is set and the
+//! tools use their defaults (uv its bundled Mozilla roots, nix the image's bundle).
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
+use super::{io, MaterializeError};
+use crate::envspec::EnvSpec;
+
+/// Where images keep their CA bundle (Debian's first); the first regular file is used.
+const SYSTEM_BUNDLES: &[&str] =
+    &["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
+
+/// The most a `caBundle` file may hold: a ConfigMap is at most 1 MiB.
+const MAX_BUNDLE: u64 = 1 << 20;
+
+/// The combined bundle for one build, removed when dropped.
+#[derive(Debug)]
+pub(crate) struct Trust {
+    file: PathBuf,
+}
+
+impl Trust {
+    /// The variables that point uv and nix at the combined bundle.
+    pub(crate) fn env(&self) -> [(&'static str, OsString); 2] {
+        [("SSL_CERT_FILE", self.file.clone().into()), ("NIX_SSL_CERT_FILE", self.file.clone().into())]
+    }
+}
+
+impl Drop for Trust {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>, std::io::Error> {
+    let mut buf = Vec::new();
+    std::fs::File::open(path)?.take(MAX_BUNDLE + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > MAX_BUNDLE {
+        return Err(std::io::Error::other("larger than a ConfigMap can be (1 MiB)"));
+    }
+    Ok(buf)
+}
+
+/// The error for a `caBundle` that cannot be used, naming the ConfigMap and key.
+fn unusable(spec: &EnvSpec, path: &Path, why: impl std::fmt::Display) -> MaterializeError {
+    let reference = spec.plan.ca_bundle.as_deref().unwrap_or_default();
+    io(path)(std::io::Error::other(format!(
+        "caBundle {reference} (ConfigMap/key, mounted by the kubelet): {why}; the ConfigMap must exist in the Pod's namespace and hold PEM certificates under that key"
+    )))
+}
+
+/// The combined bundle for `spec`, in `scratch` (a directory private to this container), or
+/// `None` when the plan names no `caBundle`.
+pub(crate) fn prepare(spec: &EnvSpec, scratch: &Path) -> Result<Option<Trust>, MaterializeError> {
+    let Some(file) = spec.ca_file.as_deref().filter(|_| spec.plan.ca_bundle.is_some()) else { return Ok(None) };
+    let path = Path::new(file);
+    // The kubelet projects a ConfigMap key as a link into its `..data` directory: followed here,
+    // as the volume is the kubelet's, not a store anyone else writes.
+    let private = read_bounded(path).map_err(|e| unusable(spec, path, e))?;
+    let mut count = 0usize;
+    for cert in CertificateDer::pem_slice_iter(&private) {
+        let der = cert.map_err(|e| unusable(spec, path, format!("not PEM ({e})")))?;
+        x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| unusable(spec, path, format!("certificate {} does not parse: {e}", count + 1)))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(unusable(spec, path, "no PEM certificate in it"));
+    }
+    let system = SYSTEM_BUNDLES
+        .iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .and_then(|p| read_bounded(p).ok())
+        .unwrap_or_default();
+    let combined = scratch.join(format!("nixuv-ca-{}.pem", super::store::nonce()));
+    let mut out =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&combined).map_err(io(&combined))?;
+    let trust = Trust { file: combined };
+    let mut text = system;
+    if !text.is_empty() && !text.ends_with(b"\n") {
+        text.push(b'\n');
+    }
+    text.extend_from_slice(&private);
+    out.write_all(&text).and_then(|()| out.sync_all()).map_err(io(&trust.file))?;
+    tracing::info!(ca_bundle = %spec.plan.ca_bundle.as_deref().unwrap_or_default(), certificates = count, "caBundle: uv and nix trust its certificates besides the image's");
+    Ok(Some(trust))
+}
