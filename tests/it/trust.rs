@@ -143,3 +143,49 @@ fn reinjection_adds_and_removes_the_ca_volume() {
     assert_eq!(again["metadata"]["annotations"]["nixuv.io/env"], plain["metadata"]["annotations"]["nixuv.io/env"]);
     assert_eq!(again["spec"]["initContainers"], plain["spec"]["initContainers"]);
 }
+
+/// nix gets the bundle too: a binary cache served over HTTPS under the private CA is asked for
+/// what the build needs (its requests reach the server) when the CA is mounted, and not reached
+/// (the TLS handshake fails) with another CA. Real nix, through the nix-portable stand-in.
+#[test]
+fn the_ca_bundle_reaches_nix() {
+    let fx = Fixture::new();
+    let certs = tempfile::tempdir().unwrap();
+    common::make_certs(certs.path());
+    let tls = format!("{}:{}", certs.path().join("tls.crt").display(), certs.path().join("tls.key").display());
+    let requests = certs.path().join("requests.log");
+    let cache =
+        JsonIndex::start_with(&[("NIXUV_TEST_INDEX_TLS", &tls), ("NIXUV_TEST_INDEX_LOG", requests.to_str().unwrap())]);
+    let flake = fx.dir.path().join("flake");
+    std::fs::write(
+        &fx.config,
+        format!(
+            "nixpkgs: path:{}\nstorage: {{mode: pvc}}\ncaBundle: {{configMap: corp-ca, key: ca.pem}}\ninitEnv:\n\
+             - {{name: NIX_CONFIG, value: \"substituters = https://127.0.0.1:{}\\nbuild-users-group =\"}}\n",
+            flake.display(),
+            cache.port
+        ),
+    )
+    .unwrap();
+    let pod = fx.mutate(&fx.pod("hello-nixuv", ""));
+    let vols = Volumes::new();
+    let ca_dir = vols.path("nixuv-ca");
+    std::fs::create_dir_all(&ca_dir).unwrap();
+    let asked = || std::fs::read_to_string(&requests).unwrap_or_default();
+    // Another CA: the build goes on without the cache (nix builds the tiny derivation itself), and
+    // no request got past the handshake.
+    let other = tempfile::tempdir().unwrap();
+    common::make_certs(other.path());
+    std::fs::copy(other.path().join("ca.crt"), ca_dir.join("ca.crt")).unwrap();
+    let out = run_init(&pod, &vols, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(asked(), "", "{}", text(&out));
+    // The CA that signed the cache: nix's requests reach it. A fresh store, so nix asks again.
+    let vols = Volumes::new();
+    std::fs::create_dir_all(vols.path("nixuv-ca")).unwrap();
+    std::fs::copy(certs.path().join("ca.crt"), vols.path("nixuv-ca").join("ca.crt")).unwrap();
+    let out = run_init(&pod, &vols, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(asked().contains("/nix-cache-info"), "requests: {:?}\n{}", asked(), text(&out));
+    assert_eq!(app_stdout(&pod, &vols, "hello-nixuv"), "hello from nixuv\n");
+}
