@@ -7,6 +7,7 @@
 //! marker appears), build the system deps with nix-portable and the Python deps with uv, publish
 //! the venv by an atomic symlink swap, write the marker last, release the lease.
 
+mod bytecode;
 pub mod cache_trim;
 pub mod envs;
 pub mod gc;
@@ -307,8 +308,12 @@ fn build_python(layout: &Layout, spec: &EnvSpec, opts: &Options, tools: &ToolEnv
     } else {
         args.extend(["--python".into(), venv.join("bin/python").into()]);
     }
-    // The env is mounted read-only in the app: compile now, or every start compiles again.
-    args.push("--compile-bytecode".into());
+    // The env is mounted read-only in the app: compile now, or every start compiles again. A
+    // venv's bytecode is compiled below, once per source across the store's envs; an overlay's by
+    // uv (for the declared version, whose interpreter is the image's).
+    if overlay {
+        args.push("--compile-bytecode".into());
+    }
     if let Some(t) = &spec.plan.exclude_newer {
         // Resolve as of the admin's date: the same declaration, the same versions, whenever built.
         args.extend(["--exclude-newer".into(), t.into()]);
@@ -330,6 +335,15 @@ fn build_python(layout: &Layout, spec: &EnvSpec, opts: &Options, tools: &ToolEnv
         MaterializeError::Tool { what: format!("python dep {}{why}", quote_list(&who)), source }
     })?;
     tracing::info!(env = %id, elapsed = %secs(start.elapsed()), "python deps: installed");
+    if !overlay {
+        let start = Instant::now();
+        let pyc = StoreDir::ensure(&layout.uv_root, layout::PYC)?;
+        let mut stats = bytecode::Stats::default();
+        for site in installed::site_packages(&venv_dir) {
+            bytecode::compile_venv(&venv.join("bin/python"), &site, &pyc, &mut stats)?;
+        }
+        tracing::info!(env = %id, files = stats.files, reused = stats.reused, compiled = stats.compiled, elapsed = %secs(start.elapsed()), "python deps: bytecode compiled (reused from other envs where the source is the same)");
+    }
     if overlay {
         let bin = venv_dir.subdir("bin").ok_or_else(|| {
             io(&venv.join("bin"))(std::io::Error::other("not a plain directory (replaced while building?)"))

@@ -6,7 +6,9 @@
 //! it), until the cache fits. Walked without following a link, bounded in entries, under the uv
 //! cache lease, so no uv runs on the cache meanwhile. uv's pointers to a removed directory (the
 //! small files under `wheels-v*/` and `sdists-v*/` that name it) are removed with it, so that a
-//! later build that needs the wheel fetches and unpacks it again instead of failing.
+//! later build that needs the wheel fetches and unpacks it again instead of failing. nixuv's own
+//! bytecode store (`pyc/`, see `bytecode`) counts too: a file there that no venv links (link
+//! count 1) is removed the same way, oldest first among the rest.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -62,7 +64,40 @@ fn scan(dir: &StoreDir, seen: &mut HashSet<(u64, u64)>, budget: &mut usize) -> (
     (bytes, linked, newest)
 }
 
-/// Trims the uv cache of `layout` to `max_bytes` (see the module docs).
+/// What a trim may remove: an unpacked wheel of `archive-v0/`, or a bytecode file of `pyc/`
+/// (`pyc/<tag>/<shard>/<file>`) that no venv links.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Unused {
+    Archive(String),
+    Pyc(String, String, String),
+}
+
+/// The bytecode files of `pyc/` that no venv links, as (change time, entry, bytes).
+fn unused_bytecode(
+    pyc: &StoreDir,
+    out: &mut Vec<(i64, Unused, u64)>,
+    budget: &mut usize,
+) -> Result<(), MaterializeError> {
+    for tag in pyc.names()? {
+        let Some(tag_dir) = pyc.subdir(&tag) else { continue };
+        for shard in tag_dir.names()? {
+            let Some(shard_dir) = tag_dir.subdir(&shard) else { continue };
+            for file in shard_dir.names()? {
+                if *budget == 0 {
+                    return Ok(());
+                }
+                *budget -= 1;
+                if let Some((1, len, ctime)) = shard_dir.file_links(&file) {
+                    out.push((ctime, Unused::Pyc(tag.clone(), shard.clone(), file), len));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Trims the uv cache of `layout` (uv's `cache/` and nixuv's `pyc/`) to `max_bytes` (see the
+/// module docs).
 pub fn trim(
     layout: &Layout,
     max_bytes: u64,
@@ -70,42 +105,71 @@ pub fn trim(
     dry_run: bool,
 ) -> Result<TrimReport, MaterializeError> {
     let mut report = TrimReport::default();
-    let Some(cache) = StoreDir::open(&layout.uv_root, "cache", false)? else { return Ok(report) };
+    let cache = StoreDir::open(&layout.uv_root, "cache", false)?;
+    let pyc = StoreDir::open(&layout.uv_root, layout::PYC, false)?;
+    if cache.is_none() && pyc.is_none() {
+        return Ok(report);
+    }
     let locks = StoreDir::ensure(&layout.uv_root, layout::LOCKS)?;
     let _cache_lease = Lease::hold(&locks, layout::UV_CACHE_LEASE, lease_ttl, Duration::from_secs(3600), |_| {})?;
     let mut seen = HashSet::new();
     let mut budget = MAX_ENTRIES;
-    report.before = scan(&cache, &mut seen, &mut budget).0;
+    for dir in cache.iter().chain(&pyc) {
+        report.before += scan(dir, &mut seen, &mut budget).0;
+    }
     if report.before <= max_bytes {
         return Ok(report);
     }
-    let Some(archives) = cache.subdir("archive-v0") else { return Ok(report) };
-    let mut unused: Vec<(i64, String, u64)> = Vec::new();
-    for name in archives.names()? {
-        let Some(dir) = archives.subdir(&name) else { continue };
-        let mut own = HashSet::new();
-        let mut budget = MAX_ENTRIES;
-        let (bytes, linked, newest) = scan(&dir, &mut own, &mut budget);
-        if !linked {
-            unused.push((newest, name, bytes));
+    let mut unused: Vec<(i64, Unused, u64)> = Vec::new();
+    let archives = cache.as_ref().and_then(|c| c.subdir("archive-v0"));
+    if let Some(archives) = &archives {
+        for name in archives.names()? {
+            let Some(dir) = archives.subdir(&name) else { continue };
+            let mut own = HashSet::new();
+            let mut budget = MAX_ENTRIES;
+            let (bytes, linked, newest) = scan(&dir, &mut own, &mut budget);
+            if !linked {
+                unused.push((newest, Unused::Archive(name), bytes));
+            }
         }
+    }
+    if let Some(pyc) = &pyc {
+        let mut budget = MAX_ENTRIES;
+        unused_bytecode(pyc, &mut unused, &mut budget)?;
     }
     unused.sort();
     let mut size = report.before;
-    for (_, name, bytes) in unused {
+    let mut bytecode = 0usize;
+    for (_, entry, bytes) in unused {
         if size <= max_bytes {
             break;
         }
-        if !dry_run {
-            archives.remove_entry(&name)?;
+        match entry {
+            Unused::Archive(name) => {
+                if let (false, Some(archives)) = (dry_run, &archives) {
+                    archives.remove_entry(&name)?;
+                }
+                tracing::info!(archive = %name, bytes, dry_run, "uv cache: removed an unpacked wheel no env links");
+                report.removed.push(name);
+            }
+            Unused::Pyc(tag, shard, file) => {
+                let dir = pyc.as_ref().and_then(|p| p.subdir(&tag)).and_then(|t| t.subdir(&shard));
+                if let (false, Some(dir)) = (dry_run, dir) {
+                    dir.remove_entry(&file)?;
+                }
+                bytecode += 1;
+            }
         }
-        tracing::info!(archive = %name, bytes, dry_run, "uv cache: removed an unpacked wheel no env links");
         size = size.saturating_sub(bytes);
         report.freed += bytes;
-        report.removed.push(name);
     }
-    if !dry_run && !report.removed.is_empty() {
-        drop_pointers(&cache, &report.removed)?;
+    if bytecode > 0 {
+        tracing::info!(files = bytecode, dry_run, "uv cache: removed bytecode no env links");
+    }
+    if let (false, Some(cache)) = (dry_run, &cache) {
+        if !report.removed.is_empty() {
+            drop_pointers(cache, &report.removed)?;
+        }
     }
     Ok(report)
 }

@@ -61,7 +61,7 @@ fn normalise(name: &str) -> String {
 }
 
 /// The venv's `lib/*/site-packages` directories.
-fn site_packages(venv: &StoreDir) -> Vec<StoreDir> {
+pub(crate) fn site_packages(venv: &StoreDir) -> Vec<StoreDir> {
     let Some(lib) = venv.subdir("lib") else { return Vec::new() };
     lib.names().unwrap_or_default().iter().filter_map(|n| lib.subdir(n)?.subdir("site-packages")).collect()
 }

@@ -6,6 +6,8 @@
 //! cache/                 UV_CACHE_DIR
 //! python/S/              UV_PYTHON_INSTALL_DIR (uv-managed interpreters), S a digest of where
 //!                        they come from (the same for every build with the admin's settings)
+//! pyc/T/xx/K.pyc         bytecode of a source whose SHA-256 is K (xx its first two hex), for the
+//!                        interpreter tag and magic number T, hard-linked into every venv with it
 //! envs/H  -> .H.<nonce>  the published venv: a symlink swapped in atomically
 //! envs/.H.<nonce>/       a venv, built in place (venvs are not relocatable) and never renamed
 //! .nixuv/envs/H.json     completion marker, written last
@@ -32,6 +34,8 @@ pub const LOCKS: &str = ".nixuv/locks";
 pub const PROFILES: &str = "var/nix/profiles/nixuv";
 pub const NIX_LOCKS: &str = "var/nixuv/locks";
 pub const UV_CACHE_LEASE: &str = "uv-cache.lease";
+/// Bytecode by source hash, shared by the venvs of the store (see `bytecode`).
+pub const PYC: &str = "pyc";
 pub const STORE_LEASE: &str = "store.lease";
 
 pub fn marker_name(id: &str) -> String {

@@ -169,6 +169,24 @@ impl StoreDir {
         Some(StoreDir { dir, path: self.entry_path(name) })
     }
 
+    /// The subdirectory `name`, created if absent; `None` if something else is there.
+    pub fn ensure_subdir(&self, name: &str) -> Option<StoreDir> {
+        if self.kind(name) == Kind::Absent {
+            // Made by another process meanwhile: open theirs, as plain directories go.
+            let _ = self.dir.create_dir(name);
+        }
+        self.subdir(name)
+    }
+
+    /// The directory `rel` below this one, each component opened without following a link.
+    pub fn descend(&self, rel: &Path) -> Option<StoreDir> {
+        let mut dir = self.try_clone().ok()?;
+        for c in rel.components() {
+            dir = dir.subdir(c.as_os_str().to_str()?)?;
+        }
+        Some(dir)
+    }
+
     /// Creates the directory `name` (which must not exist) and opens it without following links.
     pub fn create_dir(&self, name: &str) -> Result<StoreDir, StoreError> {
         self.dir.create_dir(name).map_err(self.err(name))?;
@@ -314,6 +332,23 @@ impl StoreDir {
         }
     }
 
+    /// Hard-links the regular file `name` as `dst_name` in `dst` (which must not exist). The link
+    /// is made without following anything, then checked: an inode's type never changes, so a
+    /// planted link or FIFO at `name` is caught on the new entry itself, which is then removed.
+    /// Returns whether a regular file of at most `cap` bytes was linked.
+    pub fn link_file(&self, name: &str, dst: &StoreDir, dst_name: &str, cap: u64) -> bool {
+        if self.dir.hard_link(name, &dst.dir, dst_name).is_err() {
+            return false;
+        }
+        match dst.file_identity(dst_name) {
+            Some((_, _, len)) if len <= cap => true,
+            _ => {
+                let _ = dst.remove_entry(dst_name);
+                false
+            }
+        }
+    }
+
     /// The target of a symbolic link (not followed).
     pub fn read_link(&self, name: impl AsRef<Path>) -> Option<PathBuf> {
         self.dir.read_link_contents(name).ok()
@@ -370,6 +405,24 @@ mod tests {
         assert!(!dangling.exists());
         d.touch("fifo").unwrap();
         assert_eq!(d.kind("fifo"), Kind::File);
+        // Linking takes regular files of bounded size only: a link, a FIFO or a big file leaves
+        // nothing behind.
+        let other = StoreDir::ensure(root.path(), "c").unwrap();
+        std::fs::write(d.entry_path("small"), b"ok").unwrap();
+        for (name, linked) in [("link", false), ("fifo", false), ("big", false), ("small", true)] {
+            let _ = std::fs::remove_file(d.entry_path("big"));
+            std::fs::write(d.entry_path("big"), vec![b'x'; 101]).unwrap();
+            if name == "link" {
+                let _ = std::fs::remove_file(d.entry_path("link"));
+                symlink(&secret, d.entry_path("link")).unwrap();
+            }
+            if name == "fifo" {
+                let _ = std::fs::remove_file(&fifo);
+                assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+            }
+            assert_eq!(d.link_file(name, &other, "out", 100), linked, "{name}");
+            assert_eq!(other.kind("out"), if linked { Kind::File } else { Kind::Absent }, "{name}");
+        }
         // A layout directory that is a link is refused without repair and replaced with it.
         std::fs::remove_dir_all(root.path().join("a/b")).unwrap();
         symlink(outside.path(), root.path().join("a/b")).unwrap();

@@ -34,6 +34,11 @@ fn places() -> Vec<String> {
         "cache/archive-v0".into(),
         "cache/archive-v0/AbCd".into(),
         "cache/archive-v0/AbCd/mod.py".into(),
+        // The bytecode store, which gc trims too.
+        "pyc".into(),
+        "pyc/cpython-312-cb0d0d0a".into(),
+        "pyc/cpython-312-cb0d0d0a/ab".into(),
+        "pyc/cpython-312-cb0d0d0a/ab/ab01.pyc".into(),
         format!("envs/{ID}"),
         format!("envs/.{ID}.1111111111111111"),
         format!("envs/.{ID}.link-2222222222222222"),
@@ -188,7 +193,7 @@ proptest! {
                 lease_ttl: Duration::from_millis(1),
                 dry_run: false,
                 prune_stores: false,
-                // The cache trim walks whatever is planted under cache/ too.
+                // The cache trim walks whatever is planted under cache/ and pyc/ too.
                 uv_cache_max: Some(0),
                 in_use: Default::default(),
             };

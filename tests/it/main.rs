@@ -1,5 +1,6 @@
 //! Integration tests: the real `nixuv` binary, spoken to over TLS.
 mod argo;
+mod bytecode;
 mod check;
 mod common;
 mod deploy;

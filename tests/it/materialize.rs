@@ -234,7 +234,7 @@ pub fn run_app(pod: &Value, vols: &Volumes, script: &str, hide_python: bool) -> 
 }
 
 /// Runs the init container and asserts it succeeded.
-fn init_ok(pod: &Value, vols: &Volumes) -> Output {
+pub fn init_ok(pod: &Value, vols: &Volumes) -> Output {
     let out = run_init(pod, vols, &[]);
     assert!(out.status.success(), "materialize failed:\n{}", text(&out));
     out
@@ -408,7 +408,7 @@ fn failures_name_the_item_and_the_tools_error() {
 }
 
 /// Makes env `id`'s last use (its `.used` stamp on uv volume `uv`) a month old.
-fn last_used_a_month_ago(uv: &Path, id: &str) {
+pub fn last_used_a_month_ago(uv: &Path, id: &str) {
     let month_ago = std::time::SystemTime::now() - Duration::from_secs(30 * 86400);
     std::fs::File::options()
         .write(true)
@@ -420,7 +420,7 @@ fn last_used_a_month_ago(uv: &Path, id: &str) {
 
 /// `in-pod` with the gc CronJob's mounts: the nix volume at $NP_LOCATION/.nix-portable/nix, the
 /// uv volume at its path.
-fn gc_in_pod(vols: &Volumes, scratch: &Path) -> Command {
+pub fn gc_in_pod(vols: &Volumes, scratch: &Path) -> Command {
     let gc_container = json!({"volumeMounts": [
         {"name": "nixuv-tmp", "mountPath": "/nixuv/work"},
         {"name": "nixuv-nix", "mountPath": "/nixuv/work/.nix-portable/nix"},
