@@ -80,23 +80,10 @@ fn injected_pod() -> Value {
 
 /// [`injected_pod`] under the webhook config `config`.
 fn injected_pod_with(config: &str) -> Value {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("config.yaml");
-    std::fs::write(&cfg, config).unwrap();
     let pod = json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "p", "labels": {"nixuv.io/inject": "true"}, "annotations": {"nixuv.io/python-deps": "six"}},
         "spec": {"containers": [{"name": "app", "image": "python:3.12"}]}});
-    let f = dir.path().join("pod.json");
-    std::fs::write(&f, pod.to_string()).unwrap();
-    let out = Command::new(common::bin())
-        .args(["preview", "-o", "json", "--config"])
-        .arg(&cfg)
-        .arg("-f")
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::preview_json(config, &pod)
 }
 
 /// nixuv's gc CronJob Pod, as deploy/components/gc renders it.

@@ -32,13 +32,22 @@ fn init_image_env() -> Vec<(String, String)> {
     vars
 }
 
-#[test]
-fn a_private_ca_from_a_configmap_is_trusted_by_uv() {
-    let fx = Fixture::new();
+/// A CA made here (`ca.crt` in the directory), and the test index serving HTTPS on 127.0.0.1
+/// with a certificate it signed, logging each request's path to `requests.log` beside it.
+fn https_index() -> (tempfile::TempDir, JsonIndex) {
     let certs = tempfile::tempdir().unwrap();
     common::make_certs(certs.path());
     let tls = format!("{}:{}", certs.path().join("tls.crt").display(), certs.path().join("tls.key").display());
-    let index = JsonIndex::start_with(&[("NIXUV_TEST_INDEX_TLS", &tls)]);
+    let log = certs.path().join("requests.log");
+    let index =
+        JsonIndex::start_with(&[("NIXUV_TEST_INDEX_TLS", &tls), ("NIXUV_TEST_INDEX_LOG", log.to_str().unwrap())]);
+    (certs, index)
+}
+
+#[test]
+fn a_private_ca_from_a_configmap_is_trusted_by_uv() {
+    let fx = Fixture::new();
+    let (certs, index) = https_index();
     std::fs::write(
         &fx.config,
         format!(
@@ -111,28 +120,13 @@ fn a_private_ca_from_a_configmap_is_trusted_by_uv() {
 /// the Pod from starting) when it is removed.
 #[test]
 fn reinjection_adds_and_removes_the_ca_volume() {
-    let dir = tempfile::tempdir().unwrap();
-    let preview = |config: &str, pod: &Value| -> Value {
-        let cfg = dir.path().join("config.yaml");
-        std::fs::write(&cfg, config).unwrap();
-        let f = dir.path().join("pod.json");
-        std::fs::write(&f, pod.to_string()).unwrap();
-        let out = std::process::Command::new(common::bin())
-            .args(["preview", "-o", "json", "--config"])
-            .arg(&cfg)
-            .arg("-f")
-            .arg(&f)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
     let pod = json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "p", "labels": {"nixuv.io/inject": "true"}, "annotations": {"nixuv.io/python-deps": "six"}},
         "spec": {"containers": [{"name": "app", "image": "python:3.12"}], "volumes": [{"name": "data", "emptyDir": {}}]}});
     let names = |p: &Value| -> Vec<String> {
         p["spec"]["volumes"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap().to_string()).collect()
     };
+    let preview = common::preview_json;
     let plain = preview("", &pod);
     assert!(!names(&plain).contains(&"nixuv-ca".to_string()));
     let with_ca = preview("caBundle: {configMap: corp-ca, key: ca.pem}\n", &plain);
@@ -150,12 +144,8 @@ fn reinjection_adds_and_removes_the_ca_volume() {
 #[test]
 fn the_ca_bundle_reaches_nix() {
     let fx = Fixture::new();
-    let certs = tempfile::tempdir().unwrap();
-    common::make_certs(certs.path());
-    let tls = format!("{}:{}", certs.path().join("tls.crt").display(), certs.path().join("tls.key").display());
+    let (certs, cache) = https_index();
     let requests = certs.path().join("requests.log");
-    let cache =
-        JsonIndex::start_with(&[("NIXUV_TEST_INDEX_TLS", &tls), ("NIXUV_TEST_INDEX_LOG", requests.to_str().unwrap())]);
     let flake = fx.dir.path().join("flake");
     std::fs::write(
         &fx.config,

@@ -19,6 +19,18 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_nixuv")
 }
 
+/// `nixuv preview -o json` of `pod` under the config `config` (YAML), from the real binary.
+pub fn preview_json(config: &str, pod: &Value) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, f) = (dir.path().join("config.yaml"), dir.path().join("pod.json"));
+    std::fs::write(&cfg, config).unwrap();
+    std::fs::write(&f, pod.to_string()).unwrap();
+    let out =
+        Command::new(bin()).args(["preview", "-o", "json", "--config"]).arg(&cfg).arg("-f").arg(&f).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 pub fn fixture_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
 }
