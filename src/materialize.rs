@@ -308,12 +308,6 @@ fn build_python(layout: &Layout, spec: &EnvSpec, opts: &Options, tools: &ToolEnv
     } else {
         args.extend(["--python".into(), venv.join("bin/python").into()]);
     }
-    // The env is mounted read-only in the app: compile now, or every start compiles again. A
-    // venv's bytecode is compiled below, once per source across the store's envs; an overlay's by
-    // uv (for the declared version, whose interpreter is the image's).
-    if overlay {
-        args.push("--compile-bytecode".into());
-    }
     if let Some(t) = &spec.plan.exclude_newer {
         // Resolve as of the admin's date: the same declaration, the same versions, whenever built.
         args.extend(["--exclude-newer".into(), t.into()]);
@@ -335,15 +329,26 @@ fn build_python(layout: &Layout, spec: &EnvSpec, opts: &Options, tools: &ToolEnv
         MaterializeError::Tool { what: format!("python dep {}{why}", quote_list(&who)), source }
     })?;
     tracing::info!(env = %id, elapsed = %secs(start.elapsed()), "python deps: installed");
-    if !overlay {
-        let start = Instant::now();
-        let pyc = StoreDir::ensure(&layout.uv_root, layout::PYC)?;
-        let mut stats = bytecode::Stats::default();
-        for site in installed::site_packages(&venv_dir) {
-            bytecode::compile_venv(&venv.join("bin/python"), &site, &pyc, &mut stats)?;
-        }
-        tracing::info!(env = %id, files = stats.files, reused = stats.reused, compiled = stats.compiled, elapsed = %secs(start.elapsed()), "python deps: bytecode compiled (reused from other envs where the source is the same)");
+    // The env is mounted read-only in the app: compile now, or every start compiles again; once
+    // per source across the store's envs. A venv's own interpreter compiles its site-packages; an
+    // overlay's, the interpreter uv installed for (the declared version, as the image's).
+    let start = Instant::now();
+    let (python, sites) = if overlay {
+        let args: Vec<OsString> = vec!["python".into(), "find".into(), version.into()];
+        let found = uv.run(&args, &env, &remove, Some(envs.path())).map_err(|source| MaterializeError::Tool {
+            what: format!("python {version:?} (to compile the overlay's bytecode)"),
+            source,
+        })?;
+        (PathBuf::from(found.trim()), vec![venv_dir.try_clone()?])
+    } else {
+        (venv.join("bin/python"), installed::site_packages(&venv_dir))
+    };
+    let pyc = StoreDir::ensure(&layout.uv_root, layout::PYC)?;
+    let mut stats = bytecode::Stats::default();
+    for site in &sites {
+        bytecode::compile_venv(&python, site, &pyc, &mut stats)?;
     }
+    tracing::info!(env = %id, files = stats.files, reused = stats.reused, compiled = stats.compiled, elapsed = %secs(start.elapsed()), "python deps: bytecode compiled (reused from other envs where the source is the same)");
     if overlay {
         let bin = venv_dir.subdir("bin").ok_or_else(|| {
             io(&venv.join("bin"))(std::io::Error::other("not a plain directory (replaced while building?)"))

@@ -849,7 +849,9 @@ fn overlay_mode_keeps_the_image_python_and_its_packages() {
     pod["spec"]["containers"][0]["env"] =
         json!([{"name": "PATH", "value": format!("{}/bin:/usr/bin:/bin", image.display())}]);
     let pod = fx.mutate(&pod);
-    init_ok(&pod, &vols);
+    let out = init_ok(&pod, &vols);
+    // Compiled once per source, as a venv is: nixuvdemo's and nixuvdep's sources.
+    assert!(text(&out).contains("files=2 reused=0 compiled=2"), "{}", text(&out));
     // The image's interpreter runs, and sees both its own package and the env's; the env's
     // console script runs with it too.
     let script = "python3 -c 'import sys, imagepkg, nixuvdemo; print(imagepkg.VALUE, nixuvdemo.VALUE, sys.prefix)' && nixuvdemo && head -1 \"$(command -v nixuvdemo)\"";
@@ -857,6 +859,9 @@ fn overlay_mode_keeps_the_image_python_and_its_packages() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], format!("from the image 42 {}", image.display()), "{out}");
     assert_eq!(lines[1..], ["nixuvdemo 42", "#!/usr/bin/env python3"], "{out}");
+    // The image's interpreter takes the overlay's bytecode as it is (its magic, the source's hash).
+    let check = r#"python3 -c 'import importlib.util as u, nixuvdemo as m; d = open(m.__spec__.cached, "rb").read(16); print(d[:4] == u.MAGIC_NUMBER, d[8:16] == u.source_hash(open(m.__file__, "rb").read()))'"#;
+    assert_eq!(app_stdout(&pod, &vols, check), "True True\n");
     // Byte-compiled at install for that Python, and the marker says how it was laid out.
     let id = pod["metadata"]["annotations"]["nixuv.io/env"].as_str().unwrap();
     let envs = vols.path("nixuv-uv").join("envs");
