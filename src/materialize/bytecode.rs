@@ -81,7 +81,14 @@ fn pyc_name(source: &str, tag: &str) -> String {
     format!("{}.{tag}.pyc", source.strip_suffix(".py").unwrap_or(source))
 }
 
-fn interpreter_tag(python: &Path) -> Result<Option<String>, MaterializeError> {
+/// An interpreter's bytecode names: its cache tag (`cpython-312`, in `__pycache__` file names)
+/// and the store directory for its bytecode (`cpython-312-<magic number>`).
+struct Tag {
+    cache_tag: String,
+    dir: String,
+}
+
+fn interpreter_tag(python: &Path) -> Result<Option<Tag>, MaterializeError> {
     let out = Command::new(python).args(["-I", "-B", "-c", QUERY]).stdin(Stdio::null()).output().map_err(io(python))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
@@ -91,20 +98,19 @@ fn interpreter_tag(python: &Path) -> Result<Option<String>, MaterializeError> {
     let mut lines = text.lines();
     let (tag, magic) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
     let plain = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    Ok((plain(tag) && plain(magic)).then(|| format!("{tag}-{magic}")))
+    Ok((plain(tag) && plain(magic)).then(|| Tag { cache_tag: tag.to_string(), dir: format!("{tag}-{magic}") }))
 }
 
 /// Walks `dir` (below `site-packages` at `rel`): links what the store has, collects the rest.
 fn walk(
     dir: &StoreDir,
     rel: &Path,
-    tag: &str,
+    tag: &Tag,
     cache: &StoreDir,
     stats: &mut Stats,
     misses: &mut Vec<Miss>,
     budget: &mut usize,
 ) {
-    let cache_tag = tag.rsplit_once('-').map_or(tag, |(t, _)| t);
     let mut names = dir.names().unwrap_or_default();
     names.sort();
     let mut pycache: Option<StoreDir> = None;
@@ -125,7 +131,7 @@ fn walk(
                     pycache = dir.ensure_subdir("__pycache__");
                 }
                 let Some(out) = &pycache else { continue };
-                let target = pyc_name(name, cache_tag);
+                let target = pyc_name(name, &tag.cache_tag);
                 if out.kind(&target) != Kind::Absent {
                     continue;
                 }
@@ -153,11 +159,10 @@ fn walk(
 fn compile(
     python: &Path,
     site: &Path,
-    tag: &str,
+    tag: &Tag,
     misses: &[Miss],
     workers: usize,
 ) -> Result<Vec<String>, MaterializeError> {
-    let cache_tag = tag.rsplit_once('-').map_or(tag, |(t, _)| t);
     let mut children = Vec::new();
     for w in 0..workers.max(1).min(misses.len()) {
         let mut input = Vec::new();
@@ -165,7 +170,7 @@ fn compile(
             let dir = site.join(&m.dir);
             for part in [
                 dir.join(&m.source).into_os_string(),
-                dir.join("__pycache__").join(pyc_name(&m.source, cache_tag)).into_os_string(),
+                dir.join("__pycache__").join(pyc_name(&m.source, &tag.cache_tag)).into_os_string(),
                 m.dir.join(&m.source).into_os_string(),
             ] {
                 input.extend_from_slice(std::os::unix::ffi::OsStrExt::as_bytes(part.as_os_str()));
@@ -205,7 +210,7 @@ pub(crate) fn compile_venv(
     stats: &mut Stats,
 ) -> Result<(), MaterializeError> {
     let Some(tag) = interpreter_tag(python)? else { return Ok(()) };
-    let Some(cache) = pyc_root.ensure_subdir(&tag) else { return Ok(()) };
+    let Some(cache) = pyc_root.ensure_subdir(&tag.dir) else { return Ok(()) };
     let mut misses = Vec::new();
     let mut budget = MAX_FILES;
     walk(site, Path::new(""), &tag, &cache, stats, &mut misses, &mut budget);
@@ -221,11 +226,10 @@ pub(crate) fn compile_venv(
     for m in &misses {
         by_dir.entry(m.dir.as_path()).or_default().push(m);
     }
-    let cache_tag = tag.rsplit_once('-').map_or(tag.as_str(), |(t, _)| t);
     for (dir, ms) in by_dir {
         let Some(out) = site.descend(&dir.join("__pycache__")) else { continue };
         for m in ms {
-            let target = pyc_name(&m.source, cache_tag);
+            let target = pyc_name(&m.source, &tag.cache_tag);
             if out.kind(&target) != Kind::File {
                 continue;
             }
