@@ -298,6 +298,12 @@ impl Injector {
                 ));
             }
         }
+        if let (None, Some(ca)) = (&image, &cfg.file.ca_bundle) {
+            notes.push(format!(
+                "nixuv-init mounts key {:?} of ConfigMap {:?} (caBundle): the ConfigMap must exist in the Pod's namespace, or the Pod stays in ContainerCreating",
+                ca.key, ca.config_map
+            ));
+        }
         if let Some(reference) = image {
             let pull_secret = cfg.file.image_store.as_ref().and_then(|s| s.pull_secret.as_deref());
             let patch = image_patch::build(pod, plan, &reference, pull_secret, &targets);

@@ -95,3 +95,49 @@ pub(crate) fn prepare(spec: &EnvSpec, scratch: &Path) -> Result<Option<Trust>, M
     tracing::info!(ca_bundle = %spec.plan.ca_bundle.as_deref().unwrap_or_default(), certificates = count, "caBundle: uv and nix trust its certificates besides the image's");
     Ok(Some(trust))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::plan::EnvPlan;
+
+    fn spec_with(file: &Path) -> EnvSpec {
+        let cfg = Config::from_yaml("caBundle: {configMap: corp-ca, key: ca.crt}").unwrap();
+        let mut spec = EnvSpec::for_plan(&EnvPlan::new(&Default::default(), cfg.plan_inputs()));
+        spec.ca_file = Some(file.display().to_string());
+        spec
+    }
+
+    /// A whole public-roots bundle (what trust-manager's `useDefaultCAs` gives) is taken as it is,
+    /// and the combined file holds it after the image's own; a file without certificates, or
+    /// with a broken one, is refused naming the bundle.
+    #[test]
+    fn bundles_are_checked_and_combined() {
+        let dir = tempfile::tempdir().unwrap();
+        let system = SYSTEM_BUNDLES.iter().map(Path::new).find(|p| p.is_file());
+        let pem = match system {
+            Some(p) => std::fs::read(p).unwrap(),
+            None => {
+                let cert = rcgen::generate_simple_self_signed(vec!["ca.example".into()]).unwrap();
+                cert.cert.pem().into_bytes()
+            }
+        };
+        let file = dir.path().join("ca.crt");
+        std::fs::write(&file, &pem).unwrap();
+        let trust = prepare(&spec_with(&file), dir.path()).unwrap().expect("a bundle");
+        let combined = std::fs::read(&trust.file).unwrap();
+        assert!(combined.ends_with(&pem) && combined.len() >= pem.len());
+        let path = trust.file.clone();
+        drop(trust);
+        assert!(!path.exists(), "removed after the build");
+        for bad in [&b"no certificate here\n"[..], b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"] {
+            std::fs::write(&file, bad).unwrap();
+            let err = prepare(&spec_with(&file), dir.path()).unwrap_err().to_string();
+            assert!(err.contains("caBundle corp-ca/ca.crt"), "{err}");
+        }
+        // No caBundle in the plan: nothing to do.
+        let plain = EnvSpec::for_plan(&EnvPlan::new(&Default::default(), Config::default().plan_inputs()));
+        assert!(prepare(&plain, dir.path()).unwrap().is_none());
+    }
+}

@@ -128,6 +128,25 @@ fn reinjection_adds_and_removes_the_ca_volume() {
     };
     let preview = common::preview_json;
     let plain = preview("", &pod);
+    // Preview says where the ConfigMap must be.
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, f) = (dir.path().join("c.yaml"), dir.path().join("pod.json"));
+    std::fs::write(&cfg, "caBundle: {configMap: corp-ca, key: ca.pem}\n").unwrap();
+    std::fs::write(&f, pod.to_string()).unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args(["preview", "--config"])
+        .arg(&cfg)
+        .arg("-f")
+        .arg(&f)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            r#"mounts key "ca.pem" of ConfigMap "corp-ca" (caBundle): the ConfigMap must exist in the Pod's namespace"#
+        ),
+        "{err}"
+    );
     assert!(!names(&plain).contains(&"nixuv-ca".to_string()));
     let with_ca = preview("caBundle: {configMap: corp-ca, key: ca.pem}\n", &plain);
     assert_ne!(with_ca["metadata"]["annotations"]["nixuv.io/env"], plain["metadata"]["annotations"]["nixuv.io/env"]);
