@@ -74,6 +74,8 @@ struct Miss {
     dir: PathBuf,
     source: String,
     key: Option<String>,
+    /// The source's size, to share the compiling out evenly.
+    bytes: u64,
 }
 
 /// `foo.py` -> `foo.<tag>.pyc`.
@@ -135,9 +137,9 @@ fn walk(
                 if out.kind(&target) != Kind::Absent {
                     continue;
                 }
-                let key = match dir.read_small(name, MAX_SOURCE) {
-                    Ok(Contents::Bytes(b)) => Some(hex::encode(Sha256::digest(&b))),
-                    _ => None,
+                let (key, bytes) = match dir.read_small(name, MAX_SOURCE) {
+                    Ok(Contents::Bytes(b)) => (Some(hex::encode(Sha256::digest(&b))), b.len() as u64),
+                    _ => (None, MAX_SOURCE),
                 };
                 let hit = key.as_deref().is_some_and(|k| {
                     cache
@@ -147,12 +149,27 @@ fn walk(
                 if hit {
                     stats.reused += 1;
                 } else {
-                    misses.push(Miss { dir: rel.to_path_buf(), source: name.clone(), key });
+                    misses.push(Miss { dir: rel.to_path_buf(), source: name.clone(), key, bytes });
                 }
             }
             _ => {}
         }
     }
+}
+
+/// `misses` shared out among at most `workers` interpreters by size, largest first, each to the
+/// least loaded so far: a few big modules (pandas has sources of 500 KB) do not leave one worker
+/// compiling long after the others are done.
+fn shares(misses: &[Miss], workers: usize) -> Vec<Vec<&Miss>> {
+    let mut order: Vec<&Miss> = misses.iter().collect();
+    order.sort_by_key(|m| std::cmp::Reverse(m.bytes));
+    let mut out: Vec<(u64, Vec<&Miss>)> = vec![(0, Vec::new()); workers.max(1).min(misses.len())];
+    for m in order {
+        let least = out.iter_mut().min_by_key(|(load, _)| *load).expect("at least one worker when there is a miss");
+        least.0 += m.bytes.max(1);
+        least.1.push(m);
+    }
+    out.into_iter().map(|(_, share)| share).collect()
 }
 
 /// Compiles `misses` with `workers` interpreters at once; returns the lines of those that failed.
@@ -164,9 +181,9 @@ fn compile(
     workers: usize,
 ) -> Result<Vec<String>, MaterializeError> {
     let mut children = Vec::new();
-    for w in 0..workers.max(1).min(misses.len()) {
+    for share in shares(misses, workers) {
         let mut input = Vec::new();
-        for m in misses.iter().skip(w).step_by(workers.max(1)) {
+        for m in share {
             let dir = site.join(&m.dir);
             for part in [
                 dir.join(&m.source).into_os_string(),
@@ -242,4 +259,24 @@ pub(crate) fn compile_venv(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_work_is_shared_out_by_size() {
+        let miss = |bytes| Miss { dir: PathBuf::new(), source: format!("{bytes}.py"), key: None, bytes };
+        let misses: Vec<Miss> = [500, 100, 100, 100, 100, 100, 3].into_iter().map(miss).collect();
+        let mut loads: Vec<u64> = shares(&misses, 2).iter().map(|s| s.iter().map(|m| m.bytes).sum()).collect();
+        loads.sort();
+        assert_eq!(loads, [500, 503]);
+        // Never more workers than files, every file once.
+        let few = shares(&misses[..2], 8);
+        assert_eq!(few.len(), 2);
+        assert_eq!(shares(&misses, 3).iter().map(Vec::len).sum::<usize>(), misses.len());
+        assert!(shares(&[], 4).is_empty());
+        assert_eq!(pyc_name("mod.py", "cpython-312"), "mod.cpython-312.pyc");
+    }
 }
