@@ -70,9 +70,6 @@ pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MaterializeError
 pub struct Options {
     pub lease_ttl: Duration,
     pub wait_timeout: Duration,
-    /// Bytecode checked by hash, not by source time (`SOURCE_DATE_EPOCH` for uv's compile step):
-    /// for envs packed into images, whose files' times are normalised.
-    pub reproducible: bool,
 }
 
 impl Options {
@@ -83,7 +80,6 @@ impl Options {
         Options {
             lease_ttl: dur("NIXUV_LEASE_TTL", 60),
             wait_timeout: dur("NIXUV_WAIT_TIMEOUT", 3600),
-            reproducible: false,
         }
     }
 }
@@ -257,9 +253,6 @@ fn build_python(layout: &Layout, spec: &EnvSpec, opts: &Options, tools: &ToolEnv
     let venv = envs.entry_path(&name);
     let mut env = uv_env(layout, spec);
     env.extend(tools.set.iter().cloned());
-    if opts.reproducible {
-        env.push(("SOURCE_DATE_EPOCH", "1".into()));
-    }
     let mut remove = vec!["VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT", "PYTHONHOME", "PYTHONPATH"];
     remove.extend_from_slice(tools.strip);
     let locks = StoreDir::ensure(&layout.uv_root, layout::LOCKS)?;

@@ -206,9 +206,8 @@ pub fn run_from_env(target: &Target) -> Result<Published, PublishError> {
 pub fn publish(layout: &Layout, spec: &EnvSpec, target: &Target) -> Result<Published, PublishError> {
     let id = spec.plan.id;
     let start = Instant::now();
-    // Hash-checked bytecode (SOURCE_DATE_EPOCH): valid whatever times the image's files carry.
-    let opts = mat::Options { reproducible: true, ..mat::Options::from_env() };
-    mat::materialize(layout, spec, &opts)?;
+    // materialize's bytecode is hash-checked: valid whatever times the image's files carry.
+    mat::materialize(layout, spec, &mat::Options::from_env())?;
     let build_seconds = start.elapsed().as_secs_f64();
     let state =
         crate::materialize::store::StoreDir::ensure(&layout.uv_root, layout::STATE).map_err(MaterializeError::from)?;
