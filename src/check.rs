@@ -126,6 +126,30 @@ fn object_path(target: &Target, ns: &str, name: &str) -> Option<(String, &'stati
     Some((format!("{prefix}/namespaces/{ns}/{plural}/{name}"), kind))
 }
 
+/// The config's `caBundle` ConfigMap in `ns`: there, with the key, holding certificates; `who`
+/// mounts it there.
+async fn check_ca_bundle(
+    client: &kube::Client,
+    report: &mut Report,
+    ca: &crate::config::CaBundleFile,
+    ns: &str,
+    who: &str,
+) -> anyhow::Result<()> {
+    let name = &ca.config_map;
+    let (level, message) = match get(client, &format!("/api/v1/namespaces/{ns}/configmaps/{name}")).await? {
+        None => (Level::Fail, format!("ConfigMap {ns}/{name} (caBundle) does not exist: {who} stay in ContainerCreating until it does (trust-manager, or create it: docs/configuration.md, \"A private CA\")")),
+        Some(cm) => match cm["data"][&ca.key].as_str() {
+            None => (Level::Fail, format!("ConfigMap {ns}/{name} (caBundle) has no key {:?}: {who} cannot start", ca.key)),
+            Some(pem) => match crate::materialize::trust::certificates(pem.as_bytes()) {
+                Ok(n) => (Level::Ok, format!("ConfigMap {ns}/{name} (caBundle) holds {n} certificate(s) under {:?}", ca.key)),
+                Err(e) => (Level::Fail, format!("ConfigMap {ns}/{name} (caBundle), key {:?}: {e}: every build fails", ca.key)),
+            },
+        },
+    };
+    report.add("caBundleConfigMap", level, message);
+    Ok(())
+}
+
 /// GET `path` as JSON; `Ok(None)` on 404.
 async fn get(client: &kube::Client, path: &str) -> anyhow::Result<Option<Value>> {
     let req = http::Request::get(path).body(Vec::new())?;
@@ -387,6 +411,12 @@ pub async fn check(client: &kube::Client, opts: &CheckOptions) -> anyhow::Result
         );
     } else {
         report.add("config", Level::Ok, format!("nixuv's config does not exclude namespace {ns}"));
+    }
+    if let Some(ca) = &config.file.ca_bundle {
+        check_ca_bundle(client, &mut report, ca, &ns, "nixuv-init of its Pods").await?;
+        if config.image_repository.is_some() && svc_ns != ns {
+            check_ca_bundle(client, &mut report, ca, &svc_ns, "the image builder's Jobs").await?;
+        }
     }
     let storage = &config.file.storage;
     if storage.mode == crate::config::StorageMode::EmptyDir {

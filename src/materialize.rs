@@ -17,7 +17,7 @@ pub mod lease;
 mod marker;
 pub mod store;
 mod tool;
-mod trust;
+pub mod trust;
 
 use std::ffi::OsString;
 use std::fs;
@@ -77,10 +77,7 @@ impl Options {
         let dur = |k: &str, d: u64| {
             std::env::var(k).ok().and_then(|v| humantime::parse_duration(&v).ok()).unwrap_or(Duration::from_secs(d))
         };
-        Options {
-            lease_ttl: dur("NIXUV_LEASE_TTL", 60),
-            wait_timeout: dur("NIXUV_WAIT_TIMEOUT", 3600),
-        }
+        Options { lease_ttl: dur("NIXUV_LEASE_TTL", 60), wait_timeout: dur("NIXUV_WAIT_TIMEOUT", 3600) }
     }
 }
 

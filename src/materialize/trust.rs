@@ -50,6 +50,23 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, std::io::Error> {
     Ok(buf)
 }
 
+/// How many certificates a `caBundle` holds, each parsed; an error says what is wrong with it (not
+/// PEM, a certificate that does not parse, none at all). `nixuv check` asks the same of the
+/// ConfigMap.
+pub fn certificates(pem: &[u8]) -> Result<usize, String> {
+    let mut count = 0usize;
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let der = cert.map_err(|e| format!("not PEM ({e})"))?;
+        x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| format!("certificate {} does not parse: {e}", count + 1))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err("no PEM certificate in it".into());
+    }
+    Ok(count)
+}
+
 /// The error for a `caBundle` that cannot be used, naming the ConfigMap and key.
 fn unusable(spec: &EnvSpec, path: &Path, why: impl std::fmt::Display) -> MaterializeError {
     let reference = spec.plan.ca_bundle.as_deref().unwrap_or_default();
@@ -66,16 +83,7 @@ pub(crate) fn prepare(spec: &EnvSpec, scratch: &Path) -> Result<Option<Trust>, M
     // The kubelet projects a ConfigMap key as a link into its `..data` directory: followed here,
     // as the volume is the kubelet's, not a store anyone else writes.
     let private = read_bounded(path).map_err(|e| unusable(spec, path, e))?;
-    let mut count = 0usize;
-    for cert in CertificateDer::pem_slice_iter(&private) {
-        let der = cert.map_err(|e| unusable(spec, path, format!("not PEM ({e})")))?;
-        x509_parser::parse_x509_certificate(&der)
-            .map_err(|e| unusable(spec, path, format!("certificate {} does not parse: {e}", count + 1)))?;
-        count += 1;
-    }
-    if count == 0 {
-        return Err(unusable(spec, path, "no PEM certificate in it"));
-    }
+    let count = certificates(&private).map_err(|e| unusable(spec, path, e))?;
     let system = SYSTEM_BUNDLES
         .iter()
         .map(Path::new)

@@ -326,3 +326,52 @@ async fn check_resolves_a_workloads_deps_with_the_clusters_config() {
     finding(&r, "resolve", "fail", "\"ffmpeg_7-headless\" would fail: no such attribute");
     assert!(!r.to_string().contains("\\\"nixuvdemo==1.0\\\" would fail"), "{r}");
 }
+
+/// With `caBundle` (and the image store), `check` looks for the ConfigMap where it is mounted: the
+/// checked namespace (nixuv-init) and nixuv's own (the builder's Jobs); a missing one, one
+/// without the key, or one whose key holds no certificate fails, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_finds_the_ca_bundle_configmap_where_it_is_mounted() {
+    let certs = tempfile::tempdir().unwrap();
+    common::make_certs(certs.path());
+    let pem = std::fs::read_to_string(certs.path().join("ca.crt")).unwrap();
+    let mut full = cluster(b"ca", b"crt");
+    let cm = full.get_mut("/api/v1/namespaces/nixuv-system/configmaps/nixuv-config").unwrap();
+    let text = cm["data"]["config.yaml"].as_str().unwrap().to_string();
+    cm["data"]["config.yaml"] = json!(format!(
+        "{text}\ncaBundle: {{configMap: corp-ca, key: ca.crt}}\nimageStore: {{repository: registry.example/nixuv/envs}}\n"
+    ));
+    let objs: Shared = Arc::default();
+    load(&objs, &full);
+    let api = kubeapi::start(Arc::clone(&objs)).await;
+    let check = Arc::new(Check::new(api));
+    let ca_map = |ns: &str, data: Value| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "corp-ca", "namespace": ns}, "data": data});
+    let run = |c: Arc<Check>| move || c.run(&["pod", "job-1", "--connect", "127.0.0.1:1"]);
+    let (code, r) = tokio::task::spawn_blocking(run(check.clone())).await.unwrap();
+    assert_eq!(code, 1);
+    finding(&r, "caBundleConfigMap", "fail", "ConfigMap team-a/corp-ca (caBundle) does not exist: nixuv-init");
+    finding(
+        &r,
+        "caBundleConfigMap",
+        "fail",
+        "ConfigMap nixuv-system/corp-ca (caBundle) does not exist: the image builder",
+    );
+    objs.lock()
+        .unwrap()
+        .put_at("/api/v1/namespaces/team-a/configmaps/corp-ca", ca_map("team-a", json!({"other": pem})));
+    objs.lock().unwrap().put_at(
+        "/api/v1/namespaces/nixuv-system/configmaps/corp-ca",
+        ca_map("nixuv-system", json!({"ca.crt": "not a certificate"})),
+    );
+    let (_, r) = tokio::task::spawn_blocking(run(check.clone())).await.unwrap();
+    finding(&r, "caBundleConfigMap", "fail", "ConfigMap team-a/corp-ca (caBundle) has no key \"ca.crt\"");
+    finding(&r, "caBundleConfigMap", "fail", "key \"ca.crt\": no PEM certificate in it");
+    for ns in ["team-a", "nixuv-system"] {
+        objs.lock()
+            .unwrap()
+            .put_at(&format!("/api/v1/namespaces/{ns}/configmaps/corp-ca"), ca_map(ns, json!({"ca.crt": pem})));
+    }
+    let (_, r) = tokio::task::spawn_blocking(run(check)).await.unwrap();
+    finding(&r, "caBundleConfigMap", "ok", "ConfigMap team-a/corp-ca (caBundle) holds 1 certificate(s)");
+    finding(&r, "caBundleConfigMap", "ok", "ConfigMap nixuv-system/corp-ca (caBundle) holds 1 certificate(s)");
+}
