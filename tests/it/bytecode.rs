@@ -110,3 +110,26 @@ fn gc_trims_bytecode_no_env_links() {
     assert!(text(&out).contains("files=2 reused=1 compiled=1"), "{}", text(&out));
     assert_eq!(app_stdout(&old, &vols, "nixuvdemo"), "nixuvdemo 42\n");
 }
+
+/// Envs of different deps built at the same time in one store: each gets all its bytecode, every
+/// source is kept once, and the envs that share a source share its file.
+#[test]
+fn concurrent_envs_share_the_bytecode_store() {
+    let fx = Fixture::new();
+    let vols = Volumes::new();
+    let decls = ["nixuvdep", "nixuvdemo", "nixuvdemo==1.0", "nixuvdep==0.1"];
+    let pods: Vec<_> = decls.iter().map(|d| fx.mutate(&fx.pod("", d))).collect();
+    let children: Vec<_> = pods.iter().map(|p| crate::materialize::start_init(p, &vols, &[])).collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let stored: Vec<PathBuf> = walk(&tag_dir(&vols)).into_iter().filter(|p| p.is_file()).collect();
+    assert_eq!(stored.len(), 2, "one file per source: {stored:?}");
+    let deps: Vec<u64> =
+        pods.iter().map(|p| std::fs::metadata(find(&pycs(&vols, p), "nixuvdep")).unwrap().ino()).collect();
+    assert!(deps.iter().all(|i| *i == deps[0]), "every env links the one nixuvdep file: {deps:?}");
+    for p in &pods {
+        assert_eq!(app_stdout(p, &vols, "python -c 'import nixuvdep; print(nixuvdep.BASE)'"), "41\n");
+    }
+}
