@@ -254,7 +254,7 @@ pub fn envs(a: EnvsArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    println!("(sizes count each file once per env; files hard-linked from the uv cache are shared with it and with other envs)");
+    println!("(sizes count each file once per env; files hard-linked from the uv cache or the bytecode store are shared with it and with other envs)");
     Ok(ExitCode::SUCCESS)
 }
 
