@@ -43,24 +43,30 @@ if [ ${#py_need[@]} -gt 0 ]; then
   "$venv/bin/pip" install -q --disable-pip-version-check "${py_need[@]}"
 fi
 
-# Hera (Argo Workflows in Python) for the test that builds a Workflow with it; optional: without a
-# reachable package index that test is skipped with a message, and nothing else needs it.
-hera_ok() { "$venv/bin/python" -c 'import hera' >/dev/null 2>&1 || python3 -c 'import hera' >/dev/null 2>&1; }
-if ! hera_ok; then
-  if [ ! -x "$venv/bin/pip" ]; then
-    python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$venv"; }
-  fi
+# Optional Python packages for the tests that build a workflow with them: Hera (Argo Workflows in
+# Python) and the KFP SDK with kfp-kubernetes (Kubeflow Pipelines), each in a virtual environment
+# of its own. Without a reachable package index those tests are skipped with the reason this
+# records in .tools/NAME.unavailable; nothing else needs them.
+optional_venv() { # NAME MODULE PIP-SPEC...
+  local name=$1 module=$2 dir=".tools/$1-venv" err
+  shift 2
   mkdir -p .tools
-  if err=$("$venv/bin/pip" install -q --disable-pip-version-check 'hera[yaml]' 2>&1); then
-    rm -f .tools/hera.unavailable
-  else
-    # The Hera test skips (with this reason) only when this file says the install failed.
-    printf 'pip install hera[yaml] failed: %s\n' "$(printf '%s' "$err" | tail -n 3)" >.tools/hera.unavailable
-    echo "install-tools: hera not installed (package index unreachable?); the Hera test will be skipped"
+  if "$dir/bin/python" -c "import $module" >/dev/null 2>&1; then
+    rm -f ".tools/$name.unavailable"
+    return
   fi
-else
-  rm -f .tools/hera.unavailable
-fi
+  if [ ! -x "$dir/bin/pip" ]; then
+    python3 -m venv "$dir" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$dir"; }
+  fi
+  if err=$("$dir/bin/pip" install -q --disable-pip-version-check "$@" 2>&1); then
+    rm -f ".tools/$name.unavailable"
+  else
+    printf 'pip install %s failed: %s\n' "$*" "$(printf '%s' "$err" | tail -n 3)" >".tools/$name.unavailable"
+    echo "install-tools: $name not installed (package index unreachable?); its test will be skipped"
+  fi
+}
+optional_venv hera hera 'hera[yaml]'
+optional_venv kfp kfp.kubernetes kfp kfp-kubernetes
 
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt

@@ -3,6 +3,7 @@
 //! CLI and `POST /preview` read and write.
 
 mod argo;
+mod kfp;
 pub mod output;
 
 use json_patch::{Patch, PatchOperation};
@@ -427,9 +428,23 @@ pub fn preview_documents(
     claims: &dyn Claims,
 ) -> Result<Vec<ObjectPreview>, PreviewError> {
     let mut out = Vec::new();
-    for d in docs {
+    for (n, d) in docs.iter().enumerate() {
         if !d.value.is_object() {
             return Err(err(d.index, None, "(document)", "is not an object"));
+        }
+        if kfp::is_pipeline(&d.value) || kfp::is_platform_config(&d.value) {
+            if out.len() >= MAX_OBJECTS {
+                return Err(err(
+                    d.index,
+                    None,
+                    "(document)",
+                    format!("more than {MAX_OBJECTS} objects in one input; split it"),
+                ));
+            }
+            // A KFP pipeline's platform config is the document after it.
+            let platform = docs.get(n + 1).map(|p| &p.value).filter(|p| kfp::is_platform_config(p));
+            out.push(preview_pipeline(d, platform, namespace, inj, claims)?);
+            continue;
         }
         if d.value.get("kind").and_then(Value::as_str) == Some("List") {
             let items = d
@@ -459,6 +474,37 @@ pub fn preview_documents(
             }
             out.push(preview_object(&d.value, d.index, None, namespace, inj, claims)?);
         }
+    }
+    Ok(out)
+}
+
+/// A KFP pipeline (its executors' Pods, with `platform`, the config after it) or that config
+/// itself (read with the pipeline before it; passed through).
+fn preview_pipeline(
+    d: &Document,
+    platform: Option<&Value>,
+    namespace: Option<&str>,
+    inj: &Injector,
+    claims: &dyn Claims,
+) -> Result<ObjectPreview, PreviewError> {
+    let pipeline = kfp::is_pipeline(&d.value);
+    let name = get(&d.value, &["pipelineInfo", "name"]).and_then(Value::as_str).unwrap_or("");
+    let mut out = ObjectPreview {
+        document: d.index,
+        item: None,
+        kind: if pipeline { "PipelineSpec" } else { "PlatformSpec" }.to_string(),
+        name: name.to_string(),
+        decision: None,
+        patch: None,
+        object: d.value.clone(),
+        warnings: Vec::new(),
+        notes: Vec::new(),
+        templates: Vec::new(),
+        template_decisions: Vec::new(),
+    };
+    if pipeline {
+        kfp::preview(&mut out, &d.value, platform, namespace_of(&d.value, namespace), inj, claims)
+            .map_err(|(field, message)| err(d.index, None, &field, message))?;
     }
     Ok(out)
 }

@@ -94,78 +94,95 @@ pub fn preview(
             Ok(None) => continue,
             Err(field) => return Err((format!("{spec_field}.templates[{i}].{field}"), "must be an object".into())),
         };
-        let d = decide_pod_value(&pod, namespace, inj, claims, &format!("{spec_field}.templates[{i}].metadata"));
-        let view: Option<PodView> = serde::Deserialize::deserialize(&pod).ok();
-        let declared = view.as_ref().and_then(|v| deps::declared(v.labels(), v.annotations()).ok()).unwrap_or_default();
-        let targets: Vec<String> = d
-            .patch()
-            .map(|p| {
-                let mut names = Vec::new();
-                for path in p.paths() {
-                    if let Some(rest) = path.strip_prefix("/spec/containers/") {
-                        if let Some(idx) = rest.split('/').next().and_then(|s| s.parse::<usize>().ok()) {
-                            let n = pod["spec"]["containers"][idx]["name"].as_str().unwrap_or("").to_string();
-                            if !names.contains(&n) {
-                                names.push(n);
-                            }
+        let field = format!("{spec_field}.templates[{i}].metadata");
+        preview_template(out, name, &pod, &field, namespace, inj, claims);
+    }
+    Ok(())
+}
+
+/// One Pod a workflow makes (an Argo template's, a KFP executor's), named `name`: decided as the
+/// webhook would, with nixuv's patch applied, reported in `out.templates`. `field` is where its
+/// metadata comes from, for errors.
+pub(super) fn preview_template(
+    out: &mut ObjectPreview,
+    name: String,
+    pod: &Value,
+    field: &str,
+    namespace: &str,
+    inj: &Injector,
+    claims: &dyn crate::claims::Claims,
+) {
+    let wf_name = out.name.clone();
+    let d = decide_pod_value(pod, namespace, inj, claims, field);
+    let view: Option<PodView> = serde::Deserialize::deserialize(pod).ok();
+    let declared = view.as_ref().and_then(|v| deps::declared(v.labels(), v.annotations()).ok()).unwrap_or_default();
+    let targets: Vec<String> = d
+        .patch()
+        .map(|p| {
+            let mut names = Vec::new();
+            for path in p.paths() {
+                if let Some(rest) = path.strip_prefix("/spec/containers/") {
+                    if let Some(idx) = rest.split('/').next().and_then(|s| s.parse::<usize>().ok()) {
+                        let n = pod["spec"]["containers"][idx]["name"].as_str().unwrap_or("").to_string();
+                        if !names.contains(&n) {
+                            names.push(n);
                         }
                     }
                 }
-                names
-            })
-            .unwrap_or_default();
-        // The Pod as Argo would create it, with nixuv's patch applied: what the step runs.
-        let (patched, patch) = match d.patch().filter(|_| d.allowed()) {
-            Some(p) => {
-                let ops = p.to_patch();
-                let mut after = pod.clone();
-                json_patch::patch(&mut after, &ops.0).expect("nixuv's patch applies to the Pod it was made for");
-                let base = wf_name.trim_end_matches('-');
-                after["metadata"]["generateName"] = json!(format!("{base}-{name}-"));
-                (Some(after), Some(serde_json::to_value(&ops).expect("serialises")))
             }
-            None => (None, None),
-        };
-        let summary = match (&patched, d.allowed()) {
-            (_, false) => "denied".to_string(),
-            (Some(after), true) => {
-                let before: Vec<&Value> =
-                    pod["spec"]["volumes"].as_array().into_iter().flatten().map(|v| &v["name"]).collect();
-                let added: Vec<String> = after["spec"]["volumes"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|v| !before.contains(&&v["name"]))
-                    .map(|v| v["name"].as_str().unwrap_or("").to_string())
-                    .collect();
-                let init = after["spec"]["initContainers"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|c| c["name"] == crate::names::INIT_CONTAINER));
-                format!(
-                    "{} patch operations: volumes {}; {}; env and mounts in {}",
-                    d.patch().map_or(0, |p| p.len()),
-                    added.join(", "),
-                    if init { "init container nixuv-init" } else { "no init container (the env's image)" },
-                    targets.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(", ")
-                )
-            }
-            (None, true) => format!("not injected ({})", d.outcome().as_str()),
-        };
-        out.warnings.extend(d.warnings.iter().map(|w| format!("template {name:?}: {w}")));
-        out.notes.extend(d.notes.iter().map(|n| format!("template {name:?}: {n}")));
-        out.templates.push(TemplateReport {
-            template: name,
-            allowed: d.allowed(),
-            message: d.denial().map(|x| x.message.clone()),
-            env_id: d.env_id().map(ToString::to_string),
-            system_deps: declared.system.iter().map(|s| s.attr.clone()).collect(),
-            python_deps: declared.python.iter().map(|p| p.requirement.clone()).collect(),
-            targets,
-            summary,
-            pod: patched,
-            patch,
-        });
-        out.template_decisions.push(d);
-    }
-    Ok(())
+            names
+        })
+        .unwrap_or_default();
+    // The Pod as Argo would create it, with nixuv's patch applied: what the step runs.
+    let (patched, patch) = match d.patch().filter(|_| d.allowed()) {
+        Some(p) => {
+            let ops = p.to_patch();
+            let mut after = pod.clone();
+            json_patch::patch(&mut after, &ops.0).expect("nixuv's patch applies to the Pod it was made for");
+            let base = wf_name.trim_end_matches('-');
+            after["metadata"]["generateName"] = json!(format!("{base}-{name}-"));
+            (Some(after), Some(serde_json::to_value(&ops).expect("serialises")))
+        }
+        None => (None, None),
+    };
+    let summary = match (&patched, d.allowed()) {
+        (_, false) => "denied".to_string(),
+        (Some(after), true) => {
+            let before: Vec<&Value> =
+                pod["spec"]["volumes"].as_array().into_iter().flatten().map(|v| &v["name"]).collect();
+            let added: Vec<String> = after["spec"]["volumes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|v| !before.contains(&&v["name"]))
+                .map(|v| v["name"].as_str().unwrap_or("").to_string())
+                .collect();
+            let init = after["spec"]["initContainers"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|c| c["name"] == crate::names::INIT_CONTAINER));
+            format!(
+                "{} patch operations: volumes {}; {}; env and mounts in {}",
+                d.patch().map_or(0, |p| p.len()),
+                added.join(", "),
+                if init { "init container nixuv-init" } else { "no init container (the env's image)" },
+                targets.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(", ")
+            )
+        }
+        (None, true) => format!("not injected ({})", d.outcome().as_str()),
+    };
+    out.warnings.extend(d.warnings.iter().map(|w| format!("template {name:?}: {w}")));
+    out.notes.extend(d.notes.iter().map(|n| format!("template {name:?}: {n}")));
+    out.templates.push(TemplateReport {
+        template: name,
+        allowed: d.allowed(),
+        message: d.denial().map(|x| x.message.clone()),
+        env_id: d.env_id().map(ToString::to_string),
+        system_deps: declared.system.iter().map(|s| s.attr.clone()).collect(),
+        python_deps: declared.python.iter().map(|p| p.requirement.clone()).collect(),
+        targets,
+        summary,
+        pod: patched,
+        patch,
+    });
+    out.template_decisions.push(d);
 }

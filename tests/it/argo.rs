@@ -12,13 +12,6 @@ use serde_json::{json, Value};
 
 use crate::common::{self, Server};
 
-fn python_with_hera() -> Option<String> {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/venv/bin/python");
-    [venv.display().to_string(), "python3".to_string()]
-        .into_iter()
-        .find(|py| Command::new(py).args(["-c", "import hera"]).output().is_ok_and(|o| o.status.success()))
-}
-
 /// The env id nixuv gives a plain Pod with these labels and annotations.
 fn env_id_of(labels: Value, annotations: Value) -> String {
     let dir = tempfile::tempdir().unwrap();
@@ -34,18 +27,7 @@ fn env_id_of(labels: Value, annotations: Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hera_workflow_previews_template_by_template() {
-    let Some(py) = python_with_hera() else {
-        // Skipped only where `make tools` tried to install Hera and could not reach the package
-        // index (it records why); missing for any other reason, it is a failure, not a pass.
-        let marker = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/hera.unavailable");
-        match std::fs::read_to_string(&marker) {
-            Ok(why) => {
-                eprintln!("argo: skipped: Hera could not be installed: {}", why.trim());
-                return;
-            }
-            Err(_) => panic!("Hera is not installed: run `make tools` (scripts/install-tools.sh installs hera[yaml])"),
-        }
-    };
+    let Some(py) = common::optional_python("hera", "hera") else { return };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/hera_workflow.py");
     let out = Command::new(&py).arg(&script).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

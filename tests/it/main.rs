@@ -10,6 +10,7 @@ mod hardening;
 mod hostile;
 mod images;
 mod imagestore;
+mod kfp;
 mod kubeapi;
 mod lifecycle;
 mod materialize;

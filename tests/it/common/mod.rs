@@ -19,6 +19,28 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_nixuv")
 }
 
+/// A Python that imports `module`: `.tools/NAME-venv`'s, where scripts/install-tools.sh installs
+/// the optional packages. `None` (printing why, the test then skips) only when install-tools
+/// recorded that it could not install them (`.tools/NAME.unavailable`: no package index); missing
+/// for any other reason is a failure, not a pass.
+pub fn optional_python(name: &str, module: &str) -> Option<String> {
+    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools");
+    let candidates = [tools.join(format!("{name}-venv/bin/python")), tools.join("venv/bin/python"), "python3".into()];
+    let found = candidates.iter().find(|py| {
+        Command::new(py).args(["-c", &format!("import {module}")]).output().is_ok_and(|o| o.status.success())
+    });
+    if let Some(py) = found {
+        return Some(py.display().to_string());
+    }
+    match std::fs::read_to_string(tools.join(format!("{name}.unavailable"))) {
+        Ok(why) => {
+            eprintln!("skipped: {name} could not be installed: {}", why.trim());
+            None
+        }
+        Err(_) => panic!("{name} is not installed: run `make tools` (scripts/install-tools.sh)"),
+    }
+}
+
 /// `nixuv preview -o json` of `pod` under the config `config` (YAML), from the real binary.
 pub fn preview_json(config: &str, pod: &Value) -> Value {
     let dir = tempfile::tempdir().unwrap();
