@@ -428,50 +428,34 @@ pub fn preview_documents(
     claims: &dyn Claims,
 ) -> Result<Vec<ObjectPreview>, PreviewError> {
     let mut out = Vec::new();
+    let too_many = |index: usize, field: &str| {
+        err(index, None, field, format!("more than {MAX_OBJECTS} objects in one input; split it"))
+    };
     for (n, d) in docs.iter().enumerate() {
         if !d.value.is_object() {
             return Err(err(d.index, None, "(document)", "is not an object"));
         }
+        let list = d.value.get("kind").and_then(Value::as_str) == Some("List");
+        if !list && out.len() >= MAX_OBJECTS {
+            return Err(too_many(d.index, "(document)"));
+        }
         if kfp::is_pipeline(&d.value) || kfp::is_platform_config(&d.value) {
-            if out.len() >= MAX_OBJECTS {
-                return Err(err(
-                    d.index,
-                    None,
-                    "(document)",
-                    format!("more than {MAX_OBJECTS} objects in one input; split it"),
-                ));
-            }
             // A KFP pipeline's platform config is the document after it.
             let platform = docs.get(n + 1).map(|p| &p.value).filter(|p| kfp::is_platform_config(p));
             out.push(preview_pipeline(d, platform, namespace, inj, claims)?);
-            continue;
-        }
-        if d.value.get("kind").and_then(Value::as_str) == Some("List") {
+        } else if list {
             let items = d
                 .value
                 .get("items")
                 .and_then(Value::as_array)
                 .ok_or_else(|| err(d.index, None, "items", "a List needs an items array"))?;
             if out.len() + items.len() > MAX_OBJECTS {
-                return Err(err(
-                    d.index,
-                    None,
-                    "items",
-                    format!("more than {MAX_OBJECTS} objects in one input; split it"),
-                ));
+                return Err(too_many(d.index, "items"));
             }
             for (i, item) in items.iter().enumerate() {
                 out.push(preview_object(item, d.index, Some(i), namespace, inj, claims)?);
             }
         } else {
-            if out.len() >= MAX_OBJECTS {
-                return Err(err(
-                    d.index,
-                    None,
-                    "(document)",
-                    format!("more than {MAX_OBJECTS} objects in one input; split it"),
-                ));
-            }
             out.push(preview_object(&d.value, d.index, None, namespace, inj, claims)?);
         }
     }
