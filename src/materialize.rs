@@ -298,15 +298,7 @@ fn build_python(layout: &Layout, spec: &EnvSpec, opts: &Options, tools: &ToolEnv
     } else {
         args.extend(["--python".into(), venv.join("bin/python").into()]);
     }
-    if let Some(t) = &spec.plan.exclude_newer {
-        // Resolve as of the admin's date: the same declaration, the same versions, whenever built.
-        args.extend(["--exclude-newer".into(), t.into()]);
-    }
-    if !spec.plan.allow_source_builds {
-        // Wheels only: a source build runs the package's own code here, with write access to
-        // every env of the store (python.allowSourceBuilds).
-        args.push("--no-build".into());
-    }
+    args.extend(spec.plan.uv_resolution_args().into_iter().map(OsString::from));
     args.extend(["-r".into(), venv.join("nixuv-requirements.txt").into()]);
     uv.run(&args, &env, &remove, Some(envs.path())).map_err(|source| {
         let msg = source.to_string();

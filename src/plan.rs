@@ -141,6 +141,21 @@ impl EnvPlan {
         }
     }
 
+    /// The uv flags that decide how this plan's Python deps resolve, the same for the init
+    /// container's install and for `preview --resolve`: as of the resolution date
+    /// (`--exclude-newer`), and wheels only (`--no-build`: a source build would run the package's
+    /// own code with write access to every env of the store) unless `python.allowSourceBuilds`.
+    pub fn uv_resolution_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(t) = &self.exclude_newer {
+            args.extend(["--exclude-newer".to_string(), t.clone()]);
+        }
+        if !self.allow_source_builds {
+            args.push("--no-build".into());
+        }
+        args
+    }
+
     pub fn has_system(&self) -> bool {
         !self.system.is_empty()
     }

@@ -173,12 +173,7 @@ fn compile(plan: &EnvPlan, reqs: &[String], tools: &Tools, work: &Path) -> Resul
         ["pip", "compile", "--quiet", "--no-header", "--python-version"].iter().map(OsString::from).collect();
     args.push(plan.python_version.clone().into());
     args.extend(["--python-platform".into(), python_platform().into()]);
-    if !plan.allow_source_builds {
-        args.extend(["--only-binary".into(), ":all:".into()]);
-    }
-    if let Some(t) = &plan.exclude_newer {
-        args.extend(["--exclude-newer".into(), t.into()]);
-    }
+    args.extend(plan.uv_resolution_args().into_iter().map(OsString::from));
     args.push(file.clone().into());
     // The admin's tool variables (the index, its mirrors); never a config file; no interpreter
     // downloads (resolving needs none).

@@ -215,27 +215,9 @@ impl Reconciler {
         // The gc's account first: the CronJob names it.
         let [sa, role, binding] = managed::gc_account(ns);
         let applied = [
-            self.apply(
-                &Api::<ServiceAccount>::namespaced(self.client.clone(), ns),
-                ns,
-                GC_CRONJOB,
-                &sa,
-                "StoreGcNotManaged",
-            )
-            .await
-            .state(),
-            self.apply(&Api::<Role>::namespaced(self.client.clone(), ns), ns, GC_CRONJOB, &role, "StoreGcNotManaged")
-                .await
-                .state(),
-            self.apply(
-                &Api::<RoleBinding>::namespaced(self.client.clone(), ns),
-                ns,
-                GC_CRONJOB,
-                &binding,
-                "StoreGcNotManaged",
-            )
-            .await
-            .state(),
+            self.apply_gc::<ServiceAccount>(ns, &sa).await,
+            self.apply_gc::<Role>(ns, &role).await,
+            self.apply_gc::<RoleBinding>(ns, &binding).await,
         ];
         for s in applied {
             match s {
@@ -243,14 +225,23 @@ impl Reconciler {
                 Some(s) => state = state.max(s),
             }
         }
-        let cronjobs: Api<CronJob> = Api::namespaced(self.client.clone(), ns);
-        let body = managed::gc_cronjob(ns, cfg);
-        let s = match self.apply(&cronjobs, ns, GC_CRONJOB, &body, "StoreGcNotManaged").await {
-            Applied::Done(_) => StoreState::Ready,
-            Applied::Not(s) => s,
-            Applied::NotLeading => return state,
-        };
-        state.max(s)
+        match self.apply_gc::<CronJob>(ns, &managed::gc_cronjob(ns, cfg)).await {
+            None => state,
+            Some(s) => state.max(s),
+        }
+    }
+
+    /// Applies one of the gc's objects (named [`GC_CRONJOB`]) in `ns`: its state, `None` when this
+    /// replica stopped leading.
+    async fn apply_gc<K>(&self, ns: &str, body: &serde_json::Value) -> Option<StoreState>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api = Api::<K>::namespaced(self.client.clone(), ns);
+        self.apply(&api, ns, GC_CRONJOB, body, "StoreGcNotManaged").await.state()
     }
 
     /// Server-side applies `body` as `name`, unless an object of that name that nixuv does not
